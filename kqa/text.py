@@ -8,6 +8,7 @@ gives both: the NFC string and, for each NFC character, where it came from in th
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 import numpy as np
@@ -17,12 +18,55 @@ _HANGUL_V = range(0x1161, 0x1176)
 _HANGUL_T = range(0x11A8, 0x11C3)
 
 
+@functools.cache
+def _composing_starters() -> frozenset[str]:
+    """Characters of combining class 0 that still compose with the character before them.
+
+    Besides the Hangul jamo these are vowel signs of some Indic and Southeast Asian scripts (Tamil
+    U+0BC6 U+0BBE → U+0BCA, Bengali, Kannada, Sinhala, ...). Read from the Unicode database that
+    Python ships, so the set follows its Unicode version; built once, on the first non-NFC text.
+    """
+    found = set()
+    for cp in range(0x110000):
+        decomposition = unicodedata.decomposition(chr(cp))
+        if not decomposition or decomposition.startswith("<"):
+            continue  # no decomposition, or a compatibility one (NFC never composes those)
+        parts = decomposition.split()
+        if len(parts) == 2 and unicodedata.combining(second := chr(int(parts[1], 16))) == 0:
+            found.add(second)
+    return frozenset(found)
+
+
 def _starts_segment(ch: str) -> bool:
     """True when `ch` can never compose with the character before it."""
     cp = ord(ch)
     if cp in _HANGUL_V or cp in _HANGUL_T:
         return False
-    return unicodedata.combining(ch) == 0
+    return unicodedata.combining(ch) == 0 and ch not in _composing_starters()
+
+
+def _segment_origins(segment: str, normalized: str) -> list[int]:
+    """For each character of `normalized` (the NFC of `segment`), its offset in `segment`.
+
+    One output character per segment is the usual case. When a segment yields several (a base that
+    composes with its first mark but not the next, as in w + dot below + acute → ẉ + acute), each
+    NFC character starts where the shortest original prefix whose NFC is exactly the characters
+    before it ends. Where no prefix fits (marks reordered by NFC, or one character expanding into
+    several) positions are spread over the segment without going past its end.
+    """
+    if len(normalized) == 1:
+        return [0]
+    if normalized == segment:
+        return list(range(len(segment)))
+    offsets = [0]
+    for k in range(1, len(normalized)):
+        spread = max(offsets[-1], min(k, len(segment) - 1))
+        prefix = normalized[:k]
+        offsets.append(next(
+            (j for j in range(offsets[-1] + 1, len(segment)) if unicodedata.normalize("NFC", segment[:j]) == prefix),
+            spread,
+        ))
+    return offsets
 
 
 def nfc_with_alignment(text: str) -> tuple[str, np.ndarray]:
@@ -42,12 +86,10 @@ def nfc_with_alignment(text: str) -> tuple[str, np.ndarray]:
     seg_start = 0
     for i in range(1, len(text) + 1):
         if i == len(text) or _starts_segment(text[i]):
-            normalized = unicodedata.normalize("NFC", text[seg_start:i])
+            segment = text[seg_start:i]
+            normalized = unicodedata.normalize("NFC", segment)
             pieces.append(normalized)
-            seg_len = i - seg_start
-            # One output character per segment is the usual case; if a segment expands, spread its
-            # characters over the segment's original positions without going past its end.
-            origin.extend(seg_start + min(k, seg_len - 1) for k in range(len(normalized)))
+            origin.extend(seg_start + offset for offset in _segment_origins(segment, normalized))
             seg_start = i
     nfc_text = "".join(pieces)
     if nfc_text != unicodedata.normalize("NFC", text):
