@@ -114,8 +114,8 @@ def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, save
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
-    fast.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
     if save_dir is not None:
         fast.save_pretrained(str(save_dir))
     return fast

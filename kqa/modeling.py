@@ -1,0 +1,452 @@
+"""The span-extraction model: any `transformers` encoder plus a linear start/end head.
+
+`QuestionAnsweringModel` stores its encoder under the encoder's `base_model_prefix` (`bert`, `roberta`,
+`electra`, ...) and its head as `qa_outputs = nn.Linear(hidden_size, 2)`, so its state dict has exactly the
+keys of the matching `transformers` `*ForQuestionAnswering` class. A directory written by
+`save_pretrained` therefore loads with `transformers.AutoModelForQuestionAnswering.from_pretrained`, and a
+`*ForQuestionAnswering` directory saved by `transformers` (safetensors) loads with
+`QuestionAnsweringModel.from_pretrained`.
+
+Weights are read and written only as safetensors: pickle-based `.bin` files can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+KQA_CONFIG_FILE = "kqa_config.json"
+# Weight files another writer may have left in a directory we save into; a loader could pick them up
+# instead of (or besides) ours, so they are removed before saving.
+STALE_WEIGHT_PATTERNS = (
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    WEIGHTS_INDEX_FILE,
+    "model-*-of-*.safetensors",
+)
+PICKLE_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+@dataclass
+class QAModelOutput:
+    """Start/end logits `[batch, seq_len]` (in the model's dtype) and the float32 loss when labels were given."""
+
+    loss: Optional[torch.Tensor]
+    start_logits: torch.Tensor
+    end_logits: torch.Tensor
+
+
+# ---- the loss ---------------------------------------------------------------------------------------
+
+
+def _label_vector(positions: torch.Tensor, name: str, batch_size: int) -> torch.Tensor:
+    """Positions `[batch]` or `[batch, 1]` → a long `[batch]` vector, with a clear error for anything else."""
+    if positions.dim() == 2 and positions.size(1) == 1:
+        positions = positions.squeeze(-1)
+    if positions.dim() != 1 or positions.size(0) != batch_size:
+        raise ValueError(f"{name} must have shape [batch] = [{batch_size}], got {list(positions.shape)}")
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token indices, got dtype {positions.dtype}")
+    return positions.long()
+
+
+def span_cross_entropy(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
+                       end_positions: torch.Tensor) -> torch.Tensor:
+    """The span loss of `transformers`' QA models, computed in float32: the mean of the start and the end
+    cross-entropy. Positions at or beyond the sequence length are ignored (clamped to `seq_len`, the
+    ignore index), so a label cut off by truncation contributes nothing. Negative positions are an error
+    (`transformers` would silently turn them into the CLS index).
+
+    Like `transformers`, a batch whose start (or end) labels are all ignored has a NaN loss.
+    """
+    batch_size, seq_len = start_logits.shape
+    start_positions = _label_vector(start_positions, "start_positions", batch_size)
+    end_positions = _label_vector(end_positions, "end_positions", batch_size)
+    lowest = int(torch.minimum(start_positions.min(), end_positions.min())) if batch_size else 0
+    if lowest < 0:
+        raise ValueError(
+            f"span labels must be token indices >= 0 (the CLS index marks a window without the answer); "
+            f"got a position of {lowest}"
+        )
+    ignore_index = seq_len
+    start_loss = F.cross_entropy(start_logits.float(), start_positions.clamp(max=ignore_index),
+                                 ignore_index=ignore_index)
+    end_loss = F.cross_entropy(end_logits.float(), end_positions.clamp(max=ignore_index),
+                               ignore_index=ignore_index)
+    return (start_loss + end_loss) / 2
+
+
+# ---- building encoders ------------------------------------------------------------------------------
+
+
+def _encoder_init_kwargs(config) -> dict[str, Any]:
+    """`add_pooling_layer=False` for encoders that take it (BERT, RoBERTa, XLM-R, ...): the pooler is
+    unused by a span head, and leaving it out keeps the state dict equal to `*ForQuestionAnswering`'s."""
+    from transformers import MODEL_MAPPING
+
+    try:
+        model_class = MODEL_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return {}  # remote-code or unregistered encoders: built as they come
+    if not inspect.isclass(model_class):
+        return {}
+    params = inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if "add_pooling_layer" in params else {}
+
+
+def question_answering_class_name(model_type: str) -> Optional[str]:
+    """The `transformers` `*ForQuestionAnswering` class name for a config's `model_type`, if there is one."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
+
+    return MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.get(model_type)
+
+
+# ---- the model --------------------------------------------------------------------------------------
+
+
+class QuestionAnsweringModel(nn.Module):
+    """An encoder plus `qa_outputs = nn.Linear(hidden_size, 2)` giving start and end logits per token.
+
+    `backbone` is any `transformers` encoder (`PreTrainedModel` with `base_model_prefix` and `config`)
+    whose first output is the last hidden state `[batch, seq_len, hidden_size]`. `head_dropout` adds
+    dropout before the head (default 0: `transformers`' QA models have none); it has no weights, so the
+    checkpoint layout is the same either way.
+    """
+
+    def __init__(self, backbone: nn.Module, *, head_dropout: float = 0.0):
+        super().__init__()
+        prefix = getattr(backbone, "base_model_prefix", "")
+        config = getattr(backbone, "config", None)
+        if not prefix or config is None:
+            raise TypeError(
+                f"{type(backbone).__name__} is not a transformers encoder: it needs `base_model_prefix` and "
+                f"`config` (load one with transformers.AutoModel)"
+            )
+        if prefix in {"qa_outputs", "head_dropout"} or hasattr(type(self), prefix):
+            raise ValueError(f"{type(backbone).__name__}.base_model_prefix={prefix!r} clashes with an attribute "
+                             f"of {type(self).__name__}")
+        hidden_size = getattr(config, "hidden_size", None)
+        if not isinstance(hidden_size, int):
+            raise ValueError(f"{type(config).__name__} has no integer hidden_size; cannot size the span head")
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout}")
+
+        self._backbone_prefix = prefix
+        setattr(self, prefix, backbone)
+        self.head_dropout = nn.Dropout(head_dropout)
+        reference = next(backbone.parameters())
+        self.qa_outputs = nn.Linear(hidden_size, 2, device=reference.device, dtype=reference.dtype)
+        self._init_head(getattr(config, "initializer_range", 0.02))
+        forward_params = inspect.signature(backbone.forward).parameters
+        self._backbone_takes_token_type_ids = "token_type_ids" in forward_params
+
+    def _init_head(self, std: float) -> None:
+        """As `transformers` initialises linear layers: normal(0, initializer_range) weights, zero bias."""
+        nn.init.normal_(self.qa_outputs.weight, mean=0.0, std=std)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    # ---- constructors ---------------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, name_or_path: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
+                      dtype: torch.dtype = torch.float32, **config_overrides) -> "QuestionAnsweringModel":
+        """Pretrained encoder weights (a local directory or a hub name) and a freshly initialised head.
+
+        `config_overrides` set attributes of the encoder's config (e.g. `hidden_dropout_prob=0.0`); names
+        the config does not have are an error. Weights are cast to `dtype` (float32 by default, the right
+        master copy for mixed-precision training, whatever dtype the checkpoint was saved in).
+        """
+        from transformers import AutoConfig, AutoModel
+
+        source = str(name_or_path)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        _apply_config_overrides(config, config_overrides, source)
+        backbone = AutoModel.from_pretrained(source, config=config, trust_remote_code=trust_remote_code,
+                                             **_encoder_init_kwargs(config))
+        return cls(backbone.to(dtype), head_dropout=head_dropout)
+
+    @classmethod
+    def from_config(cls, config, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
+                    dtype: torch.dtype = torch.float32) -> "QuestionAnsweringModel":
+        """A randomly initialised encoder (built from a copy of `config`) and head."""
+        from transformers import AutoModel
+
+        config = copy.deepcopy(config)
+        backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code, **_encoder_init_kwargs(config))
+        return cls(backbone.to(dtype), head_dropout=head_dropout)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
+                        dtype: torch.dtype = torch.float32) -> "QuestionAnsweringModel":
+        """Load a directory written by `save_pretrained` (or a `transformers` `*ForQuestionAnswering`
+        directory with safetensors weights). Pickle-based weights (`pytorch_model.bin`, ...) are refused."""
+        from transformers import AutoConfig
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(
+                f"{model_dir} is not a directory; from_pretrained loads a saved question-answering model "
+                f"directory (to start from a pretrained encoder, use QuestionAnsweringModel.from_backbone)"
+            )
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir}: no config.json; not a saved model directory")
+        weight_files = _find_weight_files(model_dir)
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        model = cls.from_config(config, trust_remote_code=trust_remote_code, head_dropout=head_dropout)
+        state, aliases = _read_safetensors(weight_files)
+        _load_state(model, state, aliases, source=model_dir)
+        return model.to(dtype)
+
+    # ---- properties -----------------------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder (also reachable under its `base_model_prefix`, e.g. `model.bert`)."""
+        return getattr(self, self._backbone_prefix)
+
+    @property
+    def backbone_prefix(self) -> str:
+        return self._backbone_prefix
+
+    @property
+    def config(self):
+        """The encoder's `transformers` config."""
+        return self.backbone.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The encoder's parameter dtype."""
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Parameters counted once each (shared tensors are not counted twice)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    # ---- gradient checkpointing -----------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Recompute the encoder's activations in the backward pass (less memory, ~30% more compute)."""
+        backbone = self.backbone
+        if not getattr(backbone, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(backbone).__name__} does not support gradient checkpointing")
+        if hasattr(backbone, "activation_checkpointing_enable"):  # the name since transformers 5
+            backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        backbone = self.backbone
+        if hasattr(backbone, "activation_checkpointing_disable"):
+            backbone.activation_checkpointing_disable()
+        elif hasattr(backbone, "gradient_checkpointing_disable"):
+            backbone.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.backbone.modules())
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None, start_positions: Optional[torch.Tensor] = None,
+                end_positions: Optional[torch.Tensor] = None) -> QAModelOutput:
+        """Logits for every position (padding included: the post-processor only considers context
+        tokens); the loss when both `start_positions` and `end_positions` are given."""
+        if (start_positions is None) != (end_positions is None):
+            raise ValueError("give both start_positions and end_positions, or neither")
+        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            if not self._backbone_takes_token_type_ids:
+                raise ValueError(
+                    f"{type(self.backbone).__name__} takes no token_type_ids; build features with this "
+                    f"model's own tokenizer (it does not emit them)"
+                )
+            inputs["token_type_ids"] = token_type_ids
+        hidden_states = self.backbone(**inputs)[0]
+        logits = self.qa_outputs(self.head_dropout(hidden_states))
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None:
+            loss = span_cross_entropy(start_logits, end_logits, start_positions, end_positions)
+        return QAModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+    # ---- saving ---------------------------------------------------------------------------------------
+    def export_config(self):
+        """A copy of the encoder config as a `transformers` QA checkpoint describes itself: `architectures`
+        names the `*ForQuestionAnswering` class (when `transformers` has one for this model type), two
+        labels (start, end) and the weights' dtype."""
+        config = copy.deepcopy(self.config)
+        qa_class = question_answering_class_name(getattr(config, "model_type", ""))
+        config.architectures = [qa_class] if qa_class and self.has_transformers_layout() else None
+        config.num_labels = 2
+        config.dtype = self.dtype
+        return config
+
+    def has_transformers_layout(self) -> bool:
+        """True when the weights are exactly the encoder plus a `Linear(hidden_size, 2)` `qa_outputs` (a
+        subclass with another head is saved without claiming a `transformers` class)."""
+        head_keys = {k for k in self.state_dict() if not k.startswith(f"{self._backbone_prefix}.")}
+        linear_head = type(self.qa_outputs) is nn.Linear and self.qa_outputs.out_features == 2
+        return linear_head and head_keys == {"qa_outputs.weight", "qa_outputs.bias"}
+
+    def save_pretrained(self, save_directory: str | Path, *, tokenizer=None,
+                        kqa_config: Optional[dict[str, Any]] = None) -> Path:
+        """Write `config.json`, `model.safetensors`, the tokenizer's files (when given) and
+        `kqa_config.json` (the kqa version plus `kqa_config`, e.g. max_seq_length, doc_stride,
+        max_answer_length, n_best_size). Returns the directory."""
+        from safetensors.torch import save_model
+
+        from kqa import __version__
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {**(kqa_config or {}), "kqa_version": __version__}
+        try:
+            kqa_json = json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"kqa_config for {out} is not JSON-serialisable: {err}") from err
+        _remove_stale_weights(out)
+        self.export_config().save_pretrained(str(out))
+        # save_model drops duplicate names of shared tensors (safetensors stores each tensor once) and
+        # records them in the metadata; "format": "pt" is what transformers' loader requires.
+        save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        (out / KQA_CONFIG_FILE).write_text(kqa_json + "\n", encoding="utf-8")
+        return out
+
+
+def _apply_config_overrides(config, overrides: dict[str, Any], source: str) -> None:
+    unknown = sorted(k for k in overrides if not hasattr(config, k))
+    if unknown:
+        raise ValueError(f"{source}: {type(config).__name__} has no attribute(s) {unknown}; cannot override them")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+
+
+def load_kqa_config(model_dir: str | Path) -> dict[str, Any]:
+    """The settings saved with a model (`kqa_config.json`), or `{}` for a directory without one (e.g. a
+    `transformers` QA checkpoint): callers fall back to their defaults."""
+    path = Path(model_dir) / KQA_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _find_weight_files(model_dir: Path) -> list[Path]:
+    """`model.safetensors`, or the shards a `model.safetensors.index.json` lists."""
+    single = model_dir / WEIGHTS_FILE
+    if single.is_file():
+        return [single]
+    index = model_dir / WEIGHTS_INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{index}: not a safetensors index (expected a 'weight_map' object): {err}") from err
+        shards = [model_dir / name for name in sorted(set(weight_map.values()))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists shard(s) that do not exist: {missing}")
+        return shards
+    pickles = sorted({p.name for pattern in PICKLE_WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
+    if pickles:
+        raise ValueError(
+            f"{model_dir}: found only pickle-based weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}. "
+            f"Only safetensors weights are loaded, because unpickling can run arbitrary code. If you trust "
+            f"the files, convert them once, e.g. "
+            f"transformers.AutoModelForQuestionAnswering.from_pretrained(dir).save_pretrained(dir)"
+        )
+    raise FileNotFoundError(f"{model_dir}: no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE})")
+
+
+def _read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of `files`, plus the names save_model dropped for shared tensors → the name it kept."""
+    from safetensors import SafetensorError, safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                for key in handle.keys():
+                    state[key] = handle.get_tensor(key)
+        except SafetensorError as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+        aliases.update({k: v for k, v in metadata.items() if k != "format"})
+    return state, aliases
+
+
+def _load_state(model: QuestionAnsweringModel, state: dict[str, torch.Tensor], aliases: dict[str, str],
+                source: Path) -> None:
+    """Copy `state` into `model`, accepting only a complete, exact match (up to shared tensors)."""
+    expected = model.state_dict()
+    if not any(key.startswith("qa_outputs.") for key in state):
+        raise ValueError(
+            f"{source}: the weights have no qa_outputs.* (span head) tensors; this looks like an encoder "
+            f"checkpoint. Start from it with QuestionAnsweringModel.from_backbone({str(source)!r})"
+        )
+    prefix = model.backbone_prefix
+    non_persistent = {name for name, _ in model.named_buffers()} - set(expected)
+    pooler = sorted(k for k in state if k not in expected and k.startswith(f"{prefix}.pooler."))
+    unexpected = sorted(k for k in state if k not in expected and k not in pooler and k not in non_persistent)
+    if unexpected:
+        raise ValueError(f"{source}: weights that {type(model.backbone).__name__} has no place for: "
+                         f"{_preview(unexpected)}")
+    if pooler:
+        # Older checkpoints carry an encoder pooler; a span head never uses it.
+        logger.warning("%s: ignoring %d unused pooler tensor(s): %s", source, len(pooler), _preview(pooler))
+    state = {k: v for k, v in state.items() if k in expected}
+    for name in expected:
+        if name not in state and aliases.get(name) in state:
+            state[name] = state[aliases[name]]  # a shared tensor stored once under another name
+    missing = set(expected) - set(state)
+    loaded_storage = {expected[k].data_ptr() for k in state}
+    # Tensors the architecture itself ties to a loaded one are filled by loading that one.
+    missing = sorted(k for k in missing if expected[k].data_ptr() not in loaded_storage)
+    if missing:
+        raise ValueError(f"{source}: weights missing for {_preview(missing)}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(f"{source}: {name} has shape {list(tensor.shape)}, the model built from config.json "
+                             f"expects {list(expected[name].shape)}")
+    model.load_state_dict(state, strict=False)
+
+
+def _preview(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _remove_stale_weights(directory: Path) -> None:
+    stale = sorted({p for pattern in STALE_WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()})
+    for path in stale:
+        path.unlink()
+    if stale:
+        logger.warning("%s: removed old weight file(s) that would shadow the new %s: %s", directory, WEIGHTS_FILE,
+                       ", ".join(p.name for p in stale))
