@@ -1,0 +1,252 @@
+"""The official KorQuAD 1.0 evaluation: exact match and character-level F1.
+
+This reproduces `evaluate-v1.0.py` of KorQuAD 1.0 exactly, with one addition: both strings are
+composed to Unicode NFC (`kqa.text.to_nfc`) before the official normalisation. On NFC text (all
+official data) that changes nothing; it only keeps an NFD-decomposed prediction or gold answer from
+losing points because its jamo are stored separately.
+
+Normalisation, in the official order:
+1. replace each of  ' " 《 》 < > 〈 〉 ( ) ‘ ’  with a space;
+2. lowercase;
+3. delete every character of Python's `string.punctuation`;
+4. collapse whitespace (`" ".join(s.split())`).
+
+Exact match: the normalised strings are equal. F1 is over characters, not words: the normalised text
+is split on whitespace and the characters of all pieces are concatenated (spaces do not count), then
+F1 = 2PR / (P + R) over the multiset overlap of the two character sequences (0 without overlap).
+Per question the best score over all gold answers counts; totals are 100 × the mean over every
+question of the gold set, where an unanswered question scores 0 and still counts.
+
+Character F1 is what makes KorQuAD scores meaningful for Korean: a Korean word carries particles
+("서울특별시는"), so SQuAD's word-level F1 (`squad_word_f1`, kept for comparison) gives no credit to
+"서울특별시" against "서울특별시는", while character F1 gives 10/11.
+
+SQuAD 2.0-style questions with no gold answer (impossible questions) are outside the official
+KorQuAD 1.0 script (it would fail on them); here they score 1 for EM and F1 when the prediction
+normalises to "" and 0 otherwise, as SQuAD 2.0's evaluation does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from kqa.text import to_nfc
+
+logger = logging.getLogger("kqa.metric")
+
+# The official script replaces these one by one with re.sub(..., " ", text).
+_OFFICIAL_REMOVED = "'\"《》<>〈〉()‘’"
+_REMOVED_TO_SPACE = str.maketrans({ch: " " for ch in _OFFICIAL_REMOVED})
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """KorQuAD 1.0 normalisation (after composing to NFC); see the module docstring."""
+    text = to_nfc(s).translate(_REMOVED_TO_SPACE)
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    return " ".join(text.split())
+
+
+def exact_match_score(prediction: str, ground_truth: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
+
+
+def _characters(normalized: str) -> list[str]:
+    """The characters of every whitespace-separated piece, concatenated (spaces do not count)."""
+    return [ch for piece in normalized.split() for ch in piece]
+
+
+def f1_score(prediction: str, ground_truth: str) -> float:
+    """KorQuAD character-level F1 of two strings (0.0 when they share no character)."""
+    pred_chars = _characters(normalize_answer(prediction))
+    gold_chars = _characters(normalize_answer(ground_truth))
+    common = Counter(pred_chars) & Counter(gold_chars)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_chars)
+    recall = num_same / len(gold_chars)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def _squad_normalize(s: str) -> str:
+    """SQuAD v1.1 normalisation: lowercase, drop punctuation and English articles, fix whitespace."""
+    text = "".join(ch for ch in to_nfc(s).lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_word_f1(prediction: str, ground_truth: str) -> float:
+    """SQuAD's word-level F1 (whitespace tokens), for comparison only: it is not the KorQuAD metric."""
+    pred_tokens = _squad_normalize(prediction).split()
+    gold_tokens = _squad_normalize(ground_truth).split()
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+@dataclass
+class EvalResult:
+    """Official scores (×100, over every gold question) and how many questions were answered."""
+
+    exact_match: float
+    f1: float
+    total: int
+    """Questions in the gold set (each counts, answered or not)."""
+    answered: int
+    """Gold questions with a prediction (an empty prediction counts as answered)."""
+    unanswered: int
+    """Gold questions without a prediction: scored 0."""
+    impossible: int = 0
+    """Gold questions without any answer (SQuAD 2.0 style)."""
+    unknown_predictions: int = 0
+    """Predictions whose id is not in the gold set (ignored, as by the official script)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _score_question(prediction: str, gold_answers: Sequence[str]) -> tuple[float, float]:
+    if not gold_answers:  # impossible question: right only when nothing is predicted
+        right = float(normalize_answer(prediction) == "")
+        return right, right
+    return (max(exact_match_score(prediction, g) for g in gold_answers),
+            max(f1_score(prediction, g) for g in gold_answers))
+
+
+def _evaluate(questions: Iterable[tuple[str, Sequence[str]]], predictions: Mapping[str, str],
+              source: str) -> EvalResult:
+    """Score `(id, gold answer texts)` pairs; `source` names the gold set in messages."""
+    em_sum = f1_sum = 0.0
+    total = answered = impossible = 0
+    seen: set[str] = set()
+    unanswered_ids: list[str] = []
+    duplicates = 0
+    for question_id, gold_answers in questions:
+        total += 1
+        if question_id in seen:
+            duplicates += 1
+        seen.add(question_id)
+        if not gold_answers:
+            impossible += 1
+        if question_id not in predictions:
+            unanswered_ids.append(question_id)
+            continue
+        prediction = predictions[question_id]
+        if not isinstance(prediction, str):
+            raise ValueError(f"prediction for question {question_id!r} is a {type(prediction).__name__}, "
+                             f"not a string")
+        answered += 1
+        em, f1 = _score_question(prediction, gold_answers)
+        em_sum += em
+        f1_sum += f1
+    unknown = [k for k in predictions if k not in seen]
+    if unanswered_ids:
+        logger.warning("%s: %d of %d questions have no prediction and score 0 (first: %s)", source,
+                       len(unanswered_ids), total, unanswered_ids[:5])
+    if unknown:
+        logger.warning("%s: %d predictions are for ids not in the gold set and are ignored (first: %s)",
+                       source, len(unknown), unknown[:5])
+    if duplicates:
+        logger.warning("%s: %d question ids appear more than once; each occurrence is scored", source, duplicates)
+    return EvalResult(
+        exact_match=100.0 * em_sum / total if total else 0.0,
+        f1=100.0 * f1_sum / total if total else 0.0,
+        total=total, answered=answered, unanswered=len(unanswered_ids), impossible=impossible,
+        unknown_predictions=len(unknown),
+    )
+
+
+def _answer_texts(answers: Any, where: str) -> list[str]:
+    """Gold texts from a flat `answers` column ({text: [...]}) or an official list of {text: ...}."""
+    if isinstance(answers, Mapping):
+        texts = answers.get("text")
+    elif isinstance(answers, list):
+        texts = [a.get("text") if isinstance(a, Mapping) else None for a in answers]
+    else:
+        texts = None
+    if texts is None or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{where}: answers must hold text strings, got {answers!r}")
+    return list(texts)
+
+
+def evaluate_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResult:
+    """Score `predictions` (id → text) against examples (a `datasets.Dataset` or list of rows with
+    `id` and `answers` = {"text": [...], ...}) with the official KorQuAD 1.0 metric."""
+    if hasattr(examples, "column_names"):
+        for column in ("id", "answers"):
+            if column not in examples.column_names:
+                raise ValueError(f"examples have no {column!r} column (columns: {examples.column_names})")
+        view = examples.with_format("arrow", columns=["id", "answers"])
+        ids = [str(i) for i in view["id"].to_pylist()]
+        answers = view["answers"].to_pylist()
+    else:
+        ids, answers = [], []
+        for i, row in enumerate(examples):
+            if "id" not in row or "answers" not in row:
+                raise ValueError(f"examples row {i} needs 'id' and 'answers' keys, has {sorted(row)}")
+            ids.append(str(row["id"]))
+            answers.append(row["answers"])
+    questions = ((qid, _answer_texts(a, f"examples row {i} (id {qid!r})"))
+                 for i, (qid, a) in enumerate(zip(ids, answers)))
+    return _evaluate(questions, predictions, "examples")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def _official_questions(dataset: Any, path: Path):
+    """(id, gold texts) for every question of an official SQuAD/KorQuAD JSON file, in file order."""
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("data"), list):
+        raise ValueError(f"{path}: expected a JSON object with a 'data' list (SQuAD/KorQuAD layout)")
+    for a, article in enumerate(dataset["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, Mapping) else None
+        if not isinstance(paragraphs, list):
+            raise ValueError(f"{path}: data[{a}] has no 'paragraphs' list")
+        for p, paragraph in enumerate(paragraphs):
+            qas = paragraph.get("qas") if isinstance(paragraph, Mapping) else None
+            if not isinstance(qas, list):
+                raise ValueError(f"{path}: data[{a}].paragraphs[{p}] has no 'qas' list")
+            for q, qa in enumerate(qas):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                if not isinstance(qa, Mapping) or "id" not in qa:
+                    raise ValueError(f"{where} has no 'id'")
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list):
+                    raise ValueError(f"{where} (id {qa['id']!r}): 'answers' is not a list")
+                yield str(qa["id"]), _answer_texts(answers, f"{where} (id {qa['id']!r})")
+
+
+def evaluate_files(dataset_json: str | Path, predictions_json: str | Path) -> EvalResult:
+    """The official scorer: a SQuAD/KorQuAD gold file (data → paragraphs → qas → answers) and a
+    predictions file (id → text). Unanswered questions score 0; predictions for unknown ids are
+    counted and logged."""
+    dataset_path, predictions_path = Path(dataset_json), Path(predictions_json)
+    dataset = _read_json(dataset_path, "gold dataset")
+    predictions = _read_json(predictions_path, "predictions")
+    if not isinstance(predictions, dict):
+        raise ValueError(f"{predictions_path}: expected a JSON object mapping question id to answer text")
+    for question_id, text in predictions.items():
+        if not isinstance(text, str):
+            raise ValueError(f"{predictions_path}: the prediction for {question_id!r} is a "
+                             f"{type(text).__name__}, not a string")
+    return _evaluate(_official_questions(dataset, dataset_path), predictions, str(dataset_path))
