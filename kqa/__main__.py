@@ -1,0 +1,5 @@
+import sys
+
+from kqa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""Training configuration: one dataclass, filled from a YAML file and command-line flags.
+
+Precedence: dataclass defaults < YAML file (`--config`) < command-line flags. The resolved config is
+saved next to the checkpoints (`output_dir/train_config.yaml`) so every run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # --- model -----------------------------------------------------------------------------------
+    model_name_or_path: str = "klue/bert-base"
+    """Hub name or local directory of the encoder (or of a kqa checkpoint to continue from)."""
+    tokenizer_name_or_path: Optional[str] = None
+    """Defaults to model_name_or_path."""
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+    # --- data ------------------------------------------------------------------------------------
+    dataset_name: Optional[str] = "KorQuAD/squad_kor_v1"
+    """Hugging Face dataset name; used when train_files / validation_files are not given."""
+    dataset_config_name: Optional[str] = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    data_dir: Optional[str] = None
+    """Relative data file paths are resolved against this (default: $KQA_DATA_DIR when set)."""
+    train_files: list[str] = field(default_factory=list)
+    """SQuAD-format JSON files; several are concatenated."""
+    validation_files: list[str] = field(default_factory=list)
+    """SQuAD-format JSON files, each evaluated and reported separately; `name=path` names a set."""
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    preprocessing_num_workers: Optional[int] = None
+
+    # --- features and post-processing -----------------------------------------------------------
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    n_best_size: int = 20
+    version_2_with_negative: bool = False
+    null_score_diff_threshold: float = 0.0
+
+    # --- optimisation ------------------------------------------------------------------------------
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    num_train_epochs: float = 2.0
+    max_train_steps: Optional[int] = None
+    """Total optimizer steps; overrides num_train_epochs when set."""
+    lr_scheduler_type: str = "linear"
+    """linear | cosine | constant (each after warmup)."""
+    warmup_ratio: float = 0.1
+    warmup_steps: int = 0
+    """Overrides warmup_ratio when > 0."""
+    mixed_precision: str = "auto"
+    """auto (bf16 on a GPU that supports it, else no) | no | fp16 | bf16."""
+    seed: int = 42
+    group_by_length: bool = False
+    dataloader_num_workers: int = 0
+
+    # --- evaluation, checkpoints -----------------------------------------------------------------
+    output_dir: str = "outputs/kqa"
+    eval_strategy: str = "epoch"
+    """epoch | steps | no"""
+    eval_steps: Optional[int] = None
+    save_strategy: str = "epoch"
+    """epoch | steps | no: training-state checkpoints for resuming (the best model is kept apart)."""
+    save_steps: Optional[int] = None
+    save_total_limit: Optional[int] = 2
+    metric_for_best_model: str = "f1"
+    """A key of the evaluation metrics: f1 / exact_match (over all validation sets) or `<set>/f1`."""
+    greater_is_better: bool = True
+    early_stopping_patience: Optional[int] = None
+    resume_from_checkpoint: Optional[str] = None
+    """A checkpoint directory, or `latest` for the newest complete one in output_dir/checkpoints."""
+
+    # --- logging ---------------------------------------------------------------------------------
+    logging_steps: int = 10
+    report_to: str = "none"
+    """none | wandb | tensorboard | all (any tracker Accelerate supports)."""
+    project_name: str = "kqa"
+    run_name: Optional[str] = None
+    disable_tqdm: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "eval_strategy": ("epoch", "steps", "no"),
+            "save_strategy": ("epoch", "steps", "no"),
+            "mixed_precision": ("auto", "no", "fp16", "bf16"),
+            "lr_scheduler_type": ("linear", "cosine", "constant"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ValueError("eval_strategy=steps needs eval_steps")
+        if self.save_strategy == "steps" and not self.save_steps:
+            raise ValueError("save_strategy=steps needs save_steps")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_seq_length", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not self.train_files and not self.dataset_name:
+            raise ValueError("give train_files or dataset_name")
+
+    # --- data-file resolution --------------------------------------------------------------------
+    def resolved_data_dir(self) -> Optional[Path]:
+        d = self.data_dir or os.environ.get("KQA_DATA_DIR")
+        return Path(d).expanduser() if d else None
+
+    def resolve_data_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        base = self.resolved_data_dir()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        return p
+
+    def named_validation_files(self) -> dict[str, Path]:
+        """`name=path` entries keep their name; plain paths are named by their file stem."""
+        named: dict[str, Path] = {}
+        for entry in self.validation_files:
+            name, sep, path = entry.partition("=")
+            if not sep:
+                name, path = Path(entry).stem, entry
+            if name in named:
+                raise ValueError(f"two validation sets are named {name!r}; use name=path to tell them apart")
+            named[name] = self.resolve_data_path(path)
+        return named
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+# --- YAML + CLI -----------------------------------------------------------------------------------
+
+def _field_kind(tp: Any) -> tuple[type, bool, bool]:
+    """(scalar type, is_optional, is_list) of a dataclass field annotation."""
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+        origin = typing.get_origin(tp)
+    if origin is list:
+        return typing.get_args(tp)[0], optional, True
+    return tp, optional, False
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _scalar_parser(tp: type, optional: bool):
+    base = _parse_bool if tp is bool else tp
+
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        return base(text)
+
+    return parse
+
+
+def build_arg_parser(description: str = "Fine-tune an encoder for Korean extractive QA.") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file with TrainConfig fields; flags override it")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        tp, optional, is_list = _field_kind(hints[f.name])
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
+        if is_list:
+            kwargs.update(nargs="+", type=tp, help=f"(list of {tp.__name__})")
+        elif tp is bool:
+            kwargs.update(nargs="?", const=True, type=_parse_bool, help="(bool)")
+        else:
+            kwargs.update(type=_scalar_parser(tp, optional), help=f"({tp.__name__}{', or none' if optional else ''})")
+        parser.add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys: {', '.join(unknown)}")
+    return data
+
+
+def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
+    """Build a TrainConfig from `--config file.yaml` and flags (flags win)."""
+    args = build_arg_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    values.update({k: v for k, v in vars(args).items() if k != "config"})
+    for key in ("train_files", "validation_files"):  # a single YAML string is accepted for a list
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+    if isinstance(values.get("validation_files"), dict):  # YAML mapping {name: path}
+        values["validation_files"] = [f"{name}={path}" for name, path in values["validation_files"].items()]
+    return TrainConfig(**values)

@@ -1,0 +1,309 @@
+"""The training loop on a tiny random BERT: learning, selection by F1, resume, checkpoints, tracking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kqa.config import TrainConfig
+from kqa.loop import (
+    STATE_MARKER,
+    NonFiniteLossError,
+    QATrainingRecipe,
+    find_latest_checkpoint,
+)
+from kqa.testing import tiny_bert_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each recipe in these tests starts from a clean slate."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def _make_backbone_dir(path: Path, tokenizer, **overrides) -> Path:
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tokenizer), **overrides), add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def backbone_dir(tmp_path, tiny_tokenizer):
+    return _make_backbone_dir(tmp_path / "backbone", tiny_tokenizer)
+
+
+@pytest.fixture
+def dropout_backbone_dir(tmp_path, tiny_tokenizer):
+    # Dropout makes the loss depend on the RNG state, so resume tests also check RNG restoration.
+    return _make_backbone_dir(tmp_path / "backbone_dropout", tiny_tokenizer,
+                              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+
+def _config(model_dir: Path, data_file: Path, output_dir: Path, **overrides) -> TrainConfig:
+    values = dict(
+        model_name_or_path=str(model_dir),
+        train_files=[str(data_file)],
+        validation_files=[f"ko={data_file}"],
+        dataset_name=None,
+        max_seq_length=64,
+        doc_stride=16,
+        max_query_length=16,
+        max_answer_length=10,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        num_train_epochs=1,
+        mixed_precision="no",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=1,
+        output_dir=str(output_dir),
+        disable_tqdm=True,
+        seed=13,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _weights(recipe: QATrainingRecipe) -> dict[str, torch.Tensor]:
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_lowers_loss_and_raises_f1(backbone_dir, korean_squad_file, tmp_path):
+    # The tiny set is both trained on and evaluated: the test is that the loop learns at all.
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=150,
+                  eval_strategy="steps", eval_steps=150)
+    recipe = QATrainingRecipe(cfg).setup()
+    untrained = recipe.evaluate()
+    result = recipe.train()
+    losses = [r["loss"] for r in _read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 150
+    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+    assert result.final_metrics["f1"] > untrained["f1"] + 40, (untrained["f1"], result.final_metrics["f1"])
+    assert result.best_step == 150
+    best = tmp_path / "run" / "best"
+    assert (best / "model.safetensors").is_file() and (best / "kqa_config.json").is_file()
+    assert json.loads((best / "metrics.json").read_text())["f1"] == pytest.approx(result.final_metrics["f1"])
+    assert (best / "predictions" / "ko" / "predictions.json").is_file()
+
+
+class ScriptedRecipe(QATrainingRecipe):
+    """Evaluation returns a controlled F1 sequence and records the weights it saw."""
+
+    def __init__(self, config, scores):
+        super().__init__(config)
+        self.scores, self.snapshots = list(scores), []
+
+    def evaluate(self):
+        f1 = self.scores[len(self.snapshots)]
+        self.snapshots.append(_weights(self))
+        return {"f1": f1, "exact_match": f1 / 2, "ko/f1": f1, "ko/exact_match": f1 / 2, "step": self.state.global_step}
+
+
+def test_best_checkpoint_is_the_highest_f1_not_the_last(backbone_dir, korean_squad_file, tmp_path):
+    from kqa.modeling import QuestionAnsweringModel
+
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", num_train_epochs=3, eval_strategy="epoch",
+                  per_device_train_batch_size=2)
+    recipe = ScriptedRecipe(cfg, scores=[10.0, 30.0, 20.0]).setup()
+    result = recipe.train()
+    assert result.best_metric == 30.0
+    assert len(recipe.snapshots) == 3
+    saved = QuestionAnsweringModel.from_pretrained(tmp_path / "run" / "best").state_dict()
+    for key, value in recipe.snapshots[1].items():
+        assert torch.equal(saved[key], value), key
+    assert not torch.equal(saved["qa_outputs.weight"], recipe.snapshots[2]["qa_outputs.weight"])
+    assert json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())["f1"] == 30.0
+
+
+def test_lower_is_better_and_early_stopping(backbone_dir, korean_squad_file, tmp_path):
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", num_train_epochs=6, eval_strategy="epoch",
+                  per_device_train_batch_size=2, metric_for_best_model="f1", greater_is_better=False,
+                  early_stopping_patience=2)
+    recipe = ScriptedRecipe(cfg, scores=[50.0, 40.0, 45.0, 41.0, 10.0, 5.0]).setup()
+    result = recipe.train()
+    assert result.stopped_early
+    assert len(recipe.snapshots) == 4  # 40 is best; 45 and 41 do not improve → stop after the 4th
+    assert result.best_metric == 40.0
+    assert result.best_step == recipe.steps_per_epoch * 2
+
+
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir, korean_squad_file, tmp_path):
+    common = dict(num_train_epochs=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                  eval_strategy="epoch", save_strategy="epoch", learning_rate=1e-3, warmup_ratio=0.2)
+
+    full = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / "full", **common)).setup()
+    full_result = full.train()
+    full_weights = _weights(full)
+    steps_per_epoch = full.steps_per_epoch
+    assert steps_per_epoch >= 2
+    stop_after = steps_per_epoch + 1  # inside the second epoch
+
+    first = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / "split", **common)).setup()
+    partial = first.train(max_steps_this_run=stop_after)
+    assert partial.interrupted and partial.global_step == stop_after
+    checkpoint = find_latest_checkpoint(tmp_path / "split" / "checkpoints")
+    assert checkpoint is not None and checkpoint.name == f"checkpoint-{stop_after}"
+
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    resumed = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / "split",
+                                       resume_from_checkpoint="latest", **common)).setup()
+    assert resumed.state.global_step == stop_after and resumed.state.batches_seen_in_epoch > 0
+    resumed_result = resumed.train()
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in _read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]
+
+    def evals(run):
+        return [(r["step"], r["eval/f1"], r["eval/ko/loss"]) for r in _read_jsonl(tmp_path / run / "metrics.jsonl")
+                if "eval/f1" in r]
+
+    assert len(losses("full")) == full_result.global_step
+    assert losses("split") == losses("full")
+    assert evals("split") == evals("full")
+    assert resumed_result.best_step == full_result.best_step
+    resumed_weights = _weights(resumed)
+    for key, value in full_weights.items():
+        assert torch.equal(resumed_weights[key], value), key
+
+
+def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
+    root = tmp_path / "checkpoints"
+    good = root / "checkpoint-4"
+    good.mkdir(parents=True)
+    (good / STATE_MARKER).write_text("{}")
+    (root / "checkpoint-8").mkdir()  # died before the marker was written
+    (root / ".tmp-checkpoint-12").mkdir()  # died before the rename
+    (root / "checkpoint-2").mkdir()
+    (root / "checkpoint-2" / STATE_MARKER).write_text("{}")
+    assert find_latest_checkpoint(root) == good
+    assert find_latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_checkpoint_rotation_keeps_the_newest(backbone_dir, korean_squad_file, tmp_path):
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=6, save_strategy="steps",
+                  save_steps=1, save_total_limit=2, per_device_train_batch_size=2)
+    QATrainingRecipe(cfg).setup().train()
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["checkpoint-5", "checkpoint-6"]
+    assert (tmp_path / "run" / "train_config.yaml").is_file()
+
+
+def test_non_finite_loss_stops_the_run_with_the_step(backbone_dir, korean_squad_file, tmp_path):
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=5,
+                  per_device_train_batch_size=2)
+    recipe = QATrainingRecipe(cfg).setup()
+    original_forward = recipe.model.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = original_forward(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    recipe.model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="optimizer step 3"):
+        recipe.train()
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled"])
+def test_wandb_tracking_needs_no_network(backbone_dir, korean_squad_file, tmp_path, monkeypatch, mode):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=2, report_to="wandb",
+                  per_device_train_batch_size=2, eval_strategy="steps", eval_steps=2, run_name="t")
+    result = QATrainingRecipe(cfg).setup().train()
+    assert result.global_step == 2
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*")) if mode == "offline" else []
+    assert (len(runs) == 1) if mode == "offline" else True
+
+
+@pytest.fixture
+def trained_model_dir(backbone_dir, korean_squad_file, tmp_path):
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "trained", max_train_steps=60,
+                  eval_strategy="steps", eval_steps=60)
+    QATrainingRecipe(cfg).setup().train()
+    return tmp_path / "trained" / "best"
+
+
+def test_evaluate_reproduces_the_metrics_logged_in_training(trained_model_dir, korean_squad_file, tmp_path):
+    from kqa.evaluation import evaluate_model, score_predictions_file
+
+    logged = json.loads((trained_model_dir / "metrics.json").read_text())
+    evaluation = evaluate_model(trained_model_dir, korean_squad_file, output_dir=tmp_path / "eval", batch_size=3,
+                                disable_tqdm=True)
+    assert evaluation.result.f1 == pytest.approx(logged["ko/f1"], abs=1e-9)
+    assert evaluation.result.exact_match == pytest.approx(logged["ko/exact_match"], abs=1e-9)
+    rescored = score_predictions_file(korean_squad_file, tmp_path / "eval" / "predictions.json")
+    assert rescored.f1 == pytest.approx(evaluation.result.f1, abs=1e-9)
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _json_tail(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def test_two_cpu_processes_give_the_same_metrics_as_one(trained_model_dir, korean_squad_file, tmp_path):
+    # 6 questions, batch 4 per process: the last batch is ragged, so gather_for_metrics must drop
+    # the padding duplicates for the scores to match.
+    base = [str(ROOT / "evaluate.py"), "--model", str(trained_model_dir), "--data_file", str(korean_squad_file),
+            "--batch_size", "4", "--disable_tqdm"]
+    one = _json_tail(_run([sys.executable, *base], tmp_path))
+    two = _json_tail(_run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *base],
+                          tmp_path))
+    assert one["total"] == two["total"] == 6
+    assert two["exact_match"] == pytest.approx(one["exact_match"])
+    assert two["f1"] == pytest.approx(one["f1"])
+
+
+def test_train_py_runs_under_accelerate_launch_with_two_processes(backbone_dir, korean_squad_file, tmp_path):
+    out = tmp_path / "ddp"
+    stdout = _run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(ROOT / "train.py"), "--model_name_or_path", str(backbone_dir),
+                   "--train_files", str(korean_squad_file), "--validation_files", f"ko={korean_squad_file}",
+                   "--dataset_name", "none", "--max_seq_length", "64", "--doc_stride", "16",
+                   "--max_query_length", "16", "--per_device_train_batch_size", "2", "--max_train_steps", "3",
+                   "--eval_strategy", "steps", "--eval_steps", "3", "--save_strategy", "steps", "--save_steps", "3",
+                   "--output_dir", str(out), "--disable_tqdm", "--mixed_precision", "no"], tmp_path)
+    summary = _json_tail(stdout)
+    assert summary["global_step"] == 3
+    assert (out / "best" / "model.safetensors").is_file()
+    assert find_latest_checkpoint(out / "checkpoints").name == "checkpoint-3"

@@ -1,0 +1,37 @@
+"""Fine-tune an encoder for Korean extractive QA.
+
+    python train.py --config configs/klue-bert-base.yaml
+    accelerate launch train.py --config configs/klue-bert-base.yaml --per_device_train_batch_size 16
+    python train.py --config configs/tiny-cpu-smoke.yaml --output_dir outputs/smoke
+
+Every TrainConfig field is a flag (`python train.py --help`); flags override the YAML file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from kqa.config import parse_config
+from kqa.loop import QATrainingRecipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    recipe = QATrainingRecipe(config).setup()
+    result = recipe.train()
+    if recipe.accelerator.is_main_process:
+        summary = {
+            "global_step": result.global_step,
+            "best_step": result.best_step,
+            f"best_{config.metric_for_best_model}": result.best_metric,
+            "final_metrics": result.final_metrics,
+            "best_model_dir": str(recipe.best_dir) if result.best_step is not None else None,
+            "stopped_early": result.stopped_early,
+        }
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
