@@ -90,6 +90,8 @@ class TrainConfig:
     """A key of the evaluation metrics: f1 / exact_match (over all validation sets) or `<set>/f1`."""
     greater_is_better: bool = True
     early_stopping_patience: Optional[int] = None
+    eval_before_training: bool = False
+    """Evaluate once at step 0 (the untrained head) as a baseline in metrics.jsonl."""
     resume_from_checkpoint: Optional[str] = None
     """A checkpoint directory, or `latest` for the newest complete one in output_dir/checkpoints."""
 

@@ -312,7 +312,6 @@ class QATrainingRecipe:
             self.train_features, report = prepare_train_features(
                 train_examples, self.tokenizer, self.feature_config, num_proc=cfg.preprocessing_num_workers
             )
-            logger.info("train: %s", report.summary())
             self.eval_sets: list[EvalSet] = []
             if cfg.eval_strategy != "no":
                 for name, examples in self._load_validation_examples().items():
@@ -334,7 +333,6 @@ class QATrainingRecipe:
     def _build_eval_set(self, name: str, examples) -> EvalSet:
         features, report = prepare_eval_features(examples, self.tokenizer, self.feature_config,
                                                  num_proc=self.config.preprocessing_num_workers)
-        logger.info("%s: %s", name, report.summary())
         # Labels for the evaluation loss: the train-style features of the same examples are the same
         # windows in the same order, so their labels can be attached column-wise.
         labelled, _ = prepare_train_features(examples, self.tokenizer, self.feature_config,
@@ -405,6 +403,8 @@ class QATrainingRecipe:
         window_start, window_steps = time.perf_counter(), 0
         stopped_early = False
         last_metrics: dict[str, float] = {}
+        if cfg.eval_before_training and state.global_step == 0 and self.eval_sets:
+            self.evaluate()  # a baseline only: the untrained head never becomes the best model
 
         while state.global_step < stop_at and state.epoch < self.num_epochs and not stopped_early:
             self.model.train()
