@@ -34,13 +34,25 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _read_questions(path: Path) -> list[dict]:
-    """JSONL (one {id?, question, context} per line) or a SQuAD/KorQuAD JSON file."""
+    """JSONL (one {id?, question, context} per line) or a SQuAD/KorQuAD JSON file (answers optional)."""
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
-    from kqa.data import load_squad_json
-
-    examples, _ = load_squad_json(path)
-    return [{"id": r["id"], "question": r["question"], "context": r["context"]} for r in examples]
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise ValueError(f"{path}: expected SQuAD layout ({{'data': [{{'paragraphs': [...]}}]}}) or a .jsonl file")
+    rows = []
+    for a, article in enumerate(document["data"]):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                if not isinstance(paragraph.get("context"), str) or not isinstance(qa.get("question"), str):
+                    raise ValueError(f"{where}: needs a 'context' string and a 'question' string")
+                rows.append({"id": str(qa.get("id", f"{a}-{p}-{q}")), "question": qa["question"],
+                             "context": paragraph["context"]})
+    return rows
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -99,7 +99,8 @@ class QuestionAnswerer:
              "answers": {"text": [], "answer_start": []}, "is_impossible": False}
             for r in rows
         ])
-        features, _ = prepare_eval_features(examples, self.tokenizer, self.feature_config)
+        # Questions asked at run time are not worth a cache file each.
+        features, _ = prepare_eval_features(examples, self.tokenizer, self.feature_config, cache=False)
         start_logits, end_logits = self._logits(features)
         post_config = self.post_config
         if top_k is not None and top_k > post_config.n_best_size:
@@ -108,23 +109,22 @@ class QuestionAnswerer:
 
     @torch.no_grad()
     def _logits(self, features) -> tuple[np.ndarray, np.ndarray]:
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features.column_names]
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        """Model logits for every feature, padded to the longest feature (padding never wins: the
+        post-processor only looks at context tokens)."""
+        from kqa.dataloaders import QACollator, make_eval_dataloader
+
+        loader = make_eval_dataloader(features, QACollator.from_tokenizer(self.tokenizer), self.batch_size)
         width = max(len(ids) for ids in features["input_ids"])
         starts = np.full((len(features), width), -1e4, dtype=np.float32)
         ends = np.full((len(features), width), -1e4, dtype=np.float32)
-        columns = {n: features[n] for n in names}
-        for lo in range(0, len(features), self.batch_size):
-            hi = min(lo + self.batch_size, len(features))
-            length = max(len(ids) for ids in columns["input_ids"][lo:hi])
-            batch = {}
-            for n in names:
-                fill = pad_id if n == "input_ids" else 0
-                rows = [list(r) + [fill] * (length - len(r)) for r in columns[n][lo:hi]]
-                batch[n] = torch.tensor(rows, dtype=torch.long, device=self.device)
+        row = 0
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
             out = self.model(**batch)
-            starts[lo:hi, :length] = out.start_logits.float().cpu().numpy()
-            ends[lo:hi, :length] = out.end_logits.float().cpu().numpy()
+            n, length = out.start_logits.shape
+            starts[row:row + n, :length] = out.start_logits.float().cpu().numpy()
+            ends[row:row + n, :length] = out.end_logits.float().cpu().numpy()
+            row += n
         return starts, ends
 
     @staticmethod

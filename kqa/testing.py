@@ -121,6 +121,37 @@ def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, save
     return fast
 
 
+def build_char_tokenizer(texts: Iterable[str], save_dir: str | os.PathLike | None = None):
+    """A deterministic BERT-style character tokenizer: every character of `texts` (NFC) as a
+    word-initial piece and as a `##` continuation. Unlike a trained vocabulary it never varies from
+    run to run, which keeps tests that train on it reproducible."""
+    import unicodedata
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = sorted({ch for text in texts for ch in unicodedata.normalize("NFC", text) if not ch.isspace()})
+    vocab = {token: i for i, token in enumerate(specials + chars + [f"##{c}" for c in chars])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    if save_dir is not None:
+        fast.save_pretrained(str(save_dir))
+    return fast
+
+
 def tiny_bert_config(vocab_size: int, **overrides):
     """A random-init BERT small enough to train on CPU in seconds."""
     from transformers import BertConfig

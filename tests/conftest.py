@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from kqa.testing import (  # noqa: E402
     KOREAN_EXAMPLES,
+    build_char_tokenizer,
     build_wordpiece_tokenizer,
     korean_squad_json,
     shared_data_dir,
@@ -38,10 +39,10 @@ def korean_squad_file(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    """A small WordPiece tokenizer trained on the hand-written examples, saved to disk."""
+    """A deterministic character-level BERT tokenizer over the hand-written examples, saved to disk."""
     texts = [ex["context"] for ex in KOREAN_EXAMPLES] + [ex["question"] for ex in KOREAN_EXAMPLES]
     out = tmp_path_factory.mktemp("tiny_tokenizer")
-    build_wordpiece_tokenizer(texts * 4, vocab_size=120, save_dir=out)
+    build_char_tokenizer(texts, save_dir=out)
     return out
 
 
