@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from kqa.metric import EvalResult, evaluate_files
 
@@ -39,11 +39,13 @@ def evaluate_model(
     max_answer_length: Optional[int] = None,
     mixed_precision: str = "no",
     disable_tqdm: bool = False,
+    postprocess: Optional[Callable] = None,
 ) -> ModelEvaluation:
     """Predict every question of `data_file` with the model in `model_dir` and score it.
 
     Feature and post-processing settings default to those saved with the model (kqa_config.json),
-    so the numbers match the evaluation that chose the checkpoint.
+    so the numbers match the evaluation that chose the checkpoint. `postprocess` replaces the n-best
+    post-processor (same signature as `kqa.postprocess.postprocess_predictions`).
     """
     from accelerate import Accelerator
     from transformers import AutoTokenizer
@@ -53,7 +55,7 @@ def evaluate_model(
     from kqa.features import FeatureConfig, prepare_eval_features
     from kqa.loop import EvalSet, evaluate_predictions_for_set, predict_logits
     from kqa.modeling import QuestionAnsweringModel, load_kqa_config
-    from kqa.postprocess import PostprocessConfig, write_predictions
+    from kqa.postprocess import PostprocessConfig, postprocess_predictions, write_predictions
 
     saved = load_kqa_config(model_dir)
 
@@ -87,7 +89,8 @@ def evaluate_model(
     start, end, _ = predict_logits(model, loader, accelerator, feature_config.max_seq_length,
                                    desc=f"eval {Path(data_file).name}", disable_tqdm=disable_tqdm)
     eval_set = EvalSet(name=Path(data_file).stem, examples=examples, features=features)
-    predictions, result = evaluate_predictions_for_set(eval_set, start, end, post_config)
+    predictions, result = evaluate_predictions_for_set(eval_set, start, end, post_config,
+                                                       postprocess=postprocess or postprocess_predictions)
 
     predictions_file = nbest_file = None
     if output_dir is not None and accelerator.is_main_process:

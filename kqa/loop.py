@@ -170,14 +170,16 @@ def predict_logits(model, dataloader, accelerator: Accelerator, seq_length: int,
 
 
 def evaluate_predictions_for_set(eval_set: EvalSet, start_logits: np.ndarray, end_logits: np.ndarray,
-                                 post_config: PostprocessConfig):
-    """Post-process logits into answers and score them with the KorQuAD metric."""
+                                 post_config: PostprocessConfig, *, postprocess=postprocess_predictions,
+                                 metric=evaluate_predictions):
+    """Post-process logits into answers and score them (by default the n-best post-processor and the
+    official KorQuAD metric; `postprocess` / `metric` take the same arguments as those)."""
     if len(start_logits) != len(eval_set.features):
         raise RuntimeError(
             f"{eval_set.name}: got logits for {len(start_logits)} features, expected {len(eval_set.features)}"
         )
-    predictions = postprocess_predictions(eval_set.examples, eval_set.features, start_logits, end_logits, post_config)
-    result = evaluate_predictions(eval_set.examples, {k: p.text for k, p in predictions.items()})
+    predictions = postprocess(eval_set.examples, eval_set.features, start_logits, end_logits, post_config)
+    result = metric(eval_set.examples, {k: p.text for k, p in predictions.items()})
     return predictions, result
 
 
@@ -209,7 +211,18 @@ def _is_improvement(value: float, best: Optional[float], greater_is_better: bool
 # --------------------------------------------------------------------------------------------------
 
 class QATrainingRecipe:
-    """Fine-tune a span-extraction QA model: setup → train (evaluate, checkpoint) → best model."""
+    """Fine-tune a span-extraction QA model: setup → train (evaluate, checkpoint) → best model.
+
+    The stages are class attributes: a subclass swaps one by overriding it with anything of the same
+    signature (see docs/architecture.md, "Swapping a stage").
+    """
+
+    model_class = QuestionAnsweringModel  # from_backbone(name, trust_remote_code=) / from_pretrained(dir)
+    build_train_features = staticmethod(prepare_train_features)  # (examples, tokenizer, FeatureConfig, num_proc=)
+    build_eval_features = staticmethod(prepare_eval_features)
+    collator_class = QACollator  # from_tokenizer(tokenizer, pad_to_multiple_of=)
+    postprocess = staticmethod(postprocess_predictions)  # (examples, features, start, end, PostprocessConfig)
+    metric = staticmethod(evaluate_predictions)  # (examples, {id: text}) -> EvalResult
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -269,9 +282,9 @@ class QATrainingRecipe:
         tokenizer_source = cfg.tokenizer_name_or_path or cfg.model_name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=cfg.trust_remote_code)
         if (Path(cfg.model_name_or_path) / "kqa_config.json").is_file():
-            self.model = QuestionAnsweringModel.from_pretrained(cfg.model_name_or_path)  # continue a kqa model
+            self.model = self.model_class.from_pretrained(cfg.model_name_or_path)  # continue a kqa model
         else:
-            self.model = QuestionAnsweringModel.from_backbone(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+            self.model = self.model_class.from_backbone(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, self.model.num_parameters() / 1e6)
@@ -309,7 +322,7 @@ class QATrainingRecipe:
         cfg = self.config
         with self.accelerator.main_process_first():  # the main process fills the datasets cache first
             train_examples = self._load_train_examples()
-            self.train_features, report = prepare_train_features(
+            self.train_features, report = self.build_train_features(
                 train_examples, self.tokenizer, self.feature_config, num_proc=cfg.preprocessing_num_workers
             )
             self.eval_sets: list[EvalSet] = []
@@ -320,7 +333,7 @@ class QATrainingRecipe:
             raise ValueError("eval_strategy is not 'no' but no validation data was given")
 
         pad_multiple = 8 if resolve_mixed_precision(cfg.mixed_precision) != "no" else None
-        self.collator = QACollator.from_tokenizer(self.tokenizer, pad_to_multiple_of=pad_multiple)
+        self.collator = self.collator_class.from_tokenizer(self.tokenizer, pad_to_multiple_of=pad_multiple)
         self.train_dataloader = make_train_dataloader(
             self.train_features, self.collator, cfg.per_device_train_batch_size, seed=cfg.seed,
             group_by_length=cfg.group_by_length, num_workers=cfg.dataloader_num_workers,
@@ -331,11 +344,11 @@ class QATrainingRecipe:
             )
 
     def _build_eval_set(self, name: str, examples) -> EvalSet:
-        features, report = prepare_eval_features(examples, self.tokenizer, self.feature_config,
+        features, report = self.build_eval_features(examples, self.tokenizer, self.feature_config,
                                                  num_proc=self.config.preprocessing_num_workers)
         # Labels for the evaluation loss: the train-style features of the same examples are the same
         # windows in the same order, so their labels can be attached column-wise.
-        labelled, _ = prepare_train_features(examples, self.tokenizer, self.feature_config,
+        labelled, _ = self.build_train_features(examples, self.tokenizer, self.feature_config,
                                              num_proc=self.config.preprocessing_num_workers)
         if labelled["example_id"] != features["example_id"]:
             raise RuntimeError(f"{name}: train- and eval-style features disagree; cannot attach labels")
@@ -507,7 +520,8 @@ class QATrainingRecipe:
         for eval_set in self.eval_sets:
             start, end, loss = predict_logits(self.model, eval_set.dataloader, acc, self.config.max_seq_length,
                                               desc=f"eval {eval_set.name}", disable_tqdm=self.config.disable_tqdm)
-            predictions, result = evaluate_predictions_for_set(eval_set, start, end, self.post_config)
+            predictions, result = evaluate_predictions_for_set(eval_set, start, end, self.post_config,
+                                                               postprocess=self.postprocess, metric=self.metric)
             self.last_predictions[eval_set.name] = predictions
             metrics[f"{eval_set.name}/exact_match"] = result.exact_match
             metrics[f"{eval_set.name}/f1"] = result.f1

@@ -109,6 +109,42 @@ def test_training_lowers_loss_and_raises_f1(backbone_dir, korean_squad_file, tmp
     assert (best / "predictions" / "ko" / "predictions.json").is_file()
 
 
+def test_a_subclass_swaps_stages_through_the_class_attributes(backbone_dir, korean_squad_file, tmp_path):
+    """Feature building, post-processing and the metric are class attributes the recipe really calls."""
+    import dataclasses
+
+    from kqa.features import prepare_train_features
+    from kqa.metric import evaluate_predictions
+    from kqa.postprocess import postprocess_predictions
+
+    calls = {"train_features": 0, "postprocess": 0}
+
+    def counting_train_features(examples, tokenizer, config, **kwargs):
+        calls["train_features"] += 1
+        return prepare_train_features(examples, tokenizer, config, **kwargs)
+
+    def first_character_answers(examples, features, start_logits, end_logits, config):
+        calls["postprocess"] += 1
+        predictions = postprocess_predictions(examples, features, start_logits, end_logits, config)
+        contexts = dict(zip(examples["id"], examples["context"]))
+        return {k: dataclasses.replace(p, text=contexts[k][:1], start=0, end=1) for k, p in predictions.items()}
+
+    class SwappedRecipe(QATrainingRecipe):
+        build_train_features = staticmethod(counting_train_features)
+        postprocess = staticmethod(first_character_answers)
+
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", eval_strategy="epoch")
+    recipe = SwappedRecipe(cfg).setup()
+    assert calls["train_features"] == 2  # the train set, and the labels of the validation set
+    metrics = recipe.evaluate()
+    assert calls["postprocess"] == 1
+    examples = recipe.eval_sets[0].examples
+    expected = evaluate_predictions(examples, {i: c[:1] for i, c in zip(examples["id"], examples["context"])})
+    assert metrics["ko/f1"] == pytest.approx(expected.f1)
+    assert metrics["ko/exact_match"] == pytest.approx(expected.exact_match)
+    assert all(p.text == p_ctx[:1] for p, p_ctx in zip(recipe.last_predictions["ko"].values(), examples["context"]))
+
+
 class ScriptedRecipe(QATrainingRecipe):
     """Evaluation returns a controlled F1 sequence and records the weights it saw."""
 
@@ -266,6 +302,23 @@ def test_evaluate_reproduces_the_metrics_logged_in_training(trained_model_dir, k
     assert evaluation.result.exact_match == pytest.approx(logged["ko/exact_match"], abs=1e-9)
     rescored = score_predictions_file(korean_squad_file, tmp_path / "eval" / "predictions.json")
     assert rescored.f1 == pytest.approx(evaluation.result.f1, abs=1e-9)
+
+
+def test_evaluate_model_takes_another_post_processor(trained_model_dir, korean_squad_file, tmp_path):
+    import dataclasses
+
+    from kqa.evaluation import evaluate_model
+    from kqa.postprocess import postprocess_predictions
+
+    def no_answers(examples, features, start_logits, end_logits, config):
+        predictions = postprocess_predictions(examples, features, start_logits, end_logits, config)
+        return {k: dataclasses.replace(p, text="", start=0, end=0) for k, p in predictions.items()}
+
+    evaluation = evaluate_model(trained_model_dir, korean_squad_file, output_dir=tmp_path / "eval",
+                                disable_tqdm=True, postprocess=no_answers)
+    assert evaluation.result.f1 == 0.0 and evaluation.result.answered == evaluation.result.total > 0
+    written = json.loads((tmp_path / "eval" / "predictions.json").read_text(encoding="utf-8"))
+    assert set(written.values()) == {""}
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
