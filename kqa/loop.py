@@ -322,7 +322,7 @@ class QATrainingRecipe:
         cfg = self.config
         with self.accelerator.main_process_first():  # the main process fills the datasets cache first
             train_examples = self._load_train_examples()
-            self.train_features, report = self.build_train_features(
+            self.train_features, self.train_feature_report = self.build_train_features(
                 train_examples, self.tokenizer, self.feature_config, num_proc=cfg.preprocessing_num_workers
             )
             self.eval_sets: list[EvalSet] = []

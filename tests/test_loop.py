@@ -136,6 +136,8 @@ def test_a_subclass_swaps_stages_through_the_class_attributes(backbone_dir, kore
     cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", eval_strategy="epoch")
     recipe = SwappedRecipe(cfg).setup()
     assert calls["train_features"] == 2  # the train set, and the labels of the validation set
+    report = recipe.train_feature_report  # kept for research code: what feature building did
+    assert report.num_features == len(recipe.train_features) and report.num_lost_answers == 0
     metrics = recipe.evaluate()
     assert calls["postprocess"] == 1
     examples = recipe.eval_sets[0].examples

@@ -1,0 +1,164 @@
+"""The benchmark scripts run end to end with tiny settings and write the JSON they promise.
+
+Each script runs in its own process (as a user runs it), on the first few examples of the shared data,
+with a tiny model and tokenizer, so the whole module takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+MACHINE_KEYS = {"platform", "processor", "cpu_count", "python", "torch", "transformers", "datasets", "tokenizers"}
+TINY_BERT = ["--vocab-size", "300", "--hidden-size", "32", "--layers", "1", "--heads", "2",
+             "--intermediate-size", "64"]
+
+pytestmark = pytest.mark.integration
+
+
+def run_script(name: str, *args: str, out: Path) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args, "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert MACHINE_KEYS <= set(result["machine"]), sorted(result["machine"])
+    assert result["machine"]["cpu_count"] == os.cpu_count()
+    return {**result, "stdout": proc.stdout}
+
+
+def test_bench_features(tmp_path, data_dir, tiny_tokenizer_dir):
+    result = run_script("bench_features.py", "--data-dir", str(data_dir), "--tokenizer", str(tiny_tokenizer_dir),
+                        "--max-examples", "12", "--repeat", "1", "--profile", "3", out=tmp_path / "features.json")
+    # Train features come from the *train* files and eval features from the *dev* files (the splits
+    # may share ids, so they are never concatenated).
+    assert result["settings"]["num_examples"] == {"train": 12, "eval": 12}
+    files = [Path(f).name for f in result["settings"]["files"]]
+    assert files and all("train" in f or "dev" in f for f in files)
+    rows = result["results"]
+    assert [(r["kind"], r["implementation"].split(" (")[0]) for r in rows] == [
+        (kind, name) for kind in ("train", "eval")
+        for name in ("seed recipe", "kqa cold", "kqa uncached", "kqa warm")]
+    for row in rows:
+        assert row["examples"] == 12 and row["median_s"] > 0 and row["features_per_s"] > 0
+        assert row["features"] >= 12 and row["tokens_non_pad"] <= row["tokens_stored"]
+    reference, kqa_cold = rows[0], rows[1]
+    assert reference["features"] == 12 and reference["tokens_stored"] == 12 * 512  # one padded row per example
+    assert kqa_cold["lost_answers"] == 0 and kqa_cold["tokens_stored"] == kqa_cold["tokens_non_pad"]  # unpadded
+    assert set(result["profiles"]) == {"train cold", "train warm"}
+    assert "ncalls" in result["profiles"]["train cold"]
+    assert "kind" in result["stdout"] and "features/s" in result["stdout"]
+
+
+def test_bench_training(tmp_path, data_dir):
+    steps, batch_size = 3, 2
+    result = run_script("bench_training.py", "--data-dir", str(data_dir), "--max-train-examples", "12",
+                        "--steps", str(steps), "--batch-size", str(batch_size), "--max-seq-length", "128",
+                        "--doc-stride", "32", "--reference-max-length", "128", *TINY_BERT,
+                        out=tmp_path / "training.json")
+    rows = result["results"]
+    assert [r["recipe"] for r in rows] == ["transformers.Trainer, common recipe",
+                                           "transformers.Trainer, dynamic padding", "kqa.loop.QATrainingRecipe"]
+    for row in rows:
+        assert row["s_per_step"] > 0 and row["samples_per_s"] > 0
+        assert 0 < row["non_pad_tokens_per_s"] <= row["padded_tokens_per_s"]
+        assert row["tokens_padded_total"] <= steps * batch_size * 128
+    # The common recipe pads every row to its max_length: every step is 2 x 128 tokens.
+    assert rows[0]["tokens_padded_total"] == steps * batch_size * 128
+    assert rows[0]["speedup"] == pytest.approx(1.0)
+    assert result["settings"]["reference_features"] == 12 and result["settings"]["kqa_features"] >= 12
+    assert rows[0]["mfu"] is None  # no --peak-tflops
+
+
+def test_bench_inference(tmp_path, data_dir):
+    result = run_script("bench_inference.py", "--data-dir", str(data_dir), "--runs", "2", "--warmup", "1",
+                        "--batch-sizes", "1", "3", "--throughput-questions", "3", "--profile", "5",
+                        "--profile-runs", "1", *TINY_BERT, out=tmp_path / "inference.json")
+    assert [r["context"] for r in result["latency"]] == ["short", "long"]
+    short, long = result["latency"]
+    assert 0 < short["p50_ms"] <= short["p95_ms"]
+    assert short["windows_per_question"] == 1.0 and long["windows_per_question"] > 1.0
+    assert [(r["context"], r["batch_size"], r["questions"]) for r in result["throughput"]] == [
+        ("short", 1, 3), ("short", 3, 3), ("long", 1, 3), ("long", 3, 3)]
+    for row in result["breakdown"]:
+        stages = [row[s] for s in ("examples table", "features", "model", "post-processing", "other")]
+        assert all(t >= 0 for t in stages) and row["total"] == pytest.approx(sum(stages))
+        assert row["model"] > 0 and row["features"] > 0  # every stage was found and timed
+    assert "random-init" in result["settings"]["model_description"]
+    assert result["profile"]["own_time_by_library_s_per_call"]
+
+
+def test_bench_accuracy(tmp_path, data_dir):
+    epochs, batch_size, eval_examples = 2, 8, 4
+    result = run_script("bench_accuracy.py", "--tiny-random-backbone", "--data-dir", str(data_dir),
+                        "--max-train-examples", "16", "--max-eval-examples", str(eval_examples),
+                        "--epochs", str(epochs), "--batch-size", str(batch_size), "--max-seq-length", "128",
+                        "--doc-stride", "32", "--reference-max-length", "128", *TINY_BERT,
+                        out=tmp_path / "accuracy.json")
+    rows = result["results"]
+    assert [r["recipe"] for r in rows] == ["common recipe (argmax, offsets)",
+                                           "common recipe (argmax, tokenizer.decode)", "kqa (windows, n-best)"]
+    for row in rows:
+        for dev in ("korquad_dev", "tydi_dev"):
+            assert 0.0 <= row[f"{dev}_em"] <= 100.0 and 0.0 <= row[f"{dev}_f1"] <= 100.0
+        assert 0.0 <= row["overall_f1"] <= 100.0
+        assert isinstance(row["lost_train_answers"], int) and row["lost_train_answers"] >= 0
+        # Checkpoint selection happened over both epochs and picked one of them.
+        assert 1 <= row["selected_epoch"] <= epochs and 1 <= row["selected_step"] <= row["total_steps"]
+        assert row["total_steps"] == epochs * row["steps_per_epoch"]
+        assert len(row["history"]) == epochs and row["selected_step"] in [h["step"] for h in row["history"]]
+        assert row["train_s"] > 0 and row["selected"].startswith(f"epoch {row['selected_epoch']} ")
+    offsets, decode, kqa = rows
+    assert offsets["selected_by"] == decode["selected_by"] == "eval_loss" and kqa["selected_by"] == "f1"
+    assert offsets["selected_step"] == decode["selected_step"] and offsets["train_s"] == decode["train_s"]
+    for dev in ("korquad_dev", "tydi_dev"):
+        assert offsets["scores"][dev]["total"] == eval_examples  # every question scored, answered or not
+        assert sum(offsets["empty_predictions"][dev].values()) <= eval_examples
+    # One 128-token row per example for the common recipe (the first 16 are long KorQuAD contexts: answers
+    # are lost); kqa's strided windows keep every answer.
+    assert offsets["train_features"] == 16 and offsets["total_steps"] == epochs * 2
+    assert kqa["train_features"] > 16 and kqa["lost_train_answers"] == 0
+    assert result["settings"]["common_lost_train_answers"] == offsets["lost_train_answers"]
+    assert set(result["settings"]["common_lost_dev_answers"]) == {"korquad_dev", "tydi_dev"}
+    assert "selected checkpoint" in result["stdout"] and "kqa (windows, n-best)" in result["stdout"]
+
+
+def test_bench_accuracy_argmax_decoding(tiny_tokenizer, korean_examples):
+    """The common recipe's two decodings of one argmax span, and its empty answers."""
+    import datasets
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_accuracy
+        import common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    examples = datasets.Dataset.from_list(korean_examples[:3])
+    features, lost = common.seed_recipe_features(examples, tiny_tokenizer, 64, with_labels=False)
+    assert lost == 0
+    start = np.zeros((3, 64), dtype=np.float32)
+    end = np.zeros((3, 64), dtype=np.float32)
+    for i, ex in enumerate(korean_examples[:2]):  # rows 0 and 1 point at their gold answers
+        s_char = ex["answers"]["answer_start"][0]
+        e_char = s_char + len(ex["answers"]["text"][0])
+        offsets = features["offset_mapping"][i]
+        start[i, next(k for k, o in enumerate(offsets) if o[0] == s_char)] = 1.0
+        end[i, next(k for k, o in enumerate(offsets) if o[1] == e_char)] = 1.0
+    start[2, 5], end[2, 3] = 1.0, 1.0  # end before start
+    by_offsets, by_decode, empty = bench_accuracy.argmax_answers(start, end, features, examples, tiny_tokenizer)
+    assert by_offsets == {"ko-1": "서울", "ko-2": "부산", "ko-3": ""}
+    assert by_decode == by_offsets  # a character vocabulary decodes back to the same text
+    assert empty == {"end_before_start": 1, "outside_context": 0}
+    start[0], end[0] = 0.0, 0.0
+    start[0, 0] = end[0, 0] = 1.0  # the CLS token: outside the context
+    _, _, empty = bench_accuracy.argmax_answers(start, end, features, examples, tiny_tokenizer)
+    assert empty == {"end_before_start": 1, "outside_context": 1}
