@@ -62,6 +62,9 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optim: str = "adamw_torch_fused"
+    """adamw_torch_fused (one fused kernel per step; falls back to adamw_torch where this torch cannot fuse
+    on the device) | adamw_torch (torch's default for-each AdamW)."""
     max_grad_norm: float = 1.0
     num_train_epochs: float = 2.0
     max_train_steps: Optional[int] = None
@@ -112,6 +115,7 @@ class TrainConfig:
             "save_strategy": ("epoch", "steps", "no"),
             "mixed_precision": ("auto", "no", "fp16", "bf16"),
             "lr_scheduler_type": ("linear", "cosine", "constant"),
+            "optim": ("adamw_torch_fused", "adamw_torch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -162,3 +162,16 @@ def test_bench_accuracy_argmax_decoding(tiny_tokenizer, korean_examples):
     start[0, 0] = end[0, 0] = 1.0  # the CLS token: outside the context
     _, _, empty = bench_accuracy.argmax_answers(start, end, features, examples, tiny_tokenizer)
     assert empty == {"end_before_start": 1, "outside_context": 1}
+
+
+def test_bench_optimizer_step(tmp_path):
+    result = run_script("bench_optimizer_step.py", *TINY_BERT, "--steps", "2", "--batch-size", "2",
+                        "--seq-length", "16", out=tmp_path / "optimizer.json")
+    rows = {row["optim"]: row for row in result["rows"]}
+    assert set(rows) == {"adamw_torch", "adamw_torch_fused"}
+    assert rows["adamw_torch_fused"]["fused"] is True and rows["adamw_torch"]["fused"] is False
+    for row in rows.values():
+        assert 0 < row["clip_optimizer_ms"] < row["step_ms"]
+        assert row["step_ms"] == pytest.approx(row["forward_backward_ms"] + row["clip_optimizer_ms"])
+    assert rows["adamw_torch"]["speed_up"] == 1.0
+    assert len(result["runs"]) == 4 and "clip+step ms" in result["stdout"]

@@ -65,6 +65,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     ({"mixed_precision": "fp8"}, "mixed_precision"),
     ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
     ({"warmup_ratio": 1.5}, "warmup_ratio"),
+    ({"optim": "sgd"}, "optim"),
 ])
 def test_invalid_values_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

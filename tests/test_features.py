@@ -487,3 +487,78 @@ def test_no_answer_is_lost_on_the_shared_data(tokenizer_name, shared_json_files,
         # Every non-aligned answer, and only those, is reported as inexact.
         assert sorted(report.inexact_answer_ids) == non_aligned
         assert report.num_exact_answers == sum(1 for i in exact if exact[i]) == len(rows) - len(non_aligned)
+
+
+def test_cache_key_ignores_and_keeps_the_tokenizers_call_state(tiny_tokenizer, tmp_path, monkeypatch):
+    # A fast tokenizer's backend remembers the truncation/padding of its last call; that must neither
+    # change the cache key nor be lost by computing it.
+    from kqa.features import _in_memory_cache_file
+
+    monkeypatch.setenv("KQA_CACHE_DIR", str(tmp_path / "cache"))
+    examples = _dataset(KOREAN_EXAMPLES)
+    backend = tiny_tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    clean = _in_memory_cache_file(examples, tiny_tokenizer, SMALL, True, True)
+    backend.enable_truncation(max_length=37, stride=5, strategy="only_second")
+    backend.enable_padding(pad_to_multiple_of=8, pad_id=0, pad_token="[PAD]")
+    truncation, padding = backend.truncation, backend.padding
+    assert _in_memory_cache_file(examples, tiny_tokenizer, SMALL, True, True) == clean
+    assert backend.truncation == truncation and backend.padding == padding
+    backend.no_truncation()
+    backend.no_padding()
+
+    # Control: another vocabulary is another key.
+    other = copy.deepcopy(tiny_tokenizer)
+    other.add_tokens(["새토큰"])
+    assert _in_memory_cache_file(examples, other, SMALL, True, True) != clean
+
+
+def _context_offsets_per_token(offset_mapping, sequence_ids, nfc_context, origin):
+    """The plain per-token reference for kqa.features._context_offsets."""
+    result = []
+    for (a, b), seq in zip(offset_mapping, sequence_ids):
+        if seq != 1:
+            result.append([-1, -1])
+            continue
+        while a < b and nfc_context[a].isspace():
+            a += 1
+        while b > a and nfc_context[b - 1].isspace():
+            b -= 1
+        result.append([int(origin[a]), int(origin[b])] if a < b else [-1, -1])
+    return result
+
+
+def test_the_whitespace_table_is_str_isspace_on_every_code_point():
+    import sys
+
+    from kqa.features import _whitespace_trim_tables
+
+    text = "".join(chr(cp) for cp in range(sys.maxunicode + 1) if not 0xD800 <= cp <= 0xDFFF)  # no surrogates
+    skip, _ = _whitespace_trim_tables(text)
+    found = [text[i] for i in range(len(text)) if skip[i] != i]  # skipped over: whitespace
+    assert found == [c for c in text if c.isspace()]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vectorised_context_offsets_equal_the_per_token_loop(seed):
+    import numpy as np
+
+    from kqa.features import _context_offsets, _whitespace_trim_tables
+    from kqa.text import nfc_with_alignment
+
+    rng = np.random.default_rng(seed)
+    alphabet = list("가나다라마바사 아자차카") + [" ", " ", "\n", "\t", "\u3000", "\xa0", "\x1c", "a", "1", "."]
+    original = unicodedata.normalize("NFD", "".join(rng.choice(alphabet, size=int(rng.integers(1, 120)))))
+    nfc, origin = nfc_with_alignment(original)
+    n = len(nfc)
+    # Random token spans (some empty, some all-whitespace, some overlapping) in question/context/special slots.
+    starts = rng.integers(0, n + 1, size=60)
+    ends = np.minimum(starts + rng.integers(0, 6, size=60), n)
+    offset_mapping = [(int(a), int(b)) for a, b in zip(starts, ends)]
+    sequence_ids = [None if r < 0.1 else (0 if r < 0.3 else 1) for r in rng.random(60)]
+    assert _context_offsets([(0, 0)], [1], _whitespace_trim_tables(""), np.zeros(1, dtype=np.int64)).tolist() == [
+        [-1, -1]]
+    got = _context_offsets(offset_mapping, sequence_ids, _whitespace_trim_tables(nfc), origin).tolist()
+    assert got == _context_offsets_per_token(offset_mapping, sequence_ids, nfc, origin)
+    assert any(span != [-1, -1] for span in got) or n < 3

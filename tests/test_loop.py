@@ -231,6 +231,51 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir,
         assert torch.equal(resumed_weights[key], value), key
 
 
+def test_fused_adamw_takes_the_same_steps_as_the_for_each_one(tmp_path):
+    """The default optimizer is torch's fused AdamW (faster on CPU and GPU); it must be a drop-in: same
+    parameter groups (no decay on biases and LayerNorm), same updates as the for-each AdamW."""
+    from kqa.loop import build_optimizer
+    from kqa.modeling import QuestionAnsweringModel
+
+    torch.manual_seed(0)
+    config = tiny_bert_config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=32)
+    models, optimizers = {}, {}
+    for optim in ("adamw_torch_fused", "adamw_torch"):
+        torch.manual_seed(0)
+        models[optim] = QuestionAnsweringModel.from_config(config)
+        train_config = TrainConfig(train_files=["x.json"], optim=optim, learning_rate=1e-2, weight_decay=0.1)
+        optimizers[optim] = build_optimizer(models[optim], train_config)
+    assert optimizers["adamw_torch_fused"].defaults["fused"] is True
+    assert not optimizers["adamw_torch"].defaults["fused"]
+    for optimizer in optimizers.values():
+        decay, no_decay = optimizer.param_groups
+        assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+        assert len(decay["params"]) > 0 and all(p.dim() == 1 for p in no_decay["params"])
+    initial = {k: v.detach().clone() for k, v in models["adamw_torch"].named_parameters()}
+    ids = torch.randint(4, 64, (4, 12))
+    losses = {optim: [] for optim in models}
+    shift_invariant = set()  # parameters whose true gradient is 0 (a shift softmax ignores): Adam scales rounding up
+    for step in range(5):
+        for optim, model in models.items():
+            loss = model(input_ids=ids, start_positions=torch.tensor([1, 2, 3, 4]),
+                         end_positions=torch.tensor([2, 3, 4, 5])).loss
+            loss.backward()
+            if step == 0 and optim == "adamw_torch":
+                shift_invariant = {n for n, p in model.named_parameters() if p.grad.abs().max() < 1e-6}
+            optimizers[optim].step()
+            optimizers[optim].zero_grad(set_to_none=True)
+            losses[optim].append(loss.item())
+    assert losses["adamw_torch"][-1] < losses["adamw_torch"][0]
+    torch.testing.assert_close(losses["adamw_torch_fused"], losses["adamw_torch"], rtol=1e-5, atol=1e-6)
+    fused, for_each = (dict(models[o].named_parameters()) for o in ("adamw_torch_fused", "adamw_torch"))
+    for name, value in fused.items():
+        assert not torch.equal(value, initial[name]), name
+        if name not in shift_invariant:
+            torch.testing.assert_close(value, for_each[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert len(shift_invariant) < 5  # attention key biases, the head's bias, the LayerNorm bias feeding it
+
+
 def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
     root = tmp_path / "checkpoints"
     good = root / "checkpoint-4"
