@@ -32,8 +32,6 @@ import collections
 import json
 import logging
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The benchmark folder (for `common`) and the repository root (for `kqa`, when it is not installed).
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+import common  # noqa: E402
 
 from kqa.postprocess import PostprocessConfig, postprocess_predictions  # noqa: E402
 
@@ -265,26 +266,6 @@ def assert_same(kqa_predictions, reference) -> None:
                 fail(f"{example_id}: {s} vs {p}")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-examples", type=int, default=5000)
@@ -329,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["num_features"] = len(features)
-    print(f"machine: {machine_info()}")
+    print(f"machine: {common.machine_info()}")
     print(f"settings: {settings} (data built in {setup_s:.1f} s)")
     print("outputs identical: best answers and n-best lists (text, offsets, scores, probabilities)")
     print(f"{'inputs':<9} {'implementation':<24} {'median s':>9} {'best s':>9} {'examples/s':>11} {'speed-up':>9}")
@@ -337,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['inputs']:<9} {r['implementation']:<24} {r['median_s']:>9.3f} {r['best_s']:>9.3f} "
               f"{r['examples_per_s']:>11.0f} {r['speedup']:>8.1f}x")
     if args.out is not None:
-        args.out.write_text(json.dumps({"machine": machine_info(), "settings": settings, "results": rows},
+        args.out.write_text(json.dumps({"machine": common.machine_info(), "settings": settings, "results": rows},
                                        indent=2) + "\n", encoding="utf-8")
     return 0
 

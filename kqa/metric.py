@@ -67,14 +67,16 @@ def _characters(normalized: str) -> list[str]:
 
 def f1_score(prediction: str, ground_truth: str) -> float:
     """KorQuAD character-level F1 of two strings (0.0 when they share no character)."""
-    pred_chars = _characters(normalize_answer(prediction))
-    gold_chars = _characters(normalize_answer(ground_truth))
-    common = Counter(pred_chars) & Counter(gold_chars)
-    num_same = sum(common.values())
+    return _overlap_f1(_characters(normalize_answer(prediction)), _characters(normalize_answer(ground_truth)))
+
+
+def _overlap_f1(predicted: list[str], gold: list[str]) -> float:
+    """F1 of the multiset overlap of two item lists (characters for KorQuAD, words for SQuAD)."""
+    num_same = sum((Counter(predicted) & Counter(gold)).values())
     if num_same == 0:
         return 0.0
-    precision = num_same / len(pred_chars)
-    recall = num_same / len(gold_chars)
+    precision = num_same / len(predicted)
+    recall = num_same / len(gold)
     return (2 * precision * recall) / (precision + recall)
 
 
@@ -87,15 +89,7 @@ def _squad_normalize(s: str) -> str:
 
 def squad_word_f1(prediction: str, ground_truth: str) -> float:
     """SQuAD's word-level F1 (whitespace tokens), for comparison only: it is not the KorQuAD metric."""
-    pred_tokens = _squad_normalize(prediction).split()
-    gold_tokens = _squad_normalize(ground_truth).split()
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(pred_tokens)
-    recall = num_same / len(gold_tokens)
-    return (2 * precision * recall) / (precision + recall)
+    return _overlap_f1(_squad_normalize(prediction).split(), _squad_normalize(ground_truth).split())
 
 
 @dataclass

@@ -562,3 +562,31 @@ def test_vectorised_context_offsets_equal_the_per_token_loop(seed):
     got = _context_offsets(offset_mapping, sequence_ids, _whitespace_trim_tables(nfc), origin).tolist()
     assert got == _context_offsets_per_token(offset_mapping, sequence_ids, nfc, origin)
     assert any(span != [-1, -1] for span in got) or n < 3
+
+
+def test_uncached_features_of_in_memory_examples_skip_fingerprint_hashing(tiny_tokenizer, tmp_path, monkeypatch):
+    # Hashing the tokenizer and arguments with dill cost ~10 ms per call, most of the feature time of a
+    # one-question prediction; with nothing cached, no fingerprint needs to be derived.
+    import datasets.fingerprint
+
+    reference, _ = prepare_eval_features(_dataset(KOREAN_EXAMPLES), tiny_tokenizer, SMALL, cache=False)
+    in_memory = _dataset(KOREAN_EXAMPLES)
+    file_backed = _file_backed(KOREAN_EXAMPLES, tmp_path / "examples")
+
+    from transformers import PreTrainedTokenizerBase
+
+    original_update = datasets.fingerprint.Hasher.update
+    hashed_tokenizers = []
+
+    def record_tokenizers(self, value):  # datasets swallows errors here, so record instead of raising
+        values = value.values() if isinstance(value, dict) else [value]
+        hashed_tokenizers.extend(v for v in values if isinstance(v, PreTrainedTokenizerBase))
+        return original_update(self, value)
+
+    monkeypatch.setattr(datasets.fingerprint.Hasher, "update", record_tokenizers)
+    features, report = prepare_eval_features(in_memory, tiny_tokenizer, SMALL, cache=False)
+    assert features.to_list() == reference.to_list() and report.num_examples == len(KOREAN_EXAMPLES)
+    assert hashed_tokenizers == []
+    # Control: datasets fingerprints the map of a file-backed dataset (for its cache) with the tokenizer.
+    prepare_eval_features(file_backed, tiny_tokenizer, SMALL, cache=False)
+    assert hashed_tokenizers
