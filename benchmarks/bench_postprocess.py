@@ -235,15 +235,6 @@ def reference_postprocess(examples, features, all_start_logits, all_end_logits, 
 # Timing and comparison
 # --------------------------------------------------------------------------------------------------
 
-def time_it(fn, repeat: int) -> tuple[list[float], object]:
-    times, result = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return times, result
-
-
 def assert_same(kqa_predictions, reference) -> None:
     """Raise unless both give the same best answers and n-best lists (texts, offsets, scores,
     probabilities)."""
@@ -297,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for kind, (ex_in, feat_in) in inputs.items():
-        ref_times, reference = time_it(lambda: reference_postprocess(
+        ref_times, reference = common.time_calls(lambda: reference_postprocess(
             ex_in, feat_in, start_logits, end_logits, args.n_best, args.max_answer_length), args.repeat)
-        kqa_times, ours = time_it(lambda: postprocess_predictions(ex_in, feat_in, start_logits, end_logits, config),
+        kqa_times, ours = common.time_calls(lambda: postprocess_predictions(ex_in, feat_in, start_logits, end_logits, config),
                                   args.repeat)
         assert_same(ours, reference)
         ref_median = statistics.median(ref_times)
