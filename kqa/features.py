@@ -453,18 +453,36 @@ def _whitespace_trim_tables(text: str) -> tuple[np.ndarray, np.ndarray]:
 def _context_offsets(offset_mapping, sequence_ids, trim_tables, origin: np.ndarray) -> np.ndarray:
     """Per token `[start, end)` in the ORIGINAL context, whitespace trimmed; -1 for anything that is
     not context (question, special tokens) and for whitespace-only tokens."""
-    offsets = np.asarray(offset_mapping, dtype=np.int64).reshape(-1, 2)
-    result = np.full_like(offsets, -1)
-    is_context = np.fromiter((s == 1 for s in sequence_ids), dtype=bool, count=len(sequence_ids))
+    result = np.full((len(sequence_ids), 2), -1, dtype=np.int64)
+    rows = _context_rows(sequence_ids)
+    if len(rows) == 0:
+        return result
+    if isinstance(rows, range):  # contiguous, as in every pair encoding: convert only the context's offsets
+        offsets = np.asarray(offset_mapping[rows.start:rows.stop], dtype=np.int64).reshape(-1, 2)
+        rows = np.arange(rows.start, rows.stop)
+    else:
+        offsets = np.asarray(offset_mapping, dtype=np.int64).reshape(-1, 2)[rows]
     skip, back = trim_tables
-    start, end = offsets[is_context, 0], offsets[is_context, 1]
+    start, end = offsets[:, 0], offsets[:, 1]
     start = np.minimum(skip[start], end)  # leading whitespace, never past the token's end
     end = np.maximum(back[end], start)  # trailing whitespace, never before the new start
     kept = start < end
-    rows = np.flatnonzero(is_context)[kept]
+    rows = rows[kept]
     result[rows, 0] = origin[start[kept]]
     result[rows, 1] = origin[end[kept]]
     return result
+
+
+def _context_rows(sequence_ids: list) -> "range | np.ndarray":
+    """Positions of the context's tokens (sequence id 1): a `range` when they are contiguous (checked
+    with list methods, which run in C), else an index array."""
+    count = sequence_ids.count(1)
+    if count == 0:
+        return range(0)
+    first = sequence_ids.index(1)
+    if sequence_ids[first:first + count].count(1) == count:
+        return range(first, first + count)
+    return np.flatnonzero(np.fromiter((s == 1 for s in sequence_ids), dtype=bool, count=len(sequence_ids)))
 
 
 def _cls_index(input_ids: list[int], tokenizer) -> int:

@@ -556,12 +556,18 @@ def test_vectorised_context_offsets_equal_the_per_token_loop(seed):
     starts = rng.integers(0, n + 1, size=60)
     ends = np.minimum(starts + rng.integers(0, 6, size=60), n)
     offset_mapping = [(int(a), int(b)) for a, b in zip(starts, ends)]
-    sequence_ids = [None if r < 0.1 else (0 if r < 0.3 else 1) for r in rng.random(60)]
+    if seed % 2:  # any layout
+        sequence_ids = [None if r < 0.1 else (0 if r < 0.3 else 1) for r in rng.random(60)]
+    else:  # a pair encoding's: special, question, special, context, special (contiguous context)
+        question_length = int(rng.integers(1, 20))
+        context_length = 60 - question_length - 3 if seed % 4 else 0  # and one window without context
+        sequence_ids = [None] + [0] * question_length + [None] + [1] * context_length + [None]
+        sequence_ids += [None] * (60 - len(sequence_ids))
     assert _context_offsets([(0, 0)], [1], _whitespace_trim_tables(""), np.zeros(1, dtype=np.int64)).tolist() == [
         [-1, -1]]
     got = _context_offsets(offset_mapping, sequence_ids, _whitespace_trim_tables(nfc), origin).tolist()
     assert got == _context_offsets_per_token(offset_mapping, sequence_ids, nfc, origin)
-    assert any(span != [-1, -1] for span in got) or n < 3
+    assert any(span != [-1, -1] for span in got) or n < 3 or 1 not in sequence_ids
 
 
 def test_uncached_features_of_in_memory_examples_skip_fingerprint_hashing(tiny_tokenizer, tmp_path, monkeypatch):
