@@ -10,6 +10,7 @@ Every TrainConfig field is a flag (`python train.py --help`); flags override the
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from kqa.config import parse_config
@@ -17,6 +18,7 @@ from kqa.loop import QATrainingRecipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     config = parse_config(argv)
     recipe = QATrainingRecipe(config).setup()
     result = recipe.train()

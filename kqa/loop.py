@@ -273,7 +273,7 @@ class QATrainingRecipe:
             project_dir=str(self.output_dir),
         )
         set_seed(cfg.seed)
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        # Logging is the application's to configure (train.py does); only silence other processes.
         if not self.accelerator.is_local_main_process:
             logging.getLogger("kqa").setLevel(logging.WARNING)
         if self.accelerator.is_main_process:

@@ -276,6 +276,30 @@ def test_fused_adamw_takes_the_same_steps_as_the_for_each_one(tmp_path):
     assert len(shift_invariant) < 5  # attention key biases, the head's bias, the LayerNorm bias feeding it
 
 
+def test_the_recipe_leaves_logging_configuration_to_the_application(backbone_dir, korean_squad_file, tmp_path,
+                                                                     monkeypatch):
+    import logging
+
+    calls = []
+    monkeypatch.setattr(logging, "basicConfig", lambda *args, **kwargs: calls.append(kwargs))
+    QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "run")).setup()
+    assert calls == []
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import train
+
+    class Stop(Exception):
+        pass
+
+    def stop(config):
+        raise Stop
+
+    monkeypatch.setattr(train, "QATrainingRecipe", stop)
+    with pytest.raises(Stop):
+        train.main(["--config", str(ROOT / "configs" / "tiny-cpu-smoke.yaml")])
+    assert len(calls) == 1 and calls[0]["level"] == logging.INFO  # the entry point configures it
+
+
 def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
     root = tmp_path / "checkpoints"
     good = root / "checkpoint-4"
