@@ -446,7 +446,7 @@ def _whitespace_trim_tables(text: str) -> tuple[np.ndarray, np.ndarray]:
     next_solid = np.append(np.where(is_space, n, positions), n)
     skip = np.minimum.accumulate(next_solid[::-1])[::-1]
     solid_end = np.where(is_space, 0, positions + 1)
-    back = np.concatenate(([0], np.maximum.accumulate(solid_end))) if n else np.zeros(1, dtype=np.int64)
+    back = np.concatenate(([0], np.maximum.accumulate(solid_end)))
     return skip, back
 
 
@@ -457,15 +457,12 @@ def _context_offsets(offset_mapping, sequence_ids, trim_tables, origin: np.ndarr
     rows = _context_rows(sequence_ids)
     if len(rows) == 0:
         return result
-    if isinstance(rows, range):  # contiguous, as in every pair encoding: convert only the context's offsets
-        offsets = np.asarray(offset_mapping[rows.start:rows.stop], dtype=np.int64).reshape(-1, 2)
-        rows = np.arange(rows.start, rows.stop)
-    else:
-        offsets = np.asarray(offset_mapping, dtype=np.int64).reshape(-1, 2)[rows]
+    # Convert only the offsets from the first to the last context token (the whole context, in a pair).
+    first, stop = rows[0], rows[-1] + 1
+    offsets = np.asarray(offset_mapping[first:stop], dtype=np.int64).reshape(-1, 2)[rows - first]
     skip, back = trim_tables
-    start, end = offsets[:, 0], offsets[:, 1]
-    start = np.minimum(skip[start], end)  # leading whitespace, never past the token's end
-    end = np.maximum(back[end], start)  # trailing whitespace, never before the new start
+    start = np.minimum(skip[offsets[:, 0]], offsets[:, 1])  # leading whitespace, never past the token's end
+    end = back[offsets[:, 1]]  # trailing whitespace; a whitespace-only token ends at or before its start
     kept = start < end
     rows = rows[kept]
     result[rows, 0] = origin[start[kept]]
@@ -473,15 +470,15 @@ def _context_offsets(offset_mapping, sequence_ids, trim_tables, origin: np.ndarr
     return result
 
 
-def _context_rows(sequence_ids: list) -> "range | np.ndarray":
-    """Positions of the context's tokens (sequence id 1): a `range` when they are contiguous (checked
-    with list methods, which run in C), else an index array."""
+def _context_rows(sequence_ids: list) -> np.ndarray:
+    """Positions of the context's tokens (sequence id 1). They are contiguous in a pair encoding, which
+    list methods (running in C) confirm without a Python loop over every token."""
     count = sequence_ids.count(1)
     if count == 0:
-        return range(0)
+        return np.zeros(0, dtype=np.int64)
     first = sequence_ids.index(1)
     if sequence_ids[first:first + count].count(1) == count:
-        return range(first, first + count)
+        return np.arange(first, first + count)
     return np.flatnonzero(np.fromiter((s == 1 for s in sequence_ids), dtype=bool, count=len(sequence_ids)))
 
 
