@@ -97,10 +97,8 @@ def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object,
     torch.manual_seed(args.seed)
     if args.tiny_random_backbone:
         tokenizer = build_wordpiece_tokenizer(common.corpus_texts(train_examples), vocab_size=args.vocab_size)
-        config = tiny_bert_config(
-            vocab_size=max(args.vocab_size, len(tokenizer)), hidden_size=args.hidden_size,
-            num_hidden_layers=args.layers, num_attention_heads=args.heads, intermediate_size=args.intermediate_size,
-            max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        config = tiny_bert_config(**common.bert_shape(args, max(args.vocab_size, len(tokenizer))),
+                                  max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
         torch.manual_seed(args.seed)
         model = QuestionAnsweringModel.from_config(config)
         description = (f"random-init BERT (hidden {args.hidden_size}, {args.layers} layers, "
@@ -121,18 +119,9 @@ def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object,
 
 def check_initial_weights(model, model_dir: Path, what: str) -> int:
     """Every tensor of `model` equals the saved initial model's; returns how many were compared."""
-    import torch
     from safetensors.torch import load_file
 
-    reference = load_file(str(model_dir / "model.safetensors"))
-    state = model.state_dict()
-    missing = sorted(k for k in state if k not in reference)
-    if missing:
-        raise RuntimeError(f"{what}: initial weights {missing[:5]} are not in the saved initial model")
-    for key, value in state.items():
-        if not torch.equal(value.detach().cpu(), reference[key]):
-            raise RuntimeError(f"{what}: initial weight {key} differs from the saved initial model's")
-    return len(state)
+    return common.assert_same_weights(load_file(str(model_dir / "model.safetensors")), model, what)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,11 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="kqa: plain shuffled batches (the main job groups batches by length)")
     parser.add_argument("--tiny-random-backbone", action="store_true",
                         help="a random-init BERT of the shape below instead of --backbone (smoke runs)")
-    parser.add_argument("--vocab-size", type=int, default=16000, help="WordPiece vocabulary trained on the data")
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--intermediate-size", type=int, default=1024)
+    common.add_bert_shape_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.max_train_examples is not None and args.max_train_examples <= 0:

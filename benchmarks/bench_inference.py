@@ -66,9 +66,7 @@ def build_random_model(args, work: Path) -> Path:
 
     examples, _ = common.load_examples(common.squad_files(args.data_dir))
     tokenizer = build_wordpiece_tokenizer(common.corpus_texts(examples), vocab_size=args.vocab_size)
-    config = tiny_bert_config(vocab_size=max(args.vocab_size, len(tokenizer)), hidden_size=args.hidden_size,
-                              num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                              intermediate_size=args.intermediate_size)
+    config = tiny_bert_config(**common.bert_shape(args, max(args.vocab_size, len(tokenizer))))
     torch.manual_seed(args.seed)
     model = QuestionAnsweringModel.from_config(config)
     model_dir = work / "random-model"
@@ -221,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=15, metavar="TOP",
                         help="cProfile single short-context questions and print the TOP functions (0: off)")
     parser.add_argument("--profile-runs", type=int, default=20)
-    parser.add_argument("--vocab-size", type=int, default=8000, help="random model: WordPiece vocabulary")
-    parser.add_argument("--hidden-size", type=int, default=256, help="random model")
-    parser.add_argument("--layers", type=int, default=4, help="random model")
-    parser.add_argument("--heads", type=int, default=4, help="random model")
-    parser.add_argument("--intermediate-size", type=int, default=1024, help="random model")
+    common.add_bert_shape_arguments(parser, vocab_size=8000, what="random model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)

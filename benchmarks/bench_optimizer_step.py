@@ -28,9 +28,7 @@ def time_steps(optim: str, args) -> dict:
     from kqa.modeling import QuestionAnsweringModel
     from kqa.testing import tiny_bert_config
 
-    config = tiny_bert_config(vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                              num_attention_heads=args.heads, intermediate_size=args.intermediate_size,
-                              max_position_embeddings=512)
+    config = tiny_bert_config(**common.bert_shape(args), max_position_embeddings=512)
     torch.manual_seed(args.seed)
     model = QuestionAnsweringModel.from_config(config)
     optimizer = build_optimizer(model, TrainConfig(train_files=["unused.json"], optim=optim, learning_rate=3e-5))
@@ -62,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer (medians reported)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-length", type=int, default=224, help="kqa's mean padded window length on the shared data")
-    parser.add_argument("--vocab-size", type=int, default=16000)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--intermediate-size", type=int, default=1024)
+    common.add_bert_shape_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)

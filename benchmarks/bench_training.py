@@ -96,18 +96,6 @@ def summarise(name: str, features: str, padding: str, recorder: BatchRecorder, t
     return row
 
 
-def assert_same_weights(reference: dict, model, what: str) -> None:
-    import torch
-
-    state = model.state_dict()
-    missing = [k for k in state if k not in reference]
-    if missing:
-        raise RuntimeError(f"{what}: weights {missing[:5]} are not in the kqa model")
-    for key, value in state.items():
-        if not torch.equal(value.cpu(), reference[key]):
-            raise RuntimeError(f"{what}: initial weight {key} differs from the kqa model's")
-
-
 def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object, int]:
     """A WordPiece tokenizer trained on the examples, a random-init BERT of the requested shape and its
     span head, saved once (kqa save_pretrained, transformers layout) for all three runs to load."""
@@ -118,10 +106,7 @@ def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object,
 
     model_dir = work / "initial-model"
     tokenizer = build_wordpiece_tokenizer(common.corpus_texts(train_examples), vocab_size=args.vocab_size)
-    shape = dict(BERT_BASE) if args.bert_base else {
-        "vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
-        "num_attention_heads": args.heads, "intermediate_size": args.intermediate_size,
-    }
+    shape = dict(BERT_BASE) if args.bert_base else common.bert_shape(args)
     # The trained vocabulary can be smaller than asked for on a small corpus; the table never is.
     shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
     config = tiny_bert_config(max_position_embeddings=512, hidden_dropout_prob=0.1,
@@ -166,7 +151,7 @@ def run_trainer(args, model_dir: Path, dataset, collator, initial: dict, work: P
     import torch
 
     model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir))
-    assert_same_weights(initial, model, name)
+    common.assert_same_weights(initial, model, name)
     training_args = TrainingArguments(
         output_dir=str(work / name.replace(" ", "-")), per_device_train_batch_size=args.batch_size,
         max_steps=args.steps, learning_rate=args.learning_rate, weight_decay=0.01,
@@ -204,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=384, help="kqa's window length")
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--reference-max-length", type=int, default=512, help="the common recipe's padded length")
-    parser.add_argument("--vocab-size", type=int, default=16000, help="WordPiece vocabulary trained on the data")
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--intermediate-size", type=int, default=1024)
+    common.add_bert_shape_arguments(parser)
     parser.add_argument("--bert-base", action="store_true",
                         help="klue/bert-base's shape (vocab 32000, hidden 768, 12 layers, 12 heads); random weights")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision in all three runs (a GPU)")

