@@ -11,8 +11,9 @@ Sources:
 All of them go through the same validation (`_ExampleValidator`). Text is stored exactly as the source
 gave it; answers are compared in NFC (see `kqa.text`). An `answer_start` that does not point at its
 text is repaired to the nearest occurrence of the text, or the answer is rejected when the text is not
-in the context; a question left without a valid answer is rejected. Structural problems (bad JSON,
-wrong layout, missing or ill-typed fields, empty text, duplicate ids) raise `DataValidationError`.
+in the context; a question left without a valid answer is rejected. Structural problems (a file that
+is not UTF-8, bad JSON, wrong layout, missing or ill-typed fields, empty text, a lone surrogate in a
+string, duplicate ids) raise `DataValidationError`.
 Every repair and rejection is recorded in the `LoadReport` returned with the examples.
 """
 
@@ -28,7 +29,7 @@ from typing import Any, Iterable, Iterator
 
 import datasets
 
-from kqa.text import nfc_with_alignment, to_nfc
+from kqa.text import NotUtf8Error, check_text, nfc_with_alignment, read_utf8_text, to_nfc
 
 logger = logging.getLogger("kqa.data")
 
@@ -272,6 +273,15 @@ def _fail(location: Location, problem: str, qid: Any = MISSING) -> DataValidatio
     return DataValidationError(f"{location.source}: {where}: {problem}")
 
 
+def _check_unicode(location: Location, what: str, value: str, qid: Any = MISSING) -> str:
+    """`value` when it is valid Unicode text: a lone surrogate (JSON's "\\ud800", a valid escape)
+    would otherwise fail later, inside Arrow or a tokenizer, without naming the record."""
+    try:
+        return check_text(value, what)
+    except ValueError as err:
+        raise _fail(location, str(err), qid) from None
+
+
 def _check_text_field(location: Location, name: str, value: Any, qid: Any = MISSING) -> str:
     """A required, non-blank string field (question, context)."""
     if value is MISSING:
@@ -280,7 +290,7 @@ def _check_text_field(location: Location, name: str, value: Any, qid: Any = MISS
         raise _fail(location, f"field '{name}' must be a string, got {type(value).__name__}", qid)
     if not value.strip():
         raise _fail(location, f"field '{name}' is empty" if not value else f"field '{name}' is only whitespace", qid)
-    return value
+    return _check_unicode(location, f"field '{name}'", value, qid)
 
 
 def _check_id(location: Location, value: Any) -> str:
@@ -293,7 +303,7 @@ def _check_id(location: Location, value: Any) -> str:
         raise _fail(location, f"field 'id' must be a string, got {type(value).__name__}")
     if not value.strip():
         raise _fail(location, "field 'id' is empty")
-    return value
+    return _check_unicode(location, "field 'id'", value)
 
 
 def _check_title(location: Location, value: Any, qid: str) -> str:
@@ -301,7 +311,7 @@ def _check_title(location: Location, value: Any, qid: str) -> str:
         return ""
     if not isinstance(value, str):
         raise _fail(location, f"field 'title' must be a string, got {type(value).__name__}", qid)
-    return value
+    return _check_unicode(location, "field 'title'", value, qid)
 
 
 def _check_is_impossible(location: Location, value: Any, qid: str) -> bool:
@@ -325,7 +335,7 @@ def _check_answer(location: Location, qid: str, index: int, text: Any, start: An
         raise _fail(location, f"{label}: 'answer_start' must be an integer, got {start!r}", qid)
     if start < 0:
         raise _fail(location, f"{label}: 'answer_start' must not be negative, got {start}", qid)
-    return text, int(start)
+    return _check_unicode(location, f"{label}: field 'text'", text, qid), int(start)
 
 
 class _ExampleValidator:
@@ -416,10 +426,9 @@ def _log_report(report: LoadReport) -> None:
 
 def _read_json(path: Path) -> Any:
     try:
-        # utf-8-sig: tolerate a byte-order mark, which some editors write and `json` refuses.
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataValidationError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        text = read_utf8_text(path)  # a leading byte-order mark is accepted, as by kqa.metric and the CLI
+    except NotUtf8Error as err:
+        raise DataValidationError(str(err)) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kqa.text import to_nfc
+from kqa.text import read_utf8_text, to_nfc
 
 logger = logging.getLogger("kqa.metric")
 
@@ -140,9 +140,6 @@ def _evaluate(questions: Iterable[tuple[str, Sequence[str]]], predictions: Mappi
             unanswered_ids.append(question_id)
             continue
         prediction = predictions[question_id]
-        if not isinstance(prediction, str):
-            raise ValueError(f"prediction for question {question_id!r} is a {type(prediction).__name__}, "
-                             f"not a string")
         answered += 1
         em, f1 = _score_question(prediction, gold_answers)
         em_sum += em
@@ -177,9 +174,22 @@ def _answer_texts(answers: Any, where: str) -> list[str]:
     return list(texts)
 
 
-def evaluate_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResult:
+def _check_predictions(predictions: Mapping[str, str], source: str) -> None:
+    """Every prediction must be a string, also for an id outside the gold set: a non-string value shows
+    a malformed predictions file or mapping (e.g. an n-best list), so both entry points refuse it."""
+    for question_id, text in predictions.items():
+        if not isinstance(text, str):
+            raise ValueError(f"{source}: the prediction for question {question_id!r} is a "
+                             f"{type(text).__name__}, not a string")
+
+
+def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResult:
     """Score `predictions` (id → text) against examples (a `datasets.Dataset` or list of rows with
-    `id` and `answers` = {"text": [...], ...}) with the official KorQuAD 1.0 metric."""
+    `id` and `answers` = {"text": [...], ...}) with the official KorQuAD 1.0 metric.
+
+    A prediction that is not a string raises a ValueError naming its id, whether or not the id is in
+    the gold set (as `score_files` does)."""
+    _check_predictions(predictions, "predictions")
     if hasattr(examples, "column_names"):
         for column in ("id", "answers"):
             if column not in examples.column_names:
@@ -199,13 +209,37 @@ def evaluate_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalR
     return _evaluate(questions, predictions, "examples")
 
 
-def _read_json(path: Path, what: str) -> Any:
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) < len(pairs):  # rare: find the first key given twice
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _read_json(path: Path, what: str, *, unique_keys: bool = False) -> Any:
+    """The JSON document in `path`. The file must be UTF-8 (a leading byte-order mark is accepted);
+    bad bytes, bad JSON and, with `unique_keys`, a key given twice in one object (JSON would keep only
+    the last value) raise a ValueError naming the file and where."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = read_utf8_text(path)  # a NotUtf8Error (ValueError) names file, line, column and byte
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file not found: {path}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys if unique_keys else None)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except _DuplicateKey as dup:
+        raise ValueError(f"{path}: key {dup.key!r} appears more than once in one JSON object; as a question "
+                         "id only its last prediction would be kept, so the file is refused") from None
 
 
 def _official_questions(dataset: Any, path: Path):
@@ -230,17 +264,16 @@ def _official_questions(dataset: Any, path: Path):
                 yield str(qa["id"]), _answer_texts(answers, f"{where} (id {qa['id']!r})")
 
 
-def evaluate_files(dataset_json: str | Path, predictions_json: str | Path) -> EvalResult:
+def score_files(dataset_json: str | Path, predictions_json: str | Path) -> EvalResult:
     """The official scorer: a SQuAD/KorQuAD gold file (data → paragraphs → qas → answers) and a
     predictions file (id → text). Unanswered questions score 0; predictions for unknown ids are
-    counted and logged."""
+    counted and logged. Both files are read as UTF-8 (a leading byte-order mark is accepted); bad
+    bytes, bad JSON, a layout error, a non-string prediction or an id given twice raise a ValueError
+    naming the file and the record."""
     dataset_path, predictions_path = Path(dataset_json), Path(predictions_json)
     dataset = _read_json(dataset_path, "gold dataset")
-    predictions = _read_json(predictions_path, "predictions")
+    predictions = _read_json(predictions_path, "predictions", unique_keys=True)
     if not isinstance(predictions, dict):
         raise ValueError(f"{predictions_path}: expected a JSON object mapping question id to answer text")
-    for question_id, text in predictions.items():
-        if not isinstance(text, str):
-            raise ValueError(f"{predictions_path}: the prediction for {question_id!r} is a "
-                             f"{type(text).__name__}, not a string")
+    _check_predictions(predictions, str(predictions_path))
     return _evaluate(_official_questions(dataset, dataset_path), predictions, str(dataset_path))

@@ -4,12 +4,17 @@ Korean text sometimes arrives NFD-decomposed (a syllable such as "한" stored as
 jamo U+1112 U+1161 U+11AB). Tokenizers and string comparison want one canonical form, so kqa works
 in NFC; yet a prediction must be a slice of the context the user passed in. `nfc_with_alignment`
 gives both: the NFC string and, for each NFC character, where it came from in the original.
+
+Input text is checked here too: `read_utf8_text` / `decode_utf8` read user files as UTF-8 (a leading
+byte-order mark is accepted; bad bytes raise a ValueError naming file, line, column and byte), and
+`check_text` rejects a string that cannot be encoded (a lone surrogate from a JSON "\\ud800" escape).
 """
 
 from __future__ import annotations
 
 import functools
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 
@@ -105,3 +110,63 @@ def nfc_with_alignment(text: str) -> tuple[str, np.ndarray]:
 def to_nfc(text: str) -> str:
     """NFC form of `text` (cheap when it already is NFC)."""
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+def check_text(value: object, where: str) -> str:
+    """`value` as a string that can be encoded as UTF-8, or a ValueError that names `where` and the
+    problem (not a string; a lone surrogate, e.g. from JSON's "\\ud800", which tokenizers and Arrow
+    cannot encode)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where}: holds a lone surrogate {value[err.start]!r} at character {err.start}, "
+                         "which is not valid Unicode text") from None
+    return value
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class NotUtf8Error(ValueError):
+    """Bytes that are not UTF-8 text; the message names the source, line, column and byte offset.
+
+    `line` and `column` are 1-based (lines split at b"\\n", columns in characters); `offset` is the
+    byte offset of the first bad byte in the file, counting a byte-order mark; `detail` is the
+    message without the source (for callers that name the source their own way, e.g. `file:line:`).
+    """
+
+    def __init__(self, source: str, line: int, column: int, offset: int, detail: str):
+        super().__init__(f"{source}: not UTF-8 text: {detail}")
+        self.source, self.line, self.column, self.offset, self.detail = source, line, column, offset, detail
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """`data` decoded as UTF-8, without a leading byte-order mark (which editors on Windows write and
+    `json` refuses), or a `NotUtf8Error` (a ValueError) naming `source` and where the first bad byte is.
+
+    Only one BOM, at the very start, is dropped; U+FEFF anywhere else is text. The readers of data
+    files (`kqa.data`, `kqa.metric`, `kqa predict --input`) go through here, so they treat a BOM alike.
+    """
+    skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = skip + err.start
+        line_start = data.rfind(b"\n", 0, offset) + 1
+        line = data.count(b"\n", 0, offset) + 1
+        # Everything before the first bad byte is valid UTF-8, so the column can be counted in characters.
+        column = len(data[max(line_start, skip):offset].decode("utf-8")) + 1
+        bad = " ".join(f"0x{b:02x}" for b in data[offset:skip + err.end])
+        detail = f"{err.reason} {bad} at line {line}, column {column}, byte offset {offset}"
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            detail += "; the file looks like UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8"
+        else:
+            detail += "; save the file as UTF-8 (a legacy encoding such as CP949 / EUC-KR is not read)"
+        raise NotUtf8Error(source, line, column, offset, detail) from None
+
+
+def read_utf8_text(path: str | Path) -> str:
+    """The text of the file at `path` (see `decode_utf8`); `FileNotFoundError` when it does not exist."""
+    return decode_utf8(Path(path).read_bytes(), str(path))

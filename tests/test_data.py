@@ -274,6 +274,47 @@ def test_non_utf8_file_is_reported(tmp_path):
         load_squad_json(path)
 
 
+def test_non_utf8_file_names_line_and_column(tmp_path):
+    path = tmp_path / "cp949.json"
+    text = json.dumps(squad(article("t", paragraph(CONTEXT, GOOD_QA))), ensure_ascii=False, indent=1)
+    path.write_bytes(text.encode() + b"\n" + "서울".encode("cp949"))  # a legacy Korean encoding
+    with pytest.raises(DataValidationError) as err:
+        load_squad_json(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: not UTF-8 text")
+    assert f"line {text.count(chr(10)) + 2}, column 1" in message
+
+
+def test_byte_order_mark_is_accepted(tmp_path, korean_examples):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(korean_squad_json(), ensure_ascii=False).encode("utf-8"))
+    examples, report = load_squad_json(path)
+    assert examples["id"] == [ex["id"] for ex in korean_examples]
+    assert not report.has_problems
+
+
+LONE = "\ud800"  # valid as a JSON escape, yet no Unicode character: Arrow and tokenizers cannot encode it
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("context", r"article 0, paragraph 0: field 'context': holds a lone surrogate '\\ud800' at character 13"),
+    ("question", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'question': holds a lone surrogate"),
+    ("id", r"article 0, paragraph 0, question 0: field 'id': holds a lone surrogate"),
+    ("title", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'title': holds a lone surrogate"),
+    ("answer", r"question 0 \(id 'q1'\): answer 0: field 'text': holds a lone surrogate"),
+])
+def test_lone_surrogate_names_the_file_record_and_field(tmp_path, where, expected):
+    context = CONTEXT[:13] + LONE + CONTEXT[13:] if where == "context" else CONTEXT
+    question = qa("q1" + LONE if where == "id" else "q1", "수도는?" + (LONE if where == "question" else ""),
+                  [("서울" + (LONE if where == "answer" else ""), 10)])
+    doc = squad(article("t" + (LONE if where == "title" else ""), paragraph(context, question)))
+    path = write(tmp_path, json.dumps(doc))  # ASCII JSON: the file itself is valid UTF-8
+    assert "\\ud800" in path.read_text(encoding="utf-8")
+    with pytest.raises(DataValidationError, match=expected) as err:
+        load_squad_json(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_squad_json(tmp_path / "nope.json")

@@ -15,8 +15,8 @@ import pytest
 
 from kqa.metric import (
     EvalResult,
-    evaluate_files,
-    evaluate_predictions,
+    score_files,
+    score_predictions,
     exact_match_score,
     f1_score,
     normalize_answer,
@@ -200,7 +200,7 @@ def test_totals_are_percent_over_every_gold_question(caplog):
         "zz": "모름",           # not in the gold set: ignored, counted
     }
     with caplog.at_level(logging.WARNING, logger="kqa.metric"):
-        result = evaluate_predictions(EXAMPLES, predictions)
+        result = score_predictions(EXAMPLES, predictions)
     assert isinstance(result, EvalResult)
     assert result.exact_match == pytest.approx(100 * 2 / 4)
     assert result.f1 == pytest.approx(100 * (1 + 1 + 8 / 9 + 0) / 4)
@@ -213,9 +213,9 @@ def test_totals_are_percent_over_every_gold_question(caplog):
 def test_multi_answer_takes_the_best_per_metric_separately():
     examples = [{"id": "m", "answers": {"text": ["세종대왕", "세종"], "answer_start": [0, 0]}}]
     # EM is 1 against "세종"; F1 against "세종대왕" is 2·(1·0.5)/1.5 = 2/3 but against "세종" it is 1.
-    result = evaluate_predictions(examples, {"m": "세종"})
+    result = score_predictions(examples, {"m": "세종"})
     assert (result.exact_match, result.f1) == (100.0, 100.0)
-    result = evaluate_predictions(examples, {"m": "세종대"})
+    result = score_predictions(examples, {"m": "세종대"})
     # vs 세종대왕: P 1, R 3/4 → 6/7; vs 세종: P 2/3, R 1 → 4/5. Best 6/7; EM 0.
     assert result.exact_match == 0.0 and result.f1 == pytest.approx(100 * 6 / 7)
 
@@ -223,7 +223,7 @@ def test_multi_answer_takes_the_best_per_metric_separately():
 def test_impossible_questions_score_only_an_empty_prediction():
     examples = [{"id": "i1", "answers": {"text": [], "answer_start": []}},
                 {"id": "i2", "answers": {"text": [], "answer_start": []}}]
-    result = evaluate_predictions(examples, {"i1": " ( ) ", "i2": "서울"})  # " ( ) " normalises to ""
+    result = score_predictions(examples, {"i1": " ( ) ", "i2": "서울"})  # " ( ) " normalises to ""
     assert (result.exact_match, result.f1, result.impossible) == (50.0, 50.0, 2)
 
 
@@ -232,18 +232,18 @@ def test_datasets_input(korean_examples):
     dataset = datasets.Dataset.from_list(korean_examples)
     predictions = {ex["id"]: ex["answers"]["text"][0] for ex in korean_examples}
     predictions[korean_examples[0]["id"]] = "아무것도"
-    result = evaluate_predictions(dataset, predictions)
+    result = score_predictions(dataset, predictions)
     n = len(korean_examples)
     assert result.total == n and result.exact_match == pytest.approx(100 * (n - 1) / n)
 
 
 def test_bad_predictions_and_examples_are_reported():
     with pytest.raises(ValueError, match="prediction for question 'q1' is a int"):
-        evaluate_predictions(EXAMPLES, {"q1": 3})
+        score_predictions(EXAMPLES, {"q1": 3})
     with pytest.raises(ValueError, match="row 0 needs 'id' and 'answers'"):
-        evaluate_predictions([{"id": "x"}], {})
+        score_predictions([{"id": "x"}], {})
     with pytest.raises(ValueError, match=r"row 0 \(id 'x'\): answers must hold text strings"):
-        evaluate_predictions([{"id": "x", "answers": {"text": [1]}}], {})
+        score_predictions([{"id": "x", "answers": {"text": [1]}}], {})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_evaluate_files_matches_the_official_evaluate(tmp_path):
     gold_file, pred_file = tmp_path / "dev.json", tmp_path / "predictions.json"
     gold_file.write_text(json.dumps(gold, ensure_ascii=False), encoding="utf-8")
     pred_file.write_text(json.dumps(predictions, ensure_ascii=False), encoding="utf-8")
-    result = evaluate_files(gold_file, pred_file)
+    result = score_files(gold_file, pred_file)
     official = official_evaluate(gold["data"], predictions)
     assert result.exact_match == pytest.approx(official["exact_match"])
     assert result.f1 == pytest.approx(official["f1"])
@@ -302,7 +302,7 @@ def test_evaluate_files_on_random_predictions_matches_official(tmp_path):
         pred_file.write_text(json.dumps(predictions, ensure_ascii=False), encoding="utf-8")
         gold_file = tmp_path / "gold.json"
         gold_file.write_text(json.dumps(gold, ensure_ascii=False), encoding="utf-8")
-        result = evaluate_files(gold_file, pred_file)
+        result = score_files(gold_file, pred_file)
         official = official_evaluate(gold["data"], predictions)
         assert result.exact_match == pytest.approx(official["exact_match"])
         assert result.f1 == pytest.approx(official["f1"])
@@ -313,21 +313,21 @@ def test_evaluate_files_reports_bad_files(tmp_path):
     gold_file.write_text(json.dumps(official_layout(), ensure_ascii=False), encoding="utf-8")
     pred_file.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="expected a JSON object mapping question id"):
-        evaluate_files(gold_file, pred_file)
+        score_files(gold_file, pred_file)
     pred_file.write_text('{"a1": ["서울"]}', encoding="utf-8")
-    with pytest.raises(ValueError, match="the prediction for 'a1' is a list"):
-        evaluate_files(gold_file, pred_file)
+    with pytest.raises(ValueError, match="the prediction for question 'a1' is a list"):
+        score_files(gold_file, pred_file)
     pred_file.write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
-        evaluate_files(gold_file, pred_file)
+        score_files(gold_file, pred_file)
     pred_file.write_text("{}", encoding="utf-8")
     broken = official_layout()
     del broken["data"][1]["paragraphs"][0]["qas"][1]["id"]
     gold_file.write_text(json.dumps(broken, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(ValueError, match=r"data\[1\]\.paragraphs\[0\]\.qas\[1\] has no 'id'"):
-        evaluate_files(gold_file, pred_file)
+        score_files(gold_file, pred_file)
     with pytest.raises(FileNotFoundError, match="gold dataset file not found"):
-        evaluate_files(tmp_path / "missing.json", pred_file)
+        score_files(tmp_path / "missing.json", pred_file)
 
 
 @pytest.mark.integration
@@ -347,9 +347,68 @@ def test_evaluate_files_on_shared_korquad_dev(data_dir, tmp_path):
     for name, predictions in (("perfect", perfect), ("perturbed", perturbed)):
         pred_file = tmp_path / f"{name}.json"
         pred_file.write_text(json.dumps(predictions, ensure_ascii=False), encoding="utf-8")
-        result = evaluate_files(dev, pred_file)
+        result = score_files(dev, pred_file)
         official = official_evaluate(gold["data"], predictions)
         assert result.total == 133
         assert result.exact_match == pytest.approx(official["exact_match"])
         assert result.f1 == pytest.approx(official["f1"])
-    assert evaluate_files(dev, tmp_path / "perfect.json").exact_match == 100.0
+    assert score_files(dev, tmp_path / "perfect.json").exact_match == 100.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad bytes, byte-order marks and malformed predictions
+# --------------------------------------------------------------------------------------------------
+
+def _write_pair(tmp_path, gold: bytes | None = None, predictions: bytes | None = None):
+    gold_file, pred_file = tmp_path / "gold.json", tmp_path / "pred.json"
+    gold_file.write_bytes(gold if gold is not None else json.dumps(official_layout(), ensure_ascii=False).encode())
+    pred_file.write_bytes(predictions if predictions is not None else b"{}")
+    return gold_file, pred_file
+
+
+def test_invalid_utf8_in_the_predictions_file_names_the_file_and_position(tmp_path):
+    gold_file, pred_file = _write_pair(tmp_path, predictions=b'{\n  "a1": "\xec\x84\x9c\xff"\n}')
+    with pytest.raises(ValueError) as err:
+        score_files(gold_file, pred_file)
+    message = str(err.value)
+    assert not isinstance(err.value, UnicodeDecodeError)
+    assert str(pred_file) in message and "not UTF-8" in message
+    assert "line 2, column 11" in message and "byte offset 14" in message  # 서 is one character, three bytes
+
+
+def test_invalid_utf8_in_the_gold_file_names_the_file_and_position(tmp_path):
+    gold = json.dumps(official_layout(), ensure_ascii=False, indent=1).encode("utf-8")
+    gold = gold.replace("서울이다".encode(), "서울이다".encode("cp949"), 1)  # a legacy Korean encoding
+    gold_file, pred_file = _write_pair(tmp_path, gold=gold)
+    with pytest.raises(ValueError) as err:
+        score_files(gold_file, pred_file)
+    assert not isinstance(err.value, UnicodeDecodeError)
+    assert str(gold_file) in str(err.value) and "not UTF-8" in str(err.value)
+    assert re.search(r"line \d+, column \d+", str(err.value))
+
+
+def test_byte_order_mark_is_accepted_in_gold_and_predictions(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    gold = bom + json.dumps(official_layout(), ensure_ascii=False).encode("utf-8")
+    predictions = bom + json.dumps({"a1": "서울"}, ensure_ascii=False).encode("utf-8")
+    gold_file, pred_file = _write_pair(tmp_path, gold=gold, predictions=predictions)
+    result = score_files(gold_file, pred_file)
+    assert (result.total, result.answered, result.exact_match) == (4, 1, 25.0)
+
+
+def test_non_string_prediction_for_an_unknown_id_is_an_error_for_files_and_mappings(tmp_path):
+    # The same malformed predictions must fail the same way whichever entry point reads them.
+    predictions = {"a1": "서울", "not-in-gold": 7}
+    gold_file, pred_file = _write_pair(tmp_path, predictions=json.dumps(predictions).encode())
+    with pytest.raises(ValueError, match=r"prediction for question 'not-in-gold' is a int, not a string"):
+        score_files(gold_file, pred_file)
+    with pytest.raises(ValueError, match=r"prediction for question 'not-in-gold' is a int, not a string"):
+        score_predictions(EXAMPLES, {"q1": "서울", "not-in-gold": 7})
+    # A string for an unknown id is still only counted and logged.
+    assert score_predictions(EXAMPLES, {"q1": "서울", "not-in-gold": "x"}).unknown_predictions == 1
+
+
+def test_duplicate_id_in_the_predictions_file_is_an_error(tmp_path):
+    gold_file, pred_file = _write_pair(tmp_path, predictions='{"a1": "서울", "a1": "부산"}'.encode())
+    with pytest.raises(ValueError, match=rf"{re.escape(str(pred_file))}: .*'a1' appears more than once"):
+        score_files(gold_file, pred_file)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
 
 import numpy as np
 import pytest
 
-from kqa.text import nfc_with_alignment, to_nfc
+from kqa.text import check_text, decode_utf8, nfc_with_alignment, read_utf8_text, to_nfc
 
 
 def nfd(text: str) -> str:
@@ -186,3 +187,65 @@ def test_unit_boundaries_map_exactly_even_when_marks_are_reordered():
             original_offset += len(part)
             nfc_offset += len(nfc(part))
         assert nfc_offset == len(nfc_text)
+
+
+# --- check_text and reading UTF-8 files --------------------------------------------------------------
+
+def test_check_text_returns_valid_strings_unchanged():
+    for value in ["", "서울", nfd("한국"), "emoji \U0001F600", "\ufeffbom inside"]:
+        assert check_text(value, "somewhere") is value
+
+
+def test_check_text_names_the_place_and_the_lone_surrogate():
+    with pytest.raises(ValueError, match=r"^data\.json: question 3: holds a lone surrogate '\\ud800' at "
+                                         r"character 3, which is not valid Unicode text"):
+        check_text("abc\ud800def", "data.json: question 3")
+    with pytest.raises(ValueError, match=r"lone surrogate '\\udfff' at character 0"):
+        check_text("\udfff", "x")
+    # A pair written the wrong way round is two lone surrogates; the first is named.
+    with pytest.raises(ValueError, match=r"lone surrogate '\\ude00' at character 1"):
+        check_text("a\ude00\ud83d", "x")
+
+
+@pytest.mark.parametrize("value", [None, 3, 1.5, b"bytes", ["a"]])
+def test_check_text_rejects_what_is_not_a_string(value):
+    with pytest.raises(ValueError, match=rf"^here: expected a string, got {type(value).__name__}$"):
+        check_text(value, "here")
+
+
+def test_decode_utf8_strips_one_byte_order_mark():
+    assert decode_utf8("\ufeff서울".encode("utf-8"), "f") == "서울"
+    assert decode_utf8(b"plain", "f") == "plain"
+    # Only the first one is a byte-order mark; a second is text (U+FEFF) and is kept.
+    assert decode_utf8(b"\xef\xbb\xbf\xef\xbb\xbfx", "f") == "\ufeffx"
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    (b"\xff", "line 1, column 1, byte offset 0"),
+    (b"ab\ncd\xc3(", "line 2, column 3, byte offset 5"),
+    ("가\n나다".encode() + b"\xed\xa0\x80", "line 2, column 3, byte offset 10"),  # an encoded surrogate is not UTF-8
+    (b"\xef\xbb\xbfa\n\xe4b", "line 2, column 1, byte offset 5"),  # offsets count the byte-order mark
+    ("서울".encode("cp949"), "line 1, column 1, byte offset 0"),
+])
+def test_decode_utf8_names_source_line_column_and_byte(data, where):
+    with pytest.raises(ValueError) as err:
+        decode_utf8(data, "in.json")
+    assert not isinstance(err.value, UnicodeError)
+    assert str(err.value).startswith("in.json: not UTF-8 text")
+    assert where in str(err.value)
+
+
+def test_decode_utf8_recognises_utf16():
+    with pytest.raises(ValueError, match=r"in\.json: not UTF-8 text: .*UTF-16"):
+        decode_utf8("\ufeff{}".encode("utf-16-le"), "in.json")
+
+
+def test_read_utf8_text_names_the_file(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ok\n\x80")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: not UTF-8 text.*line 2, column 1"):
+        read_utf8_text(path)
+    path.write_bytes(b"\xef\xbb\xbfok")
+    assert read_utf8_text(path) == "ok"
+    with pytest.raises(FileNotFoundError):
+        read_utf8_text(tmp_path / "missing.txt")
