@@ -28,24 +28,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_query_length", type=int)
     parser.add_argument("--n_best_size", type=int)
     parser.add_argument("--max_answer_length", type=int)
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--mixed_precision", choices=["auto", "no", "fp16", "bf16"],
+                        help="default: Accelerate's setting (accelerate config / launch --mixed_precision)")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="allow an encoder whose code lives beside its weights (as for training it)")
     parser.add_argument("--disable_tqdm", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kqa.evaluation import evaluate_model, score_predictions_file
-
     if args.predictions:
-        result = score_predictions_file(args.data_file, args.predictions)
+        from kqa.metric import score_files
+
+        result = score_files(args.data_file, args.predictions)
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return 0
+    from kqa.evaluation import evaluate_model
+
+    overrides = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size",
+                                               "max_answer_length")}
     evaluation = evaluate_model(
         args.model, args.data_file, output_dir=args.output_dir, batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length,
-        n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
-        mixed_precision=args.mixed_precision, disable_tqdm=args.disable_tqdm,
+        mixed_precision=args.mixed_precision, trust_remote_code=args.trust_remote_code,
+        disable_tqdm=args.disable_tqdm, **overrides,
     )
     from accelerate import PartialState
 
@@ -54,5 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """`main` with bad input (a file that is not UTF-8, a malformed record) reported in one line."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

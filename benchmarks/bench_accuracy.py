@@ -160,7 +160,7 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
     from transformers import (AutoModelForQuestionAnswering, PrinterCallback, Trainer, TrainingArguments,
                               default_data_collator)
 
-    from kqa.metric import evaluate_predictions
+    from kqa.metric import score_predictions
 
     t0 = time.perf_counter()
     train_features, train_lost = common.seed_recipe_features(train_examples, tokenizer, args.reference_max_length,
@@ -212,8 +212,8 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
         start_logits, end_logits = output.predictions
         by_offsets, by_decode, empty[name] = argmax_answers(start_logits, end_logits, features,
                                                            dev_examples[name], tokenizer)
-        scores[ROW_COMMON_OFFSETS][name] = evaluate_predictions(dev_examples[name], by_offsets).to_dict()
-        scores[ROW_COMMON_DECODE][name] = evaluate_predictions(dev_examples[name], by_decode).to_dict()
+        scores[ROW_COMMON_OFFSETS][name] = score_predictions(dev_examples[name], by_offsets).to_dict()
+        scores[ROW_COMMON_DECODE][name] = score_predictions(dev_examples[name], by_decode).to_dict()
     predict_s = time.perf_counter() - t0
 
     selected = {
@@ -247,7 +247,7 @@ def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files
     _, report = prepare_train_features(train_examples, tokenizer,
                                        FeatureConfig(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride))
     output_dir = work / "kqa"
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model_name_or_path=str(model_dir), dataset_name=None, train_files=[str(f) for f in train_files],
         validation_files=[f"{name}={path}" for name, path in dev_files.items()],
         max_train_samples=args.max_train_examples, max_eval_samples=args.max_eval_examples,
@@ -280,7 +280,7 @@ def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files
                      "unanswered": metrics.get(f"{name}/unanswered"), "eval_loss": metrics.get(f"{name}/loss")}
               for name in dev_files}
     history = [{k.removeprefix("eval/"): v for k, v in h.items()}
-               for h in recipe.state.log_history if "eval/f1" in h]
+               for h in recipe.log_history if "eval/f1" in h]
     for h in history:
         h["epoch"] = math.ceil(h["step"] / recipe.steps_per_epoch)
     selected = {

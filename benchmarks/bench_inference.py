@@ -114,28 +114,25 @@ class StageTimer:
         import datasets
 
         import kqa.inference as inference
+        import kqa.prediction as prediction
 
         saved_from_list = datasets.Dataset.__dict__["from_list"]
-        patched_module = {}
-        for stage, name in (("features", "prepare_eval_features"), ("post-processing", "postprocess_predictions")):
-            if hasattr(inference, name):
-                patched_module[name] = getattr(inference, name)
-                setattr(inference, name, self._timed(stage, patched_module[name]))
+        patched = []
+        for module, stage, name in ((inference, "features", "prepare_eval_features"),
+                                    (prediction, "model", "predict_logits"),
+                                    (prediction, "post-processing", "decode_answers")):
+            if hasattr(module, name):
+                patched.append((module, name, getattr(module, name)))
+                setattr(module, name, self._timed(stage, getattr(module, name)))
                 self.found.append(stage)
         datasets.Dataset.from_list = self._timed("examples table", datasets.Dataset.from_list)
         self.found.append("examples table")
-        has_logits = hasattr(self.qa, "_logits")
-        if has_logits:
-            self.qa._logits = self._timed("model", self.qa._logits)
-            self.found.append("model")
         try:
             yield self
         finally:
             setattr(datasets.Dataset, "from_list", saved_from_list)
-            for name, fn in patched_module.items():
-                setattr(inference, name, fn)
-            if has_logits:
-                del self.qa._logits
+            for module, name, fn in patched:
+                setattr(module, name, fn)
 
 
 def measure(qa, timer: StageTimer, pool: list[tuple], batch_size: int, calls: int, warmup: int) -> dict:
@@ -166,7 +163,7 @@ def windows_per_question(qa, pool: list[tuple], limit: int = 200) -> float:
     from kqa.features import prepare_eval_features
 
     rows = [{"id": str(i), "question": q, "context": c} for i, (q, c) in enumerate(pool[:limit])]
-    features, _ = prepare_eval_features(datasets.Dataset.from_list(rows), qa.tokenizer, qa.feature_config,
+    features, _ = prepare_eval_features(datasets.Dataset.from_list(rows), qa.tokenizer, qa.settings.features,
                                         cache=False)
     return len(features) / len(rows)
 
@@ -275,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     settings = common.settings_from_args(args)
     settings.update({"model_description": model_name, "pool_sizes": {k: len(v) for k, v in pools.items()},
-                     "feature_config": vars(qa.feature_config) if hasattr(qa.feature_config, "__dict__") else None,
+                     "settings": qa.settings.to_dict(),
                      "timed_stages": timer.found})
     common.print_header(machine, settings)
     print(f"model: {model_name} on {args.device}; loaded in {setup_s:.1f} s")

@@ -121,7 +121,7 @@ def setup_kqa(args, model_dir: Path, train_files: list[Path], work: Path):
     from kqa.config import TrainConfig
     from kqa.loop import QATrainingRecipe
 
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model_name_or_path=str(model_dir), dataset_name=None, train_files=[str(f) for f in train_files],
         max_train_samples=args.max_train_examples, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
         per_device_train_batch_size=args.batch_size, max_train_steps=args.steps, learning_rate=args.learning_rate,

@@ -22,8 +22,9 @@ _EXPORTS = {
     "QACollator": "kqa.dataloaders",
     "QuestionAnsweringModel": "kqa.modeling",
     "PostprocessConfig": "kqa.postprocess",
-    "postprocess_predictions": "kqa.postprocess",
-    "evaluate_predictions": "kqa.metric",
+    "decode_answers": "kqa.postprocess",
+    "score_predictions": "kqa.metric",
+    "PredictionSettings": "kqa.prediction",
     "TrainConfig": "kqa.config",
     "QATrainingRecipe": "kqa.loop",
     "QuestionAnswerer": "kqa.inference",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kqa.features import FeatureConfig, prepare_eval_features, prepare_train_features
     from kqa.inference import Answer, QuestionAnswerer
     from kqa.loop import QATrainingRecipe
-    from kqa.metric import evaluate_predictions
+    from kqa.metric import score_predictions
     from kqa.modeling import QuestionAnsweringModel
-    from kqa.postprocess import PostprocessConfig, postprocess_predictions
+    from kqa.postprocess import PostprocessConfig, decode_answers
+    from kqa.prediction import PredictionSettings

@@ -15,66 +15,145 @@ import sys
 from pathlib import Path
 
 
+_ABSENT = object()  # a field not given (distinct from an explicit null)
+
+
+def _question_id(value: object, default: str, where: str) -> str:
+    """A question id: a non-blank string, or an integer (kept as its decimal string); `default` when absent."""
+    from kqa.text import check_text
+
+    if value is _ABSENT:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field 'id' must be a string or an integer, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{where}: field 'id' is empty")
+    return check_text(value, f"{where}: field 'id'")
+
+
+def _question_text(container: dict, name: str, where: str) -> str:
+    """A required, non-blank text field (question, context) that tokenizers can encode."""
+    from kqa.text import check_text
+
+    if name not in container:
+        raise ValueError(f"{where}: missing field '{name}'")
+    value = check_text(container[name], f"{where}: field '{name}'")
+    if not value.strip():
+        raise ValueError(f"{where}: field '{name}' is {'only whitespace' if value else 'empty'}")
+    return value
+
+
 def _read_jsonl(path: Path) -> list[dict]:
+    """One {id?, question, context, title?} object per line; blank lines are skipped (and counted)."""
+    from kqa.text import NotUtf8Error, check_text, read_utf8_text
+
+    try:
+        text = read_utf8_text(path)
+    except NotUtf8Error as err:
+        raise ValueError(f"{path}:{err.line}: not UTF-8 text: {err.detail}") from None
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON: {err}") from err
-            if not isinstance(row, dict) or "question" not in row or "context" not in row:
-                raise ValueError(f"{path}:{line_no}: expected an object with 'question' and 'context'")
-            row.setdefault("id", str(line_no))
-            row["id"] = str(row["id"])
-            rows.append(row)
+    first_line: dict[str, int] = {}
+    for line_no, line in enumerate(text.split("\n"), 1):  # JSON Lines end at "\n" only (a "\r" before it is JSON space)
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON: {err}") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected an object with 'question' and 'context', got {type(record).__name__}")
+        qid = _question_id(record.get("id", _ABSENT), str(line_no), where)
+        row = {"id": qid, "question": _question_text(record, "question", where),
+               "context": _question_text(record, "context", where)}
+        if record.get("title") is not None:
+            row["title"] = check_text(record["title"], f"{where}: field 'title'")
+        if qid in first_line:
+            raise ValueError(f"{where}: duplicate id {qid!r} (first on line {first_line[qid]}); "
+                             "each question needs its own id, or one answer would overwrite the other")
+        first_line[qid] = line_no
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: contains no questions")
     return rows
 
 
+def _squad_list(container: object, key: str, where: str, what: str) -> list:
+    """`container[key]`, which must be a list, from `container`, which must be an object."""
+    if not isinstance(container, dict):
+        raise ValueError(f"{where}: {what} must be an object, got {type(container).__name__}")
+    value = container.get(key)
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: has no '{key}' list")
+    return value
+
+
 def _read_questions(path: Path) -> list[dict]:
-    """JSONL (one {id?, question, context} per line) or a SQuAD/KorQuAD JSON file (answers optional)."""
-    if path.suffix == ".jsonl":
+    """JSONL (one {id?, question, context} per line) or a SQuAD/KorQuAD JSON file (answers optional).
+
+    Files are UTF-8 (a leading byte-order mark is accepted). Anything malformed raises a ValueError
+    naming the file and the record (`file:line` for JSONL, `data[a].paragraphs[p].qas[q]` for JSON):
+    bad bytes or JSON, a wrong layout, a missing, empty or non-string question or context, a lone
+    surrogate, an id that is not a string or integer, and an id given twice (its answer would
+    overwrite the other's). A file without questions is an error too.
+    """
+    from kqa.text import read_utf8_text
+
+    if path.suffix.lower() == ".jsonl":
         return _read_jsonl(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        document = json.loads(read_utf8_text(path))  # a NotUtf8Error names file, line, column and byte
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise ValueError(f"{path}: expected SQuAD layout ({{'data': [{{'paragraphs': [...]}}]}}) or a .jsonl file")
     rows = []
+    first_seen: dict[str, str] = {}
     for a, article in enumerate(document["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
-                if not isinstance(paragraph.get("context"), str) or not isinstance(qa.get("question"), str):
-                    raise ValueError(f"{where}: needs a 'context' string and a 'question' string")
-                rows.append({"id": str(qa.get("id", f"{a}-{p}-{q}")), "question": qa["question"],
-                             "context": paragraph["context"]})
+        for p, paragraph in enumerate(_squad_list(article, "paragraphs", f"{path}: data[{a}]", "an article")):
+            p_where = f"{path}: data[{a}].paragraphs[{p}]"
+            qas = _squad_list(paragraph, "qas", p_where, "a paragraph")
+            context = _question_text(paragraph, "context", p_where)
+            for q, qa in enumerate(qas):
+                record = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                where = f"{path}: {record}"
+                if not isinstance(qa, dict):
+                    raise ValueError(f"{where}: a question must be an object, got {type(qa).__name__}")
+                qid = _question_id(qa.get("id", _ABSENT), f"{a}-{p}-{q}", where)
+                where = f"{where} (id {qid!r})"
+                question = _question_text(qa, "question", where)
+                if qid in first_seen:
+                    raise ValueError(f"{where}: duplicate id {qid!r} (first at {first_seen[qid]}); "
+                                     "each question needs its own id, or one answer would overwrite the other")
+                first_seen[qid] = record
+                rows.append({"id": qid, "question": question, "context": context})
+    if not rows:
+        raise ValueError(f"{path}: contains no questions")
     return rows
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from kqa.inference import QuestionAnswerer
 
+    if not args.input and not (args.question and args.context):
+        raise SystemExit("predict: give --question and --context, or --input FILE")
+    rows = _read_questions(Path(args.input)) if args.input else None  # a bad file fails before the model loads
+    overrides = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size",
+                                               "max_answer_length")}
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
-                                          max_seq_length=args.max_seq_length, doc_stride=args.doc_stride)
-    if args.input:
-        rows = _read_questions(Path(args.input))
-        predictions = qa.predict_rows(rows, top_k=args.top_k)
+                                          trust_remote_code=args.trust_remote_code, **overrides)
+    null_options = {"handle_impossible_answer": args.handle_impossible_answer,
+                    "null_score_diff_threshold": args.null_score_diff_threshold}
+    if rows is not None:
+        predictions = qa.predict_rows(rows, top_k=args.top_k, **null_options)
         if args.top_k == 1:
-            result = {k: p.text for k, p in predictions.items()}  # the official submission format
+            result = {k: p.text for k, p in predictions.items()}  # the official submission format ("" = null)
         else:
-            result = {
-                k: [{"text": s.text, "start": s.start, "end": s.end, "score": float(s.score),
-                     "probability": float(s.probability)} for s in p.nbest[: args.top_k]]
-                for k, p in predictions.items()
-            }
+            result = {k: [a.to_dict() for a in qa.answers_of(p, args.top_k)] for k, p in predictions.items()}
     else:
-        if not (args.question and args.context):
-            raise SystemExit("predict: give --question and --context, or --input FILE")
-        answers = qa(args.question, args.context, top_k=args.top_k)
+        answers = qa(args.question, args.context, top_k=args.top_k, **null_options)
         result = answers.to_dict() if args.top_k == 1 else [a.to_dict() for a in answers]
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.output:
@@ -89,10 +168,11 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     """A random-init small BERT + WordPiece tokenizer trained on local text: for smoke runs and tests."""
     from kqa.modeling import QuestionAnsweringModel
     from kqa.testing import build_wordpiece_tokenizer, tiny_bert_config
+    from kqa.text import read_utf8_text
 
     texts: list[str] = []
     for path in args.text_from:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_utf8_text(path))
         for article in data["data"]:
             for paragraph in article["paragraphs"]:
                 texts.append(paragraph["context"])
@@ -109,6 +189,8 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kqa.config import parse_bool
+
     parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -122,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seq_length", type=int)
     p.add_argument("--doc_stride", type=int)
+    p.add_argument("--max_query_length", type=int)
+    p.add_argument("--n_best_size", type=int)
+    p.add_argument("--max_answer_length", type=int)
+    p.add_argument("--handle_impossible_answer", type=parse_bool, metavar="{true,false}",
+                   help="let the null answer \"\" compete (default: as the model was trained)")
+    p.add_argument("--null_score_diff_threshold", type=float,
+                   help="answer \"\" when null score - best span score exceeds this (default: the saved one)")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="allow an encoder whose code lives beside its weights")
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.set_defaults(func=cmd_predict)
 
@@ -146,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return offline_main(argv)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: the message names the file, record and problem
+        print(f"kqa {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

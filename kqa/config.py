@@ -1,5 +1,9 @@
 """Training configuration: one dataclass, filled from a YAML file and command-line flags.
 
+`TrainConfig` composes the stage configs it shares with prediction: `features` (`FeatureConfig`) and
+`postprocess` (`PostprocessConfig`), whose defaults live only in those dataclasses. Their fields are
+flat in YAML and on the command line (`--max_seq_length 512`, `n_best_size: 5`).
+
 Precedence: dataclass defaults < YAML file (`--config`) < command-line flags. The resolved config is
 saved next to the checkpoints (`output_dir/train_config.yaml`) so every run can be reproduced.
 """
@@ -16,6 +20,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from kqa.features import FeatureConfig
+from kqa.postprocess import PostprocessConfig
+from kqa.prediction import PredictionSettings
+from kqa.text import read_utf8_text
 
 
 @dataclass
@@ -45,13 +54,11 @@ class TrainConfig:
     preprocessing_num_workers: Optional[int] = None
 
     # --- features and post-processing -----------------------------------------------------------
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-    max_answer_length: int = 30
-    n_best_size: int = 20
-    version_2_with_negative: bool = False
-    null_score_diff_threshold: float = 0.0
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """Window geometry (max_seq_length, doc_stride, max_query_length): flat keys in YAML and flags."""
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    """n-best decoding (n_best_size, max_answer_length, version_2_with_negative,
+    null_score_diff_threshold): flat keys in YAML and flags."""
 
     # --- optimisation ------------------------------------------------------------------------------
     per_device_train_batch_size: int = 32
@@ -74,8 +81,10 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     warmup_steps: int = 0
     """Overrides warmup_ratio when > 0."""
-    mixed_precision: str = "auto"
-    """auto (bf16 on a GPU that supports it, else no) | no | fp16 | bf16."""
+    mixed_precision: Optional[str] = None
+    """Unset: Accelerate's own setting (`accelerate config`, `accelerate launch --mixed_precision`,
+    ACCELERATE_MIXED_PRECISION). auto: bf16 where the GPU supports it, else fp16 on CUDA, else no.
+    Or no | fp16 | bf16."""
     seed: int = 42
     group_by_length: bool = False
     dataloader_num_workers: int = 0
@@ -107,25 +116,28 @@ class TrainConfig:
     disable_tqdm: bool = False
 
     def __post_init__(self) -> None:
+        for name, section in _NESTED.items():  # TrainConfig(**yaml.safe_load(saved_config)) works too
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, section(**getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
         choices = {
             "eval_strategy": ("epoch", "steps", "no"),
             "save_strategy": ("epoch", "steps", "no"),
-            "mixed_precision": ("auto", "no", "fp16", "bf16"),
+            "mixed_precision": (None, "auto", "no", "fp16", "bf16"),
             "lr_scheduler_type": ("linear", "cosine", "constant"),
             "optim": ("adamw_torch_fused", "adamw_torch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(map(str, allowed))}")
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise ValueError("eval_strategy=steps needs eval_steps")
         if self.save_strategy == "steps" and not self.save_steps:
             raise ValueError("save_strategy=steps needs save_steps")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "max_seq_length", "logging_steps"):
+                     "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
@@ -157,8 +169,30 @@ class TrainConfig:
             named[name] = self.resolve_data_path(path)
         return named
 
+    @classmethod
+    def from_flat(cls, **values: Any) -> "TrainConfig":
+        """A TrainConfig from flat keys, as YAML and flags give them: the fields of FeatureConfig and
+        PostprocessConfig (`max_seq_length=64`, `n_best_size=5`) go to those dataclasses."""
+        nested = {}
+        for name, section in _NESTED.items():
+            names = {f.name for f in dataclasses.fields(section)}
+            nested[name] = section(**{k: values.pop(k) for k in list(values) if k in names})
+        return cls(**values, **nested)
+
+    @property
+    def prediction_settings(self) -> PredictionSettings:
+        """What the saved model needs to predict the way it was evaluated (its kqa_config.json)."""
+        return PredictionSettings(features=self.features, postprocess=self.postprocess)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Every setting under its flat key, as flags and YAML name them (for trackers)."""
+        flat = {k: v for k, v in self.to_dict().items() if k not in _NESTED}
+        for name in _NESTED:
+            flat.update(dataclasses.asdict(getattr(self, name)))
+        return flat
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -180,7 +214,7 @@ def _field_kind(tp: Any) -> tuple[type, bool, bool]:
     return tp, optional, False
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -190,7 +224,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _scalar_parser(tp: type, optional: bool):
-    base = _parse_bool if tp is bool else tp
+    base = parse_bool if tp is bool else tp
 
     def parse(text: str):
         if optional and text.lower() in ("none", "null"):
@@ -200,17 +234,29 @@ def _scalar_parser(tp: type, optional: bool):
     return parse
 
 
+# TrainConfig fields that are dataclasses of a stage: their fields are flat flags and YAML keys.
+_NESTED = {"features": FeatureConfig, "postprocess": PostprocessConfig}
+
+
+def _flag_fields() -> list[tuple[dataclasses.Field, Any]]:
+    """(field, annotation) of every flag: TrainConfig's own fields and those of its nested configs."""
+    out = []
+    for owner in (TrainConfig, *_NESTED.values()):
+        hints = typing.get_type_hints(owner)
+        out.extend((f, hints[f.name]) for f in dataclasses.fields(owner) if f.name not in _NESTED)
+    return out
+
+
 def build_arg_parser(description: str = "Fine-tune an encoder for Korean extractive QA.") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML file with TrainConfig fields; flags override it")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        tp, optional, is_list = _field_kind(hints[f.name])
+    for f, hint in _flag_fields():
+        tp, optional, is_list = _field_kind(hint)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         if is_list:
             kwargs.update(nargs="+", type=tp, help=f"(list of {tp.__name__})")
         elif tp is bool:
-            kwargs.update(nargs="?", const=True, type=_parse_bool, help="(bool)")
+            kwargs.update(nargs="?", const=True, type=parse_bool, help="(bool)")
         else:
             kwargs.update(type=_scalar_parser(tp, optional), help=f"({tp.__name__}{', or none' if optional else ''})")
         parser.add_argument(f"--{f.name}", **kwargs)
@@ -218,18 +264,29 @@ def build_arg_parser(description: str = "Fine-tune an encoder for Korean extract
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file of flat keys (`max_seq_length: 512`); the nested `features:` / `postprocess:` mappings
+    that `TrainConfig.save` writes are read as well."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_utf8_text(path)) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
+    flat: dict[str, Any] = {k: v for k, v in data.items() if k not in _NESTED}
+    for name in _NESTED:
+        nested = data.get(name) or {}
+        if not isinstance(nested, dict):
+            raise ValueError(f"{path}: {name!r} must be a mapping of its fields, got {type(nested).__name__}")
+        twice = sorted(set(nested) & set(flat))
+        if twice:
+            raise ValueError(f"{path}: {', '.join(twice)} given both flat and under {name!r}")
+        flat.update(nested)
+    known = {f.name for f, _ in _flag_fields()}
+    unknown = sorted(set(flat) - known)
     if unknown:
         raise ValueError(f"{path}: unknown config keys: {', '.join(unknown)}")
-    return data
+    return flat
 
 
 def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
@@ -244,4 +301,19 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
             values[key] = [values[key]]
     if isinstance(values.get("validation_files"), dict):  # YAML mapping {name: path}
         values["validation_files"] = [f"{name}={path}" for name, path in values["validation_files"].items()]
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
+
+
+def resolve_mixed_precision(requested: Optional[str]) -> Optional[str]:
+    """The `mixed_precision` to give `Accelerator`.
+
+    None (unset) stays None, so Accelerate applies its own setting: `accelerate config`, `accelerate
+    launch --mixed_precision`, or ACCELERATE_MIXED_PRECISION. `auto` is bf16 where the GPU supports it,
+    fp16 on other CUDA GPUs (V100, T4), and no on the CPU."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"

@@ -73,7 +73,13 @@ class QACollator:
             batch[name] = torch.from_numpy(padded)
         for name in LABEL_COLUMNS:
             if name in features[0]:
-                batch[name] = torch.tensor([int(f[name]) for f in features], dtype=torch.long)
+                labels = [int(f[name]) for f in features]
+                # Checked here, on the host, so that the loss needs no device-to-host sync to check it.
+                if min(labels) < 0:
+                    row = labels.index(min(labels))
+                    raise ValueError(f"feature {row}: {name} is {labels[row]}; span labels are token indices >= 0 "
+                                     "(the CLS index marks a window without the answer)")
+                batch[name] = torch.tensor(labels, dtype=torch.long)
         return batch
 
 

@@ -1,4 +1,4 @@
-"""Feature building: examples → tokenised windows with labels (train) or offsets (eval).
+"""Feature building: examples → tokenised windows with labels (train), or offsets plus optional labels (eval).
 
 A context longer than one model input is cut into overlapping windows ("features"): the question
 comes first, the context second, and the tokenizer slides over the context with `doc_stride` tokens
@@ -143,9 +143,10 @@ def prepare_train_features(
 
     Returns `(features, report)`. Columns: input_ids, attention_mask, [token_type_ids],
     start_positions, end_positions, example_id. A window that does not hold the whole first answer
-    (and every window of an unanswerable question) is labelled with the CLS index.
+    (and every window of an unanswerable question) is labelled with the CLS index. No offsets: the
+    training loop never decodes spans, and offsets are most of a feature's size.
     """
-    return _prepare(examples, tokenizer, config, with_labels=True, num_proc=num_proc,
+    return _prepare(examples, tokenizer, config, with_labels=True, with_offsets=False, num_proc=num_proc,
                     load_from_cache_file=load_from_cache_file, cache=cache, desc=desc)
 
 
@@ -154,6 +155,7 @@ def prepare_eval_features(
     tokenizer,
     config: FeatureConfig = FeatureConfig(),
     *,
+    with_labels: bool = False,
     num_proc: Optional[int] = None,
     load_from_cache_file: bool = True,
     cache: bool = True,
@@ -162,25 +164,29 @@ def prepare_eval_features(
     """Examples → windows with per-token offsets into the original context.
 
     Returns `(features, report)`. Columns: input_ids, attention_mask, [token_type_ids], example_id,
-    offset_mapping (`[start, end)` per token; `[-1, -1]` for question, special and whitespace-only
-    tokens). Examples need no `answers` column; when it is there, the report counts lost answers.
+    cls_index (the CLS token's position: the null answer's token), offset_mapping (`[start, end)` per
+    token; `[-1, -1]` for question, special and whitespace-only tokens), and with `with_labels` also
+    start_positions / end_positions (the same labels as `prepare_train_features`, for an evaluation
+    loss) from the same single tokenisation. Examples need no `answers` column unless `with_labels`;
+    when it is there, the report counts lost answers.
     """
-    return _prepare(examples, tokenizer, config, with_labels=False, num_proc=num_proc,
+    return _prepare(examples, tokenizer, config, with_labels=with_labels, with_offsets=True, num_proc=num_proc,
                     load_from_cache_file=load_from_cache_file, cache=cache, desc=desc)
 
 
 # ---- the map ---------------------------------------------------------------------------------------
 
 
-def _prepare(examples, tokenizer, config: FeatureConfig, *, with_labels: bool, num_proc, load_from_cache_file,
-             cache, desc):
+def _prepare(examples, tokenizer, config: FeatureConfig, *, with_labels: bool, with_offsets: bool, num_proc,
+             load_from_cache_file, cache, desc):
     _check_tokenizer(tokenizer, config)
     _check_examples(examples, with_labels)
     keep_token_types = "token_type_ids" in tokenizer.model_input_names
     cache_file_name, fingerprint = None, None
     if not examples.cache_files:
         if cache:
-            cache_file_name = _in_memory_cache_file(examples, tokenizer, config, with_labels, keep_token_types)
+            cache_file_name = _in_memory_cache_file(examples, tokenizer, config, with_labels, with_offsets,
+                                                    keep_token_types)
             fingerprint = Path(cache_file_name).stem
         else:
             # Nothing will be cached, so the fingerprint only names the result: skip `datasets` hashing
@@ -195,10 +201,11 @@ def _prepare(examples, tokenizer, config: FeatureConfig, *, with_labels: bool, n
             "tokenizer": tokenizer,
             "config": config,
             "with_labels": with_labels,
+            "with_offsets": with_offsets,
             "keep_token_types": keep_token_types,
             "code_digest": _code_digest(),
         },
-        features=_output_schema(with_labels, keep_token_types),
+        features=_output_schema(with_labels, with_offsets, keep_token_types),
         num_proc=num_proc,
         load_from_cache_file=load_from_cache_file,
         cache_file_name=cache_file_name,
@@ -223,7 +230,7 @@ def feature_cache_dir() -> Path:
     return Path(root) / "features" if root else Path(datasets.config.HF_DATASETS_CACHE) / "kqa" / "features"
 
 
-def _in_memory_cache_file(examples, tokenizer, config: FeatureConfig, with_labels: bool,
+def _in_memory_cache_file(examples, tokenizer, config: FeatureConfig, with_labels: bool, with_offsets: bool,
                           keep_token_types: bool) -> str:
     """A cache file named by the content of the examples, the tokenizer, the settings and the code.
 
@@ -238,10 +245,10 @@ def _in_memory_cache_file(examples, tokenizer, config: FeatureConfig, with_label
     digest.update(type(tokenizer).__name__.encode())
     digest.update(_tokenizer_digest(tokenizer.backend_tokenizer).encode())
     digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
-    digest.update(repr((config, with_labels, keep_token_types, _code_digest())).encode())
+    digest.update(repr((config, with_labels, with_offsets, keep_token_types, _code_digest())).encode())
     cache_dir = feature_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    kind = "train" if with_labels else "eval"
+    kind = "eval" if with_offsets else "train"
     return str(cache_dir / f"{kind}-{digest.hexdigest()[:40]}.arrow")
 
 
@@ -307,7 +314,7 @@ def _check_examples(examples, with_labels: bool) -> None:
         raise ValueError(f"example ids must be unique; {len(duplicates)} repeat, e.g. {duplicates[:5]}")
 
 
-def _output_schema(with_labels: bool, keep_token_types: bool):
+def _output_schema(with_labels: bool, with_offsets: bool, keep_token_types: bool):
     from datasets import Features, Sequence, Value
 
     columns: dict[str, Any] = {
@@ -320,7 +327,8 @@ def _output_schema(with_labels: bool, keep_token_types: bool):
         columns["start_positions"] = Value("int64")
         columns["end_positions"] = Value("int64")
     columns["example_id"] = Value("string")
-    if not with_labels:
+    if with_offsets:
+        columns["cls_index"] = Value("int32")
         columns["offset_mapping"] = Sequence(Sequence(Value("int64"), length=2))
     columns[_STATUS_COLUMN] = Value("int8")
     columns[_TRUNCATED_COLUMN] = Value("bool")
@@ -328,7 +336,7 @@ def _output_schema(with_labels: bool, keep_token_types: bool):
 
 
 def _build_features(batch: dict[str, list], tokenizer, config: FeatureConfig, with_labels: bool,
-                    keep_token_types: bool, code_digest: str = "") -> dict[str, list]:
+                    with_offsets: bool, keep_token_types: bool, code_digest: str = "") -> dict[str, list]:
     """The batched map function: one batch of examples → all their windows. (`code_digest` is unused
     here; it is an argument only so that it enters the cache fingerprint.)"""
     ids = batch["id"]
@@ -360,8 +368,8 @@ def _build_features(batch: dict[str, list], tokenizer, config: FeatureConfig, wi
         out["token_type_ids"] = []
     if with_labels:
         out["start_positions"], out["end_positions"] = [], []
-    else:
-        out["offset_mapping"] = []
+    if with_offsets:
+        out["cls_index"], out["offset_mapping"] = [], []
 
     for i, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
         origin = aligned[example_index][1]
@@ -381,7 +389,8 @@ def _build_features(batch: dict[str, list], tokenizer, config: FeatureConfig, wi
         if with_labels:
             out["start_positions"].append(start)
             out["end_positions"].append(end)
-        else:
+        if with_offsets:
+            out["cls_index"].append(cls_index)
             out["offset_mapping"].append(offsets.tolist())
     return out
 

@@ -1,5 +1,5 @@
-"""Answer questions with a saved kqa model: the same feature builder, model and post-processor as in
-evaluation, wrapped for raw (question, context) pairs of any length.
+"""Answer questions with a saved kqa model: the prediction path of evaluation (`kqa.prediction`),
+wrapped for raw (question, context) pairs of any length.
 
     qa = QuestionAnswerer.from_pretrained("outputs/kqa/best")
     qa("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이며, …")
@@ -8,20 +8,25 @@ evaluation, wrapped for raw (question, context) pairs of any length.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from kqa.features import FeatureConfig, prepare_eval_features
-from kqa.postprocess import ExamplePrediction, PostprocessConfig, postprocess_predictions
+from kqa.features import prepare_eval_features
+from kqa.postprocess import ExamplePrediction
+from kqa.prediction import PredictionSet, PredictionSettings, load_settings, predict_answers
+from kqa.text import check_text
 
 
 @dataclass
 class Answer:
-    """A character span of the given context: `context[start:end] == text`."""
+    """A character span of the given context: `context[start:end] == text`. The null answer ("no
+    answer in this context", for models trained with `version_2_with_negative`) is `text == ""`,
+    `start == end == 0`, with the null score."""
 
     text: str
     start: int
@@ -36,100 +41,108 @@ class Answer:
 class QuestionAnswerer:
     """Extractive QA over contexts of any length (long contexts are split into strided windows)."""
 
-    def __init__(self, model, tokenizer, *, feature_config: FeatureConfig | None = None,
-                 post_config: PostprocessConfig | None = None, device: str | torch.device | None = None,
-                 batch_size: int = 32):
+    def __init__(self, model, tokenizer, *, settings: PredictionSettings | None = None,
+                 device: str | torch.device | None = None, batch_size: int = 32):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.feature_config = feature_config or FeatureConfig()
-        self.post_config = post_config or PostprocessConfig()
+        self.settings = settings or PredictionSettings()
         self.batch_size = batch_size
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
-                        batch_size: int = 32, **overrides) -> "QuestionAnswerer":
-        """Load a kqa model directory; feature/post-processing settings come from its kqa_config.json
-        unless overridden (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)."""
+                        batch_size: int = 32, trust_remote_code: bool = False, **overrides) -> "QuestionAnswerer":
+        """Load a kqa model directory (`best/` or `final/` of a run). Feature and post-processing
+        settings are those saved with it (kqa_config.json); flat keyword overrides such as
+        `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is needed for an
+        encoder whose code lives beside its weights, as it was for training it."""
         from transformers import AutoTokenizer
 
-        from kqa.modeling import QuestionAnsweringModel, load_kqa_config
+        from kqa.modeling import QuestionAnsweringModel
 
-        saved = {**load_kqa_config(model_dir), **{k: v for k, v in overrides.items() if v is not None}}
-        feature_config = FeatureConfig(
-            max_seq_length=saved.get("max_seq_length", 384),
-            doc_stride=saved.get("doc_stride", 128),
-            max_query_length=saved.get("max_query_length", 64),
-        )
-        post_config = PostprocessConfig(
-            n_best_size=saved.get("n_best_size", 20),
-            max_answer_length=saved.get("max_answer_length", 30),
-            version_2_with_negative=saved.get("version_2_with_negative", False),
-            null_score_diff_threshold=saved.get("null_score_diff_threshold", 0.0),
-        )
-        model = QuestionAnsweringModel.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        return cls(model, tokenizer, feature_config=feature_config, post_config=post_config, device=device,
-                   batch_size=batch_size)
+        settings = load_settings(model_dir, **overrides)
+        model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, settings=settings, device=device, batch_size=batch_size)
 
     def __call__(self, question: Union[str, Sequence[str]], context: Union[str, Sequence[str]], *,
-                 top_k: int = 1):
+                 top_k: int = 1, handle_impossible_answer: Optional[bool] = None,
+                 null_score_diff_threshold: Optional[float] = None):
         """One question → an `Answer` (or a list of `top_k` answers); lists of questions and contexts
-        (same length, or one context for all questions) → a list of those."""
+        (same length, or one context for all questions) → a list of those.
+
+        `handle_impossible_answer` (default: whether the model was trained with
+        `version_2_with_negative`) lets the null answer "" compete: it is returned first when
+        `null_score - best_span_score > null_score_diff_threshold` (default: the saved threshold)."""
         single = isinstance(question, str)
+        if question is None or (not single and not isinstance(question, Sequence)):
+            raise ValueError(f"question: expected a string or a list of strings, got {type(question).__name__}")
         questions = [question] if single else list(question)
-        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        contexts = [context] * len(questions) if isinstance(context, str) or context is None else list(context)
         if len(contexts) != len(questions):
             raise ValueError(f"got {len(questions)} questions and {len(contexts)} contexts")
         rows = [{"id": str(i), "question": q, "context": c} for i, (q, c) in enumerate(zip(questions, contexts))]
-        predictions = self.predict_rows(rows, top_k=top_k)
-        answers = [self._to_answers(predictions[r["id"]], top_k) for r in rows]
+        predictions = self.predict_rows(rows, top_k=top_k, handle_impossible_answer=handle_impossible_answer,
+                                        null_score_diff_threshold=null_score_diff_threshold)
+        answers = [self.answers_of(predictions[r["id"]], top_k) for r in rows]
         return answers[0] if single else answers
 
-    def predict_rows(self, rows: Sequence[dict], *, top_k: int | None = None) -> dict[str, ExamplePrediction]:
+    def predict_rows(self, rows: Sequence[dict], *, top_k: int | None = None,
+                     handle_impossible_answer: Optional[bool] = None,
+                     null_score_diff_threshold: Optional[float] = None) -> dict[str, ExamplePrediction]:
         """Rows with id, question, context (e.g. a loaded SQuAD file) → predictions keyed by id."""
         import datasets
 
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         for i, row in enumerate(rows):
-            for key in ("id", "question", "context"):
-                if not isinstance(row.get(key), str) or (key != "id" and not row[key].strip()):
-                    raise ValueError(f"row {i} (id {row.get('id')!r}): {key!r} must be a non-empty string")
+            where = f"row {i} (id {row.get('id')!r})"
+            check_text(row.get("id"), f"{where}: 'id'")
+            for key in ("question", "context"):
+                if not check_text(row.get(key), f"{where}: {key!r}").strip():
+                    raise ValueError(f"{where}: {key!r} is empty")
         examples = datasets.Dataset.from_list([
             {"id": r["id"], "title": r.get("title", ""), "question": r["question"], "context": r["context"],
              "answers": {"text": [], "answer_start": []}, "is_impossible": False}
             for r in rows
         ])
         # Questions asked at run time are not worth a cache file each.
-        features, _ = prepare_eval_features(examples, self.tokenizer, self.feature_config, cache=False)
-        start_logits, end_logits = self._logits(features)
-        post_config = self.post_config
-        if top_k is not None and top_k > post_config.n_best_size:
-            post_config = PostprocessConfig(**{**asdict(post_config), "n_best_size": top_k})
-        return postprocess_predictions(examples, features, start_logits, end_logits, post_config)
-
-    @torch.no_grad()
-    def _logits(self, features) -> tuple[np.ndarray, np.ndarray]:
-        """Model logits for every feature, padded to the longest feature (padding never wins: the
-        post-processor only looks at context tokens)."""
+        features, _ = prepare_eval_features(examples, self.tokenizer, self.settings.features, cache=False)
+        settings = self._settings_for_call(top_k, handle_impossible_answer, null_score_diff_threshold)
         from kqa.dataloaders import QACollator, make_eval_dataloader
 
         loader = make_eval_dataloader(features, QACollator.from_tokenizer(self.tokenizer), self.batch_size)
-        width = max(len(ids) for ids in features["input_ids"])
-        starts = np.full((len(features), width), -1e4, dtype=np.float32)
-        ends = np.full((len(features), width), -1e4, dtype=np.float32)
-        row = 0
-        for batch in loader:
-            batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            out = self.model(**batch)
-            n, length = out.start_logits.shape
-            starts[row:row + n, :length] = out.start_logits.float().cpu().numpy()
-            ends[row:row + n, :length] = out.end_logits.float().cpu().numpy()
-            row += n
-        return starts, ends
+        prediction_set = PredictionSet(name="questions", examples=examples, features=features, dataloader=loader)
+        predictions, _ = predict_answers(self.model, prediction_set, settings, disable_tqdm=True)
+        return predictions
+
+    def _settings_for_call(self, top_k, handle_impossible_answer, null_score_diff_threshold) -> PredictionSettings:
+        post = self.settings.postprocess
+        changes = {}
+        if top_k is not None and top_k > post.n_best_size:
+            changes["n_best_size"] = top_k
+        if handle_impossible_answer is not None:
+            changes["version_2_with_negative"] = bool(handle_impossible_answer)
+        if null_score_diff_threshold is not None:
+            changes["null_score_diff_threshold"] = float(null_score_diff_threshold)
+        if not changes:
+            return self.settings
+        return dataclasses.replace(self.settings, postprocess=dataclasses.replace(post, **changes))
 
     @staticmethod
-    def _to_answers(prediction: ExamplePrediction, top_k: int):
+    def answers_of(prediction: ExamplePrediction, top_k: int):
+        """One prediction as `Answer`s: the best (top_k=1) or the first `top_k` by score, the null
+        answer among them when the prediction carries a null score."""
         answers = [Answer(s.text, s.start, s.end, float(s.score), float(s.probability)) for s in prediction.nbest]
+        if prediction.null_score is not None:
+            # The null answer's probability is the softmax mass the n-best spans leave.
+            null = Answer("", 0, 0, float(prediction.null_score),
+                          max(0.0, 1.0 - sum(a.probability for a in answers)))
+            if not answers or prediction.text == "":  # the null answer won
+                answers.insert(0, null)
+            else:  # it ranks by score below the winning span
+                position = 1 + sum(a.score >= null.score for a in answers[1:])
+                answers.insert(position, null)
         if not answers:
-            answers = [Answer("", 0, 0, float("-inf"), 0.0)]
+            answers = [Answer("", 0, 0, -math.inf, 0.0)]
         return answers[0] if top_k == 1 else answers[:top_k]

@@ -1,46 +1,55 @@
-"""The training and evaluation loop, driven by Hugging Face Accelerate (no `transformers.Trainer`).
+"""The training loop, driven by Hugging Face Accelerate (no `transformers.Trainer`).
 
 `QATrainingRecipe` reads top to bottom: `setup()` builds every stage (data → features → dataloaders →
-model → optimizer), `train()` runs the optimisation loop with evaluation and checkpointing, and
-`evaluate()` / `save_checkpoint()` / `save_best()` are plain methods a research script can call on
-its own. The same code runs on CPU, one GPU or many through `accelerate launch`.
+model → optimizer), `train()` is one loop over optimizer steps whose after-step work (log, evaluate,
+checkpoint) lives in named methods, and `evaluate()` / `save_checkpoint()` / `save_best()` are plain
+methods a research script can call on its own. The same code runs on CPU, one GPU or many through
+`accelerate launch`. Evaluation is `kqa.prediction`'s, the same path `evaluate.py` and
+`QuestionAnswerer` take.
+
+The host waits for the device only where a number must be read: at logging steps (loss, throughput,
+the non-finite guard), evaluation and checkpoints. Between them a step only queues work.
 
 The pieces that are useful outside the recipe are module-level functions: `build_optimizer`,
-`build_scheduler`, `predict_logits`, `evaluate_predictions_for_set`, `find_latest_checkpoint`.
+`build_scheduler`, `find_latest_checkpoint`, `default_wandb_to_offline`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import netrc
 import os
 import re
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from kqa.config import TrainConfig
+from kqa.config import TrainConfig, resolve_mixed_precision
 from kqa.data import load_hf_dataset, load_squad_json
 from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader
-from kqa.features import FeatureConfig, prepare_eval_features, prepare_train_features
-from kqa.metric import evaluate_predictions
-from kqa.modeling import QuestionAnsweringModel
-from kqa.postprocess import PostprocessConfig, postprocess_predictions, write_predictions
+from kqa.features import prepare_eval_features, prepare_train_features
+from kqa.metric import score_predictions
+from kqa.modeling import KQA_CONFIG_FILE, QuestionAnsweringModel
+from kqa.postprocess import decode_answers, write_predictions
+from kqa.prediction import PredictionSet, predict_and_score
 
 logger = logging.getLogger("kqa.loop")
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_MARKER = "kqa_trainer_state.json"  # written last: a checkpoint without it is incomplete
-LOGIT_PAD_VALUE = -1e4  # padding for logits past a feature's length (never chosen by the post-processor)
+METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,7 +61,7 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainerState:
+class TrainingState:
     """Loop counters saved with `accelerator.save_state` (registered for checkpointing)."""
 
     global_step: int = 0
@@ -61,7 +70,6 @@ class TrainerState:
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
     evals_without_improvement: int = 0
-    log_history: list[dict] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -69,16 +77,6 @@ class TrainerState:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
-
-
-@dataclass
-class EvalSet:
-    """One validation set: its examples, eval features (with labels for the eval loss) and loader."""
-
-    name: str
-    examples: Any
-    features: Any
-    dataloader: Any = None
 
 
 @dataclass
@@ -136,57 +134,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, num_t
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def resolve_mixed_precision(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+def wandb_credentials_exist() -> bool:
+    """True when wandb can log in: WANDB_API_KEY, or the netrc entry `wandb login` writes for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no netrc file, or one that cannot be read
+        return False
 
 
-def _pad_logits(logits: torch.Tensor, length: int) -> torch.Tensor:
-    if logits.shape[1] == length:
-        return logits
-    return torch.nn.functional.pad(logits, (0, length - logits.shape[1]), value=LOGIT_PAD_VALUE)
+def default_wandb_to_offline() -> None:
+    """Never require a login to train: with no credentials at all (and no WANDB_MODE chosen), wandb logs
+    locally (`wandb sync` uploads it later). A user logged in with `wandb login` stays online."""
+    if not os.environ.get("WANDB_MODE") and not wandb_credentials_exist():
+        os.environ["WANDB_MODE"] = "offline"
 
 
-@torch.no_grad()
-def predict_logits(model, dataloader, accelerator: Accelerator, seq_length: int, *, desc: str = "eval",
-                   disable_tqdm: bool = False) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """Run `model` over an eval loader; return start/end logits `[num_features, seq_length]` (float32,
-    in dataset order, gathered over processes without duplicates) and the mean loss when the batches
-    carry labels."""
-    model.eval()
-    starts, ends, losses = [], [], []
-    for batch in tqdm(dataloader, desc=desc, disable=disable_tqdm or not accelerator.is_local_main_process,
-                      leave=False):
-        out = model(**batch)
-        # Every process pads to the same width so gather can concatenate; padded positions are masked
-        # out by the post-processor through the features' offsets.
-        start = _pad_logits(out.start_logits.float(), seq_length)
-        end = _pad_logits(out.end_logits.float(), seq_length)
-        start, end = accelerator.gather_for_metrics((start, end))
-        starts.append(start.cpu().numpy())
-        ends.append(end.cpu().numpy())
-        if out.loss is not None:
-            batch_size = batch["input_ids"].shape[0]
-            losses.append(accelerator.gather_for_metrics(out.loss.detach().float().repeat(batch_size)).cpu())
-    mean_loss = float(torch.cat(losses).mean()) if losses else None
-    return np.concatenate(starts), np.concatenate(ends), mean_loss
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: allocated tensors on a CUDA device, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
 
-
-def evaluate_predictions_for_set(eval_set: EvalSet, start_logits: np.ndarray, end_logits: np.ndarray,
-                                 post_config: PostprocessConfig, *, postprocess=postprocess_predictions,
-                                 metric=evaluate_predictions):
-    """Post-process logits into answers and score them (by default the n-best post-processor and the
-    official KorQuAD metric; `postprocess` / `metric` take the same arguments as those)."""
-    if len(start_logits) != len(eval_set.features):
-        raise RuntimeError(
-            f"{eval_set.name}: got logits for {len(start_logits)} features, expected {len(eval_set.features)}"
-        )
-    predictions = postprocess(eval_set.examples, eval_set.features, start_logits, end_logits, post_config)
-    result = metric(eval_set.examples, {k: p.text for k, p in predictions.items()})
-    return predictions, result
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def list_checkpoints(checkpoint_root: Path) -> list[Path]:
@@ -212,6 +185,38 @@ def _is_improvement(value: float, best: Optional[float], greater_is_better: bool
     return value > best if greater_is_better else value < best
 
 
+class _StepWindow:
+    """What happened since the last logging step, kept on the device so that a step needs no sync."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.real_tokens = torch.zeros((), dtype=torch.long, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.real_tokens.zero_()
+        self.micro_batches = self.samples = self.padded_tokens = self.steps = 0
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of the window (evaluation, checkpoints)."""
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - begun
+
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.loss_sum += loss.detach().float()
+        self.real_tokens += batch["attention_mask"].sum()
+        self.micro_batches += 1
+        self.samples += batch["input_ids"].shape[0]  # shapes are host metadata: no sync
+        self.padded_tokens += batch["input_ids"].numel()
+
+
 # --------------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------------
@@ -223,30 +228,25 @@ class QATrainingRecipe:
     signature (see docs/architecture.md, "Swapping a stage").
     """
 
-    model_class = QuestionAnsweringModel  # from_backbone(name, trust_remote_code=) / from_pretrained(dir)
+    model_class = QuestionAnsweringModel  # from_backbone(name, trust_remote_code=) / from_pretrained(dir, ...)
     build_train_features = staticmethod(prepare_train_features)  # (examples, tokenizer, FeatureConfig, num_proc=)
-    build_eval_features = staticmethod(prepare_eval_features)
+    build_eval_features = staticmethod(prepare_eval_features)  # (..., with_labels=True, num_proc=)
     collator_class = QACollator  # from_tokenizer(tokenizer, pad_to_multiple_of=)
-    postprocess = staticmethod(postprocess_predictions)  # (examples, features, start, end, PostprocessConfig)
-    metric = staticmethod(evaluate_predictions)  # (examples, {id: text}) -> EvalResult
+    decode_answers = staticmethod(decode_answers)  # (examples, features, start, end, PostprocessConfig)
+    score_predictions = staticmethod(score_predictions)  # (examples, {id: text}) -> EvalResult
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.settings = config.prediction_settings
         self.output_dir = Path(config.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.best_dir = self.output_dir / "best"
-        self.state = TrainerState()
-        self.post_config = PostprocessConfig(
-            n_best_size=config.n_best_size,
-            max_answer_length=config.max_answer_length,
-            version_2_with_negative=config.version_2_with_negative,
-            null_score_diff_threshold=config.null_score_diff_threshold,
-        )
-        self.feature_config = FeatureConfig(
-            max_seq_length=config.max_seq_length,
-            doc_stride=config.doc_stride,
-            max_query_length=config.max_query_length,
-        )
+        self.final_dir = self.output_dir / "final"
+        self.metrics_file = self.output_dir / METRICS_FILE
+        self.state = TrainingState()
+        self.log_history: list[dict] = []  # this process's records of the run, in memory only
+        self.last_predictions: dict[str, Any] = {}
+        self.last_checkpoint_step: Optional[int] = None
 
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self) -> "QATrainingRecipe":
@@ -255,15 +255,15 @@ class QATrainingRecipe:
         self._setup_data()
         self._setup_optimization()
         self._prepare()
-        self._maybe_resume()
+        resumed = self._maybe_resume()
+        self._start_metrics_log(resumed)
         return self
 
     def _setup_accelerator(self) -> None:
         cfg = self.config
         log_with = None if cfg.report_to == "none" else cfg.report_to
-        if log_with in ("wandb", "all") and not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
-            # Never require a login to train: without credentials, log locally (sync later with `wandb sync`).
-            os.environ["WANDB_MODE"] = "offline"
+        if log_with in ("wandb", "all"):
+            default_wandb_to_offline()
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
             gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -287,8 +287,9 @@ class QATrainingRecipe:
         cfg = self.config
         tokenizer_source = cfg.tokenizer_name_or_path or cfg.model_name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=cfg.trust_remote_code)
-        if (Path(cfg.model_name_or_path) / "kqa_config.json").is_file():
-            self.model = self.model_class.from_pretrained(cfg.model_name_or_path)  # continue a kqa model
+        if (Path(cfg.model_name_or_path) / KQA_CONFIG_FILE).is_file():  # continue training a kqa model
+            self.model = self.model_class.from_pretrained(cfg.model_name_or_path,
+                                                          trust_remote_code=cfg.trust_remote_code)
         else:
             self.model = self.model_class.from_backbone(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
         if cfg.gradient_checkpointing:
@@ -300,13 +301,10 @@ class QATrainingRecipe:
 
         cfg = self.config
         if cfg.train_files:
-            parts = []
-            for path in cfg.train_files:
-                examples, report = load_squad_json(cfg.resolve_data_path(path))
-                parts.append(examples)
+            parts = [load_squad_json(cfg.resolve_data_path(path))[0] for path in cfg.train_files]
             examples = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         else:
-            examples, report = load_hf_dataset(cfg.dataset_name, cfg.train_split, config_name=cfg.dataset_config_name)
+            examples, _ = load_hf_dataset(cfg.dataset_name, cfg.train_split, config_name=cfg.dataset_config_name)
         if cfg.max_train_samples is not None:
             examples = examples.select(range(min(cfg.max_train_samples, len(examples))))
         return examples
@@ -325,20 +323,23 @@ class QATrainingRecipe:
         return sets
 
     def _setup_data(self) -> None:
-        cfg = self.config
+        cfg, features_config = self.config, self.settings.features
         with self.accelerator.main_process_first():  # the main process fills the datasets cache first
             train_examples = self._load_train_examples()
             self.train_features, self.train_feature_report = self.build_train_features(
-                train_examples, self.tokenizer, self.feature_config, num_proc=cfg.preprocessing_num_workers
+                train_examples, self.tokenizer, features_config, num_proc=cfg.preprocessing_num_workers
             )
-            self.eval_sets: list[EvalSet] = []
+            self.eval_sets: list[PredictionSet] = []
             if cfg.eval_strategy != "no":
                 for name, examples in self._load_validation_examples().items():
-                    self.eval_sets.append(self._build_eval_set(name, examples))
+                    # Offsets (to decode answers) and labels (for the evaluation loss) in one pass.
+                    features, _ = self.build_eval_features(examples, self.tokenizer, features_config,
+                                                           with_labels=True, num_proc=cfg.preprocessing_num_workers)
+                    self.eval_sets.append(PredictionSet(name=name, examples=examples, features=features))
         if cfg.eval_strategy != "no" and not self.eval_sets:
             raise ValueError("eval_strategy is not 'no' but no validation data was given")
 
-        pad_multiple = 8 if resolve_mixed_precision(cfg.mixed_precision) != "no" else None
+        pad_multiple = 8 if self.accelerator.mixed_precision != "no" else None  # tensor-core friendly shapes
         self.collator = self.collator_class.from_tokenizer(self.tokenizer, pad_to_multiple_of=pad_multiple)
         self.train_dataloader = make_train_dataloader(
             self.train_features, self.collator, cfg.per_device_train_batch_size, seed=cfg.seed,
@@ -348,19 +349,6 @@ class QATrainingRecipe:
             eval_set.dataloader = make_eval_dataloader(
                 eval_set.features, self.collator, cfg.per_device_eval_batch_size, num_workers=cfg.dataloader_num_workers
             )
-
-    def _build_eval_set(self, name: str, examples) -> EvalSet:
-        features, report = self.build_eval_features(examples, self.tokenizer, self.feature_config,
-                                                 num_proc=self.config.preprocessing_num_workers)
-        # Labels for the evaluation loss: the train-style features of the same examples are the same
-        # windows in the same order, so their labels can be attached column-wise.
-        labelled, _ = self.build_train_features(examples, self.tokenizer, self.feature_config,
-                                             num_proc=self.config.preprocessing_num_workers)
-        if labelled["example_id"] != features["example_id"]:
-            raise RuntimeError(f"{name}: train- and eval-style features disagree; cannot attach labels")
-        features = features.add_column("start_positions", labelled["start_positions"])
-        features = features.add_column("end_positions", labelled["end_positions"])
-        return EvalSet(name=name, examples=examples, features=features)
 
     def _setup_optimization(self) -> None:
         cfg = self.config
@@ -387,20 +375,20 @@ class QATrainingRecipe:
         if self.config.report_to != "none":
             acc.init_trackers(
                 self.config.project_name,
-                config={k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))},
+                config={k: v for k, v in self.config.to_flat_dict().items() if isinstance(v, (int, float, str, bool))},
                 init_kwargs={"wandb": {"name": self.config.run_name, "dir": str(self.output_dir)}},
             )
 
-    def _maybe_resume(self) -> None:
+    def _maybe_resume(self) -> bool:
         source = self.config.resume_from_checkpoint
         if not source:
-            return
+            return False
         if source == "latest":
             path = find_latest_checkpoint(self.checkpoint_root)
             if path is None:
                 logger.warning("resume_from_checkpoint=latest: no complete checkpoint in %s; starting fresh",
                                self.checkpoint_root)
-                return
+                return False
         else:
             path = Path(source)
             if not (path / STATE_MARKER).is_file():
@@ -408,132 +396,193 @@ class QATrainingRecipe:
         self.accelerator.load_state(str(path))
         logger.info("resumed from %s at step %d (epoch %d, %d batches into it)", path, self.state.global_step,
                     self.state.epoch, self.state.batches_seen_in_epoch)
+        return True
+
+    def _start_metrics_log(self, resumed: bool) -> None:
+        """metrics.jsonl holds each step of this run once. A resumed run keeps the records up to its
+        checkpoint's step (those after it are logged again); a new run moves an older log aside."""
+        if self.accelerator.is_main_process and self.metrics_file.exists():
+            if resumed:
+                kept = [r for r in _read_records(self.metrics_file) if r.get("step", 0) <= self.state.global_step]
+                tmp = self.metrics_file.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+                tmp.replace(self.metrics_file)
+            else:
+                number = 1
+                while (old := self.output_dir / f"metrics.previous-{number}.jsonl").exists():
+                    number += 1
+                self.metrics_file.rename(old)
+                logger.warning("%s held the log of an earlier run; moved it to %s", self.metrics_file, old)
+        self.accelerator.wait_for_everyone()
 
     # ---- training ---------------------------------------------------------------------------------
     def train(self, max_steps_this_run: Optional[int] = None) -> TrainResult:
         """Run the schedule to its end (or `max_steps_this_run` more optimizer steps, for time-sliced jobs)."""
         cfg, acc, state = self.config, self.accelerator, self.state
-        stop_at = self.total_steps if max_steps_this_run is None else min(self.total_steps,
-                                                                           state.global_step + max_steps_this_run)
-        progress = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
-                        disable=cfg.disable_tqdm or not acc.is_local_main_process, dynamic_ncols=True)
-        samples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
-        running_loss, running_count = torch.zeros((), device=acc.device), 0
-        window_start, window_steps = time.perf_counter(), 0
-        stopped_early = False
-        last_metrics: dict[str, float] = {}
+        self.stop_at = min(self.total_steps, state.global_step + (max_steps_this_run or self.total_steps))
+        self.stopped_early = False
+        self.last_metrics: dict[str, float] = {}
+        self.window = _StepWindow(acc.device)
+        self.last_grad_norm = None
+        # The first step whose loss or gradient norm was not finite, -1 while all were: tracked on the
+        # device, read at logging steps, evaluations and checkpoints.
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
+        self.device_step = torch.full((), state.global_step, dtype=torch.long, device=acc.device)
+        self.progress = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
+                             disable=cfg.disable_tqdm or not acc.is_local_main_process, dynamic_ncols=True)
         if cfg.eval_before_training and state.global_step == 0 and self.eval_sets:
             self.evaluate()  # a baseline only: the untrained head never becomes the best model
 
-        while state.global_step < stop_at and state.epoch < self.num_epochs and not stopped_early:
+        for epoch_ended in self._optimizer_steps():
+            self.progress.update(1)
+            if state.global_step % cfg.logging_steps == 0 or state.global_step == self.stop_at:
+                self._log_training()
+            with self.window.paused():  # throughput counts training time only
+                if self._evaluation_due(epoch_ended):
+                    self._evaluate_and_select()
+                if self._checkpoint_due(epoch_ended):
+                    self.save_checkpoint()
+
+        self.progress.close()
+        return self._finish()
+
+    def _optimizer_steps(self) -> Iterator[bool]:
+        """Train micro-batch after micro-batch, epoch after epoch (resuming mid-epoch where a checkpoint
+        left off); yield after every optimizer step whether it ended an epoch, until the run is done."""
+        acc, state = self.accelerator, self.state
+        while state.epoch < self.num_epochs and not self._done():
             self.model.train()
             self.train_dataloader.set_epoch(state.epoch)
-            loader = self.train_dataloader
-            if state.batches_seen_in_epoch:  # resuming mid-epoch: same order, skip what was done
-                loader = acc.skip_first_batches(self.train_dataloader, state.batches_seen_in_epoch)
-            for batch in loader:
-                with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
-                    acc.backward(loss)
-                    grad_norm = None
-                    if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+            batches = self.train_dataloader
+            if state.batches_seen_in_epoch:  # resuming mid-epoch: the same order, without what was done
+                batches = acc.skip_first_batches(self.train_dataloader, state.batches_seen_in_epoch)
+            for batch in batches:
+                self._train_micro_batch(batch)
                 state.batches_seen_in_epoch += 1
-                running_loss += loss.detach().float()
-                running_count += 1
-                if not acc.sync_gradients:
-                    continue
+                if acc.sync_gradients:  # else still accumulating: no optimizer step yet
+                    state.global_step += 1
+                    epoch_ended = state.batches_seen_in_epoch == len(self.train_dataloader)
+                    if epoch_ended:
+                        state.epoch, state.batches_seen_in_epoch = state.epoch + 1, 0
+                    yield epoch_ended
+                    if self._done():
+                        return
 
-                state.global_step += 1
-                window_steps += 1
-                progress.update(1)
-                self._check_finite(running_loss / running_count, grad_norm)
+    def _train_micro_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            loss = self.model(**batch).loss
+            acc.backward(loss)
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm) \
+                if acc.sync_gradients else None
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.window.add(loss, batch)
+        if acc.sync_gradients:
+            self._track_finite(grad_norm)
+            self.window.steps += 1
+            self.last_grad_norm = grad_norm
 
-                if state.global_step % cfg.logging_steps == 0 or state.global_step == stop_at:
-                    elapsed = time.perf_counter() - window_start
-                    logs = {
-                        "loss": float(acc.reduce(running_loss / running_count, "mean")),
-                        "learning_rate": self.scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                        "samples_per_second": window_steps * samples_per_step / max(elapsed, 1e-9),
-                        "epoch": state.epoch + state.batches_seen_in_epoch / max(1, len(self.train_dataloader)),
-                    }
-                    self._log(logs)
-                    progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}",
-                                         sps=f"{logs['samples_per_second']:.1f}")
-                    running_loss.zero_()
-                    running_count, window_start, window_steps = 0, time.perf_counter(), 0
+    def _track_finite(self, grad_norm) -> None:
+        """Record the first step with a non-finite loss or gradient norm, on the device (no sync)."""
+        self.device_step += 1
+        bad = ~torch.isfinite(self.window.loss_sum)
+        # fp16 overflow is not an error: the grad scaler skips that step and lowers its scale.
+        if grad_norm is not None and self.accelerator.mixed_precision != "fp16":
+            bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=bad.device))
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & bad, self.device_step, self.first_bad_step)
 
-                if cfg.eval_strategy == "steps" and state.global_step % cfg.eval_steps == 0:
-                    last_metrics = self.evaluate()
-                    stopped_early = self._update_best(last_metrics)
-                    self.model.train()
-                if cfg.save_strategy == "steps" and state.global_step % cfg.save_steps == 0:
-                    self.save_checkpoint()
-                if state.global_step >= stop_at or stopped_early:
-                    break
-            else:  # the epoch ran to its end
-                state.epoch += 1
-                state.batches_seen_in_epoch = 0
-                if cfg.eval_strategy == "epoch":
-                    last_metrics = self.evaluate()
-                    stopped_early = self._update_best(last_metrics)
-                if cfg.save_strategy == "epoch":
-                    self.save_checkpoint()
-                continue
-            break
+    def _raise_if_not_finite(self) -> None:
+        if not hasattr(self, "first_bad_step"):
+            return  # nothing trained yet
+        bad_steps = [s for s in self.accelerator.gather(self.first_bad_step.reshape(1)).tolist() if s >= 0]
+        if bad_steps:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient norm at optimizer step {min(bad_steps)}; lower the learning "
+                f"rate, use bf16 instead of fp16, or check the data. The last good checkpoint is in "
+                f"{self.checkpoint_root}"
+            )
 
-        # A schedule that ends mid-epoch (max_train_steps) still gets its final evaluation.
-        finished = state.global_step >= self.total_steps or stopped_early
-        if finished and cfg.eval_strategy != "no" and (not last_metrics or last_metrics.get("step") != state.global_step):
-            last_metrics = self.evaluate()
-            stopped_early = self._update_best(last_metrics) or stopped_early
-        if not finished and cfg.save_strategy != "no":
-            self.save_checkpoint()  # a time-sliced run always leaves a checkpoint to resume from
-        progress.close()
+    def _done(self) -> bool:
+        return self.state.global_step >= self.stop_at or self.stopped_early
+
+    def _evaluation_due(self, epoch_ended: bool) -> bool:
+        cfg = self.config
+        if cfg.eval_strategy == "steps":
+            return self.state.global_step % cfg.eval_steps == 0
+        return cfg.eval_strategy == "epoch" and epoch_ended
+
+    def _checkpoint_due(self, epoch_ended: bool) -> bool:
+        cfg = self.config
+        if cfg.save_strategy == "steps":
+            return self.state.global_step % cfg.save_steps == 0
+        return cfg.save_strategy == "epoch" and epoch_ended
+
+    def _log_training(self) -> None:
+        """Loss and throughput since the last logging step, summed over processes."""
+        acc, window, state = self.accelerator, self.window, self.state
+        self._raise_if_not_finite()
+        host_counts = [window.micro_batches, window.samples, window.padded_tokens]
+        totals = torch.stack([window.loss_sum, window.real_tokens.float(),
+                              *torch.tensor(host_counts, dtype=torch.float32, device=acc.device)])
+        loss_sum, real_tokens, micro_batches, samples, padded_tokens = acc.reduce(totals, "sum").tolist()  # sync
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        logs = {
+            "loss": loss_sum / max(micro_batches, 1),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(self.last_grad_norm) if self.last_grad_norm is not None else float("nan"),
+            "samples_per_second": samples / elapsed,
+            "tokens_per_second": real_tokens / elapsed,  # non-padding tokens
+            "padded_tokens_per_second": padded_tokens / elapsed,
+            "peak_memory_mb": peak_memory_mb(acc.device),
+            "epoch": state.epoch + state.batches_seen_in_epoch / max(1, len(self.train_dataloader)),
+        }
+        self._log(logs)
+        self.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}",
+                                  sps=f"{logs['samples_per_second']:.1f}")
+        window.reset()
+
+    def _evaluate_and_select(self) -> None:
+        self.last_metrics = self.evaluate()
+        self.stopped_early = self._select_best(self.last_metrics)
+
+    def _finish(self) -> TrainResult:
+        cfg, state = self.config, self.state
+        finished = state.global_step >= self.total_steps or self.stopped_early
         if finished:
-            acc.end_training()
+            # A schedule that ends mid-epoch (max_train_steps) still gets its final evaluation.
+            if cfg.eval_strategy != "no" and self.last_metrics.get("step") != state.global_step:
+                self._evaluate_and_select()
+            self.save_final()
+            self.accelerator.end_training()
+        elif cfg.save_strategy != "no" and self.last_checkpoint_step != state.global_step:
+            self.save_checkpoint()  # a time-sliced run always leaves a checkpoint to resume from
         return TrainResult(
             global_step=state.global_step, best_metric=state.best_metric, best_step=state.best_step,
-            final_metrics=last_metrics, stopped_early=stopped_early, interrupted=not finished,
+            final_metrics=self.last_metrics, stopped_early=self.stopped_early, interrupted=not finished,
         )
-
-    def _check_finite(self, mean_loss: torch.Tensor, grad_norm) -> None:
-        acc = self.accelerator
-        bad_loss = acc.reduce((~torch.isfinite(mean_loss)).float().reshape(1), "sum").item() > 0
-        bad_grad = grad_norm is not None and not math.isfinite(float(grad_norm))
-        if bad_grad and acc.mixed_precision == "fp16":
-            bad_grad = False  # fp16 overflow: the grad scaler skips this step and lowers its scale
-        if bad_loss or bad_grad:
-            what = "loss" if bad_loss else "gradient norm"
-            raise NonFiniteLossError(
-                f"non-finite {what} at optimizer step {self.state.global_step} (epoch {self.state.epoch}, "
-                f"batch {self.state.batches_seen_in_epoch}); lower the learning rate, use bf16 instead of "
-                f"fp16, or check the data. The last good checkpoint is in {self.checkpoint_root}"
-            )
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Evaluate on every validation set; returns `<set>/exact_match`, `<set>/f1`, `<set>/loss`
         and question-weighted overall `exact_match` / `f1`."""
-        acc = self.accelerator
+        self._raise_if_not_finite()
+        was_training = self.model.training
         metrics: dict[str, float] = {}
         total_questions, em_sum, f1_sum = 0, 0.0, 0.0
         self.last_predictions = {}
         for eval_set in self.eval_sets:
-            start, end, loss = predict_logits(self.model, eval_set.dataloader, acc, self.config.max_seq_length,
-                                              desc=f"eval {eval_set.name}", disable_tqdm=self.config.disable_tqdm)
-            predictions, result = evaluate_predictions_for_set(eval_set, start, end, self.post_config,
-                                                               postprocess=self.postprocess, metric=self.metric)
-            self.last_predictions[eval_set.name] = predictions
+            evaluation = predict_and_score(self.model, eval_set, self.settings, accelerator=self.accelerator,
+                                           decode=self.decode_answers, metric=self.score_predictions,
+                                           disable_tqdm=self.config.disable_tqdm)
+            result = evaluation.result
+            self.last_predictions[eval_set.name] = evaluation.predictions
             metrics[f"{eval_set.name}/exact_match"] = result.exact_match
             metrics[f"{eval_set.name}/f1"] = result.f1
             metrics[f"{eval_set.name}/unanswered"] = result.unanswered
-            if loss is not None:
-                metrics[f"{eval_set.name}/loss"] = loss
+            if evaluation.loss is not None:
+                metrics[f"{eval_set.name}/loss"] = evaluation.loss
             total_questions += result.total
             em_sum += result.exact_match * result.total
             f1_sum += result.f1 * result.total
@@ -541,8 +590,9 @@ class QATrainingRecipe:
             metrics["exact_match"] = em_sum / total_questions
             metrics["f1"] = f1_sum / total_questions
         metrics["step"] = self.state.global_step
+        self.model.train(was_training)
         self._log({f"eval/{k}" if k != "step" else k: v for k, v in metrics.items()})
-        if acc.is_main_process:
+        if self.accelerator.is_main_process:
             summary = " | ".join(
                 f"{s.name}: EM {metrics[f'{s.name}/exact_match']:.2f} F1 {metrics[f'{s.name}/f1']:.2f}"
                 for s in self.eval_sets
@@ -552,7 +602,7 @@ class QATrainingRecipe:
                 write_predictions(predictions, self.output_dir / "predictions" / name)
         return metrics
 
-    def _update_best(self, metrics: dict[str, float]) -> bool:
+    def _select_best(self, metrics: dict[str, float]) -> bool:
         """Keep the best model by the configured metric; return True when early stopping triggers."""
         cfg, state = self.config, self.state
         key = cfg.metric_for_best_model
@@ -573,46 +623,56 @@ class QATrainingRecipe:
         return False
 
     # ---- checkpoints ------------------------------------------------------------------------------
-    def kqa_config(self) -> dict[str, Any]:
-        """What a saved model needs to predict like it was evaluated."""
-        cfg = self.config
-        return {
-            "max_seq_length": cfg.max_seq_length,
-            "doc_stride": cfg.doc_stride,
-            "max_query_length": cfg.max_query_length,
-            "max_answer_length": cfg.max_answer_length,
-            "n_best_size": cfg.n_best_size,
-            "version_2_with_negative": cfg.version_2_with_negative,
-            "null_score_diff_threshold": cfg.null_score_diff_threshold,
-        }
-
     def save_best(self, metrics: dict[str, float]) -> None:
-        """Write the current model to output_dir/best (save_pretrained layout), replacing it atomically."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            tmp = self.output_dir / ".best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            acc.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.tokenizer, kqa_config=self.kqa_config())
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-            for name, predictions in getattr(self, "last_predictions", {}).items():
-                write_predictions(predictions, tmp / "predictions" / name)
-            old = self.output_dir / ".best.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.best_dir.exists():
-                self.best_dir.rename(old)
-            tmp.rename(self.best_dir)
-            shutil.rmtree(old, ignore_errors=True)
+        """The current model → output_dir/best, with its metrics and predictions."""
+        self._save_model(self.best_dir, metrics, self.last_predictions)
+        if self.accelerator.is_main_process:
             logger.info("new best %s=%.4f at step %d → %s", self.config.metric_for_best_model,
                         metrics[self.config.metric_for_best_model], self.state.global_step, self.best_dir)
+
+    def save_final(self) -> None:
+        """The model at the end of training → output_dir/final, loadable like best/ (also when the run
+        never evaluated, eval_strategy=no)."""
+        evaluated_now = self.last_metrics.get("step") == self.state.global_step
+        self._save_model(self.final_dir, self.last_metrics if evaluated_now else None,
+                         self.last_predictions if evaluated_now else {})
+
+    def _save_model(self, directory: Path, metrics: Optional[dict[str, float]], predictions: dict) -> None:
+        """The save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, replaced atomically.
+
+        Every process takes part in gathering the state dict: under FSDP or DeepSpeed ZeRO-3 each holds
+        only a shard, and `get_state_dict` assembles the full weights; the main process writes them."""
+        acc = self.accelerator
+        self._raise_if_not_finite()
         acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            tmp = directory.with_name(f".{directory.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            acc.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.tokenizer,
+                                                         kqa_config=self.settings.to_dict(), state_dict=state_dict)
+            if metrics is not None:
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+            for name, set_predictions in predictions.items():
+                write_predictions(set_predictions, tmp / "predictions" / name)
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if directory.exists():
+                directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _checkpoint_path(self) -> Path:
+        return self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
 
     def save_checkpoint(self) -> Path:
         """`accelerator.save_state` into a temporary directory, then rename: a crash mid-write never
         leaves a directory that `latest` would pick."""
         acc = self.accelerator
-        final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
-        tmp = self.checkpoint_root / f".tmp-{CHECKPOINT_PREFIX}{self.state.global_step}"
+        self._raise_if_not_finite()
+        final = self._checkpoint_path()
+        tmp = final.with_name(f".tmp-{final.name}")
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -625,6 +685,7 @@ class QATrainingRecipe:
             tmp.rename(final)
             self._rotate_checkpoints()
         acc.wait_for_everyone()
+        self.last_checkpoint_step = self.state.global_step
         return final
 
     def _rotate_checkpoints(self) -> None:
@@ -638,9 +699,23 @@ class QATrainingRecipe:
     def _log(self, values: dict[str, Any]) -> None:
         acc = self.accelerator
         record = {"step": self.state.global_step, **values}
-        self.state.log_history.append(record)
+        self.log_history.append(record)
         if self.config.report_to != "none":
             acc.log({k: v for k, v in values.items() if k != "step"}, step=self.state.global_step)
         if acc.is_main_process:
-            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            with open(self.metrics_file, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _read_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a last line cut short by a crash is dropped with a warning."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+            logger.warning("%s:%d: dropping a record cut short (%s)", path, number, err)
+    return records

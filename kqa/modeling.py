@@ -75,7 +75,10 @@ def span_cross_entropy(start_logits: torch.Tensor, end_logits: torch.Tensor, sta
     batch_size, seq_len = start_logits.shape
     start_positions = _label_vector(start_positions, "start_positions", batch_size)
     end_positions = _label_vector(end_positions, "end_positions", batch_size)
-    lowest = int(torch.minimum(start_positions.min(), end_positions.min())) if batch_size else 0
+    # Reading a value back from an accelerator would stall every training step; there the collator has
+    # already checked the labels on the host (QACollator), so only host tensors are checked here.
+    on_host = start_positions.device.type == "cpu" and end_positions.device.type == "cpu"
+    lowest = int(torch.minimum(start_positions.min(), end_positions.min())) if batch_size and on_host else 0
     if lowest < 0:
         raise ValueError(
             f"span labels must be token indices >= 0 (the CLS index marks a window without the answer); "
@@ -305,11 +308,15 @@ class QuestionAnsweringModel(nn.Module):
         return linear_head and head_keys == {"qa_outputs.weight", "qa_outputs.bias"}
 
     def save_pretrained(self, save_directory: str | Path, *, tokenizer=None,
-                        kqa_config: Optional[dict[str, Any]] = None) -> Path:
+                        kqa_config: Optional[dict[str, Any]] = None,
+                        state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
         """Write `config.json`, `model.safetensors`, the tokenizer's files (when given) and
-        `kqa_config.json` (the kqa version plus `kqa_config`, e.g. max_seq_length, doc_stride,
-        max_answer_length, n_best_size). Returns the directory."""
-        from safetensors.torch import save_model
+        `kqa_config.json` (the kqa version plus `kqa_config`: `PredictionSettings.to_dict()`).
+
+        `state_dict` replaces the module's own tensors: under FSDP or DeepSpeed ZeRO-3 a process holds
+        only a shard, so the full state dict is gathered first (`accelerator.get_state_dict`).
+        Returns the directory."""
+        from safetensors.torch import save_file, save_model
 
         from kqa import __version__
 
@@ -322,13 +329,55 @@ class QuestionAnsweringModel(nn.Module):
             raise ValueError(f"kqa_config for {out} is not JSON-serialisable: {err}") from err
         _remove_stale_weights(out)
         self.export_config().save_pretrained(str(out))
+        self._save_remote_code(out)
         # save_model drops duplicate names of shared tensors (safetensors stores each tensor once) and
         # records them in the metadata; "format": "pt" is what transformers' loader requires.
-        save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        if state_dict is None:
+            save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        else:
+            tensors, aliases = _distinct_tensors(state_dict, expected=self.state_dict().keys(), source=out)
+            save_file(tensors, str(out / WEIGHTS_FILE), metadata={**aliases, "format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
         (out / KQA_CONFIG_FILE).write_text(kqa_json + "\n", encoding="utf-8")
         return out
+
+    def _save_remote_code(self, out: Path) -> None:
+        """An encoder loaded with trust_remote_code needs its code files beside the weights (config.json's
+        `auto_map` names them) to load again: copy them as transformers does."""
+        from transformers.dynamic_module_utils import custom_object_save
+
+        for obj in (self.config, self.backbone):
+            if _is_remote_code(obj):
+                custom_object_save(obj, out)
+
+
+def _is_remote_code(obj) -> bool:
+    """Loaded with trust_remote_code: its class lives in a module transformers made from files beside the
+    weights."""
+    return type(obj).__module__.startswith("transformers_modules.")
+
+
+def _distinct_tensors(state_dict: dict[str, torch.Tensor], expected, source: Path,
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A gathered state dict as safetensors stores it: every name of this model present, each storage once
+    (a shared tensor keeps its first name and the others are recorded as aliases, as `save_model` does),
+    contiguous, on the CPU."""
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise ValueError(f"{source}: the state dict to save lacks {_preview(missing)} (was it gathered from "
+                         "every shard?)")
+    kept_by_storage: dict[tuple[int, int], str] = {}
+    tensors, aliases = {}, {}
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else (id(tensor), 0)
+        if key in kept_by_storage:
+            aliases[name] = kept_by_storage[key]
+            continue
+        kept_by_storage[key] = name
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors, aliases
 
 
 def _apply_config_overrides(config, overrides: dict[str, Any], source: str) -> None:

@@ -1,15 +1,18 @@
 """Tiny, offline building blocks for unit tests and smoke runs.
 
-Everything here builds in seconds without the Hugging Face hub: a WordPiece tokenizer trained on
-local text with the `tokenizers` library, a random-initialised small BERT config, and a handful of
-hand-written Korean QA examples. Users can import these to unit-test their own stages.
+Everything here builds in seconds without the Hugging Face hub: BERT-style WordPiece tokenizers over
+local text (a fixed vocabulary computed in Python, the same on every run, or one trained with the
+`tokenizers` library), a random-initialised small BERT config, a model whose span logits are set by
+hand per token, and a handful of hand-written Korean QA examples. Users can import these to unit-test
+their own stages.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 # Hand-written Korean QA examples in the flat SQuAD row layout used across kqa
 # (id, title, context, question, answers{text, answer_start}, is_impossible).
@@ -85,26 +88,19 @@ def korean_squad_json(examples: Iterable[dict] = KOREAN_EXAMPLES) -> dict:
     return {"version": "KorQuAD_v1.0", "data": list(articles.values())}
 
 
-def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, save_dir: str | os.PathLike | None = None):
-    """Train a small BERT-style WordPiece tokenizer on `texts` and wrap it as a fast tokenizer.
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-    The result behaves like `BertTokenizerFast` ([CLS] q [SEP] c [SEP], token_type_ids, offsets).
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+def _bert_style_tokenizer(tok, save_dir=None):
+    """Wrap a `tokenizers.Tokenizer` whose vocabulary holds SPECIAL_TOKENS as a BERT-style fast tokenizer
+    ([CLS] q [SEP] c [SEP], token_type_ids, offsets)."""
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -121,35 +117,122 @@ def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, save
     return fast
 
 
-def build_char_tokenizer(texts: Iterable[str], save_dir: str | os.PathLike | None = None):
-    """A deterministic BERT-style character tokenizer: every character of `texts` (NFC) as a
-    word-initial piece and as a `##` continuation. Unlike a trained vocabulary it never varies from
-    run to run, which keeps tests that train on it reproducible."""
+def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, save_dir: str | os.PathLike | None = None):
+    """Train a small BERT-style WordPiece tokenizer on `texts` with the `tokenizers` trainer and wrap it
+    as a fast tokenizer (used by `kqa make-tiny-model` and the benchmarks).
+
+    The trainer is not bit-deterministic: the same texts can give a vocabulary that differs by an entry
+    or in its ids from run to run and machine to machine. Tests that need a fixed vocabulary use
+    `build_fixed_wordpiece_tokenizer` or `build_char_tokenizer` instead.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return _bert_style_tokenizer(tok, save_dir)
+
+
+def fixed_wordpiece_vocab(texts: Iterable[str], vocab_size: int = 0) -> list[str]:
+    """A WordPiece vocabulary computed deterministically from `texts` (NFC), in id order.
+
+    First the special tokens, then every non-space character both as a word-initial piece and as a
+    `##` continuation (sorted by code point), so no text of `texts` ever becomes [UNK]. Then, until
+    `vocab_size` entries (never fewer than the characters need), the most frequent multi-character
+    pieces: whole words as the BERT pre-tokenizer splits them (space and punctuation) and `##` word
+    endings of 2-3 characters (Korean particles and verb endings), by count, ties by the piece itself.
+    The same texts give the same list on every run, machine and thread count."""
     import unicodedata
+    from collections import Counter
 
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import pre_tokenizers
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = sorted({ch for text in texts for ch in unicodedata.normalize("NFC", text) if not ch.isspace()})
-    vocab = {token: i for i, token in enumerate(specials + chars + [f"##{c}" for c in chars])}
+    texts = [unicodedata.normalize("NFC", t) for t in texts]
+    chars = sorted({ch for text in texts for ch in text if not ch.isspace()})
+    vocab = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
+    budget = vocab_size - len(vocab)
+    if budget > 0:
+        counts: Counter[str] = Counter()
+        split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
+        for text in texts:
+            for word, _ in split(text):
+                if len(word) > 1:
+                    counts[word] += 1
+                for n in (2, 3):
+                    if len(word) > n:
+                        counts[f"##{word[-n:]}"] += 1
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        vocab += [piece for piece, _ in ranked[:budget]]
+    return vocab
+
+
+def build_fixed_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 0,
+                                    save_dir: str | os.PathLike | None = None):
+    """A BERT-style WordPiece tokenizer over `fixed_wordpiece_vocab(texts, vocab_size)`: multi-character
+    word pieces like a trained one, but the same vocabulary and ids on every run."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(fixed_wordpiece_vocab(texts, vocab_size))}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=512,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-    if save_dir is not None:
-        fast.save_pretrained(str(save_dir))
-    return fast
+    return _bert_style_tokenizer(tok, save_dir)
+
+
+def build_char_tokenizer(texts: Iterable[str], save_dir: str | os.PathLike | None = None):
+    """A deterministic BERT-style character tokenizer: every character of `texts` (NFC) as a
+    word-initial piece and as a `##` continuation. Unlike a trained vocabulary it never varies from
+    run to run, which keeps tests that train on it reproducible."""
+    return build_fixed_wordpiece_tokenizer(texts, vocab_size=0, save_dir=save_dir)
+
+
+def token_scoring_model(tokenizer, start_scores: Mapping[str, float], end_scores: Mapping[str, float], *,
+                        hidden_size: int = 64):
+    """A `QuestionAnsweringModel` (a BERT with hand-set weights) whose logits depend only on each token:
+    the start logit of a token is `start_scores.get(token, 0.0)`, its end logit `end_scores.get(token,
+    0.0)`, whatever its position, segment or neighbours. Tokens are the tokenizer's vocabulary entries
+    (e.g. "부", "##산"). It saves and loads like any kqa model, so a test can place the best span on
+    chosen tokens of a chosen window and check exactly which characters come back.
+
+    How: every embedding is a unit-variance, zero-mean combination of three orthogonal ±1 (Hadamard)
+    vectors `p` (neutral), `q` (start) and `r` (end); position and segment embeddings, every attention
+    and feed-forward weight are zero, so each encoder layer passes its input through and the last
+    hidden state is the token's embedding; the head reads the `q` and `r` coordinates."""
+    import torch
+
+    from kqa.modeling import QuestionAnsweringModel
+
+    if hidden_size < 4 or hidden_size & (hidden_size - 1):
+        raise ValueError(f"hidden_size must be a power of 2 >= 4, got {hidden_size}")
+    vocab = tokenizer.get_vocab()
+    unknown = sorted((set(start_scores) | set(end_scores)) - set(vocab))
+    if unknown:
+        raise ValueError(f"not in the tokenizer's vocabulary: {unknown}")
+    hadamard = torch.ones(1, 1, dtype=torch.float64)
+    while hadamard.shape[0] < hidden_size:
+        hadamard = torch.cat([torch.cat([hadamard, hadamard], 1), torch.cat([hadamard, -hadamard], 1)], 0)
+    p, q, r = hadamard[1], hadamard[2], hadamard[3]  # zero mean, orthogonal, every entry ±1
+    scale = max([1.0] + [math.hypot(start_scores.get(t, 0.0), end_scores.get(t, 0.0)) for t in vocab])
+
+    config = tiny_bert_config(len(tokenizer), hidden_size=hidden_size, num_hidden_layers=1,
+                              num_attention_heads=1, intermediate_size=hidden_size)
+    model = QuestionAnsweringModel.from_config(config).eval()
+    embeddings = torch.zeros(len(tokenizer), hidden_size, dtype=torch.float64)
+    for token, index in vocab.items():
+        a, b = start_scores.get(token, 0.0) / scale, end_scores.get(token, 0.0) / scale
+        embeddings[index] = math.sqrt(max(0.0, 1.0 - a * a - b * b)) * p + a * q + b * r
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.zero_()
+            if "LayerNorm.weight" in name:
+                param.fill_(1.0)
+        model.backbone.embeddings.word_embeddings.weight.copy_(embeddings)
+        model.qa_outputs.weight.copy_(torch.stack([q, r]) * (scale / hidden_size))
+    return model
 
 
 def tiny_bert_config(vocab_size: int, **overrides):

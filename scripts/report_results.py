@@ -17,9 +17,8 @@ import platform
 import re
 from pathlib import Path
 
-import yaml
 
-from kqa.config import TrainConfig
+from kqa.config import TrainConfig, load_yaml
 from kqa.data import load_squad_json
 from kqa.metric import exact_match_score, f1_score
 
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run = args.run_dir
-    config = TrainConfig(**yaml.safe_load((run / "train_config.yaml").read_text(encoding="utf-8")))
+    config = TrainConfig.from_flat(**load_yaml(run / "train_config.yaml"))
     if args.data_dir:
         config.data_dir = args.data_dir
     records = _read_jsonl(run / "metrics.jsonl")
@@ -126,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; wall time {args.wall_seconds / 60:.1f} min (training, evaluations, checkpoints)" if args.wall_seconds else ""),
         "",
         f"Settings: model `{config.model_name_or_path}`, train files {config.train_files}, "
-        f"max_seq_length {config.max_seq_length}, doc_stride {config.doc_stride}, epochs {config.num_train_epochs}, "
+        f"max_seq_length {config.features.max_seq_length}, doc_stride {config.features.doc_stride}, epochs {config.num_train_epochs}, "
         f"batch {config.per_device_train_batch_size}×{config.gradient_accumulation_steps}, lr {config.learning_rate}, "
-        f"n-best: n_best_size {config.n_best_size}, max_answer_length {config.max_answer_length} tokens; "
+        f"n-best: n_best_size {config.postprocess.n_best_size}, max_answer_length {config.postprocess.max_answer_length} tokens; "
         f"best checkpoint by `{config.metric_for_best_model}`.",
         "", *lines, "", "Every evaluation of the run:", "", *history, "",
         f"Error analysis of the best checkpoint (a question is wrong when not an exact match; long answers: "

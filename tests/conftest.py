@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from kqa.testing import (  # noqa: E402
     KOREAN_EXAMPLES,
     build_char_tokenizer,
-    build_wordpiece_tokenizer,
+    build_fixed_wordpiece_tokenizer,
     korean_squad_json,
     shared_data_dir,
     tiny_bert_config,
@@ -76,7 +76,9 @@ def shared_json_files(data_dir) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def wordpiece_16k(shared_json_files, tmp_path_factory):
-    """A 16k WordPiece tokenizer trained on the shared Korean data (contexts + questions)."""
+    """A 16k WordPiece tokenizer over the shared Korean data (contexts + questions): every character plus
+    the most frequent words and word endings, a vocabulary computed in Python, not trained (the
+    `tokenizers` trainer gives a slightly different vocabulary from run to run)."""
     from transformers import AutoTokenizer
 
     texts = []
@@ -86,7 +88,7 @@ def wordpiece_16k(shared_json_files, tmp_path_factory):
                 texts.append(p["context"])
                 texts.extend(qa["question"] for qa in p["qas"])
     out = tmp_path_factory.mktemp("wordpiece_16k")
-    build_wordpiece_tokenizer(texts, vocab_size=16000, save_dir=out)
+    build_fixed_wordpiece_tokenizer(texts, vocab_size=16000, save_dir=out)
     return AutoTokenizer.from_pretrained(str(out))
 
 

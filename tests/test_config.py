@@ -8,7 +8,7 @@ def test_defaults_are_the_reference_recipe():
     cfg = TrainConfig()
     assert cfg.model_name_or_path == "klue/bert-base"
     assert cfg.dataset_name == "KorQuAD/squad_kor_v1"
-    assert (cfg.max_seq_length, cfg.doc_stride, cfg.learning_rate) == (384, 128, 3e-5)
+    assert (cfg.features.max_seq_length, cfg.features.doc_stride, cfg.learning_rate) == (384, 128, 3e-5)
     assert cfg.metric_for_best_model == "f1" and cfg.greater_is_better
 
 
@@ -20,7 +20,7 @@ def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
     assert cfg.num_train_epochs == 3
     assert cfg.seed == 11  # the flag wins
     assert cfg.group_by_length is True
-    assert cfg.doc_stride == 128  # default untouched
+    assert cfg.features.doc_stride == 128  # default untouched
 
 
 def test_optional_and_list_flags():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import types
 import unicodedata
 from collections import Counter, defaultdict
@@ -14,20 +15,45 @@ import datasets
 import pytest
 
 from kqa.features import FeatureConfig, FeatureReport, prepare_eval_features, prepare_train_features
-from kqa.testing import KOREAN_EXAMPLES, build_wordpiece_tokenizer
+from kqa.testing import KOREAN_EXAMPLES, build_fixed_wordpiece_tokenizer, fixed_wordpiece_vocab
 
 SMALL = FeatureConfig(max_seq_length=48, doc_stride=16, max_query_length=8)
 LONG_ANSWER = "부산특별시"
 
 
+TEXTS = [ex["context"] for ex in KOREAN_EXAMPLES] + [ex["question"] for ex in KOREAN_EXAMPLES]
+
+
 @pytest.fixture(scope="module")
 def typed_tokenizer():
-    """The tiny WordPiece tokenizer as built in memory: BERT-style, with token_type_ids among its
-    model inputs."""
-    texts = [ex["context"] for ex in KOREAN_EXAMPLES] + [ex["question"] for ex in KOREAN_EXAMPLES]
-    tokenizer = build_wordpiece_tokenizer(texts * 4, vocab_size=120)
+    """A WordPiece tokenizer built in memory with multi-character pieces besides the characters:
+    BERT-style, with token_type_ids among its model inputs. Its vocabulary is computed from the text
+    (the examples, and their answers weighted so that each answer is a piece of its own), so it is the
+    same on every run; a trained one is not."""
+    answers = [ex["answers"]["text"][0] for ex in KOREAN_EXAMPLES]
+    texts = TEXTS + answers * 8
+    tokenizer = build_fixed_wordpiece_tokenizer(texts, vocab_size=len(fixed_wordpiece_vocab(texts)) + 30)
     assert "token_type_ids" in tokenizer.model_input_names
+    pieces = [t.removeprefix("##") for t in tokenizer.tokenize(" ".join(TEXTS))]
+    assert any(len(p) > 1 for p in pieces) and any(len(p) == 1 for p in pieces)  # words, endings, characters
     return tokenizer
+
+
+def test_the_fixed_vocabulary_is_a_function_of_the_text():
+    characters = fixed_wordpiece_vocab(TEXTS)  # the special tokens and every character
+    vocab = fixed_wordpiece_vocab(TEXTS, vocab_size=len(characters) + 30)
+    assert fixed_wordpiece_vocab(list(TEXTS), vocab_size=len(characters) + 30) == vocab  # same text, same ids
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert vocab[: len(characters)] == characters and len(vocab) == len(set(vocab)) == len(characters) + 30
+    # The other pieces are words of the text, or endings of its words.
+    words = {w for text in TEXTS for w in re.split(r"[\s,.?]+", text) if w}
+    for piece in vocab[len(characters):]:
+        text = piece.removeprefix("##")
+        assert len(text) > 1, piece
+        assert text in words if piece == text else any(w.endswith(text) and w != text for w in words), piece
+    tokenizer = build_fixed_wordpiece_tokenizer(TEXTS, vocab_size=len(characters) + 30)
+    assert tokenizer.get_vocab() == {token: i for i, token in enumerate(vocab)}
+    assert tokenizer.unk_token_id not in tokenizer(" ".join(TEXTS))["input_ids"]
 
 
 def _dataset(rows: list[dict]) -> datasets.Dataset:
@@ -114,13 +140,16 @@ def test_labels_decode_to_the_gold_answer_on_korean_examples(typed_tokenizer):
     train, report = prepare_train_features(examples, typed_tokenizer)
     evals, _ = prepare_eval_features(examples, typed_tokenizer)
     by_id = {ex["id"]: ex for ex in KOREAN_EXAMPLES}
+    # Answers inside longer tokens cannot decode exactly (see the shared-data test); these are whole tokens.
+    assert any(len(t.removeprefix("##")) > 1 for t in typed_tokenizer.convert_ids_to_tokens(train[0]["input_ids"]))
     for tf, ef in zip(train, evals):
         ex = by_id[tf["example_id"]]
         assert _labelled_text(ex["context"], tf, ef) == ex["answers"]["text"][0]
     assert set(train.column_names) == {"input_ids", "attention_mask", "token_type_ids", "start_positions",
                                        "end_positions", "example_id"}
     assert set(evals.column_names) == {"input_ids", "attention_mask", "token_type_ids", "example_id",
-                                       "offset_mapping"}
+                                       "cls_index", "offset_mapping"}
+    assert evals["cls_index"] == [f["input_ids"].index(typed_tokenizer.cls_token_id) for f in evals]
     assert report.num_examples == len(KOREAN_EXAMPLES) and report.num_exact_answers == len(KOREAN_EXAMPLES)
 
 
@@ -144,6 +173,23 @@ def test_train_and_eval_features_are_the_same_windows(tiny_tokenizer):
     evals, _ = prepare_eval_features(examples, tiny_tokenizer, SMALL)
     assert train["example_id"] == evals["example_id"]
     assert train["input_ids"] == evals["input_ids"]
+    assert "start_positions" not in evals.column_names  # unlabelled by default: examples need no answers
+    assert "offset_mapping" not in train.column_names  # the training loop never decodes spans
+
+
+def test_labelled_eval_features_carry_the_train_labels_from_one_tokenisation(tiny_tokenizer):
+    """The loop's validation features: offsets (to decode answers) and labels (for the evaluation loss)
+    from one pass, equal to what the two separate builders give."""
+    examples = _dataset(KOREAN_EXAMPLES + [_long_example()])
+    train, _ = prepare_train_features(examples, tiny_tokenizer, SMALL)
+    evals, _ = prepare_eval_features(examples, tiny_tokenizer, SMALL)
+    both, report = prepare_eval_features(examples, tiny_tokenizer, SMALL, with_labels=True)
+    for column in ("input_ids", "example_id", "start_positions", "end_positions"):
+        assert both[column] == train[column], column
+    for column in ("offset_mapping", "cls_index"):
+        assert both[column] == evals[column], column
+    assert report.num_lost_answers == 0
+    assert set(both["cls_index"]) == {0}  # BERT-style: [CLS] first
 
 
 def test_unanswerable_and_out_of_window_features_are_labelled_cls_and_counted(tiny_tokenizer):
@@ -327,14 +373,55 @@ def test_in_memory_examples_are_cached_by_content(tiny_tokenizer, tmp_path, monk
     assert uncached.cache_files == []
 
 
-def test_a_change_to_the_feature_code_is_a_cache_miss(tiny_tokenizer, tmp_path, monkeypatch):
-    import kqa.features
+_BUILD_IN_A_FRESH_PROCESS = """
+import json, os, sys
+import datasets
+from transformers import AutoTokenizer
+import kqa.features
+from kqa.features import prepare_eval_features
+from kqa.testing import KOREAN_EXAMPLES
 
-    examples = _file_backed(KOREAN_EXAMPLES, tmp_path / "examples")
-    first, _ = prepare_eval_features(examples, tiny_tokenizer)
-    monkeypatch.setattr(kqa.features, "_code_digest", lambda: "edited")
-    changed, _ = prepare_eval_features(examples, tiny_tokenizer)
-    assert [e["filename"] for e in changed.cache_files] != [e["filename"] for e in first.cache_files]
+source, examples_dir, tokenizer_dir = sys.argv[1:]
+assert os.path.realpath(kqa.features.__file__).startswith(os.path.realpath(source)), kqa.features.__file__
+tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+stamps = {}
+for kind, examples in [("in memory", datasets.Dataset.from_list(KOREAN_EXAMPLES)),
+                       ("file backed", datasets.load_from_disk(examples_dir))]:
+    features, _ = prepare_eval_features(examples, tokenizer)
+    stamps[kind] = [[e["filename"], os.stat(e["filename"]).st_ino, os.stat(e["filename"]).st_mtime_ns]
+                    for e in features.cache_files]
+print("STAMPS " + json.dumps(stamps))
+"""
+
+
+def test_a_change_to_the_feature_code_is_a_cache_miss(tiny_tokenizer_dir, tmp_path):
+    # Each build runs in a new process on a copy of the kqa package, as after a real edit or upgrade.
+    import shutil
+    import subprocess
+    import sys
+
+    import kqa
+
+    source = tmp_path / "src"
+    shutil.copytree(Path(kqa.__file__).parent, source / "kqa", ignore=shutil.ignore_patterns("__pycache__"))
+    _dataset(KOREAN_EXAMPLES).save_to_disk(str(tmp_path / "examples"))
+    env = {**os.environ, "PYTHONPATH": str(source), "KQA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def build() -> dict:
+        proc = subprocess.run([sys.executable, "-c", _BUILD_IN_A_FRESH_PROCESS, str(source),
+                               str(tmp_path / "examples"), str(tiny_tokenizer_dir)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.split("STAMPS ", 1)[1])
+
+    first = build()
+    assert all(first.values())  # both kinds of examples were cached
+    assert build() == first  # unchanged code, another process: the same cache files, not rewritten
+    with (source / "kqa" / "features.py").open("a", encoding="utf-8") as f:
+        f.write("\n# an edit that changes no behaviour still changes the code\n")
+    edited = build()
+    for kind in first:
+        assert edited[kind] != first[kind], kind  # rebuilt, not served from the old cache
 
 
 def test_report_is_the_same_with_several_processes(tiny_tokenizer):
@@ -489,29 +576,34 @@ def test_no_answer_is_lost_on_the_shared_data(tokenizer_name, shared_json_files,
         assert report.num_exact_answers == sum(1 for i in exact if exact[i]) == len(rows) - len(non_aligned)
 
 
-def test_cache_key_ignores_and_keeps_the_tokenizers_call_state(tiny_tokenizer, tmp_path, monkeypatch):
-    # A fast tokenizer's backend remembers the truncation/padding of its last call; that must neither
-    # change the cache key nor be lost by computing it.
-    from kqa.features import _in_memory_cache_file
-
+def test_the_tokenizers_call_state_neither_misses_the_cache_nor_is_lost(tiny_tokenizer, tmp_path, monkeypatch):
+    # A fast tokenizer's backend remembers the truncation/padding of its last call; that is not part of
+    # its identity, so it must not turn a warm cache cold, and looking the cache up must not reset it.
     monkeypatch.setenv("KQA_CACHE_DIR", str(tmp_path / "cache"))
-    examples = _dataset(KOREAN_EXAMPLES)
-    backend = tiny_tokenizer.backend_tokenizer
+    tokenizer = copy.deepcopy(tiny_tokenizer)  # the session's tokenizer keeps its state
+    backend = tokenizer.backend_tokenizer
     backend.no_truncation()
     backend.no_padding()
-    clean = _in_memory_cache_file(examples, tiny_tokenizer, SMALL, True, True)
+    first, first_report = prepare_eval_features(_dataset(KOREAN_EXAMPLES), tokenizer, SMALL)
+    stamp = _cache_stamp(first)
+    assert stamp
+
     backend.enable_truncation(max_length=37, stride=5, strategy="only_second")
     backend.enable_padding(pad_to_multiple_of=8, pad_id=0, pad_token="[PAD]")
     truncation, padding = backend.truncation, backend.padding
-    assert _in_memory_cache_file(examples, tiny_tokenizer, SMALL, True, True) == clean
+    again, again_report = prepare_eval_features(_dataset(KOREAN_EXAMPLES), tokenizer, SMALL)
+    assert _cache_stamp(again) == stamp  # served from the same file, not rebuilt
+    assert again.to_list() == first.to_list() and again_report == first_report
     assert backend.truncation == truncation and backend.padding == padding
-    backend.no_truncation()
-    backend.no_padding()
 
-    # Control: another vocabulary is another key.
-    other = copy.deepcopy(tiny_tokenizer)
-    other.add_tokens(["새토큰"])
-    assert _in_memory_cache_file(examples, other, SMALL, True, True) != clean
+    # Control: a tokenizer that splits the text differently gets its own features, not the cached ones.
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["서울"])
+    other_features, _ = prepare_eval_features(_dataset(KOREAN_EXAMPLES), other, SMALL)
+    assert _cache_stamp(other_features) != stamp
+    assert other_features.to_list() != first.to_list()
+    assert other_features.to_list() == prepare_eval_features(_dataset(KOREAN_EXAMPLES), other, SMALL,
+                                                             cache=False)[0].to_list()
 
 
 def _context_offsets_per_token(offset_mapping, sequence_ids, nfc_context, origin):
@@ -570,29 +662,29 @@ def test_vectorised_context_offsets_equal_the_per_token_loop(seed):
     assert any(span != [-1, -1] for span in got) or n < 3 or 1 not in sequence_ids
 
 
-def test_uncached_features_of_in_memory_examples_skip_fingerprint_hashing(tiny_tokenizer, tmp_path, monkeypatch):
-    # Hashing the tokenizer and arguments with dill cost ~10 ms per call, most of the feature time of a
-    # one-question prediction; with nothing cached, no fingerprint needs to be derived.
-    import datasets.fingerprint
+class _SerialisationProbe:
+    """An attribute that counts how often the object holding it is serialised (pickled or hashed)."""
 
+    count = 0
+
+    def __reduce__(self):
+        type(self).count += 1
+        return (_SerialisationProbe, ())
+
+
+def test_uncached_features_of_in_memory_examples_never_serialise_the_tokenizer(tiny_tokenizer, tmp_path,
+                                                                             monkeypatch):
+    # Serialising the tokenizer (to fingerprint a map) cost ~10 ms per call, most of the feature time of
+    # a one-question prediction; with nothing cached, nothing needs it.
     reference, _ = prepare_eval_features(_dataset(KOREAN_EXAMPLES), tiny_tokenizer, SMALL, cache=False)
-    in_memory = _dataset(KOREAN_EXAMPLES)
-    file_backed = _file_backed(KOREAN_EXAMPLES, tmp_path / "examples")
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.serialisation_probe = _SerialisationProbe()
+    monkeypatch.setattr(_SerialisationProbe, "count", 0)
 
-    from transformers import PreTrainedTokenizerBase
-
-    original_update = datasets.fingerprint.Hasher.update
-    hashed_tokenizers = []
-
-    def record_tokenizers(self, value):  # datasets swallows errors here, so record instead of raising
-        values = value.values() if isinstance(value, dict) else [value]
-        hashed_tokenizers.extend(v for v in values if isinstance(v, PreTrainedTokenizerBase))
-        return original_update(self, value)
-
-    monkeypatch.setattr(datasets.fingerprint.Hasher, "update", record_tokenizers)
-    features, report = prepare_eval_features(in_memory, tiny_tokenizer, SMALL, cache=False)
+    features, report = prepare_eval_features(_dataset(KOREAN_EXAMPLES), tokenizer, SMALL, cache=False)
     assert features.to_list() == reference.to_list() and report.num_examples == len(KOREAN_EXAMPLES)
-    assert hashed_tokenizers == []
-    # Control: datasets fingerprints the map of a file-backed dataset (for its cache) with the tokenizer.
-    prepare_eval_features(file_backed, tiny_tokenizer, SMALL, cache=False)
-    assert hashed_tokenizers
+    assert _SerialisationProbe.count == 0
+    assert features.cache_files == []
+    # Control: a file-backed dataset's map is fingerprinted for its cache, tokenizer and all.
+    prepare_eval_features(_file_backed(KOREAN_EXAMPLES, tmp_path / "examples"), tokenizer, SMALL, cache=False)
+    assert _SerialisationProbe.count > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from kqa.loop import (
     QATrainingRecipe,
     find_latest_checkpoint,
 )
-from kqa.testing import tiny_bert_config
+from kqa.testing import korean_squad_json, tiny_bert_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +47,28 @@ def _make_backbone_dir(path: Path, tokenizer, **overrides) -> Path:
 @pytest.fixture
 def backbone_dir(tmp_path, tiny_tokenizer):
     return _make_backbone_dir(tmp_path / "backbone", tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_tokenizer) -> Path:
+    """One short training run shared by the tests that only read its outputs (trained once per module)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    root = tmp_path_factory.mktemp("trained_run")
+    data_file = root / "korean.json"
+    data_file.write_text(json.dumps(korean_squad_json(), ensure_ascii=False), encoding="utf-8")
+    backbone = _make_backbone_dir(root / "backbone", tiny_tokenizer)
+    cfg = _config(backbone, data_file, root / "run", max_train_steps=60, eval_strategy="steps", eval_steps=60)
+    QATrainingRecipe(cfg).setup().train()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    return root / "run"
+
+
+@pytest.fixture
+def trained_model_dir(trained_run) -> Path:
+    return trained_run / "best"
 
 
 @pytest.fixture
@@ -79,7 +102,7 @@ def _config(model_dir: Path, data_file: Path, output_dir: Path, **overrides) -> 
         seed=13,
     )
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -110,38 +133,35 @@ def test_training_lowers_loss_and_raises_f1(backbone_dir, korean_squad_file, tmp
 
 
 def test_a_subclass_swaps_stages_through_the_class_attributes(backbone_dir, korean_squad_file, tmp_path):
-    """Feature building, post-processing and the metric are class attributes the recipe really calls."""
+    """Feature building, answer decoding and the metric are class attributes the recipe really uses."""
     import dataclasses
 
     from kqa.features import prepare_train_features
-    from kqa.metric import evaluate_predictions
-    from kqa.postprocess import postprocess_predictions
+    from kqa.metric import score_predictions
+    from kqa.postprocess import decode_answers
 
-    calls = {"train_features": 0, "postprocess": 0}
-
-    def counting_train_features(examples, tokenizer, config, **kwargs):
-        calls["train_features"] += 1
-        return prepare_train_features(examples, tokenizer, config, **kwargs)
+    def first_two_windows(examples, tokenizer, config, **kwargs):
+        features, report = prepare_train_features(examples, tokenizer, config, **kwargs)
+        return features.select(range(2)), report
 
     def first_character_answers(examples, features, start_logits, end_logits, config):
-        calls["postprocess"] += 1
-        predictions = postprocess_predictions(examples, features, start_logits, end_logits, config)
+        predictions = decode_answers(examples, features, start_logits, end_logits, config)
         contexts = dict(zip(examples["id"], examples["context"]))
         return {k: dataclasses.replace(p, text=contexts[k][:1], start=0, end=1) for k, p in predictions.items()}
 
     class SwappedRecipe(QATrainingRecipe):
-        build_train_features = staticmethod(counting_train_features)
-        postprocess = staticmethod(first_character_answers)
+        build_train_features = staticmethod(first_two_windows)
+        decode_answers = staticmethod(first_character_answers)
 
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", eval_strategy="epoch")
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", eval_strategy="epoch",
+                  per_device_train_batch_size=1)
     recipe = SwappedRecipe(cfg).setup()
-    assert calls["train_features"] == 2  # the train set, and the labels of the validation set
+    assert len(recipe.train_features) == 2 and len(recipe.train_dataloader) == 2  # the swapped builder's windows
     report = recipe.train_feature_report  # kept for research code: what feature building did
-    assert report.num_features == len(recipe.train_features) and report.num_lost_answers == 0
+    assert report.num_features > 2 and report.num_lost_answers == 0
     metrics = recipe.evaluate()
-    assert calls["postprocess"] == 1
     examples = recipe.eval_sets[0].examples
-    expected = evaluate_predictions(examples, {i: c[:1] for i, c in zip(examples["id"], examples["context"])})
+    expected = score_predictions(examples, {i: c[:1] for i, c in zip(examples["id"], examples["context"])})
     assert metrics["ko/f1"] == pytest.approx(expected.f1)
     assert metrics["ko/exact_match"] == pytest.approx(expected.exact_match)
     assert all(p.text == p_ctx[:1] for p, p_ctx in zip(recipe.last_predictions["ko"].values(), examples["context"]))
@@ -223,7 +243,9 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir,
                 if "eval/f1" in r]
 
     assert len(losses("full")) == full_result.global_step
-    assert losses("split") == losses("full")
+    assert losses("split") == losses("full")  # each step once: the records after the checkpoint were dropped
+    for checkpoint in (tmp_path / "split" / "checkpoints").iterdir():
+        assert "log_history" not in json.loads((checkpoint / STATE_MARKER).read_text())
     assert evals("split") == evals("full")
     assert resumed_result.best_step == full_result.best_step
     resumed_weights = _weights(resumed)
@@ -323,8 +345,9 @@ def test_checkpoint_rotation_keeps_the_newest(backbone_dir, korean_squad_file, t
 
 
 def test_non_finite_loss_stops_the_run_with_the_step(backbone_dir, korean_squad_file, tmp_path):
+    # The guard is read only at logging steps (no per-step sync), yet names the step that went bad.
     cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=5,
-                  per_device_train_batch_size=2)
+                  per_device_train_batch_size=2, logging_steps=5)
     recipe = QATrainingRecipe(cfg).setup()
     original_forward = recipe.model.forward
     calls = {"n": 0}
@@ -343,7 +366,8 @@ def test_non_finite_loss_stops_the_run_with_the_step(backbone_dir, korean_squad_
 
 @pytest.mark.parametrize("mode", ["offline", "disabled"])
 def test_wandb_tracking_needs_no_network(backbone_dir, korean_squad_file, tmp_path, monkeypatch, mode):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # wandb keeps its settings per process: start from none, as a new job would
     monkeypatch.setenv("WANDB_MODE", mode)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -351,45 +375,186 @@ def test_wandb_tracking_needs_no_network(backbone_dir, korean_squad_file, tmp_pa
                   per_device_train_batch_size=2, eval_strategy="steps", eval_steps=2, run_name="t")
     result = QATrainingRecipe(cfg).setup().train()
     assert result.global_step == 2
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*")) if mode == "offline" else []
-    assert (len(runs) == 1) if mode == "offline" else True
+    assert os.environ["WANDB_MODE"] == mode  # the user's choice is never overridden
+    wandb_dir = tmp_path / "run" / "wandb"
+    runs = sorted(p.name for p in wandb_dir.glob("*run-*")) if wandb_dir.exists() else []
+    if mode == "offline":
+        assert len(runs) == 1 and runs[0].startswith("offline-run-")
+        assert list((wandb_dir / runs[0]).glob("*.wandb"))  # the logged history, to `wandb sync` later
+    else:
+        assert runs == []  # disabled: nothing written, nothing sent
+    assert [r["step"] for r in _read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r] == [1, 2]
+    wandb.teardown()
 
 
-@pytest.fixture
-def trained_model_dir(backbone_dir, korean_squad_file, tmp_path):
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "trained", max_train_steps=60,
-                  eval_strategy="steps", eval_steps=60)
-    QATrainingRecipe(cfg).setup().train()
-    return tmp_path / "trained" / "best"
+def test_wandb_credentials_from_netrc_or_environment_are_recognised(tmp_path, monkeypatch):
+    """A user logged in with `wandb login` (a netrc entry) is not forced offline; no credentials at all is."""
+    from kqa.loop import wandb_credentials_exist
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine example.org\n  login user\n  password other\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert not wandb_credentials_exist()
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    assert wandb_credentials_exist()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a self-hosted server: its own entry
+    assert not wandb_credentials_exist()
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert wandb_credentials_exist()
 
 
-def test_evaluate_reproduces_the_metrics_logged_in_training(trained_model_dir, korean_squad_file, tmp_path):
-    from kqa.evaluation import evaluate_model, score_predictions_file
+def test_only_a_user_without_any_credentials_is_switched_to_offline(tmp_path, monkeypatch):
+    from kqa.loop import default_wandb_to_offline
 
-    logged = json.loads((trained_model_dir / "metrics.json").read_text())
-    evaluation = evaluate_model(trained_model_dir, korean_squad_file, output_dir=tmp_path / "eval", batch_size=3,
-                                disable_tqdm=True)
-    assert evaluation.result.f1 == pytest.approx(logged["ko/f1"], abs=1e-9)
-    assert evaluation.result.exact_match == pytest.approx(logged["ko/exact_match"], abs=1e-9)
-    rescored = score_predictions_file(korean_squad_file, tmp_path / "eval" / "predictions.json")
-    assert rescored.f1 == pytest.approx(evaluation.result.f1, abs=1e-9)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    default_wandb_to_offline()
+    assert "WANDB_MODE" not in os.environ  # logged in with `wandb login`: online, as wandb decides
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    default_wandb_to_offline()
+    assert os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    default_wandb_to_offline()
+    assert os.environ["WANDB_MODE"] == "disabled"
 
 
-def test_evaluate_model_takes_another_post_processor(trained_model_dir, korean_squad_file, tmp_path):
-    import dataclasses
+def test_mixed_precision_unset_follows_accelerate_and_explicit_values_win(backbone_dir, korean_squad_file, tmp_path,
+                                                                          monkeypatch):
+    """`accelerate config` / `accelerate launch --mixed_precision` reach the recipe through the environment."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    unset = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "a", mixed_precision=None)).setup()
+    assert unset.accelerator.mixed_precision == "bf16"
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    explicit = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "b", mixed_precision="no")).setup()
+    assert explicit.accelerator.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("cuda, bf16, expected", [(False, False, "no"), (True, True, "bf16"), (True, False, "fp16")])
+def test_auto_mixed_precision_is_bf16_where_supported_else_fp16_on_cuda(monkeypatch, cuda, bf16, expected):
+    from kqa.config import resolve_mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert resolve_mixed_precision("auto") == expected
+    assert resolve_mixed_precision(None) is None  # Accelerate's own setting
+    assert resolve_mixed_precision("fp16") == "fp16"
+
+
+def test_evaluate_model_follows_accelerates_mixed_precision_when_unset(trained_model_dir, korean_squad_file,
+                                                                       monkeypatch):
     from kqa.evaluation import evaluate_model
-    from kqa.postprocess import postprocess_predictions
 
-    def no_answers(examples, features, start_logits, end_logits, config):
-        predictions = postprocess_predictions(examples, features, start_logits, end_logits, config)
-        return {k: dataclasses.replace(p, text="", start=0, end=0) for k, p in predictions.items()}
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    evaluation = evaluate_model(trained_model_dir, korean_squad_file, output_dir=tmp_path / "eval",
-                                disable_tqdm=True, postprocess=no_answers)
-    assert evaluation.result.f1 == 0.0 and evaluation.result.answered == evaluation.result.total > 0
-    written = json.loads((tmp_path / "eval" / "predictions.json").read_text(encoding="utf-8"))
-    assert set(written.values()) == {""}
+    def evaluate(**kwargs):  # each evaluate.py run is a new process: a new Accelerate state
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+        return evaluate_model(trained_model_dir, korean_squad_file, disable_tqdm=True, **kwargs)
+
+    fp32 = evaluate()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    bf16 = evaluate()
+    explicit = evaluate(mixed_precision="no")
+    assert bf16.loss != fp32.loss and bf16.loss == pytest.approx(fp32.loss, rel=0.05)  # bf16 rounding, same model
+    assert explicit.loss == fp32.loss
+
+
+def test_without_evaluation_the_final_model_is_saved_loadable(backbone_dir, korean_squad_file, tmp_path):
+    from kqa.evaluation import evaluate_model
+    from kqa.inference import QuestionAnswerer
+
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=3, eval_strategy="no",
+                  save_strategy="no")
+    recipe = QATrainingRecipe(cfg).setup()
+    recipe.train()
+    final = tmp_path / "run" / "final"
+    assert not (tmp_path / "run" / "best").exists() and not (final / "metrics.json").exists()
+    saved = QuestionAnswerer.from_pretrained(final, device="cpu")
+    for key, value in _weights(recipe).items():
+        assert torch.equal(saved.model.state_dict()[key], value), key
+    assert saved.settings == recipe.settings
+    answer = saved("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이다.")
+    assert answer.text and "대한민국의 수도는 서울이다."[answer.start:answer.end] == answer.text
+    assert evaluate_model(final, korean_squad_file, disable_tqdm=True).result.total == 6
+
+
+def test_the_saved_model_holds_the_gathered_state_dict(backbone_dir, korean_squad_file, tmp_path, monkeypatch):
+    """Under FSDP / ZeRO-3 a process's module holds a shard: the saved weights must be the full state dict
+    that `accelerator.get_state_dict` gathers, not the module's own tensors."""
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=1)
+    recipe = QATrainingRecipe(cfg).setup()
+    recipe.train()
+    full = {k: v.clone() for k, v in _weights(recipe).items()}
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()  # what this process would hold of a sharded parameter: not the weights
+    monkeypatch.setattr(recipe.accelerator, "get_state_dict", lambda module, unwrap=True: full)
+    recipe.save_best({"f1": 1.0, "step": 1})
+    from kqa.modeling import QuestionAnsweringModel
+
+    saved = QuestionAnsweringModel.from_pretrained(tmp_path / "run" / "best").state_dict()
+    for key, value in full.items():
+        assert torch.equal(saved[key], value), key
+
+
+def test_one_model_gives_byte_identical_predictions_through_every_path(trained_run, korean_squad_file, tmp_path):
+    """The loop's evaluation, evaluate.py and QuestionAnswerer are one prediction path. (Same batch size
+    as the run's evaluation: another batching pads to other widths, which moves the last float digits.)"""
+    from kqa.data import load_squad_json
+    from kqa.evaluation import evaluate_model
+    from kqa.inference import QuestionAnswerer
+    from kqa.postprocess import write_predictions
+
+    best = trained_run / "best"
+    from_loop = best / "predictions" / "ko"
+    evaluate_model(best, korean_squad_file, output_dir=tmp_path / "eval", batch_size=4, disable_tqdm=True)
+    examples, _ = load_squad_json(korean_squad_file)
+    qa = QuestionAnswerer.from_pretrained(best, device="cpu", batch_size=4)
+    write_predictions(qa.predict_rows(examples.to_list()), tmp_path / "qa")
+    for name in ("predictions.json", "nbest_predictions.json"):
+        expected = (from_loop / name).read_bytes()
+        assert len(json.loads(expected)) == 6
+        assert (tmp_path / "eval" / name).read_bytes() == expected, name
+        assert (tmp_path / "qa" / name).read_bytes() == expected, name
+
+
+def test_training_logs_throughput_in_tokens_and_peak_memory(trained_run):
+    records = [r for r in _read_jsonl(trained_run / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 60
+    for record in records:
+        assert record["samples_per_second"] > 0 and record["peak_memory_mb"] > 0
+        assert 0 < record["tokens_per_second"] <= record["padded_tokens_per_second"]
+    assert any(r["tokens_per_second"] < r["padded_tokens_per_second"] for r in records)  # padding is counted apart
+
+
+def test_a_new_run_into_an_old_output_directory_keeps_the_logs_apart(backbone_dir, korean_squad_file, tmp_path):
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=2)
+    QATrainingRecipe(cfg).setup().train()
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    QATrainingRecipe(dataclasses.replace(cfg, max_train_steps=3)).setup().train()
+    steps = [r["step"] for r in _read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3]
+    older = [r["step"] for r in _read_jsonl(tmp_path / "run" / "metrics.previous-1.jsonl") if "loss" in r]
+    assert older == [1, 2]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -431,3 +596,69 @@ def test_train_py_runs_under_accelerate_launch_with_two_processes(backbone_dir, 
     assert summary["global_step"] == 3
     assert (out / "best" / "model.safetensors").is_file()
     assert find_latest_checkpoint(out / "checkpoints").name == "checkpoint-3"
+
+
+REMOTE_CONFIG = '''from transformers import BertConfig
+
+
+class RemoteBertConfig(BertConfig):
+    model_type = "kqa-remote-bert"
+'''
+REMOTE_MODEL = '''from transformers import BertModel
+
+from .configuration_remote import RemoteBertConfig
+
+
+class RemoteBertModel(BertModel):
+    config_class = RemoteBertConfig
+
+    def __init__(self, config, add_pooling_layer=False):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+'''
+
+
+def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_tokenizer, korean_squad_file,
+                                                                          tmp_path):
+    """`trust_remote_code` reaches every loader: training, evaluate_model, QuestionAnswerer, and training
+    on from a saved kqa model. Without it each refuses to run the code."""
+    from kqa.evaluation import evaluate_model
+    from kqa.inference import QuestionAnswerer
+
+    backbone = tmp_path / "remote"
+    _make_backbone_dir(backbone, tiny_tokenizer)
+    (backbone / "configuration_remote.py").write_text(REMOTE_CONFIG)
+    (backbone / "modeling_remote.py").write_text(REMOTE_MODEL)
+    config = json.loads((backbone / "config.json").read_text())
+    config.update(model_type="kqa-remote-bert", architectures=["RemoteBertModel"], auto_map={
+        "AutoConfig": "configuration_remote.RemoteBertConfig", "AutoModel": "modeling_remote.RemoteBertModel"})
+    (backbone / "config.json").write_text(json.dumps(config))
+
+    def reset():
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+    cfg = _config(backbone, korean_squad_file, tmp_path / "run", max_train_steps=2, eval_strategy="steps",
+                  eval_steps=2, trust_remote_code=True)
+    recipe = QATrainingRecipe(cfg).setup()
+    assert type(recipe.accelerator.unwrap_model(recipe.model).backbone).__name__ == "RemoteBertModel"
+    logged = recipe.train().final_metrics
+    best = tmp_path / "run" / "best"
+    reset()
+    evaluation = evaluate_model(best, korean_squad_file, trust_remote_code=True, disable_tqdm=True)
+    assert evaluation.result.f1 == pytest.approx(logged["ko/f1"])
+    qa = QuestionAnswerer.from_pretrained(best, device="cpu", trust_remote_code=True)
+    assert type(qa.model.backbone).__name__ == "RemoteBertModel"
+    assert qa("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이다.").start >= 0
+    reset()
+    again = QATrainingRecipe(dataclasses.replace(cfg, model_name_or_path=str(best),
+                                                 output_dir=str(tmp_path / "again"))).setup()
+    for key, value in _weights(again).items():
+        assert torch.equal(qa.model.state_dict()[key], value), key
+    reset()
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        QuestionAnswerer.from_pretrained(best, device="cpu")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        evaluate_model(best, korean_squad_file, disable_tqdm=True)

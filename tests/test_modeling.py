@@ -220,6 +220,25 @@ def test_shared_tensors_are_stored_once_and_restored(model, tiny_config, tmp_pat
     assert torch.equal(model(**batch).start_logits, loaded(**batch).start_logits)
 
 
+def test_a_given_state_dict_is_saved_instead_of_the_modules_own_tensors(model, tiny_config, tmp_path):
+    """What the loop does under FSDP / ZeRO-3: the module holds a shard, the gathered state dict is saved."""
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = model.bert.encoder.layer
+    full["bert.encoder.layer.1.intermediate.dense.weight"] = full["bert.encoder.layer.0.intermediate.dense.weight"]
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+    model.save_pretrained(tmp_path / "m", state_dict=full)
+    loaded = QuestionAnsweringModel.from_pretrained(tmp_path / "m").state_dict()
+    assert loaded.keys() == full.keys()
+    for key, value in full.items():
+        assert torch.equal(loaded[key], value), key
+    assert layers[0].intermediate.dense.weight.abs().sum() == 0  # the module itself was not touched
+    incomplete = {k: v for k, v in full.items() if not k.startswith("qa_outputs")}
+    with pytest.raises(ValueError, match="lacks .*qa_outputs.*gathered"):
+        model.save_pretrained(tmp_path / "bad", state_dict=incomplete)
+
+
 def test_pickle_only_directory_is_refused_without_unpickling(model, tmp_path, monkeypatch):
     directory = tmp_path / "legacy"
     directory.mkdir()
@@ -456,3 +475,36 @@ def test_a_transformers_qa_checkpoint_loads_in_kqa(tiny_config, tmp_path):
         expected = reference(**batch)
     torch.testing.assert_close(model(**batch).start_logits, expected.start_logits, atol=1e-5, rtol=0)
     assert load_kqa_config(tmp_path / "hf") == {}
+
+
+# ---- a model with hand-set span logits (kqa.testing) ----------------------------------------------------
+
+
+def test_token_scoring_model_scores_each_token_by_the_table_alone(tiny_tokenizer, tmp_path):
+    from kqa.testing import token_scoring_model
+
+    start_scores, end_scores = {"부": 8.0, "서": -3.0, "##울": 2.5}, {"##산": 8.0, "##울": 6.0}
+    model = token_scoring_model(tiny_tokenizer, start_scores, end_scores)
+    vocab = tiny_tokenizer.get_vocab()
+    start_table = torch.zeros(len(tiny_tokenizer))
+    end_table = torch.zeros(len(tiny_tokenizer))
+    for token, score in start_scores.items():
+        start_table[vocab[token]] = score
+    for token, score in end_scores.items():
+        end_table[vocab[token]] = score
+    # Random ids with the marked tokens in them, two segments and a padded row: position, segment and
+    # neighbours make no difference.
+    batch = _batch(len(tiny_tokenizer), batch_size=4, seq_len=40)
+    batch["input_ids"][1, ::3] = vocab["부"]
+    batch["input_ids"][2, 5:9] = torch.tensor([vocab["서"], vocab["##울"], vocab["##산"], vocab["##울"]])
+    with torch.no_grad():
+        out = model(**batch)
+    torch.testing.assert_close(out.start_logits, start_table[batch["input_ids"]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.end_logits, end_table[batch["input_ids"]], atol=1e-5, rtol=0)
+
+    model.save_pretrained(tmp_path / "m", tokenizer=tiny_tokenizer)
+    with torch.no_grad():
+        loaded = QuestionAnsweringModel.from_pretrained(tmp_path / "m").eval()(**batch)
+    assert torch.equal(loaded.start_logits, out.start_logits) and torch.equal(loaded.end_logits, out.end_logits)
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
+        token_scoring_model(tiny_tokenizer, {"없는토큰": 1.0}, {})

@@ -37,7 +37,7 @@ def test_a_short_fine_tune_of_the_real_backbone_learns_korean_qa(e5_backbone, da
     from kqa.loop import QATrainingRecipe
 
     tydi = data_dir / "tydiqa-goldp-ko"
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model_name_or_path=str(e5_backbone), dataset_name=None, train_files=[str(tydi / "korean_tydiqa_train.json")],
         validation_files=[f"tydi={tydi / 'korean_tydiqa_dev.json'}"], max_train_samples=640, max_eval_samples=120,
         max_seq_length=256, doc_stride=96, per_device_train_batch_size=16,

@@ -1,0 +1,182 @@
+"""Features → logits → answers: the one prediction path.
+
+The training loop's evaluation (`kqa.loop`), model evaluation (`kqa.evaluation`, `evaluate.py`),
+`QuestionAnswerer` (`kqa.inference`) and `kqa predict` all run a model through `predict_logits`,
+decode the logits with the n-best post-processor (`kqa.postprocess.decode_answers`) and, where gold
+answers exist, score them with the official metric (`kqa.metric.score_predictions`). So the numbers
+that choose a checkpoint are the numbers a served model reproduces.
+
+`PredictionSettings` is what a saved model needs to predict the way it was evaluated: the window
+geometry (`FeatureConfig`) and the post-processing settings (`PostprocessConfig`). It is written to
+`kqa_config.json` beside the weights and read back into the same two dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kqa.features import FeatureConfig
+from kqa.metric import EvalResult, score_predictions
+from kqa.postprocess import ExamplePrediction, PostprocessConfig, decode_answers
+
+# Logits past a feature's own length (every batch is padded to one width so that processes can be
+# gathered). The post-processor reads only a feature's context tokens, so this value is never chosen.
+LOGIT_PAD_VALUE = -1e4
+
+_SECTIONS = {"features": FeatureConfig, "postprocess": PostprocessConfig}
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """Window geometry and post-processing: saved with a model, restored when it is loaded."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "PredictionSettings":
+        """The nested layout of `to_dict`. Models saved by kqa 0.1.0 wrote the same fields flat; they
+        are read into the same dataclasses."""
+        if not any(name in data for name in _SECTIONS):
+            return cls().with_overrides(source, **{k: v for k, v in data.items() if k != "kqa_version"})
+        parts = {}
+        for name, section in _SECTIONS.items():
+            values = data.get(name, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: {name!r} must be an object of {section.__name__} fields")
+            parts[name] = _build(section, values, f"{source}: {name}")
+        return cls(**parts)
+
+    def with_overrides(self, source: str = "overrides", **values: Any) -> "PredictionSettings":
+        """A copy with flat field overrides (`max_seq_length=512`, `n_best_size=5`, …) routed to the
+        dataclass that owns them; `None` values leave a field as it is."""
+        values = {k: v for k, v in values.items() if v is not None}
+        parts = {}
+        for name, section in _SECTIONS.items():
+            names = {f.name for f in dataclasses.fields(section)}
+            mine = {k: values.pop(k) for k in list(values) if k in names}
+            parts[name] = _build(section, {**dataclasses.asdict(getattr(self, name)), **mine}, source)
+        if values:
+            raise ValueError(f"{source}: unknown setting(s) {sorted(values)}")
+        return PredictionSettings(**parts)
+
+
+def _build(section: type, values: dict[str, Any], source: str):
+    known = {f.name for f in dataclasses.fields(section)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: {section.__name__} has no field(s) {unknown}")
+    try:
+        return section(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+def load_settings(model_dir: str | Path, **overrides: Any) -> PredictionSettings:
+    """The settings saved with a model (defaults for a directory without `kqa_config.json`, e.g. a
+    `transformers` QA checkpoint), with flat overrides applied."""
+    from kqa.modeling import KQA_CONFIG_FILE, load_kqa_config
+
+    source = str(Path(model_dir) / KQA_CONFIG_FILE)
+    return PredictionSettings.from_dict(load_kqa_config(model_dir), source).with_overrides(source, **overrides)
+
+
+@dataclass
+class PredictionSet:
+    """Examples, their evaluation features (rows in example order) and a loader over those features."""
+
+    name: str
+    examples: Any
+    features: Any
+    dataloader: Any = None
+
+
+@dataclass
+class FeatureLogits:
+    """Start/end logits `[num_features, width]` (float32, in feature order) and the mean loss when the
+    features carry labels."""
+
+    start: np.ndarray
+    end: np.ndarray
+    loss: Optional[float] = None
+
+
+@dataclass
+class SetEvaluation:
+    """The answers to one prediction set and their official score."""
+
+    predictions: dict[str, ExamplePrediction]
+    result: EvalResult
+    loss: Optional[float]
+
+
+def _pad(logits: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(logits.float(), (0, width - logits.shape[1]), value=LOGIT_PAD_VALUE)
+
+
+@torch.no_grad()
+def predict_logits(model, dataloader, width: int, *, accelerator=None, desc: str = "predict",
+                   disable_tqdm: bool = False) -> FeatureLogits:
+    """Run `model` over an evaluation loader (batches in feature order).
+
+    With an `accelerator` the loader is a prepared (sharded) one and the logits of all processes are
+    gathered without duplicates (`gather_for_metrics`); without one the batches are moved to the model's
+    device. `width` (the feature config's `max_seq_length`) is the same on every process.
+    """
+    model.eval()
+    device = None if accelerator is not None else next(model.parameters()).device
+    show = not disable_tqdm and (accelerator is None or accelerator.is_local_main_process)
+    starts, ends, losses = [], [], []
+    for batch in tqdm(dataloader, desc=desc, disable=not show, leave=False):
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        start, end = _pad(out.start_logits, width), _pad(out.end_logits, width)
+        loss = None if out.loss is None else out.loss.detach().float().repeat(len(start))
+        if accelerator is not None:
+            start, end = accelerator.gather_for_metrics((start, end))
+            loss = None if loss is None else accelerator.gather_for_metrics(loss)
+        starts.append(start.cpu().numpy())
+        ends.append(end.cpu().numpy())
+        if loss is not None:
+            losses.append(loss.cpu())
+    if not starts:
+        empty = np.zeros((0, width), dtype=np.float32)
+        return FeatureLogits(empty, empty.copy(), None)
+    mean_loss = float(torch.cat(losses).mean()) if losses else None
+    return FeatureLogits(np.concatenate(starts), np.concatenate(ends), mean_loss)
+
+
+def predict_answers(model, prediction_set: PredictionSet, settings: PredictionSettings, *, accelerator=None,
+                    decode: Optional[Callable] = None, disable_tqdm: bool = False,
+                    ) -> tuple[dict[str, ExamplePrediction], FeatureLogits]:
+    """Logits of every feature of the set, decoded into the answer of every example (keyed by id)."""
+    logits = predict_logits(model, prediction_set.dataloader, settings.features.max_seq_length,
+                            accelerator=accelerator, desc=f"predict {prediction_set.name}", disable_tqdm=disable_tqdm)
+    if len(logits.start) != len(prediction_set.features):
+        raise RuntimeError(f"{prediction_set.name}: got logits for {len(logits.start)} features, "
+                           f"expected {len(prediction_set.features)}")
+    decode = decode or decode_answers
+    predictions = decode(prediction_set.examples, prediction_set.features, logits.start, logits.end,
+                         settings.postprocess)
+    return predictions, logits
+
+
+def predict_and_score(model, prediction_set: PredictionSet, settings: PredictionSettings, *, accelerator=None,
+                      decode: Optional[Callable] = None, metric: Optional[Callable] = None,
+                      disable_tqdm: bool = False) -> SetEvaluation:
+    """`predict_answers`, then the official metric against the set's gold answers."""
+    predictions, logits = predict_answers(model, prediction_set, settings, accelerator=accelerator, decode=decode,
+                                          disable_tqdm=disable_tqdm)
+    result = (metric or score_predictions)(prediction_set.examples, {k: p.text for k, p in predictions.items()})
+    return SetEvaluation(predictions=predictions, result=result, loss=logits.loss)
