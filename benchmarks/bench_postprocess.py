@@ -11,7 +11,7 @@ identical best answers and n-best lists; the benchmark asserts that before it re
 Both implementations are timed on the same inputs, in two forms:
 - Python lists (rows with only the keys the post-processors read): the reference's fastest form;
 - `datasets.Dataset`s with the columns kqa.data (id, title, context, question, answers,
-  is_impossible) and kqa.features (input_ids, attention_mask, token_type_ids, example_id,
+  is_impossible) and kqa.features (input_ids, attention_mask, token_type_ids, example_id, cls_index,
   offset_mapping) produce: what the training loop and the Hugging Face example script pass. The
   reference reads rows from them as the Hugging Face function does; kqa reads only the columns it
   needs, straight from Arrow.
@@ -23,6 +23,11 @@ draws every logit independently; `--logits peaked` adds a bump of high start and
 window, as a trained model produces (many more valid start × end pairs).
 
     python benchmarks/bench_postprocess.py --num-examples 5000 --windows 4 --out results.json
+
+What one speed-up of kqa.postprocess buys: copy kqa/postprocess.py, replace that step by its plain
+form, and time the copy next to kqa on the same inputs (its outputs are asserted equal to kqa's):
+
+    python benchmarks/bench_postprocess.py --inputs datasets --no-reference --repeat 9 --variant copy.py
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import common  # noqa: E402
 
-from kqa.postprocess import PostprocessConfig, postprocess_predictions  # noqa: E402
+from kqa.postprocess import PostprocessConfig, decode_answers  # noqa: E402
 
 HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
 
@@ -54,7 +59,7 @@ HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
 # --------------------------------------------------------------------------------------------------
 
 def make_data(num_examples: int, windows: int, seq_len: int, seed: int, logits: str = "gaussian"):
-    """Examples (id, context), features (example_id, offset_mapping) and logits `[F, seq_len]`."""
+    """Examples (id, context), features (example_id, cls_index, offset_mapping) and logits `[F, seq_len]`."""
     rng = np.random.default_rng(seed)
     examples, features = [], []
     for e in range(num_examples):
@@ -83,7 +88,8 @@ def make_data(num_examples: int, windows: int, seq_len: int, seed: int, logits: 
             if lo >= num_tokens:
                 break
             hi = min(lo + capacity, num_tokens)
-            features.append({"example_id": example_id, "offset_mapping": prefix + offsets[lo:hi] + [[-1, -1]]})
+            features.append({"example_id": example_id, "cls_index": 0,
+                             "offset_mapping": prefix + offsets[lo:hi] + [[-1, -1]]})
             if hi == num_tokens:
                 break
     start_logits = rng.normal(0.0, 3.0, size=(len(features), seq_len)).astype(np.float32)
@@ -122,6 +128,7 @@ def as_datasets(examples, features, seed: int):
             "attention_mask": [1] * n,
             "token_type_ids": [0 if o[0] < 0 else 1 for o in feature["offset_mapping"]],
             "example_id": feature["example_id"],
+            "cls_index": feature["cls_index"],
             "offset_mapping": feature["offset_mapping"],
         })
     schema = Features({
@@ -129,6 +136,7 @@ def as_datasets(examples, features, seed: int):
         "attention_mask": Sequence(Value("int8")),
         "token_type_ids": Sequence(Value("int8")),
         "example_id": Value("string"),
+        "cls_index": Value("int32"),
         "offset_mapping": Sequence(Sequence(Value("int64"), length=2)),
     })
     return datasets.Dataset.from_list(example_rows), datasets.Dataset.from_list(rows, features=schema)
@@ -257,6 +265,21 @@ def assert_same(kqa_predictions, reference) -> None:
                 fail(f"{example_id}: {s} vs {p}")
 
 
+def load_variant(path: Path):
+    """A post-processor module from a file (a modified copy of kqa/postprocess.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"variant_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_plain(predictions) -> list:
+    return [(k, p.text, p.start, p.end, p.score, [s.to_dict() for s in p.nbest]) for k, p in predictions.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-examples", type=int, default=5000)
@@ -269,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per implementation; median and best are reported")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--variant", type=Path, action="append", default=[],
+                        help="also time this copy of kqa/postprocess.py (e.g. with one speed-up replaced by its "
+                             "plain form); its outputs must equal kqa's (repeatable)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the per-pair loop; speed-ups are then relative to kqa")
     args = parser.parse_args(argv)
+    variants = [(f"variant {path.stem}", load_variant(path)) for path in args.variant]
 
     import datasets
 
@@ -288,25 +317,39 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for kind, (ex_in, feat_in) in inputs.items():
-        ref_times, reference = common.time_calls(lambda: reference_postprocess(
-            ex_in, feat_in, start_logits, end_logits, args.n_best, args.max_answer_length), args.repeat)
-        kqa_times, ours = common.time_calls(lambda: postprocess_predictions(ex_in, feat_in, start_logits, end_logits, config),
-                                  args.repeat)
-        assert_same(ours, reference)
-        ref_median = statistics.median(ref_times)
-        for name, times in (("reference per-pair loop", ref_times), ("kqa vectorised", kqa_times)):
+        timed = []
+        if not args.no_reference:
+            ref_times, reference = common.time_calls(lambda: reference_postprocess(
+                ex_in, feat_in, start_logits, end_logits, args.n_best, args.max_answer_length), args.repeat)
+            timed.append(("reference per-pair loop", ref_times))
+        kqa_times, ours = common.time_calls(lambda: decode_answers(ex_in, feat_in, start_logits, end_logits, config),
+                                            args.repeat)
+        timed.append(("kqa vectorised", kqa_times))
+        if not args.no_reference:
+            assert_same(ours, reference)
+        for name, module in variants:
+            variant_config = module.PostprocessConfig(n_best_size=args.n_best, max_answer_length=args.max_answer_length)
+            times, theirs = common.time_calls(
+                lambda: module.decode_answers(ex_in, feat_in, start_logits, end_logits, variant_config), args.repeat)
+            if as_plain(theirs) != as_plain(ours):
+                raise AssertionError(f"{name} and kqa disagree")
+            timed.append((name, times))
+        ref_median = statistics.median(timed[0][1])
+        for name, times in timed:
             median = statistics.median(times)
             rows.append({"inputs": kind, "implementation": name, "median_s": median, "best_s": min(times),
                          "examples_per_s": args.num_examples / median, "speedup": ref_median / median})
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = json.loads(json.dumps(vars(args), default=str))  # paths as strings
     settings["num_features"] = len(features)
     print(f"machine: {common.machine_info()}")
     print(f"settings: {settings} (data built in {setup_s:.1f} s)")
-    print("outputs identical: best answers and n-best lists (text, offsets, scores, probabilities)")
-    print(f"{'inputs':<9} {'implementation':<24} {'median s':>9} {'best s':>9} {'examples/s':>11} {'speed-up':>9}")
+    same = ([] if args.no_reference else ["kqa = per-pair loop"]) + (["every variant = kqa"] if variants else [])
+    print(f"outputs identical ({', '.join(same) or 'not compared'}): best answers and n-best lists (text, offsets, "
+          f"scores, probabilities)")
+    print(f"{'inputs':<9} {'implementation':<30} {'median s':>9} {'best s':>9} {'examples/s':>11} {'speed-up':>9}")
     for r in rows:
-        print(f"{r['inputs']:<9} {r['implementation']:<24} {r['median_s']:>9.3f} {r['best_s']:>9.3f} "
+        print(f"{r['inputs']:<9} {r['implementation']:<30} {r['median_s']:>9.3f} {r['best_s']:>9.3f} "
               f"{r['examples_per_s']:>11.0f} {r['speedup']:>8.1f}x")
     if args.out is not None:
         args.out.write_text(json.dumps({"machine": common.machine_info(), "settings": settings, "results": rows},
