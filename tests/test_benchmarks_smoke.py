@@ -79,21 +79,37 @@ def test_bench_training(tmp_path, data_dir):
 
 
 def test_bench_inference(tmp_path, data_dir):
-    result = run_script("bench_inference.py", "--data-dir", str(data_dir), "--runs", "2", "--warmup", "1",
-                        "--batch-sizes", "1", "3", "--throughput-questions", "3", "--profile", "5",
-                        "--profile-runs", "1", *TINY_BERT, out=tmp_path / "inference.json")
-    assert [r["context"] for r in result["latency"]] == ["short", "long"]
-    short, long = result["latency"]
-    assert 0 < short["p50_ms"] <= short["p95_ms"]
-    assert short["windows_per_question"] == 1.0 and long["windows_per_question"] > 1.0
-    assert [(r["context"], r["batch_size"], r["questions"]) for r in result["throughput"]] == [
-        ("short", 1, 3), ("short", 3, 3), ("long", 1, 3), ("long", 3, 3)]
+    pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
+    result = run_script("bench_inference.py", "--smoke", "--data-dir", str(data_dir), out=tmp_path / "inference.json")
+    backends = ["torch", "torch-int8", "onnx", "onnx-int8"]
+    assert [r["backend"] for r in result["summary"]] == backends
+    assert [(r["backend"], r["context"]) for r in result["latency"]] == [(b, k) for b in backends
+                                                                          for k in ("short", "long")]
+    for row in result["latency"]:
+        assert 0 < row["p50_ms"] <= row["p95_ms"]
+        assert row["windows_per_question"] == 1.0 if row["context"] == "short" else row["windows_per_question"] > 1.0
+    assert [(r["backend"], r["context"], r["batch_size"], r["questions"]) for r in result["throughput"]] == [
+        (b, k, n, 3) for b in backends for k in ("short", "long") for n in (1, 3)]
+    dev_sets = result["settings"]["dev_sets"]
+    assert dev_sets == {"korquad-1.0-sample": 4, "tydiqa-goldp-ko": 4}
+    for row in result["summary"]:
+        assert row["short_questions_per_s"] > 0 and row["long_questions_per_s"] > 0
+        for name in dev_sets:
+            assert 0.0 <= row[f"{name}_em"] <= 100.0 and 0.0 <= row[f"{name}_f1"] <= 100.0
+            assert row["accuracy"][name]["total"] == 4
+    torch_row = result["summary"][0]
+    assert torch_row["short_p50_ms_speedup"] == 1.0 and torch_row["long_questions_per_s_speedup"] == 1.0
+    exports = result["settings"]["exports"]
+    assert exports["onnx"]["max_abs_diff"] < 1e-4 and exports["onnx-int8"]["quantize"] == "int8"
     for row in result["breakdown"]:
         stages = [row[s] for s in ("examples table", "features", "model", "post-processing", "other")]
         assert all(t >= 0 for t in stages) and row["total"] == pytest.approx(sum(stages))
         assert row["model"] > 0 and row["features"] > 0  # every stage was found and timed
+    assert set(result["op_profiles"]) == set(backends)
+    assert all(p["top_ms_per_call"] for p in result["op_profiles"].values())
     assert "random-init" in result["settings"]["model_description"]
     assert result["profile"]["own_time_by_library_s_per_call"]
+    assert "backends (windows/question" in result["stdout"]
 
 
 def test_bench_accuracy(tmp_path, data_dir):
