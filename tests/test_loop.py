@@ -387,16 +387,23 @@ def test_wandb_tracking_needs_no_network(backbone_dir, korean_squad_file, tmp_pa
     wandb.teardown()
 
 
+def _netrc_without_wandb_environment(tmp_path: Path, monkeypatch, host: str) -> Path:
+    """A netrc file (as `wandb login` writes it) with an entry for `host`, and no wandb credentials or
+    server in the environment."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text(f"machine {host}\n  login user\n  password 0123456789abcdef\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    return netrc_file
+
+
 def test_wandb_credentials_from_netrc_or_environment_are_recognised(tmp_path, monkeypatch):
     """A user logged in with `wandb login` (a netrc entry) is not forced offline; no credentials at all is."""
     from kqa.loop import wandb_credentials_exist
 
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
-    netrc_file = tmp_path / "netrc"
-    netrc_file.write_text("machine example.org\n  login user\n  password other\n")
-    netrc_file.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc_file))
+    netrc_file = _netrc_without_wandb_environment(tmp_path, monkeypatch, "example.org")
     assert not wandb_credentials_exist()
     netrc_file.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
     assert wandb_credentials_exist()
@@ -411,12 +418,7 @@ def test_only_a_user_without_any_credentials_is_switched_to_offline(tmp_path, mo
     from kqa.loop import default_wandb_to_offline
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
-    netrc_file = tmp_path / "netrc"
-    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
-    netrc_file.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc_file))
+    _netrc_without_wandb_environment(tmp_path, monkeypatch, "api.wandb.ai")
     default_wandb_to_offline()
     assert "WANDB_MODE" not in os.environ  # logged in with `wandb login`: online, as wandb decides
     monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
