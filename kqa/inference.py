@@ -12,7 +12,6 @@ written by `kqa export` loads with it by default). All of them run through `kqa.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,17 +150,13 @@ class QuestionAnswerer:
         return predictions
 
     def _settings_for_call(self, top_k, handle_impossible_answer, null_score_diff_threshold) -> PredictionSettings:
-        post = self.settings.postprocess
-        changes = {}
-        if top_k is not None and top_k > post.n_best_size:
-            changes["n_best_size"] = top_k
-        if handle_impossible_answer is not None:
-            changes["version_2_with_negative"] = bool(handle_impossible_answer)
-        if null_score_diff_threshold is not None:
-            changes["null_score_diff_threshold"] = float(null_score_diff_threshold)
-        if not changes:
-            return self.settings
-        return dataclasses.replace(self.settings, postprocess=dataclasses.replace(post, **changes))
+        """The saved settings with this call's options (None leaves a setting as saved); the n-best list
+        grows to hold `top_k` answers."""
+        grow_nbest = top_k if top_k is not None and top_k > self.settings.postprocess.n_best_size else None
+        return self.settings.with_overrides(
+            "this call", n_best_size=grow_nbest,
+            version_2_with_negative=None if handle_impossible_answer is None else bool(handle_impossible_answer),
+            null_score_diff_threshold=None if null_score_diff_threshold is None else float(null_score_diff_threshold))
 
     @staticmethod
     def answers_of(prediction: ExamplePrediction, top_k: int):
