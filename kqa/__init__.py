@@ -29,6 +29,8 @@ _EXPORTS = {
     "QATrainingRecipe": "kqa.loop",
     "QuestionAnswerer": "kqa.inference",
     "Answer": "kqa.inference",
+    "Retriever": "kqa.retrieval",
+    "RetrieveAndRead": "kqa.retrieval",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -51,3 +53,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from kqa.modeling import QuestionAnsweringModel
     from kqa.postprocess import PostprocessConfig, decode_answers
     from kqa.prediction import PredictionSettings
+    from kqa.retrieval import RetrieveAndRead, Retriever

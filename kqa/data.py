@@ -424,7 +424,7 @@ def _log_report(report: LoadReport) -> None:
 # SQuAD-layout JSON
 # --------------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Any:
+def read_json_file(path: Path) -> Any:
     try:
         text = read_utf8_text(path)  # a leading byte-order mark is accepted, as by kqa.metric and the CLI
     except NotUtf8Error as err:
@@ -514,7 +514,7 @@ def load_squad_json(path: str | Path, *, strict: bool = False) -> tuple[datasets
         raise FileNotFoundError(f"{path}: no such file")
     report = LoadReport(source=str(path), source_kind="squad-json")
     validator = _ExampleValidator(report)
-    for raw in _iter_squad_questions(_read_json(path), str(path), report):
+    for raw in _iter_squad_questions(read_json_file(path), str(path), report):
         validator.add(raw)
     return validator.finish(strict)
 

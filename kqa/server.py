@@ -7,6 +7,8 @@
 Endpoints (docs/serving.md has examples):
 - `POST /v1/answer` — one question and its context → `{"answers": [...]}` (top_k answers, best first),
 - `POST /v1/answer/batch` — `{"questions": [{question, context, ...}, ...]}` → `{"results": [...]}`,
+- `POST /v1/ask` — with `--index`: `{"question"}` → retrieve passages of the index, read them →
+  `{"question", "answers": [...], "passages": [...]}` (kqa.retrieval.RetrieveAndRead),
 - `GET /health` — model directory, uptime, queue and batching counters, limits, server memory,
 - `GET /` — a page to ask questions in the browser (kqa/static/index.html, no CDN),
 - `GET /docs`, `GET /openapi.json` — FastAPI's Swagger UI and the OpenAPI schema.
@@ -59,6 +61,7 @@ class ServerLimits:
     max_question_chars: int = 1_000  # the model reads max_query_length tokens of it anyway
     max_batch_questions: int = 64  # questions in one /v1/answer/batch request
     max_top_k: int = 20
+    max_passages: int = 20  # passages one /v1/ask request may have read
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -178,6 +181,18 @@ class BatchIn(BaseModel):
     questions: list[QuestionIn] = Field(description="1 … max_batch_questions questions, answered in order")
 
 
+class AskIn(BaseModel):
+    """One question about the documents of the server's index (`kqa serve --index`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
+        "question": "가장 큰 항구 도시는 어디인가?", "top_k": 1, "passages": 5}]})
+
+    question: str = Field(description="the question (non-empty; at most max_question_chars characters)")
+    top_k: int = Field(1, description="how many answers, best first (1 … max_top_k)")
+    passages: Optional[int] = Field(
+        None, description="how many retrieved passages to read (1 … max_passages; default: the server's --passages)")
+
+
 class AnswerOut(BaseModel):
     text: str = Field(description="the answer; \"\" is the null answer (no answer in this context)")
     start: int = Field(description="character offset of the answer in the given context")
@@ -192,6 +207,41 @@ class AnswersOut(BaseModel):
 
 class BatchOut(BaseModel):
     results: list[AnswersOut]
+
+
+class OpenAnswerOut(BaseModel):
+    text: str = Field(description="the answer (a span of a document)")
+    score: float = Field(description="the reader's span score, start logit + end logit")
+    probability: float = Field(description="P(passage | question) × P(span | passage): what answers are ranked by, "
+                                           "comparable across passages (docs/retrieval.md)")
+    doc_id: str = Field(description="the document the answer is in")
+    title: str
+    start: int = Field(description="character offset of the answer in its document")
+    end: int = Field(description="end offset (exclusive): document text[start:end] == text")
+    passage_id: str = Field(description="the passage it was read in")
+    passage_start: int = Field(description="character offset of that passage in the document")
+    passage_end: int
+    retrieval_rank: int = Field(description="the passage's place in retrieval (1 = best)")
+    retrieval_score: float
+
+
+class PassageOut(BaseModel):
+    rank: int = Field(description="1 = best")
+    score: float = Field(description="the score of the index's method (BM25, cosine or fused)")
+    sparse_score: Optional[float] = None
+    dense_score: Optional[float] = None
+    doc_id: str
+    title: str
+    passage_id: str
+    start: int = Field(description="character offset of the passage in its document")
+    end: int
+    text: str
+
+
+class AskOut(BaseModel):
+    question: str
+    answers: list[OpenAnswerOut] = Field(description="top_k answers, best first (none when no passage was found)")
+    passages: list[PassageOut] = Field(description="the passages retrieved and read, best first")
 
 
 class ErrorBody(BaseModel):
@@ -403,39 +453,78 @@ def _rss_kib(pid: int | str = "self") -> dict[str, int | None]:
     return values
 
 
-def _check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
-    """What the JSON schema cannot say: non-blank text, encodable text, the configured limits."""
+def _check_text(value: str, where: str, limit: int) -> None:
+    """A string field: not blank, at most `limit` characters, encodable as UTF-8 (no lone surrogates)."""
     from kqa.text import check_text
 
-    for name, limit in (("question", limits.max_question_chars), ("context", limits.max_context_chars)):
-        value = getattr(q, name)
-        where = f"{prefix}{name}"
-        if not value.strip():
-            raise ApiError(422, "invalid_request", f"field '{where}' is {'only whitespace' if value else 'empty'}",
-                           where, problem="empty")
-        if len(value) > limit:
-            raise ApiError(422, "invalid_request", f"field '{where}' is too long: {len(value)} characters "
-                           f"(the limit is {limit})", where, problem="too_long", limit=limit)
-        try:
-            check_text(value, f"field '{where}'")
-        except ValueError as err:
-            raise ApiError(422, "invalid_request", str(err), where, problem="not_encodable") from None
-    if not 1 <= q.top_k <= limits.max_top_k:
-        raise ApiError(422, "invalid_request", f"field '{prefix}top_k' must be between 1 and {limits.max_top_k}, "
-                       f"got {q.top_k}", f"{prefix}top_k", problem="out_of_range", limit=limits.max_top_k)
+    if not value.strip():
+        raise ApiError(422, "invalid_request", f"field '{where}' is {'only whitespace' if value else 'empty'}",
+                       where, problem="empty")
+    if len(value) > limit:
+        raise ApiError(422, "invalid_request", f"field '{where}' is too long: {len(value)} characters "
+                       f"(the limit is {limit})", where, problem="too_long", limit=limit)
+    try:
+        check_text(value, f"field '{where}'")
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", str(err), where, problem="not_encodable") from None
+
+
+def _check_range(value: int, where: str, limit: int) -> None:
+    if not 1 <= value <= limit:
+        raise ApiError(422, "invalid_request", f"field '{where}' must be between 1 and {limit}, got {value}",
+                       where, problem="out_of_range", limit=limit)
+
+
+def _check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
+    """What the JSON schema cannot say: non-blank text, encodable text, the configured limits."""
+    _check_text(q.question, f"{prefix}question", limits.max_question_chars)
+    _check_text(q.context, f"{prefix}context", limits.max_context_chars)
+    _check_range(q.top_k, f"{prefix}top_k", limits.max_top_k)
     if q.null_score_diff_threshold is not None and not math.isfinite(q.null_score_diff_threshold):
         raise ApiError(422, "invalid_request", f"field '{prefix}null_score_diff_threshold' must be a finite number",
                        f"{prefix}null_score_diff_threshold", problem="not_finite")
 
 
+def _check_ask(body: AskIn, limits: ServerLimits) -> None:
+    _check_text(body.question, "question", limits.max_question_chars)
+    _check_range(body.top_k, "top_k", limits.max_top_k)
+    if body.passages is not None:
+        _check_range(body.passages, "passages", limits.max_passages)
+
+
+@dataclass
+class AskStats:
+    requests: int = 0
+    errors: int = 0
+
+
+def _index_summary(retriever, index_dir) -> dict:
+    return {"path": str(index_dir) if index_dir is not None else None, "documents": len(retriever.documents),
+            "passages": len(retriever.passages), "method": retriever.settings.method,
+            "analyzer": retriever.settings.analyzer,
+            "embedder": (retriever.info.embedder or {}).get("name") if retriever.dense is not None else None}
+
+
 def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits | None = None,
-               batching: BatchingSettings | None = None) -> FastAPI:
+               batching: BatchingSettings | None = None, retriever=None, index_dir: str | Path | None = None,
+               passages: int | None = None) -> FastAPI:
     """The FastAPI application around a loaded `QuestionAnswerer` (or anything with its
-    `settings.postprocess.n_best_size`, `predict_rows` and `answers_of`)."""
+    `settings.postprocess.n_best_size`, `predict_rows` and `answers_of`). With a `retriever`
+    (`kqa.retrieval.Retriever`), `POST /v1/ask` retrieves `passages` passages (default 5) per question
+    and reads them with `qa`."""
     limits = limits or ServerLimits()
     batching = batching or BatchingSettings()
     batcher = MicroBatcher(qa, batching)
     started = time.time()
+    pipeline = None
+    if retriever is not None:
+        from kqa.retrieval.pipeline import DEFAULT_PASSAGES, RetrieveAndRead
+
+        passages = DEFAULT_PASSAGES if passages is None else passages
+        if not isinstance(passages, int) or isinstance(passages, bool) or not 1 <= passages <= limits.max_passages:
+            raise ValueError(f"passages must be between 1 and max_passages ({limits.max_passages}), got {passages!r}")
+        pipeline = RetrieveAndRead(retriever, qa, passages=passages)
+    ask_stats = AskStats()
 
     from contextlib import asynccontextmanager
 
@@ -444,6 +533,10 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
         await batcher.start()
         logger.info("serving %s (batch_size %d, max_wait_ms %g)", model_dir, batching.batch_size,
                     batching.max_wait_ms)
+        if pipeline is not None:
+            logger.info("POST /v1/ask over index %s: %d documents, %d passages, method %s, %d passages read per "
+                        "question", index_dir, len(pipeline.retriever.documents), len(pipeline.retriever.passages),
+                        pipeline.retriever.settings.method, pipeline.passages)
         yield
         await batcher.stop()
 
@@ -508,6 +601,25 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
         results = await _answer(body.questions)
         return {"results": [{"answers": a} for a in results]}
 
+    @app.post("/v1/ask", response_model=AskOut,
+              responses={**error_responses, 404: {"model": ErrorOut, "description": "started without --index"}},
+              summary="answer a question from the documents of the index (kqa serve --index)")
+    async def ask(body: AskIn) -> dict:
+        if pipeline is None:
+            raise ApiError(404, "no_index", "this server was started without --index: /v1/ask needs a retrieval "
+                           "index (kqa index …, then kqa serve --model MODEL --index INDEX)")
+        _check_ask(body, limits)
+        ask_stats.requests += 1
+        loop = asyncio.get_running_loop()
+        try:
+            # On the batcher's model thread: one model call at a time, the event loop stays free.
+            result = await loop.run_in_executor(
+                batcher._executor, lambda: pipeline.ask(body.question, top_k=body.top_k, passages=body.passages))
+        except Exception as err:  # noqa: BLE001
+            ask_stats.errors += 1
+            raise _internal_error(err, "retrieve and read") from None
+        return result.to_dict(with_passages=True)
+
     @app.get("/health", summary="model, uptime, queue and batching counters, limits, memory")
     async def health() -> dict:
         return {
@@ -520,6 +632,8 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
             "queue": {"waiting": batcher.waiting, "in_flight": batcher.in_flight, **asdict(batcher.stats)},
             "batching": asdict(batching),
             "limits": {**asdict(limits), "max_body_bytes": max_body_bytes(limits)},
+            "index": None if pipeline is None else {**_index_summary(pipeline.retriever, index_dir),
+                                                    "default_passages": pipeline.passages, "ask": asdict(ask_stats)},
             "memory": _rss_kib(),
         }
 
@@ -544,7 +658,8 @@ def _version() -> str:
 
 
 def serve(qa, *, model_dir, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None,
-          batching: BatchingSettings | None = None, log_level: str = "info") -> None:
+          batching: BatchingSettings | None = None, log_level: str = "info", retriever=None,
+          index_dir: str | Path | None = None, passages: int | None = None) -> None:
     """Run the server in this process until it is stopped (Ctrl-C / SIGTERM)."""
     import uvicorn
     from datasets.utils.logging import disable_progress_bar
@@ -552,7 +667,8 @@ def serve(qa, *, model_dir, host: str = "127.0.0.1", port: int = 8000, limits: S
     disable_progress_bar()  # no "Building eval features" bar per request in the server log
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(qa, model_dir=model_dir, limits=limits, batching=batching)
+    app = create_app(qa, model_dir=model_dir, limits=limits, batching=batching, retriever=retriever,
+                     index_dir=index_dir, passages=passages)
     # One process, one event loop: the model lives once in memory and the batcher sees every request.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, workers=1)
 

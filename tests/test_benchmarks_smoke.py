@@ -191,3 +191,31 @@ def test_bench_optimizer_step(tmp_path):
         assert row["step_ms"] == pytest.approx(row["forward_backward_ms"] + row["clip_optimizer_ms"])
     assert rows["adamw_torch"]["speed_up"] == 1.0
     assert len(result["runs"]) == 4 and "clip+step ms" in result["stdout"]
+
+
+def test_bench_retrieval(tmp_path, data_dir):
+    result = run_script("bench_retrieval.py", "--smoke", "--data-dir", str(data_dir), "--scales", "1,2",
+                        "--dense-only-sizes", "1000", "--latency-queries", "5", "--read-latency-queries", "3",
+                        out=tmp_path / "retrieval.json")
+    assert result["questions"] == {"korquad": 20, "tydi": 20}
+    retrievers = [r["retriever"] for r in result["recall"]]
+    assert retrievers[:3] == ["bm25 morphemes", "bm25 bigrams", "dense e5"] and len(retrievers) == 7
+    for row in result["recall"]:
+        for name in ("korquad", "tydi"):
+            recalls = [row[f"{name} R@{k}"] for k in (1, 5, 20)]
+            assert recalls == sorted(recalls) and all(0.0 <= r <= 1.0 for r in recalls)
+    # BM25 finds most gold passages even in the smoke corpus (80 documents): the evaluation is wired right
+    assert result["recall"][1]["korquad R@20"] >= 0.8
+    settings = [(r["set"], r["setting"]) for r in result["end_to_end"]]
+    assert settings == [(s, k) for s in ("korquad", "tydi") for k in (
+        "gold passage", "hybrid, top 1 passages", "hybrid, top 3 passages", "hybrid, top 5 passages",
+        "hybrid, top 5, reader alone ranks")]
+    assert [(r["copies"], r["passages"]) for r in result["scaling"]] == [(1, result["corpus"]["passages"]),
+                                                                          (2, 2 * result["corpus"]["passages"])]
+    for row in result["scaling"]:
+        for method in ("sparse", "dense", "hybrid"):
+            assert 0 < row[f"{method} p50 ms"] <= row[f"{method} p95 ms"]
+    assert result["scaling"][0]["retrieve+read(5) p50 ms"] > 0
+    assert [r["vectors"] for r in result["dense_search"]] == [1000]
+    assert set(result["targets"]) == {"korquad hybrid R@5", "korquad F1 gap (gold - top 5)", "tydi hybrid R@5",
+                                      "tydi F1 gap (gold - top 5)"}

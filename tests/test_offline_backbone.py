@@ -292,10 +292,8 @@ KOREAN_SENTENCE = "대한민국의 수도는 서울이다."
 
 
 @pytest.fixture(scope="module")
-def full_build(tmp_path_factory) -> Path:
-    from kqa.offline.build import build_backbone
-
-    return build_backbone(tmp_path_factory.mktemp("e5_full"), show_progress=False)
+def full_build(e5_full_backbone) -> Path:
+    return e5_full_backbone
 
 
 @pytest.fixture(scope="module")

