@@ -202,8 +202,8 @@ def main() -> int:
     datasets.disable_progress_bars()
 
     from kqa.inference import QuestionAnswerer
-    from kqa.retrieval import (BM25Index, Embedder, PassageSettings, RetrieveAndRead, Retriever, RetrieverSettings,
-                               load_corpus)
+    from kqa.retrieval import (BM25Index, DenseIndex, Embedder, PassageSettings, RetrieveAndRead, Retriever,
+                               RetrieverSettings, load_corpus)
     from kqa.retrieval.corpus import split_corpus
     from kqa.retrieval.fusion import top_k
     from kqa.retrieval.sparse import make_analyzer
@@ -244,14 +244,14 @@ def main() -> int:
     # -- build: each part once, timed; the retrievers share them -----------------------------------
     build = {}
     texts = [p.text for p in passages]
-    terms = {}
+    terms, analyzers, sparse = {}, {}, {}
     for name in ("morphemes", "bigrams"):
         t = time.perf_counter()
-        analyzer = make_analyzer(name)
-        terms[name] = analyzer.analyze_many(texts)
+        analyzers[name] = make_analyzer(name)
+        terms[name] = analyzers[name].analyze_many(texts)
         build[f"analyze ({name})"] = time.perf_counter() - t
         t = time.perf_counter()
-        BM25Index.build(terms[name])
+        sparse[name] = BM25Index.build(terms[name])
         build[f"bm25 index ({name})"] = time.perf_counter() - t
     t = time.perf_counter()
     embedder = Embedder.from_pretrained(embedding_model, device="cpu")
@@ -259,10 +259,6 @@ def main() -> int:
     t = time.perf_counter()
     embeddings = embedder.embed_passages(texts, show_progress=True)
     build["embed passages"] = time.perf_counter() - t
-    from kqa.retrieval import DenseIndex
-
-    analyzers = {name: make_analyzer(name) for name in terms}
-    sparse = {name: BM25Index.build(terms[name]) for name in terms}
     dense = DenseIndex(embeddings)
 
     def retriever(analyzer_name, with_dense, fusion):

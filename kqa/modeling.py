@@ -95,9 +95,10 @@ def span_cross_entropy(start_logits: torch.Tensor, end_logits: torch.Tensor, sta
 # ---- building encoders ------------------------------------------------------------------------------
 
 
-def _encoder_init_kwargs(config) -> dict[str, Any]:
+def encoder_init_kwargs(config) -> dict[str, Any]:
     """`add_pooling_layer=False` for encoders that take it (BERT, RoBERTa, XLM-R, ...): the pooler is
-    unused by a span head, and leaving it out keeps the state dict equal to `*ForQuestionAnswering`'s."""
+    unused by a span head (and by kqa.retrieval's pooling), and leaving it out keeps the state dict equal
+    to `*ForQuestionAnswering`'s."""
     from transformers import MODEL_MAPPING
 
     try:
@@ -177,7 +178,7 @@ class QuestionAnsweringModel(nn.Module):
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         _apply_config_overrides(config, config_overrides, source)
         backbone = AutoModel.from_pretrained(source, config=config, trust_remote_code=trust_remote_code,
-                                             **_encoder_init_kwargs(config))
+                                             **encoder_init_kwargs(config))
         return cls(backbone.to(dtype), head_dropout=head_dropout)
 
     @classmethod
@@ -187,7 +188,7 @@ class QuestionAnsweringModel(nn.Module):
         from transformers import AutoModel
 
         config = copy.deepcopy(config)
-        backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code, **_encoder_init_kwargs(config))
+        backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code, **encoder_init_kwargs(config))
         return cls(backbone.to(dtype), head_dropout=head_dropout)
 
     @classmethod

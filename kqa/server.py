@@ -502,7 +502,7 @@ def _index_summary(retriever, index_dir) -> dict:
     return {"path": str(index_dir) if index_dir is not None else None, "documents": len(retriever.documents),
             "passages": len(retriever.passages), "method": retriever.settings.method,
             "analyzer": retriever.settings.analyzer,
-            "embedder": (retriever.info.embedder or {}).get("name") if retriever.dense is not None else None}
+            "embedder": retriever.embedder.name if retriever.dense is not None else None}
 
 
 def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits | None = None,

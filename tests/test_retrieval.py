@@ -653,7 +653,7 @@ def test_morpheme_index_matches_other_particles_and_round_trips(tmp_path, kiwi, 
     assert sorted(h.passage.doc_id for h in hits) == ["a.txt", "c.txt"]  # 서울에서 / 서울의 both match 서울은
     assert retriever.retrieve("에서", k=5) == []  # particles are not terms
     loaded = Retriever.load(retriever.save(tmp_path / "index"))
-    assert loaded.info.analyzer_version == retriever.info.analyzer_version
+    assert loaded.analyzer.version == retriever.analyzer.version
     for query in ("서울은", "부산의 축제", "인구"):
         assert [(h.passage.id, h.score) for h in loaded.retrieve(query, k=5)] == \
                [(h.passage.id, h.score) for h in retriever.retrieve(query, k=5)]
@@ -815,7 +815,7 @@ def test_retrieve_arguments_are_validated(hybrid):
 
 def test_a_dense_only_index(embedder, tmp_path):
     retriever = Retriever.build(_documents(), RetrieverSettings(method="dense", analyzer=None), embedder=embedder)
-    assert retriever.sparse is None and retriever.info.analyzer_version is None
+    assert retriever.sparse is None and retriever.analyzer is None
     loaded = Retriever.load(retriever.save(tmp_path / "x"), embedder=embedder)
     assert not (tmp_path / "x" / "bm25").exists()
     assert _ids(loaded.retrieve("서울", k=3)) == _ids(retriever.retrieve("서울", k=3))

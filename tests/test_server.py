@@ -88,9 +88,19 @@ def span_of(example: dict) -> tuple[str, int, int]:
     return text, start, start + len(text)
 
 
+def run_concurrently(client, count: int, timeout_s: float = 120) -> None:
+    """`client(n)` for n in range(count), each on its own thread, all started before any is joined."""
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+
+
 # --------------------------------------------------------------------------------------------------
 # Answers
 # --------------------------------------------------------------------------------------------------
+
 
 def test_health_names_the_model_and_the_queue(server, model_dir):
     status, health = call(server, "/health")
@@ -187,11 +197,7 @@ def test_concurrent_requests_each_get_their_own_answer(server):
                 failures.append(f"client {n} round {round_} ({example['id']}): {got} ({len(answers)} answers), "
                                 f"expected {expected}")
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_concurrently(client, 16)
     assert not failures, "\n".join(failures)
     after = call(server, "/health")[1]["queue"]
     assert after["questions"] - before["questions"] == 64
@@ -486,11 +492,7 @@ def test_ask_and_answer_share_one_server(ask_server):
             except AssertionError as err:
                 failures.append(f"client {n}: {err}")
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_concurrently(client, 6)
     assert not failures, "\n".join(failures)
     after = call(ask_server, "/health")[1]["index"]["ask"]
     assert (after["requests"] - before["requests"], after["errors"]) == (9, 0)

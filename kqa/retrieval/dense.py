@@ -99,15 +99,18 @@ class Embedder:
         """A local directory or a hub name. Local directories are recorded by absolute path so an index
         finds its model from any working directory."""
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from kqa.modeling import encoder_init_kwargs
 
         local = Path(name_or_path)
         name = str(local.resolve()) if local.is_dir() else str(name_or_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-            model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, add_pooling_layer=False) \
-                if _takes_pooling_layer(name, trust_remote_code) else \
-                AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+            # e5 checkpoints have no pooler: without this a randomly initialised one would be built
+            model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
+                                              **encoder_init_kwargs(config))
         except OSError as err:
             raise OSError(f"cannot load the embedding model {str(name_or_path)!r}: {err}\n(offline, pass a local "
                           "directory such as models/e5-small, built by README command 1)") from None
@@ -148,15 +151,6 @@ class Embedder:
                                                pooling=self.settings.pooling, max_length=self.settings.max_length)
                 bar.update(len(chunk))
         return out
-
-
-def _takes_pooling_layer(name: str, trust_remote_code: bool) -> bool:
-    """BERT-like configs get `add_pooling_layer=False`: e5 checkpoints have no pooler, and a randomly
-    initialised one would only cost memory (it is never used here)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    return config.model_type in ("bert", "xlm-roberta", "roberta", "electra", "camembert")
 
 
 class DenseIndex:

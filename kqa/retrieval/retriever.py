@@ -86,13 +86,12 @@ class RetrievedPassage:
 
 @dataclass
 class IndexInfo:
-    """What the manifest says besides the settings."""
+    """What the manifest says besides the settings and the identities of the parts (which the analyzer
+    and the embedder give themselves)."""
 
     passage_settings: PassageSettings = field(default_factory=PassageSettings)
     corpus_report: dict = field(default_factory=dict)
     build_seconds: dict = field(default_factory=dict)
-    analyzer_version: str | None = None
-    embedder: dict | None = None
 
 
 class Retriever:
@@ -148,9 +147,7 @@ class Retriever:
             seconds["embed"] = time.perf_counter() - t
         info = IndexInfo(passage_settings=passage_settings,
                          corpus_report=corpus_report.to_dict() if corpus_report else {},
-                         build_seconds={k: round(v, 3) for k, v in seconds.items()},
-                         analyzer_version=analyzer.version if analyzer else None,
-                         embedder=embedder.identity() if dense is not None else None)
+                         build_seconds={k: round(v, 3) for k, v in seconds.items()})
         return cls(documents, passages, settings, analyzer=analyzer, sparse=sparse,
                    embedder=embedder if dense is not None else None, dense=dense, info=info)
 
@@ -312,8 +309,6 @@ class Retriever:
             raise ValueError(f"{directory}: method {settings.method!r} needs embeddings, and this index has none")
         info = IndexInfo(passage_settings=PassageSettings(**manifest["passage_settings"]),
                          corpus_report=manifest.get("corpus_report", {}),
-                         build_seconds=manifest.get("build_seconds", {}),
-                         analyzer_version=(manifest.get("analyzer") or {}).get("version"),
-                         embedder=manifest.get("embedder"))
+                         build_seconds=manifest.get("build_seconds", {}))
         return cls(documents, passages, settings, analyzer=analyzer, sparse=sparse,
                    embedder=embedder if dense_index is not None else None, dense=dense_index, info=info)
