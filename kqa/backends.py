@@ -205,7 +205,8 @@ class OnnxQuestionAnsweringModel:
         start_logits, end_logits = torch.from_numpy(start).float(), torch.from_numpy(end).float()
         loss = None
         if start_positions is not None:
-            loss = span_cross_entropy(start_logits, end_logits, start_positions.cpu(), end_positions.cpu())
+            loss = span_cross_entropy(start_logits, end_logits, start_positions.cpu(), end_positions.cpu(),
+                                      None if attention_mask is None else attention_mask.cpu())
         return OnnxOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
 
     forward = __call__

@@ -178,6 +178,13 @@ def feature_lengths(features) -> list[int]:
     return pc.list_value_length(column).to_pylist()
 
 
+def sort_by_length(features):
+    """The features, longest first (ties keep their order): evaluation batches of similar lengths pad
+    little. Decoding groups windows by `example_id`, so evaluation does not depend on their order."""
+    lengths = np.asarray(feature_lengths(features), dtype=np.int64)
+    return features.select(np.argsort(-lengths, kind="stable"))
+
+
 def make_train_dataloader(
     features,
     collator: QACollator,

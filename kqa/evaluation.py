@@ -51,7 +51,7 @@ def evaluate_model(
     from transformers import AutoTokenizer
 
     from kqa.data import load_squad_json
-    from kqa.dataloaders import QACollator, make_eval_dataloader
+    from kqa.dataloaders import QACollator, make_eval_dataloader, sort_by_length
     from kqa.features import prepare_eval_features
     from kqa.config import resolve_mixed_precision
     from kqa.modeling import QuestionAnsweringModel
@@ -65,6 +65,7 @@ def evaluate_model(
     with accelerator.main_process_first():
         examples, report = load_squad_json(data_file)
         features, _ = prepare_eval_features(examples, tokenizer, settings.features, with_labels=True)
+    features = sort_by_length(features)  # batches of similar lengths pad less; answers do not depend on order
     logger.info("%s", report.summary())
 
     pad_multiple = 8 if accelerator.mixed_precision != "no" else None

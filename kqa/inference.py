@@ -142,8 +142,9 @@ class QuestionAnswerer:
         # Questions asked at run time are not worth a cache file each.
         features, _ = prepare_eval_features(examples, self.tokenizer, self.settings.features, cache=False)
         settings = self._settings_for_call(top_k, handle_impossible_answer, null_score_diff_threshold)
-        from kqa.dataloaders import QACollator, make_eval_dataloader
+        from kqa.dataloaders import QACollator, make_eval_dataloader, sort_by_length
 
+        features = sort_by_length(features)  # as training's evaluation and evaluate.py batch them: same logits
         loader = make_eval_dataloader(features, QACollator.from_tokenizer(self.tokenizer), self.batch_size)
         prediction_set = PredictionSet(name="questions", examples=examples, features=features, dataloader=loader)
         predictions, _ = predict_answers(self.model, prediction_set, settings, disable_tqdm=True)

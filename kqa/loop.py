@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 
 from kqa.config import TrainConfig, resolve_mixed_precision
 from kqa.data import load_hf_dataset, load_squad_json
-from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader
+from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader, sort_by_length
 from kqa.features import prepare_eval_features, prepare_train_features
 from kqa.metric import score_predictions
-from kqa.modeling import KQA_CONFIG_FILE, QuestionAnsweringModel
+from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
 from kqa.postprocess import decode_answers, write_predictions
 from kqa.prediction import PredictionSet, predict_and_score
 
@@ -93,27 +93,47 @@ class TrainResult:
 # Stage helpers
 # --------------------------------------------------------------------------------------------------
 
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise learning-rate decay: 0 for embeddings, i + 1 for encoder
+    layer i, num_layers + 1 for everything above the last layer (final norms, the span head)."""
+    match = _LAYER_INDEX.search(f".{name}")
+    if match:
+        return int(match.group(1)) + 1
+    if "embed" in name.lower():
+        return 0
+    return num_layers + 1
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm weights get no weight decay."""
-    decay, no_decay = [], []
+    """AdamW; biases and LayerNorm weights get no weight decay. With `layer_lr_decay` < 1, each layer's
+    learning rate is the one above it times the decay: the head trains at `learning_rate`, the last
+    encoder layer at lr·decay, ..., the embeddings at lr·decay^(layers + 1)."""
+    layer_numbers = [int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(f".{name}"))]
+    num_layers = max(layer_numbers, default=-1) + 1
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_norm = "layernorm" in name.lower() or "layer_norm" in name.lower() or ".ln" in name.lower()
-        (no_decay if name.endswith(".bias") or is_norm else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        depth = layer_depth(name, num_layers) if config.layer_lr_decay != 1.0 else num_layers + 1
+        groups.setdefault((depth, name.endswith(".bias") or is_norm), []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+         "lr": config.learning_rate * config.layer_lr_decay ** (num_layers + 1 - depth)}
+        for (depth, no_decay), params in sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))
     ]
     kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
     if config.optim == "adamw_torch_fused":
         # One fused kernel instead of a chain of for-each ops: on 2 CPU cores the optimizer step of a
         # 7M-parameter model drops from ~30 ms to ~10 ms (docs/benchmarks.md, training throughput).
         try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
+            return torch.optim.AdamW(param_groups, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError) as err:  # older torch: no fused AdamW on this device
             logger.warning("fused AdamW is not available here (%s); using the for-each AdamW", err)
-    return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(param_groups, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, num_training_steps: int):
@@ -287,14 +307,26 @@ class QATrainingRecipe:
         cfg = self.config
         tokenizer_source = cfg.tokenizer_name_or_path or cfg.model_name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=cfg.trust_remote_code)
-        if (Path(cfg.model_name_or_path) / KQA_CONFIG_FILE).is_file():  # continue training a kqa model
-            self.model = self.model_class.from_pretrained(cfg.model_name_or_path,
-                                                          trust_remote_code=cfg.trust_remote_code)
-        else:
-            self.model = self.model_class.from_backbone(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+        attention_dropout = cfg.resolved_attention_dropout(self.accelerator.device.type)
+        try:
+            self.model = self._load_model(attention_dropout)
+        except NoAttentionDropoutError:
+            if cfg.attention_dropout != "auto":
+                raise
+            self.model = self._load_model(None)  # auto on an encoder without the setting: keep it as it is
+        logger.info("attention dropout %s (attention_dropout: %s, on %s)",
+                    attention_dropout_of(self.model.config), cfg.attention_dropout, self.accelerator.device.type)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, self.model.num_parameters() / 1e6)
+
+    def _load_model(self, attention_dropout: Optional[float]):
+        cfg = self.config
+        if (Path(cfg.model_name_or_path) / KQA_CONFIG_FILE).is_file():  # continue training a kqa model
+            return self.model_class.from_pretrained(cfg.model_name_or_path, attention_dropout=attention_dropout,
+                                                    trust_remote_code=cfg.trust_remote_code)
+        return self.model_class.from_backbone(cfg.model_name_or_path, attention_dropout=attention_dropout,
+                                              trust_remote_code=cfg.trust_remote_code)
 
     def _load_train_examples(self):
         import datasets
@@ -335,6 +367,7 @@ class QATrainingRecipe:
                     # Offsets (to decode answers) and labels (for the evaluation loss) in one pass.
                     features, _ = self.build_eval_features(examples, self.tokenizer, features_config,
                                                            with_labels=True, num_proc=cfg.preprocessing_num_workers)
+                    features = sort_by_length(features)  # batches of similar lengths: about half the padding
                     self.eval_sets.append(PredictionSet(name=name, examples=examples, features=features))
         if cfg.eval_strategy != "no" and not self.eval_sets:
             raise ValueError("eval_strategy is not 'no' but no validation data was given")

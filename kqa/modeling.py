@@ -64,11 +64,15 @@ def _label_vector(positions: torch.Tensor, name: str, batch_size: int) -> torch.
 
 
 def span_cross_entropy(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
-                       end_positions: torch.Tensor) -> torch.Tensor:
+                       end_positions: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The span loss of `transformers`' QA models, computed in float32: the mean of the start and the end
     cross-entropy. Positions at or beyond the sequence length are ignored (clamped to `seq_len`, the
     ignore index), so a label cut off by truncation contributes nothing. Negative positions are an error
     (`transformers` would silently turn them into the CLS index).
+
+    With `attention_mask`, padding positions are left out of the softmax (`transformers` keeps them), so
+    a window's loss does not depend on how much padding its batch gave it: the evaluation loss is the
+    same whatever the batching, and training never spends gradient on pushing padding logits down.
 
     Like `transformers`, a batch whose start (or end) labels are all ignored has a NaN loss.
     """
@@ -84,11 +88,14 @@ def span_cross_entropy(start_logits: torch.Tensor, end_logits: torch.Tensor, sta
             f"span labels must be token indices >= 0 (the CLS index marks a window without the answer); "
             f"got a position of {lowest}"
         )
+    start_logits, end_logits = start_logits.float(), end_logits.float()
+    if attention_mask is not None:
+        padding = attention_mask == 0
+        start_logits = start_logits.masked_fill(padding, torch.finfo(torch.float32).min)
+        end_logits = end_logits.masked_fill(padding, torch.finfo(torch.float32).min)
     ignore_index = seq_len
-    start_loss = F.cross_entropy(start_logits.float(), start_positions.clamp(max=ignore_index),
-                                 ignore_index=ignore_index)
-    end_loss = F.cross_entropy(end_logits.float(), end_positions.clamp(max=ignore_index),
-                               ignore_index=ignore_index)
+    start_loss = F.cross_entropy(start_logits, start_positions.clamp(max=ignore_index), ignore_index=ignore_index)
+    end_loss = F.cross_entropy(end_logits, end_positions.clamp(max=ignore_index), ignore_index=ignore_index)
     return (start_loss + end_loss) / 2
 
 
@@ -109,6 +116,36 @@ def encoder_init_kwargs(config) -> dict[str, Any]:
         return {}
     params = inspect.signature(model_class.__init__).parameters
     return {"add_pooling_layer": False} if "add_pooling_layer" in params else {}
+
+
+# Where encoder configs keep the dropout on attention probabilities (BERT/RoBERTa/XLM-R/ELECTRA/DeBERTa;
+# DistilBERT/ModernBERT and others).
+ATTENTION_DROPOUT_ATTRIBUTES = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+class NoAttentionDropoutError(ValueError):
+    """The encoder config names no attention dropout (see ATTENTION_DROPOUT_ATTRIBUTES)."""
+
+
+def set_attention_dropout(config, probability: float, source: str = "") -> None:
+    """Set the attention-probability dropout of an encoder config, whatever its attribute is called."""
+    if not 0.0 <= probability < 1.0:
+        raise ValueError(f"attention dropout must be in [0, 1), got {probability}")
+    names = [name for name in ATTENTION_DROPOUT_ATTRIBUTES if isinstance(getattr(config, name, None), (int, float))]
+    if not names:
+        raise NoAttentionDropoutError(f"{source or type(config).__name__}: {type(config).__name__} has none of "
+                         f"{list(ATTENTION_DROPOUT_ATTRIBUTES)}; cannot set its attention dropout")
+    for name in names:
+        setattr(config, name, float(probability))
+
+
+def attention_dropout_of(config) -> Optional[float]:
+    """The config's attention-probability dropout, or None when it names none."""
+    for name in ATTENTION_DROPOUT_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 def question_answering_class_name(model_type: str) -> Optional[str]:
@@ -165,18 +202,23 @@ class QuestionAnsweringModel(nn.Module):
     # ---- constructors ---------------------------------------------------------------------------------
     @classmethod
     def from_backbone(cls, name_or_path: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
-                      dtype: torch.dtype = torch.float32, **config_overrides) -> "QuestionAnsweringModel":
+                      attention_dropout: Optional[float] = None, dtype: torch.dtype = torch.float32,
+                      **config_overrides) -> "QuestionAnsweringModel":
         """Pretrained encoder weights (a local directory or a hub name) and a freshly initialised head.
 
-        `config_overrides` set attributes of the encoder's config (e.g. `hidden_dropout_prob=0.0`); names
-        the config does not have are an error. Weights are cast to `dtype` (float32 by default, the right
-        master copy for mixed-precision training, whatever dtype the checkpoint was saved in).
+        `attention_dropout` (None: the config's own) sets the dropout on attention probabilities, whatever
+        the architecture calls it. `config_overrides` set attributes of the encoder's config (e.g.
+        `hidden_dropout_prob=0.0`); names the config does not have are an error. Weights are cast to
+        `dtype` (float32 by default, the right master copy for mixed-precision training, whatever dtype
+        the checkpoint was saved in).
         """
         from transformers import AutoConfig, AutoModel
 
         source = str(name_or_path)
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         _apply_config_overrides(config, config_overrides, source)
+        if attention_dropout is not None:
+            set_attention_dropout(config, attention_dropout, source)
         backbone = AutoModel.from_pretrained(source, config=config, trust_remote_code=trust_remote_code,
                                              **encoder_init_kwargs(config))
         return cls(backbone.to(dtype), head_dropout=head_dropout)
@@ -193,6 +235,7 @@ class QuestionAnsweringModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
+                        attention_dropout: Optional[float] = None,
                         dtype: torch.dtype = torch.float32) -> "QuestionAnsweringModel":
         """Load a directory written by `save_pretrained` (or a `transformers` `*ForQuestionAnswering`
         directory with safetensors weights). Pickle-based weights (`pytorch_model.bin`, ...) are refused."""
@@ -208,6 +251,8 @@ class QuestionAnsweringModel(nn.Module):
             raise FileNotFoundError(f"{model_dir}: no config.json; not a saved model directory")
         weight_files = _find_weight_files(model_dir)
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        if attention_dropout is not None:  # e.g. to continue training a saved model with another setting
+            set_attention_dropout(config, attention_dropout, str(model_dir))
         model = cls.from_config(config, trust_remote_code=trust_remote_code, head_dropout=head_dropout)
         state, aliases = _read_safetensors(weight_files)
         _load_state(model, state, aliases, source=model_dir)
@@ -286,7 +331,7 @@ class QuestionAnsweringModel(nn.Module):
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None:
-            loss = span_cross_entropy(start_logits, end_logits, start_positions, end_positions)
+            loss = span_cross_entropy(start_logits, end_logits, start_positions, end_positions, attention_mask)
         return QAModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
 
     # ---- saving ---------------------------------------------------------------------------------------

@@ -93,7 +93,8 @@ def load_settings(model_dir: str | Path, **overrides: Any) -> PredictionSettings
 
 @dataclass
 class PredictionSet:
-    """Examples, their evaluation features (rows in example order) and a loader over those features."""
+    """Examples, their evaluation features (any order: answers are decoded per `example_id`; the loop
+    sorts them by length) and a loader over those features in their row order."""
 
     name: str
     examples: Any

@@ -14,6 +14,7 @@ from kqa.dataloaders import (
     feature_lengths,
     make_eval_dataloader,
     make_train_dataloader,
+    sort_by_length,
 )
 from kqa.features import FeatureConfig, prepare_train_features
 from kqa.testing import KOREAN_EXAMPLES
@@ -266,3 +267,16 @@ def test_accelerate_prepared_loader_follows_set_epoch_and_resumes_mid_epoch():
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
         PartialState._reset_state()
+
+
+def test_sort_by_length_orders_longest_first_keeps_ties_and_every_row():
+    lengths = [5, 9, 2, 9, 7, 2, 5]
+    features = _features_dataset(lengths)
+    ordered = sort_by_length(features)
+    assert feature_lengths(ordered) == [9, 9, 7, 5, 5, 2, 2]
+    assert ordered["example_id"] == ["ex-1", "ex-3", "ex-4", "ex-0", "ex-6", "ex-2", "ex-5"]  # ties: row order
+    assert sorted(ordered["example_id"]) == sorted(features["example_id"])
+    # Batches of neighbours in that order pad less than batches in row order.
+    by_rows = _padding([lengths[i:i + 2] for i in range(0, 7, 2)])
+    sorted_lengths = feature_lengths(ordered)
+    assert _padding([sorted_lengths[i:i + 2] for i in range(0, 7, 2)]) < by_rows

@@ -664,3 +664,101 @@ def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_
         QuestionAnswerer.from_pretrained(best, device="cpu")
     with pytest.raises(ValueError, match="trust_remote_code"):
         evaluate_model(best, korean_squad_file, disable_tqdm=True)
+
+
+# ---- attention dropout: the fused CPU attention kernel -------------------------------------------------
+
+
+def _sdpa_ops(model, batch) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(**batch).loss.backward()
+    return {event.key for event in prof.key_averages()}
+
+
+def test_attention_dropout_auto_trains_on_the_fused_cpu_kernel(dropout_backbone_dir, korean_squad_file, tmp_path):
+    """The default (`auto`) turns attention dropout off on CPU, where torch's fused attention kernel has no
+    dropout: the training step then runs that kernel instead of the unfused math path. `model` keeps the
+    backbone's 0.1 (and the math path); a number is used as given."""
+    fused = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    runs = {}
+    for setting in ("auto", "model", "0.05"):
+        recipe = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / setting,
+                                          attention_dropout=setting)).setup()
+        runs[setting] = recipe
+    assert TrainConfig(train_files=["x.json"]).attention_dropout == "auto"
+    assert runs["auto"].model.config.attention_probs_dropout_prob == 0.0
+    assert runs["model"].model.config.attention_probs_dropout_prob == 0.1
+    assert runs["0.05"].model.config.attention_probs_dropout_prob == 0.05
+    assert runs["auto"].model.config.hidden_dropout_prob == 0.1  # only attention dropout changes
+    batch = next(iter(runs["auto"].train_dataloader))
+    assert fused in _sdpa_ops(runs["auto"].model.train(), batch)
+    assert fused not in _sdpa_ops(runs["model"].model.train(), batch)
+    # The saved model's config records what it was trained with.
+    runs["auto"].train()
+    saved = json.loads((tmp_path / "auto" / "final" / "config.json").read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.0
+
+
+def test_attention_dropout_resolution_and_validation():
+    assert TrainConfig(train_files=["x"]).resolved_attention_dropout("cpu") == 0.0
+    assert TrainConfig(train_files=["x"]).resolved_attention_dropout("cuda") is None  # GPU kernels have dropout
+    assert TrainConfig(train_files=["x"], attention_dropout="model").resolved_attention_dropout("cpu") is None
+    assert TrainConfig(train_files=["x"], attention_dropout=0.2).resolved_attention_dropout("cuda") == 0.2
+    for bad in ("sometimes", 1.0, -0.1):
+        with pytest.raises(ValueError, match="attention_dropout"):
+            TrainConfig(train_files=["x"], attention_dropout=bad)
+
+
+def test_attention_dropout_names_the_model_without_one(tmp_path):
+    from transformers import BertConfig, DistilBertConfig, PretrainedConfig
+
+    from kqa.modeling import NoAttentionDropoutError, attention_dropout_of, set_attention_dropout
+
+    for config in (BertConfig(), DistilBertConfig()):  # attention_probs_dropout_prob / attention_dropout
+        set_attention_dropout(config, 0.3)
+        assert attention_dropout_of(config) == 0.3
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        set_attention_dropout(BertConfig(), 1.0)
+    config = PretrainedConfig()
+    with pytest.raises(NoAttentionDropoutError, match="my-encoder"):
+        set_attention_dropout(config, 0.0, "my-encoder")
+    assert attention_dropout_of(config) is None
+
+
+# ---- layer-wise learning-rate decay ------------------------------------------------------------------
+
+
+def test_layer_lr_decay_scales_each_layer_from_the_head_down():
+    from kqa.loop import build_optimizer, layer_depth
+    from kqa.modeling import QuestionAnsweringModel
+
+    config = tiny_bert_config(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=32)
+    model = QuestionAnsweringModel.from_config(config)
+    optimizer = build_optimizer(model, TrainConfig(train_files=["x"], learning_rate=1.0, layer_lr_decay=0.5,
+                                                   weight_decay=0.1))
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    expected_depth = {"qa_outputs.weight": 4, "bert.encoder.layer.2.output.dense.weight": 3,
+                      "bert.encoder.layer.0.attention.self.query.weight": 1,
+                      "bert.embeddings.word_embeddings.weight": 0}
+    named = dict(model.named_parameters())
+    for name, depth in expected_depth.items():
+        assert layer_depth(name, 3) == depth
+        assert lr_of[id(named[name])] == (0.5 ** (4 - depth), 0.1)
+    assert lr_of[id(named["bert.encoder.layer.1.output.LayerNorm.bias"])] == (0.25, 0.0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+    # The schedule scales every group's own rate.
+    from kqa.loop import build_scheduler
+
+    scheduler = build_scheduler(optimizer, TrainConfig(train_files=["x"], warmup_ratio=0.0), 10)
+    optimizer.step()
+    scheduler.step()
+    rates = sorted({g["lr"] for g in optimizer.param_groups})
+    assert rates == pytest.approx([0.9 * 0.5 ** k for k in (4, 3, 2, 1, 0)])
+    # 1.0 (the default) is the plain two-group AdamW.
+    plain = build_optimizer(model, TrainConfig(train_files=["x"], learning_rate=1.0))
+    assert [g["lr"] for g in plain.param_groups] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="layer_lr_decay"):
+        TrainConfig(train_files=["x"], layer_lr_decay=0.0)

@@ -39,12 +39,16 @@ def _batch(vocab_size: int, batch_size: int = 3, seq_len: int = 11, *, token_typ
     return batch
 
 
-def _manual_ce(logits: torch.Tensor, positions: list[int]) -> torch.Tensor:
-    """Mean negative log-likelihood over the rows whose position is inside the sequence."""
+def _manual_ce(logits: torch.Tensor, positions: list[int], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean negative log-likelihood over the rows whose position is inside the sequence; each row's
+    softmax over its unpadded positions (`mask`)."""
     seq_len = logits.shape[1]
     rows = [(i, p) for i, p in enumerate(positions) if p < seq_len]
-    log_probs = logits.double().log_softmax(-1)
-    return -torch.stack([log_probs[i, p] for i, p in rows]).mean()
+    nll = []
+    for i, p in rows:
+        real = logits[i].double() if mask is None else logits[i].double()[mask[i].bool()]
+        nll.append(-(real.log_softmax(-1)[p]))
+    return torch.stack(nll).mean()
 
 
 def _weight_files(directory) -> list[str]:
@@ -67,7 +71,8 @@ def test_loss_is_the_mean_of_start_and_end_cross_entropy(model, tiny_config):
     batch = _batch(tiny_config.vocab_size)
     starts, ends = [0, 4, 7], [0, 6, 10]
     out = model(**batch, start_positions=torch.tensor(starts), end_positions=torch.tensor(ends))
-    expected = (_manual_ce(out.start_logits, starts) + _manual_ce(out.end_logits, ends)) / 2
+    mask = batch["attention_mask"]  # row 0 is padded: its softmax leaves the padding out
+    expected = (_manual_ce(out.start_logits, starts, mask) + _manual_ce(out.end_logits, ends, mask)) / 2
     assert out.loss.dtype == torch.float32
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # [batch, 1] labels (as some collators produce) mean the same thing
@@ -80,7 +85,8 @@ def test_positions_beyond_the_sequence_are_ignored(model, tiny_config):
     starts, ends = [2, 11 + 7, 0], [3, 4, 11]  # row 1's start and row 2's end fall outside the sequence
     out = model(**batch, start_positions=torch.tensor(starts), end_positions=torch.tensor(ends))
     # start loss over rows 0 and 2 only, end loss over rows 0 and 1 only
-    expected = (_manual_ce(out.start_logits, starts) + _manual_ce(out.end_logits, ends)) / 2
+    mask = batch["attention_mask"]
+    expected = (_manual_ce(out.start_logits, starts, mask) + _manual_ce(out.end_logits, ends, mask)) / 2
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     far = model(**batch, start_positions=torch.tensor([2, 500, 0]), end_positions=torch.tensor([3, 4, 999]))
     assert far.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
@@ -129,10 +135,11 @@ def test_head_dropout_is_off_by_default_and_active_only_in_training(tiny_config)
 
 def test_bf16_model_returns_bf16_logits_and_a_float32_loss(tiny_config):
     model = QuestionAnsweringModel.from_config(tiny_config, dtype=torch.bfloat16).eval()
-    out = model(**_batch(tiny_config.vocab_size), start_positions=torch.tensor([1, 2, 3]),
-                end_positions=torch.tensor([2, 3, 4]))
+    batch = _batch(tiny_config.vocab_size)
+    out = model(**batch, start_positions=torch.tensor([1, 2, 3]), end_positions=torch.tensor([2, 3, 4]))
     assert out.start_logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
-    expected = (_manual_ce(out.start_logits, [1, 2, 3]) + _manual_ce(out.end_logits, [2, 3, 4])) / 2
+    mask = batch["attention_mask"]
+    expected = (_manual_ce(out.start_logits, [1, 2, 3], mask) + _manual_ce(out.end_logits, [2, 3, 4], mask)) / 2
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -508,3 +515,28 @@ def test_token_scoring_model_scores_each_token_by_the_table_alone(tiny_tokenizer
     assert torch.equal(loaded.start_logits, out.start_logits) and torch.equal(loaded.end_logits, out.end_logits)
     with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
         token_scoring_model(tiny_tokenizer, {"없는토큰": 1.0}, {})
+
+
+def test_span_loss_does_not_depend_on_padding(model, tiny_config):
+    """The same windows padded to two lengths (as two batchings would) have the same loss; without the
+    mask in the softmax the extra padding positions would change it."""
+    torch.manual_seed(3)
+    ids = torch.randint(5, tiny_config.vocab_size, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    starts, ends = torch.tensor([1, 2, 0]), torch.tensor([3, 4, 0])
+    model.eval()
+    short = model(input_ids=ids, attention_mask=mask, start_positions=starts, end_positions=ends)
+    padded_ids = torch.cat([ids, torch.zeros(3, 6, dtype=ids.dtype)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 6, dtype=mask.dtype)], dim=1)
+    padded = model(input_ids=padded_ids, attention_mask=padded_mask, start_positions=starts, end_positions=ends)
+    torch.testing.assert_close(padded.start_logits[:, :10], short.start_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(padded.loss, short.loss, rtol=1e-5, atol=1e-6)
+    unmasked = span_cross_entropy(padded.start_logits, padded.end_logits, starts, ends)
+    assert unmasked > padded.loss  # the padding positions took probability mass
+    # The mask never hides a label: a padded row's loss is over its real positions only.
+    row = span_cross_entropy(padded.start_logits[1:2], padded.end_logits[1:2], starts[1:2], ends[1:2],
+                             padded_mask[1:2])
+    expected = (torch.nn.functional.cross_entropy(short.start_logits[1:2, :7], starts[1:2])
+                + torch.nn.functional.cross_entropy(short.end_logits[1:2, :7], ends[1:2])) / 2
+    torch.testing.assert_close(row, expected, rtol=1e-4, atol=1e-5)
