@@ -78,6 +78,71 @@ def test_bench_training(tmp_path, data_dir):
     assert rows[0]["mfu"] is None  # no --peak-tflops
 
 
+def test_bench_training_pretrained_backbone(tmp_path, data_dir, tiny_tokenizer, monkeypatch):
+    """--model and --config: a saved backbone (transformers layout, attention dropout 0.1) trained on the
+    files and window geometry of a kqa config, by every Trainer recipe and by kqa."""
+    import torch
+    import yaml
+    from transformers import BertModel
+
+    from kqa.testing import tiny_bert_config
+
+    backbone = tmp_path / "backbone"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, attention_probs_dropout_prob=0.1),
+              add_pooling_layer=False).save_pretrained(backbone)
+    tiny_tokenizer.save_pretrained(backbone)
+    train_files = ["tydiqa-goldp-ko/korean_tydiqa_train.json", "korquad-1.0-sample/KorQuAD_v1.0_train.json"]
+    config = tmp_path / "main-job.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": "not-this-one", "data_dir": str(data_dir), "train_files": train_files,
+        "max_train_samples": 40, "max_seq_length": 128, "doc_stride": 32, "max_query_length": 32,
+        "per_device_train_batch_size": 4, "learning_rate": 1.0e-4, "seed": 7,
+        "group_by_length": False, "attention_dropout": "model",  # as a main job may set them: not for kqa's row
+    }), encoding="utf-8")
+    # One thread: the tiny model gains nothing from more, and on a busy machine OpenMP threads waiting
+    # for each other make every step many times slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    steps, batch_size = 12, 4
+    result = run_script("bench_training.py", "--model", str(backbone), "--config", str(config),
+                        "--steps", str(steps), "--reference-max-length", "128", out=tmp_path / "training.json")
+    settings = result["settings"]
+    assert [Path(f).relative_to(data_dir).as_posix() for f in settings["train_files"]] == train_files
+    assert (settings["batch_size"], settings["max_seq_length"], settings["doc_stride"], settings["max_query_length"],
+            settings["learning_rate"], settings["seed"]) == (batch_size, 128, 32, 32, 1.0e-4, 7)  # from the config
+    assert settings["train_examples"] == 40 and settings["reference_features"] == 40
+    assert settings["backbone_attention_dropout"] == pytest.approx(0.1)
+    rows = {row["recipe"]: row for row in result["results"]}
+    common_recipe, dynamic, grouped, kqa = (rows[name] for name in (
+        "transformers.Trainer, common recipe", "transformers.Trainer, dynamic padding",
+        "transformers.Trainer, dynamic padding + group_by_length", "kqa.loop.QATrainingRecipe"))
+    assert list(rows) == [r["recipe"] for r in (common_recipe, dynamic, grouped, kqa)]
+    for row in rows.values():
+        assert row["s_per_step"] > 0 and row["samples_per_s"] > 0
+        assert 0 < row["non_pad_tokens_per_s"] <= row["padded_tokens_per_s"]
+        assert row["tokens_padded_total"] <= steps * batch_size * 128
+        assert row["samples_per_s_vs_grouped"] == pytest.approx(row["samples_per_s"] / grouped["samples_per_s"])
+    assert dynamic["samples_per_s_vs_dynamic"] == 1.0 and grouped["samples_per_s_vs_grouped"] == 1.0
+    # Trainer trains the backbone's own config; kqa its default attention_dropout (auto: 0 on CPU).
+    assert [r["attention_dropout"] for r in (common_recipe, dynamic, grouped)] == [pytest.approx(0.1)] * 3
+    assert kqa["attention_dropout"] == (pytest.approx(0.1) if torch.cuda.is_available() else 0.0)
+    # Trainer really groups by length, and that pads less than random batches; kqa groups by its own
+    # default (group_by_length: true), not because the config says so.
+    assert (dynamic["sampler"], grouped["sampler"]) == ("RandomSampler", "LengthGroupedSampler")
+    assert kqa["sampler"] == "LengthGroupedSampler"
+    assert kqa["pad_fraction"] < 0.5 * dynamic["pad_fraction"]
+    assert grouped["pad_fraction"] < 0.5 * dynamic["pad_fraction"]
+    headline = result["headline"]
+    assert headline["kqa_samples_per_s_vs_dynamic"] == kqa["samples_per_s_vs_dynamic"]
+    assert headline["kqa_samples_per_s_vs_grouped"] == kqa["samples_per_s_vs_grouped"]
+    assert headline["kqa_non_pad_tokens_per_s_vs_grouped"] == pytest.approx(
+        kqa["non_pad_tokens_per_s"] / grouped["non_pad_tokens_per_s"])
+    assert headline["target"] == 1.5 and headline["target_met"] == (
+        kqa["samples_per_s_vs_dynamic"] >= 1.5 and kqa["samples_per_s_vs_grouped"] >= 1.5)
+    assert "group_by_length: Trainer orders its batches with LengthGroupedSampler" in result["stdout"]
+    assert "attn dropout" in result["stdout"] and "kqa samples/s:" in result["stdout"]
+
 def test_bench_inference(tmp_path, data_dir):
     pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
     result = run_script("bench_inference.py", "--smoke", "--data-dir", str(data_dir), out=tmp_path / "inference.json")
