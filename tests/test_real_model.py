@@ -55,9 +55,9 @@ def test_a_short_fine_tune_of_the_real_backbone_learns_korean_qa(e5_backbone, da
     print(f"\nTyDi dev subset F1: untrained head {before:.2f} -> after 40 steps {after:.2f}; "
           f"training loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert len(f1s) == 2 and before < 20
-    # Measured: 12.9 -> 25.9 (seed 42, 2 CPU cores); the main job's 258 steps reach 66.6 on the whole dev set.
+    # Measured: 12.9 -> 25.5 (seed 42, 2 CPU cores, attention dropout off by default on CPU); the main job's
+    # 387 steps reach 71.1 on the whole dev set.
     assert after > before + 8 and result.best_step == 40 and losses[-1] < losses[0]
-    assert losses[-1] < losses[0]
 
 
 @pytest.mark.skipif(not MAIN_JOB_MODEL.is_dir(), reason="run README command 1 (scripts/main_job.sh) first")
