@@ -58,6 +58,9 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     info["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM")
+    from kqa.backends import cpu_features
+
+    info["cpu_features"] = cpu_features()  # the CPU this process runs on (an emulated one included)
     return info
 
 

@@ -12,8 +12,10 @@ the same post-processor.
     qa = QuestionAnswerer.from_pretrained("outputs/kqa/onnx-int8")             # loads with onnx
 
 An export directory holds `model.onnx`, the tokenizer files, `config.json` and `kqa_config.json`
-copied from the source model, and `onnx_export.json` (how it was made and how close its logits are
-to the PyTorch model's).
+copied from the source model, `onnx_export.json` (how it was made, on which CPU, and how close its
+logits are to the PyTorch model's) and `onnx_probes.safetensors` (a few token batches with the PyTorch
+model's fp32 logits). Loading an int8 export runs the probes on the spot: int8 kernels differ between
+CPUs, so a drift past the one measured at export is reported (`int8_drift`: warn, error or ignore).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("torch", "torch-int8", "onnx")
 ONNX_FILE = "model.onnx"
 ONNX_EXPORT_INFO_FILE = "onnx_export.json"
+ONNX_PROBES_FILE = "onnx_probes.safetensors"
 EXPORT_FORMATS = ("onnx",)
 QUANTIZATIONS = ("int8",)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -47,6 +50,48 @@ OUTPUT_NAMES = ("start_logits", "end_logits")
 FUSABLE_MODEL_TYPES = {"bert": "bert"}
 # An fp32 export whose logits differ more than this from the PyTorch model's is not written.
 FP32_TOLERANCE = 1e-3
+# Loading an int8 export: its probe logits may differ from the fp32 ones by up to DRIFT_FACTOR times the
+# difference measured at export, or by that difference plus DRIFT_MARGIN, whichever is larger, before the
+# load reports a drift (the same kernels give the same difference to ~1e-6 on any CPU).
+DRIFT_FACTOR = 2.0
+DRIFT_MARGIN = 0.05
+DRIFT_ACTIONS = ("warn", "error", "ignore")
+INT8_WEIGHT_TYPES = ("uint8", "int8")
+# The CPU features that decide which int8 kernels ONNX Runtime and PyTorch run (numpy's run-time CPUID
+# detection: it sees the CPU a process runs on, an emulated one included).
+INT8_CPU_FEATURES = ("AVX2", "AVX512F", "AVX512BW", "AVX512VNNI", "AVX512BF16", "AVX512FP16")
+
+
+def cpu_features() -> list[str]:
+    """The features of `INT8_CPU_FEATURES` this CPU has, e.g. ["AVX2"] or ["AVX2", "AVX512F", …]."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as found
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as found
+    return [name for name in INT8_CPU_FEATURES if found.get(name)]
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How `kqa export --quantize int8` quantises the fp32 graph (`onnxruntime.quantization.
+    quantize_dynamic`: int8 weights, activations quantised per batch at run time).
+
+    `weight_type`: "uint8" (default) multiplies uint8 activations by uint8 weights, which ONNX Runtime
+    computes exactly on every x86-64 CPU; "int8" (uint8 × int8) is summed in pairs into 16 bits on CPUs
+    without VNNI (AVX2, AVX-512 before Cascade Lake), where large products saturate and answers change
+    (docs/inference.md measures both). `reduce_range` quantises weights to 7 bits (avoids that
+    saturation, loses precision). `span_head_fp32` keeps the hidden → 2 span head in float: it costs
+    nothing and its logits are the output."""
+
+    weight_type: str = "uint8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    span_head_fp32: bool = True
+
+    def __post_init__(self):
+        if self.weight_type not in INT8_WEIGHT_TYPES:
+            raise ValueError(f"int8 weight_type must be one of {', '.join(INT8_WEIGHT_TYPES)}, "
+                             f"got {self.weight_type!r}")
 
 
 # ---- names ------------------------------------------------------------------------------------------
@@ -170,6 +215,7 @@ class OnnxQuestionAnsweringModel:
         self.config = config
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self.drift: Optional[DriftCheck] = None  # set by load_onnx_model for int8 exports
 
     def eval(self) -> "OnnxQuestionAnsweringModel":
         return self
@@ -212,8 +258,95 @@ class OnnxQuestionAnsweringModel:
     forward = __call__
 
 
-def load_onnx_model(model_dir: str | Path, *, num_threads: Optional[int] = None,
-                    trust_remote_code: bool = False) -> OnnxQuestionAnsweringModel:
+@dataclass
+class DriftCheck:
+    """An int8 export's probe logits on this CPU against the fp32 logits kept with it: `max_abs_diff`
+    here, `export_max_abs_diff` where it was exported (on `export_cpu`), and the `bound` past which the
+    load reports it."""
+
+    max_abs_diff: float
+    export_max_abs_diff: float
+    bound: float
+    cpu: list[str]
+    export_cpu: list[str]
+
+    @property
+    def drifted(self) -> bool:
+        return not self.max_abs_diff <= self.bound
+
+    def describe(self, where: str | Path) -> str:
+        return (f"{where}: this int8 export's logits differ from the fp32 model's by {self.max_abs_diff:.3g} on this "
+                f"CPU ({', '.join(self.cpu) or 'no AVX2'}) against {self.export_max_abs_diff:.3g} where it was "
+                f"exported ({', '.join(self.export_cpu) or 'CPU not recorded'}); bound {self.bound:.3g}. Its answers "
+                "may differ from those measured at export: use an fp32 export (`kqa export` without --quantize, "
+                "exact on every CPU), or export int8 again with the default settings")
+
+
+def drift_bound(export_max_abs_diff: float) -> float:
+    return max(DRIFT_FACTOR * export_max_abs_diff, export_max_abs_diff + DRIFT_MARGIN)
+
+
+def read_probes(model_dir: str | Path) -> tuple[list[dict[str, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The probe batches of an export and the PyTorch model's fp32 (start, end) logits on them."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(model_dir) / ONNX_PROBES_FILE))
+    count = len({key.split(".", 1)[0] for key in tensors})
+    batches, reference = [], []
+    for i in range(count):
+        batches.append({name: tensors[f"{i}.{name}"] for name in INPUT_NAMES if f"{i}.{name}" in tensors})
+        reference.append((tensors[f"{i}.start_logits"], tensors[f"{i}.end_logits"]))
+    return batches, reference
+
+
+def write_probes(path: Path, batches, reference) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, (batch, (start, end)) in enumerate(zip(batches, reference)):
+        tensors.update({f"{i}.{name}": value.contiguous() for name, value in batch.items()})
+        tensors[f"{i}.start_logits"], tensors[f"{i}.end_logits"] = start.contiguous(), end.contiguous()
+    save_file(tensors, str(path))
+
+
+def read_export_info(model_dir: str | Path) -> dict:
+    """The `onnx_export.json` of an export directory ({} when there is none)."""
+    path = Path(model_dir) / ONNX_EXPORT_INFO_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def measure_int8_drift(model: "OnnxQuestionAnsweringModel", model_dir: str | Path, info: dict) -> Optional[DriftCheck]:
+    """Run an int8 export's probes on this CPU and compare with the fp32 logits kept with it. None for an
+    fp32 export, or for one made before probes were kept (nothing to compare)."""
+    model_dir = Path(model_dir)
+    if info.get("quantize") != "int8" or not (model_dir / ONNX_PROBES_FILE).is_file():
+        return None
+    batches, reference = read_probes(model_dir)
+    exported = float(info["max_abs_diff"])
+    return DriftCheck(max_abs_diff=_max_diff(model, reference, batches), export_max_abs_diff=exported,
+                      bound=drift_bound(exported), cpu=cpu_features(), export_cpu=list(info.get("cpu", [])))
+
+
+def check_int8_drift(model: "OnnxQuestionAnsweringModel", model_dir: str | Path, info: dict,
+                     on_drift: str = "warn") -> Optional[DriftCheck]:
+    """`measure_int8_drift`, then warn (or raise ValueError, `on_drift="error"`) when the difference here
+    passes `drift_bound` of the one measured at export; "ignore" skips the check."""
+    if on_drift not in DRIFT_ACTIONS:
+        raise ValueError(f"int8_drift must be one of {', '.join(DRIFT_ACTIONS)}, got {on_drift!r}")
+    if on_drift == "ignore":
+        return None
+    check = measure_int8_drift(model, model_dir, info)
+    if check is not None and check.drifted:
+        if on_drift == "error":
+            raise ValueError(check.describe(model_dir) + "; or load with int8_drift='warn' to use it anyway")
+        logger.warning(check.describe(model_dir))
+    return check
+
+
+def load_onnx_model(model_dir: str | Path, *, num_threads: Optional[int] = None, trust_remote_code: bool = False,
+                    int8_drift: str = "warn") -> OnnxQuestionAnsweringModel:
+    """The `model.onnx` of an export directory in an ONNX Runtime session. An int8 export is checked on
+    its probes first (`check_int8_drift`; the result is the model's `drift`)."""
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
@@ -224,18 +357,24 @@ def load_onnx_model(model_dir: str | Path, *, num_threads: Optional[int] = None,
     config = None
     if (model_dir / "config.json").is_file():
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    return OnnxQuestionAnsweringModel(path, num_threads=num_threads, config=config)
+    model = OnnxQuestionAnsweringModel(path, num_threads=num_threads, config=config)
+    model.drift = check_int8_drift(model, model_dir, read_export_info(model_dir), int8_drift)
+    return model
 
 
 def load_model(model_dir: str | Path, *, backend: Optional[str] = None, dtype: Any = None,
-               num_threads: Optional[int] = None, trust_remote_code: bool = False):
+               num_threads: Optional[int] = None, trust_remote_code: bool = False, int8_drift: str = "warn"):
     """The model of `model_dir` for `backend` (default: "onnx" when the directory holds `model.onnx`,
-    else "torch"). `dtype` is for the torch backend; `num_threads` for the onnx backend."""
+    else "torch"). `dtype` is for the torch backend; `num_threads` and `int8_drift` (what to do when an
+    int8 export's logits drift on this CPU: "warn", "error" or "ignore") for the onnx backend."""
     backend = check_backend(backend or default_backend(model_dir))
+    if int8_drift not in DRIFT_ACTIONS:
+        raise ValueError(f"int8_drift must be one of {', '.join(DRIFT_ACTIONS)}, got {int8_drift!r}")
     if backend == "onnx":
         if resolve_dtype(dtype) not in (None, torch.float32):
             raise ValueError("the onnx backend runs the exported graph's own precision; it takes no dtype")
-        return load_onnx_model(model_dir, num_threads=num_threads, trust_remote_code=trust_remote_code)
+        return load_onnx_model(model_dir, num_threads=num_threads, trust_remote_code=trust_remote_code,
+                               int8_drift=int8_drift)
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     return load_torch_model(model_dir, backend=backend, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -247,18 +386,21 @@ def load_model(model_dir: str | Path, *, backend: Optional[str] = None, dtype: A
 @dataclass
 class ExportReport:
     """What `export_onnx` wrote and how close the exported model's logits are to the PyTorch model's
-    (max absolute difference over the real, unpadded tokens of the check batches)."""
+    (max absolute difference over the real, unpadded tokens of the probe batches), measured on the CPU
+    whose features `cpu` lists."""
 
     out_dir: str
     source: str
     format: str = "onnx"
     quantize: Optional[str] = None
+    int8: Optional[dict] = None
     opset: int = 17
     inputs: list[str] = field(default_factory=list)
     fused: dict[str, int] = field(default_factory=dict)
     max_abs_diff_fp32: float = float("nan")
     max_abs_diff: float = float("nan")
     checked_shapes: list[list[int]] = field(default_factory=list)
+    cpu: list[str] = field(default_factory=cpu_features)
     onnx_bytes: int = 0
     seconds: float = 0.0
 
@@ -332,28 +474,35 @@ def _fuse(path: Path, out: Path, config) -> dict[str, int]:
     return {k: int(v) for k, v in stats.items() if v}
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optional[str] = None, opset: int = 17,
-                optimize: bool = True, trust_remote_code: bool = False,
-                tolerance: float = FP32_TOLERANCE) -> ExportReport:
-    """Export a saved kqa model to `out_dir/model.onnx` (dynamic batch and sequence axes; inputs
-    `input_ids`, `attention_mask`[, `token_type_ids`], outputs `start_logits`, `end_logits`), with
-    the tokenizer files, `config.json` and `kqa_config.json` beside it, so that
-    `QuestionAnswerer.from_pretrained(out_dir)` loads it with the onnx backend.
+def span_head_nodes(path: Path) -> list[str]:
+    """The MatMul nodes of the span head (hidden → start/end logits) in an exported graph."""
+    import onnx
 
-    With `optimize` (default), BERT encoders get ONNX Runtime's transformer fusions. `quantize="int8"`
-    then quantises the weights of every MatMul / attention to int8 (`onnxruntime.quantization.
-    quantize_dynamic`; activations are quantised per batch at run time). The fp32 graph is checked
-    against the PyTorch model on random batches of several shapes before anything is written: a fused
-    graph off by more than `tolerance` falls back to the unfused one, an unfused one is an error. The
-    int8 difference is measured and reported (it is not bounded: quantisation changes the logits)."""
-    from transformers import AutoTokenizer
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [node.name for node in graph.node if node.op_type == "MatMul" and "/qa_outputs/" in node.name]
 
-    from kqa.modeling import KQA_CONFIG_FILE, QuestionAnsweringModel
 
-    t0 = time.perf_counter()
+def quantize_int8(fp32: Path, out: Path, settings: Int8Settings) -> None:
+    """Dynamic int8 quantisation of an fp32 graph: the weights of every MatMul with constant weights and
+    of the fused attention, as `settings` say; activations are quantised per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weight_type = QuantType.QUInt8 if settings.weight_type == "uint8" else QuantType.QInt8
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantisation
+    try:
+        quantize_dynamic(str(fp32), str(out), weight_type=weight_type, per_channel=settings.per_channel,
+                         reduce_range=settings.reduce_range, op_types_to_quantize=["MatMul", "Attention"],
+                         nodes_to_exclude=span_head_nodes(fp32) if settings.span_head_fp32 else None,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1: float
+    finally:
+        root.setLevel(level)
+
+
+def _check_export_arguments(model_dir: Path, out_dir: Path, quantize: Optional[str]) -> None:
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZATIONS)} (or none)")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a directory; export takes a saved kqa model directory")
     if not (model_dir / "config.json").is_file():
@@ -368,6 +517,34 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
         raise ValueError(f"{out_dir} exists and is not an empty directory or an earlier export; "
                               "choose a new directory")
 
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optional[str] = None, opset: int = 17,
+                optimize: bool = True, trust_remote_code: bool = False, tolerance: float = FP32_TOLERANCE,
+                int8: Optional[Int8Settings] = None) -> ExportReport:
+    """Export a saved kqa model to `out_dir/model.onnx` (dynamic batch and sequence axes; inputs
+    `input_ids`, `attention_mask`[, `token_type_ids`], outputs `start_logits`, `end_logits`), with
+    the tokenizer files, `config.json` and `kqa_config.json` beside it, so that
+    `QuestionAnswerer.from_pretrained(out_dir)` loads it with the onnx backend.
+
+    With `optimize` (default), BERT encoders get ONNX Runtime's transformer fusions. `quantize="int8"`
+    then quantises the weights of every MatMul / attention as `int8` (an `Int8Settings`, default: uint8
+    weights per channel, span head fp32) say. The fp32 graph is checked against the PyTorch model on
+    random probe batches of several shapes before anything is written: a fused graph off by more than
+    `tolerance` falls back to the unfused one, an unfused one is an error. The int8 difference is
+    measured on this CPU and reported (it is not bounded: quantisation changes the logits); the probes
+    and their fp32 logits are kept with the export, so that loading it elsewhere can measure it again."""
+    from transformers import AutoTokenizer
+
+    from kqa.modeling import KQA_CONFIG_FILE, QuestionAnsweringModel
+    from kqa.prediction import load_settings
+
+    t0 = time.perf_counter()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_export_arguments(model_dir, out_dir, quantize)
+    if int8 is not None and quantize != "int8":
+        raise ValueError("int8 settings are for quantize='int8'")
+    int8 = (int8 or Int8Settings()) if quantize == "int8" else None
+
     model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     config = model.config
@@ -377,14 +554,13 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
         except (ValueError, ImportError):
             pass
     names = _model_input_names(model, tokenizer)
-    from kqa.prediction import load_settings
-
     width = load_settings(model_dir).features.max_seq_length
     batches = _check_batches(config.vocab_size, names, width)
     with torch.no_grad():
         reference = [tuple(t.float() for t in _SpanGraph(model, names)(*b.values())) for b in batches]
     report = ExportReport(out_dir=str(out_dir), source=str(model_dir), quantize=quantize, opset=opset,
-                          inputs=list(names), checked_shapes=[list(b["input_ids"].shape) for b in batches])
+                          int8=asdict(int8) if int8 else None, inputs=list(names),
+                          checked_shapes=[list(b["input_ids"].shape) for b in batches])
 
     with tempfile.TemporaryDirectory(prefix="kqa-export-") as tmp:
         tmp = Path(tmp)
@@ -417,24 +593,15 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
             raise RuntimeError(f"{model_dir}: the exported graph's logits differ by {report.max_abs_diff_fp32:.3g} "
                                f"from the PyTorch model's (tolerance {tolerance}); not writing {out_dir}")
         final = fp32
-        if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
+        if int8 is not None:
             final = tmp / "int8.onnx"
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantisation
-            try:
-                quantize_dynamic(str(fp32), str(final), weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul", "Attention"],
-                                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1: float
-            finally:
-                root.setLevel(level)
+            quantize_int8(fp32, final, int8)
         report.max_abs_diff = (report.max_abs_diff_fp32 if final is fp32 else
                                _max_diff(OnnxQuestionAnsweringModel(final, num_threads=1), reference, batches))
 
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(final, out_dir / ONNX_FILE)
+    write_probes(out_dir / ONNX_PROBES_FILE, batches, reference)
     report.onnx_bytes = (out_dir / ONNX_FILE).stat().st_size
     tokenizer.save_pretrained(str(out_dir))
     for name in ("config.json", KQA_CONFIG_FILE):

@@ -139,6 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                "max_answer_length")}
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
                                           backend=args.backend, trust_remote_code=args.trust_remote_code,
+                                          int8_drift=args.int8_drift,
                                           **overrides)
     null_options = {"handle_impossible_answer": args.handle_impossible_answer,
                     "null_score_diff_threshold": args.null_score_diff_threshold}
@@ -206,7 +207,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError("--backend: this version of QuestionAnswerer.from_pretrained has no backend option")
         options["backend"] = args.backend
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
-                                          trust_remote_code=args.trust_remote_code, **options)
+                                          trust_remote_code=args.trust_remote_code, int8_drift=args.int8_drift,
+                                          **options)
     retriever = None
     if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
         from kqa.retrieval import Retriever
@@ -221,10 +223,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A saved model → an ONNX directory (model.onnx, tokenizer, config.json, kqa_config.json) that
     QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
     PyTorch model's."""
-    from kqa.backends import export_onnx
+    from kqa.backends import Int8Settings, export_onnx
 
+    int8 = Int8Settings(weight_type=args.int8_weight_type) if args.quantize == "int8" else None
     try:
-        report = export_onnx(args.model, args.out, quantize=args.quantize, opset=args.opset,
+        report = export_onnx(args.model, args.out, quantize=args.quantize, opset=args.opset, int8=int8,
                              optimize=not args.no_optimize, trust_remote_code=args.trust_remote_code)
     except RuntimeError as err:  # the exported logits are off: nothing was written
         raise ValueError(str(err)) from err
@@ -233,7 +236,12 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
           file=sys.stderr)
     print(f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
-          + (f", {report.quantize} graph {report.max_abs_diff:.2e}" if report.quantize else ""), file=sys.stderr)
+          + (f", {report.quantize} graph {report.max_abs_diff:.2e} ({report.int8['weight_type']} weights)"
+             if report.quantize else "") + f", measured on a CPU with {', '.join(report.cpu) or 'no AVX2'}",
+          file=sys.stderr)
+    if report.quantize:
+        print("the int8 export keeps probe inputs with their fp32 logits: loading it on another CPU measures the "
+              "difference again and warns if it grew (--int8_drift)", file=sys.stderr)
     return 0
 
 
@@ -297,7 +305,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_int8_drift_argument(parser: argparse.ArgumentParser) -> None:
+    from kqa.backends import DRIFT_ACTIONS
+
+    parser.add_argument("--int8_drift", choices=list(DRIFT_ACTIONS), default="warn",
+                        help="an int8 export whose probe logits differ on this CPU more than where it was exported: "
+                             "warn (default), error (refuse to load) or ignore")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from kqa.backends import INT8_WEIGHT_TYPES, Int8Settings
     from kqa.config import parse_bool
 
     parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
@@ -325,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--backend", choices=["torch", "torch-int8", "onnx"],
                    help="torch (default), torch-int8 (CPU) or onnx (CPU; the default for a `kqa export` directory)")
+    _add_int8_drift_argument(p)
     p.set_defaults(func=cmd_predict)
 
     t = sub.add_parser("make-tiny-model", help="random-init small BERT + WordPiece tokenizer from local text")
@@ -358,12 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust_remote_code", action="store_true",
                    help="allow an encoder whose code lives beside its weights")
     s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_int8_drift_argument(s)
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("export", help="export a saved model to ONNX (optionally int8) for the onnx backend")
     e.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
     e.add_argument("--format", choices=["onnx"], default="onnx")
     e.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the weights")
+    e.add_argument("--int8_weight_type", choices=list(INT8_WEIGHT_TYPES), default=Int8Settings.weight_type,
+                   help="uint8 (default: exact int8 products on every x86-64 CPU) or int8 (saturates on CPUs "
+                        "without VNNI; docs/inference.md)")
     e.add_argument("--out", required=True, help="new directory to write the export to")
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--no_optimize", action="store_true",

@@ -80,7 +80,8 @@ class QuestionAnswerer:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, backend: str | None = None, dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, batch_size: int = 32, num_threads: int | None = None,
-                        trust_remote_code: bool = False, **overrides) -> "QuestionAnswerer":
+                        trust_remote_code: bool = False, int8_drift: str = "warn",
+                        **overrides) -> "QuestionAnswerer":
         """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).
         Feature and post-processing settings are those saved with it (kqa_config.json); flat keyword
         overrides such as `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is
@@ -90,7 +91,9 @@ class QuestionAnswerer:
         the model, for GPUs; logits are decoded in float32 either way), "torch-int8" (PyTorch dynamic
         int8 quantisation of every linear layer, CPU) or "onnx" (ONNX Runtime on the CPU; the default for
         a directory holding `model.onnx`). `num_threads` sets ONNX Runtime's intra-op threads (default:
-        torch's) or, for the torch backends, torch's."""
+        torch's) or, for the torch backends, torch's. `int8_drift`: what to do when an int8 export's probe
+        logits differ on this CPU more than where it was exported ("warn", "error" or "ignore";
+        `kqa.backends.check_int8_drift`)."""
         from transformers import AutoTokenizer
 
         from kqa.backends import check_backend, default_backend, load_model
@@ -100,7 +103,7 @@ class QuestionAnswerer:
             raise ValueError(f"backend {backend!r} runs on the CPU; got device {device!r}")
         settings = load_settings(model_dir, **overrides)
         model = load_model(model_dir, backend=backend, dtype=dtype, num_threads=num_threads,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, int8_drift=int8_drift)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, settings=settings, device=device, batch_size=batch_size, backend=backend)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,13 @@ pytest.importorskip("onnx", reason="kqa export needs requirements-serve.txt")
 
 from kqa.backends import (  # noqa: E402
     BACKENDS,
+    DRIFT_MARGIN,
     ONNX_EXPORT_INFO_FILE,
     ONNX_FILE,
+    ONNX_PROBES_FILE,
+    Int8Settings,
     OnnxQuestionAnsweringModel,
+    cpu_features,
     export_onnx,
     load_model,
 )
@@ -83,10 +89,11 @@ def _spans(answers):
 
 def test_the_export_directory_holds_what_a_model_directory_needs(exports, marked_dir):
     directory, report = exports["marked", None]
-    for name in (ONNX_FILE, "config.json", "kqa_config.json", ONNX_EXPORT_INFO_FILE, "tokenizer.json"):
+    for name in (ONNX_FILE, "config.json", "kqa_config.json", ONNX_EXPORT_INFO_FILE, ONNX_PROBES_FILE,
+                 "tokenizer.json"):
         assert (directory / name).is_file(), name
     assert (directory / "kqa_config.json").read_text() == (marked_dir / "kqa_config.json").read_text()
-    assert not list(directory.glob("*.safetensors"))
+    assert not list(directory.glob("model*.safetensors"))  # no PyTorch weights: only the graph
     info = json.loads((directory / ONNX_EXPORT_INFO_FILE).read_text())
     assert info["quantize"] is None and info["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert report.max_abs_diff_fp32 < 1e-4 and report.max_abs_diff == report.max_abs_diff_fp32
@@ -141,8 +148,100 @@ def test_every_backend_gives_the_marked_spans(backend, marked_dir, exports):
         start = ex["context"].index(EXPECTED[ex["id"]])
         expected.append((EXPECTED[ex["id"]], start, start + 2))
     assert _spans(answers) == expected
-    tolerance = {"torch": 1e-4, "onnx": 1e-4}.get(backend, 0.2)
+    if backend == "onnx-int8":
+        # A score is a start plus an end logit: within twice the logit difference this CPU measured on the
+        # export's probes (which hold the marked tokens), and that difference within the export's bound.
+        drift = qa.model.drift
+        assert drift is not None and not drift.drifted, drift
+        tolerance = 2 * drift.max_abs_diff + 1e-4
+    else:
+        tolerance = {"torch": 1e-4, "onnx": 1e-4}.get(backend, 0.2)
     assert [a.score for a in answers] == pytest.approx([2 * MARK] * len(answers), abs=tolerance)
+
+
+def test_int8_answers_keep_the_fp32_spans_and_ranks(exports, random_dir):
+    """Random weights, real attention: every int8 score is within twice the drift bound of its fp32
+    score, and answers whose fp32 scores are further apart than that stay in the same order."""
+    torch_qa = QuestionAnswerer.from_pretrained(random_dir, device="cpu")
+    int8_qa = QuestionAnswerer.from_pretrained(exports["random", "int8"][0])
+    bound = 2 * int8_qa.model.drift.bound
+    expected = torch_qa(QUESTIONS, CONTEXTS, top_k=5)
+    got = int8_qa(QUESTIONS, CONTEXTS, top_k=20)
+    for want, have in zip(expected, got):
+        scores = {(a.start, a.end): a.score for a in have}
+        for answer in want:
+            assert scores[answer.start, answer.end] == pytest.approx(answer.score, abs=bound)
+        ranked = [(a.start, a.end) for a in have]
+        for first, second in zip(want, want[1:]):
+            if first.score - second.score > 2 * bound:
+                assert ranked.index((first.start, first.end)) < ranked.index((second.start, second.end))
+
+
+def test_the_int8_export_keeps_probes_and_checks_them_at_load(exports):
+    directory, report = exports["marked", "int8"]
+    info = json.loads((directory / ONNX_EXPORT_INFO_FILE).read_text())
+    assert info["int8"] == {"weight_type": "uint8", "per_channel": True, "reduce_range": False,
+                            "span_head_fp32": True}
+    assert info["cpu"] == cpu_features() and "AVX2" in info["cpu"]
+    model = load_model(directory)
+    assert model.drift.export_max_abs_diff == report.max_abs_diff
+    assert model.drift.max_abs_diff <= model.drift.bound
+    assert load_model(exports["marked", None][0]).drift is None  # fp32: exact on every CPU, nothing to check
+    assert load_model(directory, int8_drift="ignore").drift is None
+
+
+def _drifted_copy(directory: Path, tmp_path: Path, shift: float) -> Path:
+    """The export with its kept fp32 probe logits moved by `shift`: as if this CPU's int8 kernels gave
+    other logits than the exporting CPU's did."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "drifted"
+    shutil.copytree(directory, copy)
+    tensors = load_file(str(copy / ONNX_PROBES_FILE))
+    save_file({k: v + shift if k.endswith("_logits") else v for k, v in tensors.items()}, str(copy / ONNX_PROBES_FILE))
+    return copy
+
+
+def test_an_int8_export_that_drifts_here_is_named_at_load(exports, tmp_path, caplog):
+    directory = _drifted_copy(exports["marked", "int8"][0], tmp_path, shift=1.0)
+    with caplog.at_level("WARNING", logger="kqa.backends"):
+        qa = QuestionAnswerer.from_pretrained(directory)
+    assert qa.model.drift.drifted and qa.model.drift.max_abs_diff == pytest.approx(1.0, abs=0.01)
+    assert "differ from the fp32 model's by 1" in caplog.text and "fp32 export" in caplog.text
+    with pytest.raises(ValueError, match=r"drifted: this int8 export's logits differ .* int8_drift='warn'"):
+        QuestionAnswerer.from_pretrained(directory, int8_drift="error")
+    assert QuestionAnswerer.from_pretrained(directory, int8_drift="ignore").model.drift is None
+    with pytest.raises(ValueError, match="int8_drift must be one of warn, error, ignore"):
+        QuestionAnswerer.from_pretrained(directory, int8_drift="maybe")
+    # Within the bound: no warning.
+    caplog.clear()
+    small = _drifted_copy(exports["marked", "int8"][0], tmp_path / "small", shift=DRIFT_MARGIN / 2)
+    with caplog.at_level("WARNING", logger="kqa.backends"):
+        assert not QuestionAnswerer.from_pretrained(small).model.drift.drifted
+    assert "differ from the fp32" not in caplog.text
+
+
+@pytest.mark.parametrize("settings", [{"weight_type": "int8"}, {"weight_type": "uint8", "reduce_range": True},
+                                      {"span_head_fp32": False}])
+def test_int8_settings_reach_the_graph(settings, marked_dir, tmp_path):
+    import onnx
+
+    report = export_onnx(marked_dir, tmp_path / "e", quantize="int8", int8=Int8Settings(**settings))
+    assert report.int8 == {**asdict(Int8Settings()), **settings}
+    graph = onnx.load(str(tmp_path / "e" / ONNX_FILE)).graph
+    head = {n.op_type for n in graph.node if "/qa_outputs/" in n.name}
+    integer_ops = {"DynamicQuantizeMatMul", "MatMulInteger"}
+    assert bool(head & integer_ops) == (not settings.get("span_head_fp32", True)), head
+    weights = {i.name: i.data_type for i in graph.initializer if i.name.endswith("_quantized")}
+    wanted = onnx.TensorProto.INT8 if settings.get("weight_type") == "int8" else onnx.TensorProto.UINT8
+    assert weights and set(weights.values()) == {wanted}, weights
+
+
+def test_bad_int8_settings_are_clear_errors(marked_dir, tmp_path):
+    with pytest.raises(ValueError, match="int8 weight_type must be one of uint8, int8, got 'int4'"):
+        Int8Settings(weight_type="int4")
+    with pytest.raises(ValueError, match="int8 settings are for quantize='int8'"):
+        export_onnx(marked_dir, tmp_path / "e", int8=Int8Settings())
 
 
 def test_torch_int8_quantises_every_encoder_linear_layer(marked_dir):
@@ -262,6 +361,7 @@ def test_kqa_export_and_predict_on_the_export(tmp_path, marked_dir):
     proc = _kqa("export", "--model", str(marked_dir), "--format", "onnx", "--quantize", "int8", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "max |logit difference|" in proc.stderr and (out / ONNX_FILE).is_file()
+    assert "(uint8 weights), measured on a CPU with AVX2" in proc.stderr
     ex = KOREAN_EXAMPLES[0]
     proc = _kqa("predict", "--model", str(out), "--question", ex["question"], "--context", ex["context"])
     assert proc.returncode == 0, proc.stderr

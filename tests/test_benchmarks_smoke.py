@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-MACHINE_KEYS = {"platform", "processor", "cpu_count", "python", "torch", "transformers", "datasets", "tokenizers"}
+MACHINE_KEYS = {"platform", "processor", "cpu_count", "python", "torch", "transformers", "datasets", "tokenizers",
+                "cpu_features"}
 TINY_BERT = ["--vocab-size", "300", "--hidden-size", "32", "--layers", "1", "--heads", "2",
              "--intermediate-size", "64"]
 
@@ -142,6 +143,24 @@ def test_bench_training_pretrained_backbone(tmp_path, data_dir, tiny_tokenizer, 
         kqa["samples_per_s_vs_dynamic"] >= 1.5 and kqa["samples_per_s_vs_grouped"] >= 1.5)
     assert "group_by_length: Trainer orders its batches with LengthGroupedSampler" in result["stdout"]
     assert "attn dropout" in result["stdout"] and "kqa samples/s:" in result["stdout"]
+
+def test_bench_int8(tmp_path, data_dir):
+    pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
+    result = run_script("bench_int8.py", "--smoke", "--data-dir", str(data_dir), "--exports", str(tmp_path / "e"),
+                        out=tmp_path / "int8.json")
+    rows = {r["variant"]: r for r in result["results"]}
+    assert list(rows) == ["fp32", "u8u8", "u8s8", "u8s8-reduce-range", "u8s8-head-int8", "torch-int8"]
+    assert "AVX2" in result["machine"]["cpu_features"]
+    assert rows["fp32"]["korquad-1.0-sample_f1_delta"] == 0.0 and rows["fp32"]["short_speedup"] == 1.0
+    for name, row in rows.items():
+        assert row["accuracy"]["tydiqa-goldp-ko"]["total"] == 4 and row["long_p50_ms"] > 0
+        onnx_int8 = name not in ("fp32", "torch-int8")
+        assert (row["probe_diff_here"] is not None) == onnx_int8
+        if onnx_int8:  # the same export measured where it was made: no drift
+            assert row["probe_diff_here"] == pytest.approx(row["probe_diff_at_export"], abs=1e-6)
+            assert (tmp_path / "e" / name / "onnx_probes.safetensors").is_file()
+    assert "int8 exports against the fp32 export" in result["stdout"]
+
 
 def test_bench_inference(tmp_path, data_dir):
     pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
