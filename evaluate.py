@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         result = score_files(args.data_file, args.predictions)
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return 0
-    from kqa.evaluation import evaluate_model
+    from kqa.training.evaluation import evaluate_model
 
     overrides = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size",
                                                "max_answer_length")}

@@ -13,8 +13,8 @@ import json
 import logging
 import sys
 
-from kqa.config import parse_config
-from kqa.loop import QATrainingRecipe
+from kqa.training.config import parse_config
+from kqa.training.recipe import QATrainingRecipe
 
 
 def main(argv: list[str] | None = None) -> int:

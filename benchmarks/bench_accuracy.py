@@ -1,6 +1,6 @@
 """Benchmark accuracy, not only speed: the common KorQuAD recipe (transformers.Trainer) against kqa.
 
-`transformers.Trainer` with the common recipe and `kqa.loop.QATrainingRecipe` are trained from the same
+`transformers.Trainer` with the common recipe and `kqa.training.recipe.QATrainingRecipe` are trained from the same
 initial weights on the same examples and scored with the official KorQuAD 1.0 EM / character F1
 (`kqa.metric`) on two dev sets.
 
@@ -157,8 +157,13 @@ def argmax_answers(start_logits, end_logits, features, examples, tokenizer) -> t
 def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_examples: dict, work: Path) -> dict:
     import datasets
     import torch
-    from transformers import (AutoModelForQuestionAnswering, PrinterCallback, Trainer, TrainingArguments,
-                              default_data_collator)
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from kqa.metric import score_predictions
 
@@ -239,9 +244,9 @@ def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files
             train_examples, work: Path) -> dict:
     import json
 
-    from kqa.config import TrainConfig
     from kqa.features import FeatureConfig, prepare_train_features
-    from kqa.loop import QATrainingRecipe
+    from kqa.training.config import TrainConfig
+    from kqa.training.recipe import QATrainingRecipe
 
     # kqa's own count of what its windows lose (the recipe does not expose its feature report).
     _, report = prepare_train_features(train_examples, tokenizer,

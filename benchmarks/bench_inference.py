@@ -6,7 +6,7 @@ Questions and contexts are real pairs from the data directory: short contexts of
 (TyDi QA) and long ones of 2,000-4,000 characters (several 384-token windows each). The model is a
 saved kqa model directory (`--model`, e.g. outputs/offline-e5-small/best) or, by default, a random-init
 BERT built here with a WordPiece tokenizer trained on the data; the table says which. The ONNX models
-are exported from it in this run (`kqa.backends.export_onnx`, fp32 and int8) and their logits checked
+are exported from it in this run (`kqa.inference.export.export_onnx`, fp32 and int8) and their logits checked
 against the PyTorch model's.
 
 - latency: one question per call, `--runs` calls after `--warmup` calls; p50 / p95 / mean,
@@ -142,7 +142,7 @@ class StageTimer:
         try:
             yield self
         finally:
-            setattr(datasets.Dataset, "from_list", saved_from_list)
+            datasets.Dataset.from_list = saved_from_list
             for module, name, fn in patched:
                 setattr(module, name, fn)
 
@@ -218,7 +218,7 @@ BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")  # benchmark names; onnx
 
 def export_models(model_dir: Path, names, work: Path) -> dict[str, dict]:
     """The ONNX exports the requested backends need, written under `work`: name → directory and report."""
-    from kqa.backends import export_onnx
+    from kqa.inference.export import export_onnx
 
     exports = {}
     for name, quantize in (("onnx", None), ("onnx-int8", "int8")):
@@ -268,7 +268,7 @@ def op_profile(qa, pool: list[tuple], calls: int, work: Path, top: int = 12) -> 
 
     times: Counter = Counter()
     if qa.backend == "onnx":
-        from kqa.backends import OnnxQuestionAnsweringModel
+        from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
         profiled = OnnxQuestionAnsweringModel(qa.model.path, num_threads=qa.model.num_threads, config=qa.model.config,
                                               profile_prefix=str(work / "ort-profile"))

@@ -1,5 +1,5 @@
 """Which int8 settings keep a model's answers on every kind of x86-64 CPU: EM/F1 of int8 ONNX exports
-made with different `kqa.backends.Int8Settings`, against the fp32 export, on the dev sets, with the CPU
+made with different `kqa.inference.export.Int8Settings`, against the fp32 export, on the dev sets, with the CPU
 features this process runs on (numpy's CPUID detection, so an emulated CPU reports its own).
 
 ONNX Runtime picks its int8 kernels by CPU: without VNNI (AVX2, early AVX-512) it sums pairs of
@@ -33,10 +33,14 @@ from bench_inference import accuracy, build_random_model, dev_sets, question_poo
 # name → Int8Settings keyword arguments; "fp32" is the reference export.
 VARIANTS = {
     "fp32": None,
-    "u8u8": {"weight_type": "uint8"},
-    "u8s8": {"weight_type": "int8"},
-    "u8s8-reduce-range": {"weight_type": "int8", "reduce_range": True},
-    "u8s8-head-int8": {"weight_type": "int8", "span_head_fp32": False},
+    "default": {},  # Int8Settings(): 7-bit int8 weights, the feed-forward down-projections in float
+    "u8s8": {"weight_type": "int8", "reduce_range": False, "keep_fp32": []},
+    "u8u8": {"weight_type": "uint8", "reduce_range": False, "keep_fp32": []},
+    "u8s8-reduce-range": {"weight_type": "int8", "reduce_range": True, "keep_fp32": []},
+    "u8s8-head-int8": {"weight_type": "int8", "reduce_range": False, "keep_fp32": [], "span_head_fp32": False},
+    "rr-fp32-attention": {"reduce_range": True, "keep_fp32": ["attention"]},
+    "rr-fp32-attention-output": {"reduce_range": True, "keep_fp32": ["attention_output"]},
+    "rr-fp32-ffn-in": {"reduce_range": True, "keep_fp32": ["ffn_in"]},
     # PyTorch's dynamic int8 (the torch-int8 backend, made at load time from the PyTorch weights).
     "torch-int8": None,
 }
@@ -44,7 +48,8 @@ VARIANTS = {
 
 def make_exports(model_dir: Path, names: list[str], root: Path) -> dict[str, Path]:
     """Every variant's export under `root/NAME`, made unless an earlier run left it there."""
-    from kqa.backends import ONNX_EXPORT_INFO_FILE, Int8Settings, export_onnx
+    from kqa.inference.export import Int8Settings, export_onnx
+    from kqa.inference.runtimes import ONNX_EXPORT_INFO_FILE
 
     made = {}
     for name in names:
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep (and reuse) the exports in this folder; default: a temporary one")
     parser.add_argument("--runs", type=int, default=20, help="timed single questions per context kind (0: none)")
     parser.add_argument("--max-eval-examples", type=int, default=None, help="first N questions of every dev file")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="take the fp32 row from this earlier result (JSON) instead of measuring it again: "
+                             "for slow emulated runs (the fp32 export computes the same logits to ~1e-5 on any CPU)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model: checks the script runs")
     common.add_bert_shape_arguments(parser, vocab_size=8000, what="random model")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,12 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         args.runs = min(args.runs, 2)
         args.max_eval_examples = args.max_eval_examples or 4
     names = ["fp32"] + [n for n in args.variants if n != "fp32"]
+    reference_row = None
+    if args.reference is not None:
+        import json
+
+        reference_row = json.loads(args.reference.read_text(encoding="utf-8"))["results"][0]
+        if reference_row["variant"] != "fp32":
+            parser.error(f"--reference {args.reference}: its first row is not the fp32 export")
+        reference_row = {**reference_row, "variant": "fp32 (from --reference)"}
+        names = names[1:]
 
     import datasets
     import transformers
 
-    from kqa.backends import measure_int8_drift, read_export_info
     from kqa.inference import QuestionAnswerer
+    from kqa.inference.runtimes import measure_int8_drift, read_export_info
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -108,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         export_s = time.perf_counter() - t0
         sets = dev_sets(args.data_dir, args.max_eval_examples)
         pools = question_pools(args.data_dir, (150, 260), (2000, 4000)) if args.runs else {}
-        rows = []
+        rows = [reference_row] if reference_row else []
         for name in names:
             backend = "torch-int8" if name == "torch-int8" else "onnx"
             qa = QuestionAnswerer.from_pretrained(exports[name], backend=backend, int8_drift="ignore")

@@ -23,10 +23,10 @@ import common  # noqa: E402
 def time_steps(optim: str, args) -> dict:
     import torch
 
-    from kqa.config import TrainConfig
-    from kqa.loop import build_optimizer
     from kqa.modeling import QuestionAnsweringModel
     from kqa.testing import tiny_bert_config
+    from kqa.training.config import TrainConfig
+    from kqa.training.optim import build_optimizer
 
     config = tiny_bert_config(**common.bert_shape(args), max_position_embeddings=512)
     torch.manual_seed(args.seed)

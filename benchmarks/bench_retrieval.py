@@ -202,8 +202,16 @@ def main() -> int:
     datasets.disable_progress_bars()
 
     from kqa.inference import QuestionAnswerer
-    from kqa.retrieval import (BM25Index, DenseIndex, Embedder, PassageSettings, RetrieveAndRead, Retriever,
-                               RetrieverSettings, load_corpus)
+    from kqa.retrieval import (
+        BM25Index,
+        DenseIndex,
+        Embedder,
+        PassageSettings,
+        RetrieveAndRead,
+        Retriever,
+        RetrieverSettings,
+        load_corpus,
+    )
     from kqa.retrieval.corpus import split_corpus
     from kqa.retrieval.fusion import top_k
     from kqa.retrieval.sparse import make_analyzer

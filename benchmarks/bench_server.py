@@ -205,7 +205,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from kqa.server import ServerProcess
+    from kqa.serving.harness import ServerProcess
 
     machine = common.machine_info()
     common.print_header(machine, common.settings_from_args(args))

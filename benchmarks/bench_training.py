@@ -1,4 +1,4 @@
-"""Benchmark training throughput: the kqa loop (`kqa.loop.QATrainingRecipe`) against `transformers.Trainer`
+"""Benchmark training throughput: the kqa loop (`kqa.training.recipe.QATrainingRecipe`) against `transformers.Trainer`
 with the common recipe (every example padded to 512 tokens, no stride), with dynamic padding on kqa's own
 features, and with dynamic padding plus length-grouped batches.
 
@@ -64,7 +64,7 @@ RECIPES = {  # --recipes key -> the row's name
     "common": "transformers.Trainer, common recipe",
     "dynamic": "transformers.Trainer, dynamic padding",
     "grouped": "transformers.Trainer, dynamic padding + group_by_length",
-    "kqa": "kqa.loop.QATrainingRecipe",
+    "kqa": "kqa.training.recipe.QATrainingRecipe",
 }
 RANDOM_MODEL_RECIPES = ("common", "dynamic", "kqa")  # the runs of the docs/benchmarks.md table
 PRETRAINED_RECIPES = tuple(RECIPES)
@@ -183,7 +183,7 @@ def add_ratios(rows: list[dict], keys: list[str]) -> dict:
 
 def load_main_config(path: Path, data_dir: Path | None):
     """The kqa TrainConfig of `path`, read as train.py reads it (`--data-dir` overrides its data_dir)."""
-    from kqa.config import parse_config
+    from kqa.training.config import parse_config
 
     return parse_config(["--config", str(path)] + (["--data_dir", str(data_dir)] if data_dir else []))
 
@@ -279,8 +279,8 @@ def build_pretrained_initial_model(args, work: Path) -> tuple[Path, object, int,
 def setup_kqa(args, model_dir: Path, train_files: list[Path], work: Path):
     """kqa as a user gets it from TrainConfig's defaults; only what every run shares is set (not
     group_by_length nor attention_dropout: their defaults apply)."""
-    from kqa.config import TrainConfig
-    from kqa.loop import QATrainingRecipe
+    from kqa.training.config import TrainConfig
+    from kqa.training.recipe import QATrainingRecipe
 
     config = TrainConfig.from_flat(
         model_name_or_path=str(model_dir), dataset_name=None, train_files=[str(f) for f in train_files],
@@ -345,9 +345,8 @@ def trainer_sampler(trainer, grouped: bool) -> str:
 
 def run_trainer(args, model_dir: Path, dataset, collator, initial: dict, work: Path, name: str,
                 grouped: bool = False) -> Run:
-    from transformers import AutoModelForQuestionAnswering, PrinterCallback, Trainer, TrainingArguments
-
     import torch
+    from transformers import AutoModelForQuestionAnswering, PrinterCallback, Trainer, TrainingArguments
 
     from kqa.modeling import attention_dropout_of
 

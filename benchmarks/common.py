@@ -12,8 +12,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     info["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM")
-    from kqa.backends import cpu_features
+    from kqa.inference.runtimes import cpu_features
 
     info["cpu_features"] = cpu_features()  # the CPU this process runs on (an emulated one included)
     return info

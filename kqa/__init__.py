@@ -25,8 +25,8 @@ _EXPORTS = {
     "decode_answers": "kqa.postprocess",
     "score_predictions": "kqa.metric",
     "PredictionSettings": "kqa.prediction",
-    "TrainConfig": "kqa.config",
-    "QATrainingRecipe": "kqa.loop",
+    "TrainConfig": "kqa.training.config",
+    "QATrainingRecipe": "kqa.training.recipe",
     "QuestionAnswerer": "kqa.inference",
     "Answer": "kqa.inference",
     "Retriever": "kqa.retrieval",
@@ -43,14 +43,14 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kqa.config import TrainConfig
     from kqa.data import DataValidationError, LoadReport, load_examples, load_hf_dataset, load_squad_json
     from kqa.dataloaders import QACollator
     from kqa.features import FeatureConfig, prepare_eval_features, prepare_train_features
     from kqa.inference import Answer, QuestionAnswerer
-    from kqa.loop import QATrainingRecipe
     from kqa.metric import score_predictions
     from kqa.modeling import QuestionAnsweringModel
     from kqa.postprocess import PostprocessConfig, decode_answers
     from kqa.prediction import PredictionSettings
     from kqa.retrieval import RetrieveAndRead, Retriever
+    from kqa.training.config import TrainConfig
+    from kqa.training.recipe import QATrainingRecipe

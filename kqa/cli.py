@@ -4,9 +4,9 @@
     kqa predict --model outputs/kqa/best --input questions.jsonl --output answers.json --top_k 3
     kqa predict --model outputs/kqa/best --input dev.json --output predictions.json   # SQuAD file
     kqa make-tiny-model --out models/tiny-bert --text_from ../shared/data/korquad-1.0-sample/KorQuAD_v1.0_train.json
-    kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.backends
+    kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.inference.export
     kqa build-backbone --out models/e5-small                                            # see kqa.offline
-    kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.server
+    kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.serving
     kqa index --corpus my_docs/ --out my_index --embedding_model models/e5-small       # see kqa.retrieval
     kqa ask --index my_index --model outputs/kqa/best "훈민정음은 언제 반포되었는가?"
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 
 _ABSENT = object()  # a field not given (distinct from an explicit null)
 
@@ -186,11 +185,13 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.server, docs/serving.md."""
+    """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.serving, docs/serving.md."""
     import inspect
 
     try:
-        from kqa.server import BatchingSettings, ServerLimits, serve
+        from kqa.serving.app import serve
+        from kqa.serving.batching import BatchingSettings
+        from kqa.serving.schemas import ServerLimits
     except ImportError as err:
         raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
     from kqa.inference import QuestionAnswerer
@@ -223,9 +224,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A saved model → an ONNX directory (model.onnx, tokenizer, config.json, kqa_config.json) that
     QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
     PyTorch model's."""
-    from kqa.backends import Int8Settings, export_onnx
+    from kqa.inference.export import Int8Settings, export_onnx
 
-    int8 = Int8Settings(weight_type=args.int8_weight_type) if args.quantize == "int8" else None
+    int8 = None
+    if args.quantize == "int8":
+        int8 = Int8Settings(weight_type=args.int8_weight_type, reduce_range=args.int8_reduce_range,
+                            keep_fp32=tuple(args.int8_keep_fp32))
     try:
         report = export_onnx(args.model, args.out, quantize=args.quantize, opset=args.opset, int8=int8,
                              optimize=not args.no_optimize, trust_remote_code=args.trust_remote_code)
@@ -236,12 +240,15 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
           file=sys.stderr)
     print(f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
-          + (f", {report.quantize} graph {report.max_abs_diff:.2e} ({report.int8['weight_type']} weights)"
+          + (f", {report.quantize} graph {report.max_abs_diff:.2e} ({report.int8['weight_type']} weights"
+             f"{', 7-bit' if report.int8['reduce_range'] else ''}; float: "
+             f"{', '.join(report.int8['keep_fp32']) or 'nothing'} and the span head)"
              if report.quantize else "") + f", measured on a CPU with {', '.join(report.cpu) or 'no AVX2'}",
           file=sys.stderr)
     if report.quantize:
-        print("the int8 export keeps probe inputs with their fp32 logits: loading it on another CPU measures the "
-              "difference again and warns if it grew (--int8_drift)", file=sys.stderr)
+        print("int8 moves the logits: check EM/F1 on your dev set (benchmarks/bench_int8.py) before serving it; "
+              "the fp32 export is exact. The export keeps probe inputs with their fp32 logits: loading it on "
+              "another CPU measures the difference again and warns if it grew (--int8_drift)", file=sys.stderr)
     return 0
 
 
@@ -306,7 +313,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _add_int8_drift_argument(parser: argparse.ArgumentParser) -> None:
-    from kqa.backends import DRIFT_ACTIONS
+    from kqa.inference.runtimes import DRIFT_ACTIONS
 
     parser.add_argument("--int8_drift", choices=list(DRIFT_ACTIONS), default="warn",
                         help="an int8 export whose probe logits differ on this CPU more than where it was exported: "
@@ -314,8 +321,8 @@ def _add_int8_drift_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kqa.backends import INT8_WEIGHT_TYPES, Int8Settings
-    from kqa.config import parse_bool
+    from kqa.inference.export import INT8_WEIGHT_TYPES, LAYER_KINDS, Int8Settings
+    from kqa.training.config import parse_bool
 
     parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -384,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["onnx"], default="onnx")
     e.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the weights")
     e.add_argument("--int8_weight_type", choices=list(INT8_WEIGHT_TYPES), default=Int8Settings.weight_type,
-                   help="uint8 (default: exact int8 products on every x86-64 CPU) or int8 (saturates on CPUs "
-                        "without VNNI; docs/inference.md)")
+                   help=f"int8 weights (default {Int8Settings.weight_type}; docs/inference.md measures both)")
+    e.add_argument("--int8_reduce_range", type=parse_bool, metavar="{true,false}", default=Int8Settings.reduce_range,
+                   help=f"7-bit weights, the same logits on CPUs with and without VNNI "
+                        f"(default {str(Int8Settings.reduce_range).lower()})")
+    e.add_argument("--int8_keep_fp32", nargs="*", choices=list(LAYER_KINDS), default=list(Int8Settings.keep_fp32),
+                   help=f"kinds of encoder layers left in float (default: {' '.join(Int8Settings.keep_fp32)})")
     e.add_argument("--out", required=True, help="new directory to write the export to")
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--no_optimize", action="store_true",

@@ -23,9 +23,10 @@ import json
 import logging
 import numbers
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import datasets
 

@@ -13,8 +13,9 @@ first; `accelerate`'s prepared loaders forward `set_epoch` to the sampler).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class QACollator:
             raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of}")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, pad_to_multiple_of: Optional[int] = None) -> "QACollator":
+    def from_tokenizer(cls, tokenizer, pad_to_multiple_of: Optional[int] = None) -> QACollator:
         if tokenizer.pad_token_id is None:
             raise ValueError(f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token first")
         return cls(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)

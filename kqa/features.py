@@ -269,7 +269,7 @@ def _tokenizer_digest(backend) -> str:
             backend.enable_padding(**padding)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_digest() -> str:
     """A digest of the code that shapes features. `datasets` fingerprints a map function by its own
     bytecode only, not the functions it calls; passing this digest as an argument makes any change to

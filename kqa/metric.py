@@ -33,9 +33,10 @@ import logging
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from kqa.text import read_utf8_text, to_nfc
 

@@ -203,7 +203,7 @@ class QuestionAnsweringModel(nn.Module):
     @classmethod
     def from_backbone(cls, name_or_path: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
                       attention_dropout: Optional[float] = None, dtype: torch.dtype = torch.float32,
-                      **config_overrides) -> "QuestionAnsweringModel":
+                      **config_overrides) -> QuestionAnsweringModel:
         """Pretrained encoder weights (a local directory or a hub name) and a freshly initialised head.
 
         `attention_dropout` (None: the config's own) sets the dropout on attention probabilities, whatever
@@ -225,7 +225,7 @@ class QuestionAnsweringModel(nn.Module):
 
     @classmethod
     def from_config(cls, config, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
-                    dtype: torch.dtype = torch.float32) -> "QuestionAnsweringModel":
+                    dtype: torch.dtype = torch.float32) -> QuestionAnsweringModel:
         """A randomly initialised encoder (built from a copy of `config`) and head."""
         from transformers import AutoModel
 
@@ -236,7 +236,7 @@ class QuestionAnsweringModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
                         attention_dropout: Optional[float] = None,
-                        dtype: torch.dtype = torch.float32) -> "QuestionAnsweringModel":
+                        dtype: torch.dtype = torch.float32) -> QuestionAnsweringModel:
         """Load a directory written by `save_pretrained` (or a `transformers` `*ForQuestionAnswering`
         directory with safetensors weights). Pickle-based weights (`pytorch_model.bin`, ...) are refused."""
         from transformers import AutoConfig

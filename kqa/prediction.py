@@ -1,6 +1,6 @@
 """Features → logits → answers: the one prediction path.
 
-The training loop's evaluation (`kqa.loop`), model evaluation (`kqa.evaluation`, `evaluate.py`),
+The training loop's evaluation (`kqa.training.recipe`), model evaluation (`kqa.training.evaluation`, `evaluate.py`),
 `QuestionAnswerer` (`kqa.inference`) and `kqa predict` all run a model through `predict_logits`,
 decode the logits with the n-best post-processor (`kqa.postprocess.decode_answers`) and, where gold
 answers exist, score them with the official metric (`kqa.metric.score_predictions`). So the numbers
@@ -14,9 +14,10 @@ geometry (`FeatureConfig`) and the post-processing settings (`PostprocessConfig`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class PredictionSettings:
         return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "PredictionSettings":
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> PredictionSettings:
         """The nested layout of `to_dict`. Models saved by kqa 0.1.0 wrote the same fields flat; they
         are read into the same dataclasses."""
         if not any(name in data for name in _SECTIONS):
@@ -57,7 +58,7 @@ class PredictionSettings:
             parts[name] = _build(section, values, f"{source}: {name}")
         return cls(**parts)
 
-    def with_overrides(self, source: str = "overrides", **values: Any) -> "PredictionSettings":
+    def with_overrides(self, source: str = "overrides", **values: Any) -> PredictionSettings:
         """A copy with flat field overrides (`max_seq_length=512`, `n_best_size=5`, …) routed to the
         dataclass that owns them; `None` values leave a field as it is."""
         values = {k: v for k, v in values.items() if v is not None}
@@ -127,7 +128,7 @@ def _pad(logits: torch.Tensor, width: int) -> torch.Tensor:
 
 def _input_device(model) -> torch.device:
     """Where a batch goes: the model's `device` attribute when it has one (an ONNX Runtime backend of
-    `kqa.backends` has no parameters), else the device of its first parameter."""
+    `kqa.inference.runtimes` has no parameters), else the device of its first parameter."""
     device = getattr(model, "device", None)
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 

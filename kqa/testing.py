@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 # Hand-written Korean QA examples in the flat SQuAD row layout used across kqa
 # (id, title, context, question, answers{text, answer_start}, is_impossible).

@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import json
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

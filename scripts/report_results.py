@@ -18,16 +18,17 @@ import json
 import os
 import platform
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kqa.config import TrainConfig, load_yaml
 from kqa.data import load_squad_json
 from kqa.features import FeatureConfig, prepare_eval_features
 from kqa.metric import exact_match_score, f1_score
+from kqa.training.config import TrainConfig, load_yaml
 
 # Particles and copulas that attach to Korean nouns: the usual "almost right" answer.
 PARTICLES = sorted(["은", "는", "이", "가", "을", "를", "의", "에", "에서", "에게", "로", "으로", "와", "과", "도",

@@ -1,4 +1,4 @@
-"""Inference backends (kqa.backends): torch, torch-int8, onnx (fp32 and int8 exports), on tiny models.
+"""Inference runtimes and export (kqa.inference.runtimes, kqa.inference.export): torch, torch-int8, onnx (fp32 and int8 exports), on tiny models.
 
 `token_scoring_model` gives every context one span whose start and end tokens score MARK while all
 others score 0, so every backend, quantised or not, must return exactly that span; a seeded
@@ -22,19 +22,18 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx backend needs requirements-serve.txt")
 pytest.importorskip("onnx", reason="kqa export needs requirements-serve.txt")
 
-from kqa.backends import (  # noqa: E402
+from kqa.inference import QuestionAnswerer  # noqa: E402
+from kqa.inference.export import Int8Settings, export_onnx  # noqa: E402
+from kqa.inference.runtimes import (  # noqa: E402
     BACKENDS,
     DRIFT_MARGIN,
     ONNX_EXPORT_INFO_FILE,
     ONNX_FILE,
     ONNX_PROBES_FILE,
-    Int8Settings,
     OnnxQuestionAnsweringModel,
     cpu_features,
-    export_onnx,
     load_model,
 )
-from kqa.inference import QuestionAnswerer  # noqa: E402
 from kqa.testing import KOREAN_EXAMPLES, tiny_bert_config, token_scoring_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,8 +179,8 @@ def test_int8_answers_keep_the_fp32_spans_and_ranks(exports, random_dir):
 def test_the_int8_export_keeps_probes_and_checks_them_at_load(exports):
     directory, report = exports["marked", "int8"]
     info = json.loads((directory / ONNX_EXPORT_INFO_FILE).read_text())
-    assert info["int8"] == {"weight_type": "uint8", "per_channel": True, "reduce_range": False,
-                            "span_head_fp32": True}
+    assert info["int8"] == {"weight_type": "int8", "per_channel": True, "reduce_range": True,
+                            "span_head_fp32": True, "keep_fp32": ["ffn_out"]}
     assert info["cpu"] == cpu_features() and "AVX2" in info["cpu"]
     model = load_model(directory)
     assert model.drift.export_max_abs_diff == report.max_abs_diff
@@ -204,7 +203,7 @@ def _drifted_copy(directory: Path, tmp_path: Path, shift: float) -> Path:
 
 def test_an_int8_export_that_drifts_here_is_named_at_load(exports, tmp_path, caplog):
     directory = _drifted_copy(exports["marked", "int8"][0], tmp_path, shift=1.0)
-    with caplog.at_level("WARNING", logger="kqa.backends"):
+    with caplog.at_level("WARNING", logger="kqa.inference.runtimes"):
         qa = QuestionAnswerer.from_pretrained(directory)
     assert qa.model.drift.drifted and qa.model.drift.max_abs_diff == pytest.approx(1.0, abs=0.01)
     assert "differ from the fp32 model's by 1" in caplog.text and "fp32 export" in caplog.text
@@ -216,30 +215,45 @@ def test_an_int8_export_that_drifts_here_is_named_at_load(exports, tmp_path, cap
     # Within the bound: no warning.
     caplog.clear()
     small = _drifted_copy(exports["marked", "int8"][0], tmp_path / "small", shift=DRIFT_MARGIN / 2)
-    with caplog.at_level("WARNING", logger="kqa.backends"):
+    with caplog.at_level("WARNING", logger="kqa.inference.runtimes"):
         assert not QuestionAnswerer.from_pretrained(small).model.drift.drifted
     assert "differ from the fp32" not in caplog.text
 
 
-@pytest.mark.parametrize("settings", [{"weight_type": "int8"}, {"weight_type": "uint8", "reduce_range": True},
-                                      {"span_head_fp32": False}])
-def test_int8_settings_reach_the_graph(settings, marked_dir, tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"weight_type": "uint8", "reduce_range": False},
+                                      {"span_head_fp32": False, "keep_fp32": ()},
+                                      {"keep_fp32": ("attention", "ffn_in")}])
+def test_int8_settings_reach_the_graph(settings, random_dir, tmp_path):
     import onnx
 
-    report = export_onnx(marked_dir, tmp_path / "e", quantize="int8", int8=Int8Settings(**settings))
-    assert report.int8 == {**asdict(Int8Settings()), **settings}
+    report = export_onnx(random_dir, tmp_path / "e", quantize="int8", int8=Int8Settings(**settings))
+    expected = {**asdict(Int8Settings()), **settings}
+    assert report.int8 == {**expected, "keep_fp32": tuple(expected["keep_fp32"])}
     graph = onnx.load(str(tmp_path / "e" / ONNX_FILE)).graph
-    head = {n.op_type for n in graph.node if "/qa_outputs/" in n.name}
-    integer_ops = {"DynamicQuantizeMatMul", "MatMulInteger"}
-    assert bool(head & integer_ops) == (not settings.get("span_head_fp32", True)), head
-    weights = {i.name: i.data_type for i in graph.initializer if i.name.endswith("_quantized")}
-    wanted = onnx.TensorProto.INT8 if settings.get("weight_type") == "int8" else onnx.TensorProto.UINT8
-    assert weights and set(weights.values()) == {wanted}, weights
+    integer_ops = {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention"}
+
+    def quantized(pattern: str, exclude: str = "\0") -> bool:  # some node of these layers runs in int8
+        ops = {n.op_type for n in graph.node if pattern in n.name and exclude not in n.name}
+        assert ops, pattern
+        return bool(ops & integer_ops)
+
+    keep = set(expected["keep_fp32"])
+    assert quantized("/qa_outputs/") == (not expected["span_head_fp32"])
+    assert quantized("/intermediate/dense/") == ("ffn_in" not in keep)
+    assert quantized("/output/dense/", exclude="/attention/") == ("ffn_out" not in keep)
+    assert quantized("/attention/output/dense/") == ("attention_output" not in keep)
+    fused_attention = {n.op_type for n in graph.node if n.op_type in ("Attention", "QAttention")}
+    assert fused_attention == ({"Attention"} if "attention" in keep else {"QAttention"})
+    weights = {i.data_type for i in graph.initializer if i.name.endswith("_quantized")}
+    wanted = onnx.TensorProto.INT8 if expected["weight_type"] == "int8" else onnx.TensorProto.UINT8
+    assert weights == {wanted}, weights
 
 
 def test_bad_int8_settings_are_clear_errors(marked_dir, tmp_path):
     with pytest.raises(ValueError, match="int8 weight_type must be one of uint8, int8, got 'int4'"):
         Int8Settings(weight_type="int4")
+    with pytest.raises(ValueError, match=r"unknown layer kinds \['mlp'\]; choose from attention, attention_output"):
+        Int8Settings(keep_fp32=("mlp",))
     with pytest.raises(ValueError, match="int8 settings are for quantize='int8'"):
         export_onnx(marked_dir, tmp_path / "e", int8=Int8Settings())
 
@@ -361,7 +375,7 @@ def test_kqa_export_and_predict_on_the_export(tmp_path, marked_dir):
     proc = _kqa("export", "--model", str(marked_dir), "--format", "onnx", "--quantize", "int8", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "max |logit difference|" in proc.stderr and (out / ONNX_FILE).is_file()
-    assert "(uint8 weights), measured on a CPU with AVX2" in proc.stderr
+    assert "(int8 weights, 7-bit; float: ffn_out and the span head), measured on a CPU with AVX2" in proc.stderr
     ex = KOREAN_EXAMPLES[0]
     proc = _kqa("predict", "--model", str(out), "--question", ex["question"], "--context", ex["context"])
     assert proc.returncode == 0, proc.stderr

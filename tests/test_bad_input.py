@@ -1,5 +1,5 @@
 """Bad input files for the readers that have no test module of their own: `kqa predict --input`
-(`kqa.cli._read_questions`) and, for the byte-order mark, `kqa.config.load_yaml`.
+(`kqa.cli._read_questions`) and, for the byte-order mark, `kqa.training.config.load_yaml`.
 
 The rule: every reader either reads a file or raises a ValueError that names the file, the record
 (line or data[a].paragraphs[p].qas[q]) and the problem; nothing is dropped silently. Every reader
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kqa.cli import _read_questions
-from kqa.config import load_yaml
+from kqa.training.config import load_yaml
 
 BOM = b"\xef\xbb\xbf"
 CONTEXT = "대한민국의 수도는 서울이다."
@@ -187,11 +187,11 @@ def test_squad_file_malformed_record_names_the_file_record_and_problem(tmp_path,
         _read_questions(path)
 
 
-# --- kqa.config.load_yaml ----------------------------------------------------------------------------
+# --- kqa.training.config.load_yaml ----------------------------------------------------------------------------
 
 def test_yaml_config_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "bom.yaml"
-    path.write_bytes(BOM + "max_seq_length: 256\nlearning_rate: 3.0e-5\n".encode())
+    path.write_bytes(BOM + b"max_seq_length: 256\nlearning_rate: 3.0e-5\n")
     assert load_yaml(path) == {"max_seq_length": 256, "learning_rate": 3.0e-5}
 
 

@@ -67,7 +67,7 @@ def test_bench_training(tmp_path, data_dir):
                         out=tmp_path / "training.json")
     rows = result["results"]
     assert [r["recipe"] for r in rows] == ["transformers.Trainer, common recipe",
-                                           "transformers.Trainer, dynamic padding", "kqa.loop.QATrainingRecipe"]
+                                           "transformers.Trainer, dynamic padding", "kqa.training.recipe.QATrainingRecipe"]
     for row in rows:
         assert row["s_per_step"] > 0 and row["samples_per_s"] > 0
         assert 0 < row["non_pad_tokens_per_s"] <= row["padded_tokens_per_s"]
@@ -117,7 +117,7 @@ def test_bench_training_pretrained_backbone(tmp_path, data_dir, tiny_tokenizer, 
     rows = {row["recipe"]: row for row in result["results"]}
     common_recipe, dynamic, grouped, kqa = (rows[name] for name in (
         "transformers.Trainer, common recipe", "transformers.Trainer, dynamic padding",
-        "transformers.Trainer, dynamic padding + group_by_length", "kqa.loop.QATrainingRecipe"))
+        "transformers.Trainer, dynamic padding + group_by_length", "kqa.training.recipe.QATrainingRecipe"))
     assert list(rows) == [r["recipe"] for r in (common_recipe, dynamic, grouped, kqa)]
     for row in rows.values():
         assert row["s_per_step"] > 0 and row["samples_per_s"] > 0
@@ -147,9 +147,10 @@ def test_bench_training_pretrained_backbone(tmp_path, data_dir, tiny_tokenizer, 
 def test_bench_int8(tmp_path, data_dir):
     pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
     result = run_script("bench_int8.py", "--smoke", "--data-dir", str(data_dir), "--exports", str(tmp_path / "e"),
-                        out=tmp_path / "int8.json")
+                        "--variants", "default", "u8s8", "torch-int8", out=tmp_path / "int8.json")
     rows = {r["variant"]: r for r in result["results"]}
-    assert list(rows) == ["fp32", "u8u8", "u8s8", "u8s8-reduce-range", "u8s8-head-int8", "torch-int8"]
+    assert list(rows) == ["fp32", "default", "u8s8", "torch-int8"]
+    assert rows["default"]["settings"] == {} and rows["u8s8"]["settings"]["reduce_range"] is False
     assert "AVX2" in result["machine"]["cpu_features"]
     assert rows["fp32"]["korquad-1.0-sample_f1_delta"] == 0.0 and rows["fp32"]["short_speedup"] == 1.0
     for name, row in rows.items():

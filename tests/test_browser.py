@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi", reason="kqa serve needs fastapi (pip install -r requirements.txt)")
 pytest.importorskip("selenium", reason="the browser test needs selenium (pip install -r requirements.txt)")
 
-from kqa.server import ServerProcess  # noqa: E402
+from kqa.serving.harness import ServerProcess  # noqa: E402
 from kqa.testing import KOREAN_EXAMPLES, token_scoring_model  # noqa: E402
 
 CHROMEDRIVER_CANDIDATES = [os.environ.get("CHROMEDRIVER", ""), "/usr/bin/chromedriver",

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from kqa.config import TrainConfig, parse_config
+from kqa.training.config import TrainConfig, parse_config
 
 
 def test_defaults_are_the_reference_recipe():

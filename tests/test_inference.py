@@ -200,7 +200,7 @@ def test_bad_input_is_rejected(qa):
 
 
 def test_predict_rows_equals_the_evaluation_predictions(qa, marked_dir, tmp_path):
-    from kqa.evaluation import evaluate_model
+    from kqa.training.evaluation import evaluate_model
 
     data = tmp_path / "ko.json"
     data.write_text(json.dumps(korean_squad_json(), ensure_ascii=False), encoding="utf-8")

@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kqa.config import TrainConfig
-from kqa.loop import (
-    STATE_MARKER,
-    NonFiniteLossError,
-    QATrainingRecipe,
-    find_latest_checkpoint,
-)
 from kqa.testing import korean_squad_json, tiny_bert_config
+from kqa.training.checkpoints import STATE_MARKER, find_latest_checkpoint
+from kqa.training.config import TrainConfig
+from kqa.training.recipe import NonFiniteLossError, QATrainingRecipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -256,8 +252,8 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir,
 def test_fused_adamw_takes_the_same_steps_as_the_for_each_one(tmp_path):
     """The default optimizer is torch's fused AdamW (faster on CPU and GPU); it must be a drop-in: same
     parameter groups (no decay on biases and LayerNorm), same updates as the for-each AdamW."""
-    from kqa.loop import build_optimizer
     from kqa.modeling import QuestionAnsweringModel
+    from kqa.training.optim import build_optimizer
 
     torch.manual_seed(0)
     config = tiny_bert_config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -401,7 +397,7 @@ def _netrc_without_wandb_environment(tmp_path: Path, monkeypatch, host: str) -> 
 
 def test_wandb_credentials_from_netrc_or_environment_are_recognised(tmp_path, monkeypatch):
     """A user logged in with `wandb login` (a netrc entry) is not forced offline; no credentials at all is."""
-    from kqa.loop import wandb_credentials_exist
+    from kqa.training.tracking import wandb_credentials_exist
 
     netrc_file = _netrc_without_wandb_environment(tmp_path, monkeypatch, "example.org")
     assert not wandb_credentials_exist()
@@ -415,7 +411,7 @@ def test_wandb_credentials_from_netrc_or_environment_are_recognised(tmp_path, mo
 
 
 def test_only_a_user_without_any_credentials_is_switched_to_offline(tmp_path, monkeypatch):
-    from kqa.loop import default_wandb_to_offline
+    from kqa.training.tracking import default_wandb_to_offline
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     _netrc_without_wandb_environment(tmp_path, monkeypatch, "api.wandb.ai")
@@ -446,7 +442,7 @@ def test_mixed_precision_unset_follows_accelerate_and_explicit_values_win(backbo
 
 @pytest.mark.parametrize("cuda, bf16, expected", [(False, False, "no"), (True, True, "bf16"), (True, False, "fp16")])
 def test_auto_mixed_precision_is_bf16_where_supported_else_fp16_on_cuda(monkeypatch, cuda, bf16, expected):
-    from kqa.config import resolve_mixed_precision
+    from kqa.training.config import resolve_mixed_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
@@ -457,9 +453,9 @@ def test_auto_mixed_precision_is_bf16_where_supported_else_fp16_on_cuda(monkeypa
 
 def test_evaluate_model_follows_accelerates_mixed_precision_when_unset(trained_model_dir, korean_squad_file,
                                                                        monkeypatch):
-    from kqa.evaluation import evaluate_model
-
     from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from kqa.training.evaluation import evaluate_model
 
     def evaluate(**kwargs):  # each evaluate.py run is a new process: a new Accelerate state
         AcceleratorState._reset_state(True)
@@ -476,8 +472,8 @@ def test_evaluate_model_follows_accelerates_mixed_precision_when_unset(trained_m
 
 
 def test_without_evaluation_the_final_model_is_saved_loadable(backbone_dir, korean_squad_file, tmp_path):
-    from kqa.evaluation import evaluate_model
     from kqa.inference import QuestionAnswerer
+    from kqa.training.evaluation import evaluate_model
 
     cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=3, eval_strategy="no",
                   save_strategy="no")
@@ -518,9 +514,9 @@ def test_one_model_gives_byte_identical_predictions_through_every_path(trained_r
     """The loop's evaluation, evaluate.py and QuestionAnswerer are one prediction path. (Same batch size
     as the run's evaluation: another batching pads to other widths, which moves the last float digits.)"""
     from kqa.data import load_squad_json
-    from kqa.evaluation import evaluate_model
     from kqa.inference import QuestionAnswerer
     from kqa.postprocess import write_predictions
+    from kqa.training.evaluation import evaluate_model
 
     best = trained_run / "best"
     from_loop = best / "predictions" / "ko"
@@ -623,8 +619,8 @@ def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_
                                                                           tmp_path):
     """`trust_remote_code` reaches every loader: training, evaluate_model, QuestionAnswerer, and training
     on from a saved kqa model. Without it each refuses to run the code."""
-    from kqa.evaluation import evaluate_model
     from kqa.inference import QuestionAnswerer
+    from kqa.training.evaluation import evaluate_model
 
     backbone = tmp_path / "remote"
     _make_backbone_dir(backbone, tiny_tokenizer)
@@ -731,8 +727,8 @@ def test_attention_dropout_names_the_model_without_one(tmp_path):
 
 
 def test_layer_lr_decay_scales_each_layer_from_the_head_down():
-    from kqa.loop import build_optimizer, layer_depth
     from kqa.modeling import QuestionAnsweringModel
+    from kqa.training.optim import build_optimizer, layer_depth
 
     config = tiny_bert_config(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
                               intermediate_size=32, max_position_embeddings=32)
@@ -750,7 +746,7 @@ def test_layer_lr_decay_scales_each_layer_from_the_head_down():
     assert lr_of[id(named["bert.encoder.layer.1.output.LayerNorm.bias"])] == (0.25, 0.0)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
     # The schedule scales every group's own rate.
-    from kqa.loop import build_scheduler
+    from kqa.training.optim import build_scheduler
 
     scheduler = build_scheduler(optimizer, TrainConfig(train_files=["x"], warmup_ratio=0.0), 10)
     optimizer.step()

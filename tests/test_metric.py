@@ -15,14 +15,13 @@ import pytest
 
 from kqa.metric import (
     EvalResult,
-    score_files,
-    score_predictions,
     exact_match_score,
     f1_score,
     normalize_answer,
+    score_files,
+    score_predictions,
     squad_word_f1,
 )
-
 
 # --------------------------------------------------------------------------------------------------
 # The official KorQuAD v1.0 evaluation functions, restated (regex substitutions one by one, as the

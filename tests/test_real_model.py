@@ -33,8 +33,8 @@ def e5_backbone(tmp_path_factory, data_dir) -> Path:
 
 def test_a_short_fine_tune_of_the_real_backbone_learns_korean_qa(e5_backbone, data_dir, tmp_path):
     """40 optimizer steps of 16 windows (from 640 TyDi questions) lift dev F1 well above the untrained head."""
-    from kqa.config import TrainConfig
-    from kqa.loop import QATrainingRecipe
+    from kqa.training.config import TrainConfig
+    from kqa.training.recipe import QATrainingRecipe
 
     tydi = data_dir / "tydiqa-goldp-ko"
     config = TrainConfig.from_flat(

@@ -135,8 +135,8 @@ def finished_run(tmp_path_factory, tiny_tokenizer) -> Path:
     from accelerate.state import AcceleratorState, GradientState, PartialState
     from transformers import BertModel
 
-    from kqa.config import TrainConfig
-    from kqa.loop import QATrainingRecipe
+    from kqa.training.config import TrainConfig
+    from kqa.training.recipe import QATrainingRecipe
 
     root = tmp_path_factory.mktemp("report_run")
     short_file, long_file = root / "korean.json", root / "korean_long.json"
@@ -227,9 +227,9 @@ def test_gold_answer_positions_use_the_runs_windows(finished_run):
     # The windows that hold an answer, counted from the training labels (CLS, position 0, elsewhere).
     from transformers import AutoTokenizer
 
-    from kqa.config import TrainConfig, load_yaml
     from kqa.data import load_squad_json
     from kqa.features import prepare_train_features
+    from kqa.training.config import TrainConfig, load_yaml
 
     config = TrainConfig.from_flat(**load_yaml(finished_run / "train_config.yaml"))
     tokenizer = AutoTokenizer.from_pretrained(str(finished_run / "best"))

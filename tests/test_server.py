@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("fastapi", reason="kqa serve needs fastapi (pip install -r requirements.txt)")
 pytest.importorskip("uvicorn", reason="kqa serve needs uvicorn (pip install -r requirements.txt)")
 
-from kqa.server import ServerProcess  # noqa: E402
+from kqa.serving.harness import ServerProcess  # noqa: E402
 from kqa.testing import KOREAN_EXAMPLES, token_scoring_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -529,7 +529,7 @@ def test_serve_refuses_passages_over_max_passages(model_dir, index_dir):
 def test_an_internal_error_is_a_500_with_a_logged_id(caplog):
     from fastapi.testclient import TestClient
 
-    from kqa.server import create_app
+    from kqa.serving.app import create_app
 
     class Broken:
         class settings:  # noqa: N801 - mimics QuestionAnswerer.settings

@@ -31,9 +31,9 @@ Only numpy is needed: the file is memory-mapped and tensors are views into it un
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

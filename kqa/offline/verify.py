@@ -12,16 +12,15 @@ different inputs, so such texts are left out of the comparison and counted in th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from kqa.offline.sources import default_model_file
+from kqa.retrieval.dense import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
 
-E5_QUERY_PREFIX = "query: "
-E5_PASSAGE_PREFIX = "passage: "
 DEFAULT_MIN_COSINE = 0.999
 MIN_COMPARED_TEXTS = 4
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from kqa.text import NotUtf8Error, decode_utf8, iter_jsonl_objects
 from kqa.text import check_text as _check_text

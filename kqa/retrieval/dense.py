@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from kqa.offline.verify import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
+# e5 models embed "query: …" and "passage: …" differently; the offline check of the backbone uses them too.
+E5_QUERY_PREFIX = "query: "
+E5_PASSAGE_PREFIX = "passage: "
+
 
 POOLINGS = ("mean", "cls")
 DEFAULT_EMBEDDING_MODEL = "intfloat/multilingual-e5-small"  # on the hub; offline, the same model is models/e5-small
@@ -95,7 +98,7 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, settings: EmbedderSettings = EmbedderSettings(),
                         device: str | None = None, batch_size: int = 32,
-                        trust_remote_code: bool = False) -> "Embedder":
+                        trust_remote_code: bool = False) -> Embedder:
         """A local directory or a hub name. Local directories are recorded by absolute path so an index
         finds its model from any working directory."""
         import torch

@@ -19,8 +19,8 @@ probabilities summed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from kqa.retrieval.retriever import RetrievedPassage, Retriever
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class Retriever:
     @classmethod
     def build(cls, documents: Sequence[Document], settings: RetrieverSettings = RetrieverSettings(), *,
               embedder: Embedder | None = None, passage_settings: PassageSettings = PassageSettings(),
-              corpus_report: CorpusReport | None = None, show_progress: bool = False) -> "Retriever":
+              corpus_report: CorpusReport | None = None, show_progress: bool = False) -> Retriever:
         """Split the documents into passages and index them (BM25 over the analyzer's terms, embeddings
         for dense / hybrid). Embeddings are computed here, once; queries are embedded at search time."""
         if not documents:
@@ -241,7 +241,7 @@ class Retriever:
 
     @classmethod
     def load(cls, directory: str | Path, *, embedder: Embedder | str | Path | None = None,
-             method: str | None = None, device: str | None = None) -> "Retriever":
+             method: str | None = None, device: str | None = None) -> Retriever:
         """Load a saved index. With embeddings, the embedding model is the one recorded in the index
         (or `embedder`: an `Embedder`, or a name / path to load); it must be the model the passages were
         embedded with (same weights and vocabulary), else `IndexMismatchError`. So must the analyzer's

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -113,7 +113,7 @@ class BM25Index:
         self._bm25 = bm25
 
     @classmethod
-    def build(cls, passage_terms: Iterable[list[str]], *, show_progress: bool = False) -> "BM25Index":
+    def build(cls, passage_terms: Iterable[list[str]], *, show_progress: bool = False) -> BM25Index:
         import bm25s
 
         bm25 = bm25s.BM25()
@@ -136,7 +136,7 @@ class BM25Index:
         self._bm25.save(str(directory), allow_pickle=False, show_progress=False)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "BM25Index":
+    def load(cls, directory: str | Path) -> BM25Index:
         import bm25s
 
         directory = Path(directory)

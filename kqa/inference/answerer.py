@@ -5,7 +5,7 @@ wrapped for raw (question, context) pairs of any length.
     qa("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이며, …")
     # Answer(text='서울', start=10, end=12, score=…, probability=…)
 
-Backends (`kqa.backends`, docs/inference.md): `backend="torch"` (default, `dtype=` for fp16/bf16 on
+Backends (`kqa.inference.runtimes`, docs/inference.md): `backend="torch"` (default, `dtype=` for fp16/bf16 on
 GPUs), `"torch-int8"` (dynamic int8 quantisation, CPU) and `"onnx"` (ONNX Runtime, CPU; a directory
 written by `kqa export` loads with it by default). All of them run through `kqa.prediction`.
 """
@@ -13,9 +13,10 @@ written by `kqa export` loads with it by default). All of them run through `kqa.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 
@@ -65,7 +66,7 @@ class QuestionAnswerer:
 
     def __init__(self, model, tokenizer, *, settings: PredictionSettings | None = None,
                  device: str | torch.device | None = None, batch_size: int = 32, backend: str | None = None):
-        from kqa.backends import OnnxQuestionAnsweringModel
+        from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -81,22 +82,22 @@ class QuestionAnswerer:
     def from_pretrained(cls, model_dir: str | Path, *, backend: str | None = None, dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, batch_size: int = 32, num_threads: int | None = None,
                         trust_remote_code: bool = False, int8_drift: str = "warn",
-                        **overrides) -> "QuestionAnswerer":
+                        **overrides) -> QuestionAnswerer:
         """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).
         Feature and post-processing settings are those saved with it (kqa_config.json); flat keyword
         overrides such as `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is
         needed for an encoder whose code lives beside its weights, as it was for training it.
 
-        `backend` (see `kqa.backends`): "torch" (default; `dtype=torch.float16` or `torch.bfloat16` casts
+        `backend` (see `kqa.inference.runtimes`): "torch" (default; `dtype=torch.float16` or `torch.bfloat16` casts
         the model, for GPUs; logits are decoded in float32 either way), "torch-int8" (PyTorch dynamic
         int8 quantisation of every linear layer, CPU) or "onnx" (ONNX Runtime on the CPU; the default for
         a directory holding `model.onnx`). `num_threads` sets ONNX Runtime's intra-op threads (default:
         torch's) or, for the torch backends, torch's. `int8_drift`: what to do when an int8 export's probe
         logits differ on this CPU more than where it was exported ("warn", "error" or "ignore";
-        `kqa.backends.check_int8_drift`)."""
+        `kqa.inference.runtimes.check_int8_drift`)."""
         from transformers import AutoTokenizer
 
-        from kqa.backends import check_backend, default_backend, load_model
+        from kqa.inference.runtimes import check_backend, default_backend, load_model
 
         backend = check_backend(backend or default_backend(model_dir))
         if backend in ("onnx", "torch-int8") and device is not None and torch.device(device).type != "cpu":

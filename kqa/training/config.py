@@ -199,7 +199,7 @@ class TrainConfig:
         return named
 
     @classmethod
-    def from_flat(cls, **values: Any) -> "TrainConfig":
+    def from_flat(cls, **values: Any) -> TrainConfig:
         """A TrainConfig from flat keys, as YAML and flags give them: the fields of FeatureConfig and
         PostprocessConfig (`max_seq_length=64`, `n_best_size=5`) go to those dataclasses."""
         nested = {}

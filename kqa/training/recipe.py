@@ -20,23 +20,18 @@ import contextlib
 import json
 import logging
 import math
-import netrc
-import os
-import re
 import shutil
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
-from urllib.parse import urlparse
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from kqa.config import TrainConfig, resolve_mixed_precision
 from kqa.data import load_hf_dataset, load_squad_json
 from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader, sort_by_length
 from kqa.features import prepare_eval_features, prepare_train_features
@@ -44,12 +39,13 @@ from kqa.metric import score_predictions
 from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
 from kqa.postprocess import decode_answers, write_predictions
 from kqa.prediction import PredictionSet, predict_and_score
+from kqa.training.checkpoints import CHECKPOINT_PREFIX, STATE_MARKER, find_latest_checkpoint, list_checkpoints
+from kqa.training.config import TrainConfig, resolve_mixed_precision
+from kqa.training.optim import build_optimizer, build_scheduler
+from kqa.training.tracking import METRICS_FILE, _read_records, default_wandb_to_offline, peak_memory_mb
 
-logger = logging.getLogger("kqa.loop")
+logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_MARKER = "kqa_trainer_state.json"  # written last: a checkpoint without it is incomplete
-METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,110 +89,22 @@ class TrainResult:
 # Stage helpers
 # --------------------------------------------------------------------------------------------------
 
-_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 
 
-def layer_depth(name: str, num_layers: int) -> int:
-    """Depth of a parameter for layer-wise learning-rate decay: 0 for embeddings, i + 1 for encoder
-    layer i, num_layers + 1 for everything above the last layer (final norms, the span head)."""
-    match = _LAYER_INDEX.search(f".{name}")
-    if match:
-        return int(match.group(1)) + 1
-    if "embed" in name.lower():
-        return 0
-    return num_layers + 1
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm weights get no weight decay. With `layer_lr_decay` < 1, each layer's
-    learning rate is the one above it times the decay: the head trains at `learning_rate`, the last
-    encoder layer at lr·decay, ..., the embeddings at lr·decay^(layers + 1)."""
-    layer_numbers = [int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(f".{name}"))]
-    num_layers = max(layer_numbers, default=-1) + 1
-    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_norm = "layernorm" in name.lower() or "layer_norm" in name.lower() or ".ln" in name.lower()
-        depth = layer_depth(name, num_layers) if config.layer_lr_decay != 1.0 else num_layers + 1
-        groups.setdefault((depth, name.endswith(".bias") or is_norm), []).append(param)
-    param_groups = [
-        {"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
-         "lr": config.learning_rate * config.layer_lr_decay ** (num_layers + 1 - depth)}
-        for (depth, no_decay), params in sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))
-    ]
-    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
-    if config.optim == "adamw_torch_fused":
-        # One fused kernel instead of a chain of for-each ops: on 2 CPU cores the optimizer step of a
-        # 7M-parameter model drops from ~30 ms to ~10 ms (docs/benchmarks.md, training throughput).
-        try:
-            return torch.optim.AdamW(param_groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError) as err:  # older torch: no fused AdamW on this device
-            logger.warning("fused AdamW is not available here (%s); using the for-each AdamW", err)
-    return torch.optim.AdamW(param_groups, **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, num_training_steps: int):
-    """Linear warmup, then linear / cosine decay to 0 (or constant)."""
-    warmup = config.warmup_steps if config.warmup_steps > 0 else math.ceil(config.warmup_ratio * num_training_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)  # never exactly 0: the first step already learns a little
-        if config.lr_scheduler_type == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, num_training_steps - warmup)
-        progress = min(progress, 1.0)
-        if config.lr_scheduler_type == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def wandb_credentials_exist() -> bool:
-    """True when wandb can log in: WANDB_API_KEY, or the netrc entry `wandb login` writes for its host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):  # no netrc file, or one that cannot be read
-        return False
 
 
-def default_wandb_to_offline() -> None:
-    """Never require a login to train: with no credentials at all (and no WANDB_MODE chosen), wandb logs
-    locally (`wandb sync` uploads it later). A user logged in with `wandb login` stays online."""
-    if not os.environ.get("WANDB_MODE") and not wandb_credentials_exist():
-        os.environ["WANDB_MODE"] = "offline"
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: allocated tensors on a CUDA device, the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def list_checkpoints(checkpoint_root: Path) -> list[Path]:
-    """Complete checkpoints (their state marker exists), oldest first."""
-    if not checkpoint_root.is_dir():
-        return []
-    found = []
-    for path in checkpoint_root.iterdir():
-        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-        if match and path.is_dir() and (path / STATE_MARKER).is_file():
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
 
 
-def find_latest_checkpoint(checkpoint_root: Path) -> Optional[Path]:
-    checkpoints = list_checkpoints(checkpoint_root)
-    return checkpoints[-1] if checkpoints else None
 
 
 def _is_improvement(value: float, best: Optional[float], greater_is_better: bool) -> bool:
@@ -269,7 +177,7 @@ class QATrainingRecipe:
         self.last_checkpoint_step: Optional[int] = None
 
     # ---- setup ------------------------------------------------------------------------------------
-    def setup(self) -> "QATrainingRecipe":
+    def setup(self) -> QATrainingRecipe:
         self._setup_accelerator()
         self._setup_model_and_tokenizer()
         self._setup_data()
@@ -740,15 +648,3 @@ class QATrainingRecipe:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _read_records(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl; a last line cut short by a crash is dropped with a warning."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number < len(lines):
-                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
-            logger.warning("%s:%d: dropping a record cut short (%s)", path, number, err)
-    return records

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from kqa.metric import EvalResult
 
-logger = logging.getLogger("kqa.evaluation")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,10 +54,10 @@ def evaluate_model(
     from kqa.data import load_squad_json
     from kqa.dataloaders import QACollator, make_eval_dataloader, sort_by_length
     from kqa.features import prepare_eval_features
-    from kqa.config import resolve_mixed_precision
     from kqa.modeling import QuestionAnsweringModel
     from kqa.postprocess import decode_answers, write_predictions
     from kqa.prediction import PredictionSet, load_settings, predict_and_score
+    from kqa.training.config import resolve_mixed_precision
 
     settings = load_settings(model_dir, **overrides)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))

@@ -1,0 +1,323 @@
+"""An HTTP server for a saved kqa model (`kqa serve`): a JSON API, a web page, micro-batching.
+
+    kqa serve --model outputs/kqa/best --port 8000
+    curl -s localhost:8000/v1/answer -H 'content-type: application/json' \\
+         -d '{"question": "대한민국의 수도는 어디인가?", "context": "대한민국의 수도는 서울이며, …"}'
+
+Endpoints (docs/serving.md has examples):
+- `POST /v1/answer` — one question and its context → `{"answers": [...]}` (top_k answers, best first),
+- `POST /v1/answer/batch` — `{"questions": [{question, context, ...}, ...]}` → `{"results": [...]}`,
+- `POST /v1/ask` — with `--index`: `{"question"}` → retrieve passages of the index, read them →
+  `{"question", "answers": [...], "passages": [...]}` (kqa.retrieval.RetrieveAndRead),
+- `GET /health` — model directory, uptime, queue and batching counters, limits, server memory,
+- `GET /` — a page to ask questions in the browser (kqa/serving/static/index.html, no CDN),
+- `GET /docs`, `GET /openapi.json` — FastAPI's Swagger UI and the OpenAPI schema.
+
+Micro-batching: every question becomes one item on a queue. A collector task takes the first item,
+waits up to `max_wait_ms` for more (or until `batch_size` are there) and runs them together through
+`QuestionAnswerer.predict_rows` on one worker thread, so the event loop keeps accepting requests
+while the model runs; each answer goes back to the request it came from. Questions whose settings
+change the post-processing (`handle_impossible_answer`, `null_score_diff_threshold`, a `top_k` above
+the model's `n_best_size`) run in the same batch only with questions that share those settings, so an
+answer is exactly what the same question alone would get.
+
+Bad input is a 4xx with `{"error": {"type", "field", "message", ...}}`; an unexpected failure is a
+500 whose `error.id` is also in the server log. Nothing a client sends stops the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kqa.serving.batching import BatchingSettings, MicroBatcher
+from kqa.serving.schemas import (
+    AnswersOut,
+    ApiError,
+    AskIn,
+    AskOut,
+    BatchIn,
+    BatchOut,
+    ErrorOut,
+    QuestionIn,
+    ServerLimits,
+    _validation_error,
+)
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+# --------------------------------------------------------------------------------------------------
+# The application
+# --------------------------------------------------------------------------------------------------
+
+class _BodyLimit:
+    """ASGI middleware: a request whose Content-Length exceeds `max_bytes` is a 413 before its body is
+    read (the per-field limits come after parsing; this keeps a huge body from being parsed at all)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    error = ApiError(413, "invalid_request", f"the request body has {int(value)} bytes (the limit "
+                                     f"is {self.max_bytes})", "body", problem="too_large", limit=self.max_bytes)
+                    await error.response()(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def max_body_bytes(limits: ServerLimits) -> int:
+    """The largest body a valid request can need: every question and context at its limit, 4 bytes
+    per character (UTF-8), JSON escapes aside, plus 64 KiB for keys and numbers."""
+    return 4 * limits.max_batch_questions * (limits.max_context_chars + limits.max_question_chars) + 65_536
+
+
+def _rss_kib(pid: int | str = "self") -> dict[str, int | None]:
+    """VmRSS and VmHWM (peak) of a process, in KiB, from /proc (None where /proc is absent)."""
+    values: dict[str, int | None] = {"rss_kib": None, "peak_rss_kib": None}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                values["rss_kib"] = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                values["peak_rss_kib"] = int(line.split()[1])
+    except OSError:
+        pass
+    return values
+
+
+def _check_text(value: str, where: str, limit: int) -> None:
+    """A string field: not blank, at most `limit` characters, encodable as UTF-8 (no lone surrogates)."""
+    from kqa.text import check_text
+
+    if not value.strip():
+        raise ApiError(422, "invalid_request", f"field '{where}' is {'only whitespace' if value else 'empty'}",
+                       where, problem="empty")
+    if len(value) > limit:
+        raise ApiError(422, "invalid_request", f"field '{where}' is too long: {len(value)} characters "
+                       f"(the limit is {limit})", where, problem="too_long", limit=limit)
+    try:
+        check_text(value, f"field '{where}'")
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", str(err), where, problem="not_encodable") from None
+
+
+def _check_range(value: int, where: str, limit: int) -> None:
+    if not 1 <= value <= limit:
+        raise ApiError(422, "invalid_request", f"field '{where}' must be between 1 and {limit}, got {value}",
+                       where, problem="out_of_range", limit=limit)
+
+
+def _check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
+    """What the JSON schema cannot say: non-blank text, encodable text, the configured limits."""
+    _check_text(q.question, f"{prefix}question", limits.max_question_chars)
+    _check_text(q.context, f"{prefix}context", limits.max_context_chars)
+    _check_range(q.top_k, f"{prefix}top_k", limits.max_top_k)
+    if q.null_score_diff_threshold is not None and not math.isfinite(q.null_score_diff_threshold):
+        raise ApiError(422, "invalid_request", f"field '{prefix}null_score_diff_threshold' must be a finite number",
+                       f"{prefix}null_score_diff_threshold", problem="not_finite")
+
+
+def _check_ask(body: AskIn, limits: ServerLimits) -> None:
+    _check_text(body.question, "question", limits.max_question_chars)
+    _check_range(body.top_k, "top_k", limits.max_top_k)
+    if body.passages is not None:
+        _check_range(body.passages, "passages", limits.max_passages)
+
+
+@dataclass
+class AskStats:
+    requests: int = 0
+    errors: int = 0
+
+
+def _index_summary(retriever, index_dir) -> dict:
+    return {"path": str(index_dir) if index_dir is not None else None, "documents": len(retriever.documents),
+            "passages": len(retriever.passages), "method": retriever.settings.method,
+            "analyzer": retriever.settings.analyzer,
+            "embedder": retriever.embedder.name if retriever.dense is not None else None}
+
+
+def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits | None = None,
+               batching: BatchingSettings | None = None, retriever=None, index_dir: str | Path | None = None,
+               passages: int | None = None) -> FastAPI:
+    """The FastAPI application around a loaded `QuestionAnswerer` (or anything with its
+    `settings.postprocess.n_best_size`, `predict_rows` and `answers_of`). With a `retriever`
+    (`kqa.retrieval.Retriever`), `POST /v1/ask` retrieves `passages` passages (default 5) per question
+    and reads them with `qa`."""
+    limits = limits or ServerLimits()
+    batching = batching or BatchingSettings()
+    batcher = MicroBatcher(qa, batching)
+    started = time.time()
+    pipeline = None
+    if retriever is not None:
+        from kqa.retrieval.pipeline import DEFAULT_PASSAGES, RetrieveAndRead
+
+        passages = DEFAULT_PASSAGES if passages is None else passages
+        if not isinstance(passages, int) or isinstance(passages, bool) or not 1 <= passages <= limits.max_passages:
+            raise ValueError(f"passages must be between 1 and max_passages ({limits.max_passages}), got {passages!r}")
+        pipeline = RetrieveAndRead(retriever, qa, passages=passages)
+    ask_stats = AskStats()
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        logger.info("serving %s (batch_size %d, max_wait_ms %g)", model_dir, batching.batch_size,
+                    batching.max_wait_ms)
+        if pipeline is not None:
+            logger.info("POST /v1/ask over index %s: %d documents, %d passages, method %s, %d passages read per "
+                        "question", index_dir, len(pipeline.retriever.documents), len(pipeline.retriever.passages),
+                        pipeline.retriever.settings.method, pipeline.passages)
+        yield
+        await batcher.stop()
+
+    error_responses = {400: {"model": ErrorOut, "description": "the body is not valid JSON"},
+                       422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
+                       500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
+                       503: {"model": ErrorOut, "description": "too many questions waiting"}}
+    app = FastAPI(title="kqa", version=_version(), lifespan=lifespan,
+                  description="Korean extractive question answering. Offsets are character offsets "
+                              "(Unicode code points) into the context as sent.")
+    app.state.batcher = batcher
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes(limits))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # Starlette could not read the body (e.g. bytes that are not UTF-8)
+            return ApiError(400, "invalid_request", f"the request body could not be read as JSON: {exc.detail}",
+                            "body", problem="json_invalid").response()
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ApiError(exc.status_code, kind, str(exc.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        return _internal_error(exc, f"{request.method} {request.url.path}").response()
+
+    async def _answer(questions: list[QuestionIn]) -> list[list[dict]]:
+        try:
+            return await batcher.answer(questions)
+        except ApiError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            batcher.stats.errors += 1
+            raise _internal_error(err, "model call") from None
+
+    @app.post("/v1/answer", response_model=AnswersOut, responses=error_responses,
+              summary="answer one question from its context")
+    async def answer(body: QuestionIn) -> dict:
+        _check_question(body, "", limits)
+        (answers,) = await _answer([body])
+        return {"answers": answers}
+
+    @app.post("/v1/answer/batch", response_model=BatchOut, responses=error_responses,
+              summary="answer several questions, each with its own context, in order")
+    async def answer_batch(body: BatchIn) -> dict:
+        if not body.questions:
+            raise ApiError(422, "invalid_request", "field 'questions' is empty: give at least one question",
+                           "questions", problem="empty")
+        if len(body.questions) > limits.max_batch_questions:
+            raise ApiError(422, "invalid_request", f"field 'questions' has {len(body.questions)} questions "
+                           f"(the limit is {limits.max_batch_questions})", "questions", problem="too_long",
+                           limit=limits.max_batch_questions)
+        for i, q in enumerate(body.questions):
+            _check_question(q, f"questions[{i}].", limits)
+        results = await _answer(body.questions)
+        return {"results": [{"answers": a} for a in results]}
+
+    @app.post("/v1/ask", response_model=AskOut,
+              responses={**error_responses, 404: {"model": ErrorOut, "description": "started without --index"}},
+              summary="answer a question from the documents of the index (kqa serve --index)")
+    async def ask(body: AskIn) -> dict:
+        if pipeline is None:
+            raise ApiError(404, "no_index", "this server was started without --index: /v1/ask needs a retrieval "
+                           "index (kqa index …, then kqa serve --model MODEL --index INDEX)")
+        _check_ask(body, limits)
+        ask_stats.requests += 1
+        loop = asyncio.get_running_loop()
+        try:
+            # On the batcher's model thread: one model call at a time, the event loop stays free.
+            result = await loop.run_in_executor(
+                batcher._executor, lambda: pipeline.ask(body.question, top_k=body.top_k, passages=body.passages))
+        except Exception as err:  # noqa: BLE001
+            ask_stats.errors += 1
+            raise _internal_error(err, "retrieve and read") from None
+        return result.to_dict(with_passages=True)
+
+    @app.get("/health", summary="model, uptime, queue and batching counters, limits, memory")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": str(model_dir) if model_dir is not None else None,
+            "device": str(getattr(qa, "device", "")) or None,
+            "backend": getattr(qa, "backend", None),
+            "uptime_s": round(time.time() - started, 3),
+            "pid": os.getpid(),
+            "queue": {"waiting": batcher.waiting, "in_flight": batcher.in_flight, **asdict(batcher.stats)},
+            "batching": asdict(batching),
+            "limits": {**asdict(limits), "max_body_bytes": max_body_bytes(limits)},
+            "index": None if pipeline is None else {**_index_summary(pipeline.retriever, index_dir),
+                                                    "default_passages": pipeline.passages, "ask": asdict(ask_stats)},
+            "memory": _rss_kib(),
+        }
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    return app
+
+
+def _internal_error(err: BaseException, where: str) -> ApiError:
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("internal error %s in %s: %s", error_id, where, err, exc_info=(type(err), err, err.__traceback__))
+    return ApiError(500, "internal", f"internal error (id {error_id}); the server log has the details",
+                    id=error_id)
+
+
+def _version() -> str:
+    from kqa import __version__
+
+    return __version__
+
+
+def serve(qa, *, model_dir, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None,
+          batching: BatchingSettings | None = None, log_level: str = "info", retriever=None,
+          index_dir: str | Path | None = None, passages: int | None = None) -> None:
+    """Run the server in this process until it is stopped (Ctrl-C / SIGTERM)."""
+    import uvicorn
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # no "Building eval features" bar per request in the server log
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(qa, model_dir=model_dir, limits=limits, batching=batching, retriever=retriever,
+                     index_dir=index_dir, passages=passages)
+    # One process, one event loop: the model lives once in memory and the batcher sees every request.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, workers=1)
+
+

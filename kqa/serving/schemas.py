@@ -1,0 +1,213 @@
+"""What the server accepts and answers: the per-request limits, the request and response bodies, and
+the errors (a bounded 4xx naming the field)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask for. Larger input is a 422 naming the field and the limit."""
+
+    max_context_chars: int = 10_000  # ~25 windows of 384 tokens: a few seconds on 2 CPU cores
+    max_question_chars: int = 1_000  # the model reads max_query_length tokens of it anyway
+    max_batch_questions: int = 64  # questions in one /v1/answer/batch request
+    max_top_k: int = 20
+    max_passages: int = 20  # passages one /v1/ask request may have read
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """An error the client gets as `{"error": {"type", "field", "message", ...}}` with `status`."""
+
+    def __init__(self, status: int, type_: str, message: str, field: str | None = None, **extra: Any):
+        super().__init__(message)
+        self.status, self.type, self.message, self.field, self.extra = status, type_, message, field, extra
+
+    def response(self) -> JSONResponse:
+        body = {"type": self.type, "field": self.field, "message": self.message, **self.extra}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+def _field_name(loc: tuple) -> str:
+    """("body", "questions", 3, "context") → "questions[3].context"; the body itself → "body"."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+_PROBLEMS = {  # pydantic error type → wording of the problem
+    "missing": "is required",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "float_type": "must be a number",
+    "list_type": "must be a list",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "extra_forbidden": "is not a known field",
+    "greater_than_equal": "is too small",
+    "less_than_equal": "is too large",
+    "too_short": "is too short",
+    "too_long": "is too long",
+}
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    errors = []
+    for err in exc.errors():
+        kind = err.get("type", "invalid")
+        name = _field_name(tuple(err.get("loc", ())))
+        if kind == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "")
+            errors.append({"field": "body", "problem": "json_invalid",
+                           "message": f"the request body is not valid JSON{': ' + detail if detail else ''}"})
+            continue
+        wording = _PROBLEMS.get(kind)
+        message = f"field '{name}' {wording}" if wording else f"field '{name}': {err.get('msg', 'invalid value')}"
+        if name == "body" and kind in ("missing", "model_attributes_type", "model_type", "dict_type"):
+            message = "the request body must be a JSON object, sent with content-type: application/json"
+        errors.append({"field": name, "problem": kind, "message": message})
+    if not errors:
+        errors.append({"field": "body", "problem": "invalid", "message": "invalid request"})
+    first = errors[0]
+    status = 400 if first["problem"] == "json_invalid" else 422
+    return ApiError(status, "invalid_request", first["message"], first["field"], problem=first["problem"],
+                    errors=errors)
+
+
+# --------------------------------------------------------------------------------------------------
+# Request and response bodies
+# --------------------------------------------------------------------------------------------------
+
+class QuestionIn(BaseModel):
+    """One question about one context. Strings are taken as they are (no coercion of numbers)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
+        "question": "가장 큰 항구 도시는 어디인가?",
+        "context": "대한민국의 수도는 서울이며, 가장 큰 항구 도시는 부산이다.",
+        "top_k": 3}]})
+
+    question: str = Field(description="the question (non-empty; at most max_question_chars characters)")
+    context: str = Field(description="the passage to take the answer from (non-empty; at most max_context_chars)")
+    top_k: int = Field(1, description="how many answers, best first (1 … max_top_k)")
+    handle_impossible_answer: Optional[bool] = Field(
+        None, description="let the null answer \"\" compete (default: as the model was trained)")
+    null_score_diff_threshold: Optional[float] = Field(
+        None, description="answer \"\" when null score − best span score exceeds this (default: the saved one)")
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    questions: list[QuestionIn] = Field(description="1 … max_batch_questions questions, answered in order")
+
+
+class AskIn(BaseModel):
+    """One question about the documents of the server's index (`kqa serve --index`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
+        "question": "가장 큰 항구 도시는 어디인가?", "top_k": 1, "passages": 5}]})
+
+    question: str = Field(description="the question (non-empty; at most max_question_chars characters)")
+    top_k: int = Field(1, description="how many answers, best first (1 … max_top_k)")
+    passages: Optional[int] = Field(
+        None, description="how many retrieved passages to read (1 … max_passages; default: the server's --passages)")
+
+
+class AnswerOut(BaseModel):
+    text: str = Field(description="the answer; \"\" is the null answer (no answer in this context)")
+    start: int = Field(description="character offset of the answer in the given context")
+    end: int = Field(description="end offset (exclusive): context[start:end] == text")
+    score: Optional[float] = Field(description="start logit + end logit (null when there is no span at all)")
+    probability: float = Field(description="softmax of the score over the n-best candidates")
+
+
+class AnswersOut(BaseModel):
+    answers: list[AnswerOut]
+
+
+class BatchOut(BaseModel):
+    results: list[AnswersOut]
+
+
+class OpenAnswerOut(BaseModel):
+    text: str = Field(description="the answer (a span of a document)")
+    score: float = Field(description="the reader's span score, start logit + end logit")
+    probability: float = Field(description="P(passage | question) × P(span | passage): what answers are ranked by, "
+                                           "comparable across passages (docs/retrieval.md)")
+    doc_id: str = Field(description="the document the answer is in")
+    title: str
+    start: int = Field(description="character offset of the answer in its document")
+    end: int = Field(description="end offset (exclusive): document text[start:end] == text")
+    passage_id: str = Field(description="the passage it was read in")
+    passage_start: int = Field(description="character offset of that passage in the document")
+    passage_end: int
+    retrieval_rank: int = Field(description="the passage's place in retrieval (1 = best)")
+    retrieval_score: float
+
+
+class PassageOut(BaseModel):
+    rank: int = Field(description="1 = best")
+    score: float = Field(description="the score of the index's method (BM25, cosine or fused)")
+    sparse_score: Optional[float] = None
+    dense_score: Optional[float] = None
+    doc_id: str
+    title: str
+    passage_id: str
+    start: int = Field(description="character offset of the passage in its document")
+    end: int
+    text: str
+
+
+class AskOut(BaseModel):
+    question: str
+    answers: list[OpenAnswerOut] = Field(description="top_k answers, best first (none when no passage was found)")
+    passages: list[PassageOut] = Field(description="the passages retrieved and read, best first")
+
+
+class ErrorBody(BaseModel):
+    type: str
+    field: Optional[str] = None
+    message: str
+    problem: Optional[str] = Field(None, description="missing, string_type, empty, too_long, json_invalid, …")
+    errors: Optional[list[dict]] = Field(None, description="every problem found, each with field and message")
+    limit: Optional[int] = Field(None, description="the limit that was exceeded")
+    id: Optional[str] = Field(None, description="internal errors: the id under which the server logged it")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+def _answer_dict(answer) -> dict:
+    score = float(answer.score)
+    return {"text": answer.text, "start": int(answer.start), "end": int(answer.end),
+            "score": score if math.isfinite(score) else None, "probability": float(answer.probability)}
+
+
