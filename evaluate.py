@@ -14,6 +14,10 @@ import argparse
 import json
 import sys
 
+from kqa.flags import add_bool_flag, add_prediction_override_flags, add_renamed_flag
+from kqa.prediction import EVAL_BATCH_SIZE, OVERRIDABLE_SETTINGS
+from kqa.training.config import MIXED_PRECISIONS
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,17 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best)")
     source.add_argument("--predictions", help="an existing predictions.json (id → answer text) to score")
     parser.add_argument("--output_dir", help="where to write predictions.json / nbest_predictions.json")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_seq_length", type=int)
-    parser.add_argument("--doc_stride", type=int)
-    parser.add_argument("--max_query_length", type=int)
-    parser.add_argument("--n_best_size", type=int)
-    parser.add_argument("--max_answer_length", type=int)
-    parser.add_argument("--mixed_precision", choices=["auto", "no", "fp16", "bf16"],
+    add_renamed_flag(parser, "--per_device_eval_batch_size", "--batch_size", type=int, default=EVAL_BATCH_SIZE,
+                     help="windows per batch")
+    add_prediction_override_flags(parser)
+    parser.add_argument("--mixed_precision", choices=MIXED_PRECISIONS,
                         help="default: Accelerate's setting (accelerate config / launch --mixed_precision)")
-    parser.add_argument("--trust_remote_code", action="store_true",
-                        help="allow an encoder whose code lives beside its weights (as for training it)")
-    parser.add_argument("--disable_tqdm", action="store_true")
+    add_bool_flag(parser, "trust_remote_code",
+                  help="allow an encoder whose code lives beside its weights (as for training it)")
+    add_bool_flag(parser, "disable_tqdm", help="no progress bars")
     return parser
 
 
@@ -46,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from kqa.training.evaluation import evaluate_model
 
-    overrides = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size",
-                                               "max_answer_length")}
+    overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
     evaluation = evaluate_model(
-        args.model, args.data_file, output_dir=args.output_dir, batch_size=args.batch_size,
+        args.model, args.data_file, output_dir=args.output_dir, batch_size=args.per_device_eval_batch_size,
         mixed_precision=args.mixed_precision, trust_remote_code=args.trust_remote_code,
         disable_tqdm=args.disable_tqdm, **overrides,
     )

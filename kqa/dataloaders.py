@@ -24,6 +24,14 @@ from torch.utils.data import DataLoader, Sampler
 MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_COLUMNS = ("start_positions", "end_positions")
 
+# Under mixed precision, batches are padded to a multiple of this many tokens (tensor-core friendly shapes).
+MIXED_PRECISION_PAD_MULTIPLE = 8
+
+
+def pad_multiple_for(mixed_precision: str) -> int | None:
+    """The `pad_to_multiple_of` for Accelerate's `mixed_precision` ("no", "fp16", "bf16", "fp8")."""
+    return MIXED_PRECISION_PAD_MULTIPLE if mixed_precision != "no" else None
+
 
 @dataclass
 class QACollator:

@@ -31,7 +31,14 @@ from kqa.postprocess import ExamplePrediction, PostprocessConfig, decode_answers
 # gathered). The post-processor reads only a feature's context tokens, so this value is never chosen.
 LOGIT_PAD_VALUE = -1e4
 
-_SECTIONS = {"features": FeatureConfig, "postprocess": PostprocessConfig}
+# The sections of the saved settings (kqa_config.json) and of TrainConfig: one dataclass each.
+SETTING_SECTIONS = {"features": FeatureConfig, "postprocess": PostprocessConfig}
+# The flat settings a user may override when loading a model (flags of `kqa predict`, `evaluate.py`).
+OVERRIDABLE_SETTINGS = ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
+# Windows per forward pass: evaluation (training's, evaluate.py) and answering (QuestionAnswerer, kqa
+# predict / serve / ask). Evaluation has no latency to keep, so it batches more.
+EVAL_BATCH_SIZE = 64
+PREDICT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -42,16 +49,16 @@ class PredictionSettings:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SETTING_SECTIONS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> PredictionSettings:
         """The nested layout of `to_dict`. Models saved by kqa 0.1.0 wrote the same fields flat; they
         are read into the same dataclasses."""
-        if not any(name in data for name in _SECTIONS):
+        if not any(name in data for name in SETTING_SECTIONS):
             return cls().with_overrides(source, **{k: v for k, v in data.items() if k != "kqa_version"})
         parts = {}
-        for name, section in _SECTIONS.items():
+        for name, section in SETTING_SECTIONS.items():
             values = data.get(name, {})
             if not isinstance(values, dict):
                 raise ValueError(f"{source}: {name!r} must be an object of {section.__name__} fields")
@@ -63,7 +70,7 @@ class PredictionSettings:
         dataclass that owns them; `None` values leave a field as it is."""
         values = {k: v for k, v in values.items() if v is not None}
         parts = {}
-        for name, section in _SECTIONS.items():
+        for name, section in SETTING_SECTIONS.items():
             names = {f.name for f in dataclasses.fields(section)}
             mine = {k: values.pop(k) for k in list(values) if k in names}
             parts[name] = _build(section, {**dataclasses.asdict(getattr(self, name)), **mine}, source)

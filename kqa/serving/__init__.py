@@ -1,15 +1,33 @@
 """`kqa serve`: an HTTP server for a saved model (docs/serving.md).
 
-- `kqa.serving.schemas`: per-request limits, request and response bodies, errors (a bounded 4xx),
+- `kqa.serving.settings`: `ServerLimits` and `BatchingSettings`, plain dataclasses (the flags' defaults),
+- `kqa.serving.schemas`: request and response bodies, errors (a bounded 4xx naming the field),
 - `kqa.serving.batching`: the micro-batcher that gathers questions of concurrent requests,
 - `kqa.serving.app`: the FastAPI application and `serve`,
 - `kqa.serving.harness`: a server in a child process, for tests and benchmarks.
+
+The names below load on first use, so that `kqa.serving.settings` imports no web framework.
 """
 
-from kqa.serving.app import create_app, max_body_bytes, serve
-from kqa.serving.batching import BatchingSettings, MicroBatcher
-from kqa.serving.harness import ServerProcess, free_port
-from kqa.serving.schemas import ApiError, ServerLimits
+from __future__ import annotations
 
-__all__ = ["ApiError", "BatchingSettings", "MicroBatcher", "ServerLimits", "ServerProcess", "create_app", "free_port",
-           "max_body_bytes", "serve"]
+import importlib
+
+_EXPORTS = {
+    "create_app": "kqa.serving.app",
+    "max_body_bytes": "kqa.serving.app",
+    "serve": "kqa.serving.app",
+    "MicroBatcher": "kqa.serving.batching",
+    "ServerProcess": "kqa.serving.harness",
+    "free_port": "kqa.serving.harness",
+    "ApiError": "kqa.serving.schemas",
+    "BatchingSettings": "kqa.serving.settings",
+    "ServerLimits": "kqa.serving.settings",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kqa.serving' has no attribute {name!r}")

@@ -40,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kqa.serving.batching import BatchingSettings, MicroBatcher
+from kqa.serving.batching import MicroBatcher
 from kqa.serving.schemas import (
     AnswersOut,
     ApiError,
@@ -50,9 +50,9 @@ from kqa.serving.schemas import (
     BatchOut,
     ErrorOut,
     QuestionIn,
-    ServerLimits,
     _validation_error,
 )
+from kqa.serving.settings import BatchingSettings, ServerLimits
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,12 @@ def _index_summary(retriever, index_dir) -> dict:
             "embedder": retriever.embedder.name if retriever.dense is not None else None}
 
 
+ERROR_RESPONSES = {400: {"model": ErrorOut, "description": "the body is not valid JSON"},
+                   422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
+                   500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
+                   503: {"model": ErrorOut, "description": "too many questions waiting"}}
+
+
 def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits | None = None,
                batching: BatchingSettings | None = None, retriever=None, index_dir: str | Path | None = None,
                passages: int | None = None) -> FastAPI:
@@ -163,24 +169,40 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
     limits = limits or ServerLimits()
     batching = batching or BatchingSettings()
     batcher = MicroBatcher(qa, batching)
-    started = time.time()
-    pipeline = None
-    if retriever is not None:
-        from kqa.retrieval.pipeline import DEFAULT_PASSAGES, RetrieveAndRead
+    pipeline = _ask_pipeline(qa, retriever, passages, limits)
+    app = FastAPI(title="kqa", version=_version(), lifespan=_lifespan(batcher, pipeline, model_dir, index_dir),
+                  description="Korean extractive question answering. Offsets are character offsets "
+                              "(Unicode code points) into the context as sent.")
+    app.state.batcher = batcher
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes(limits))
+    _add_error_handlers(app)
+    _add_answer_routes(app, batcher, limits)
+    ask_stats = _add_ask_route(app, batcher, pipeline, limits)
+    _add_health_and_page(app, qa, model_dir, batcher, limits, pipeline, index_dir, ask_stats)
+    return app
 
-        passages = DEFAULT_PASSAGES if passages is None else passages
-        if not isinstance(passages, int) or isinstance(passages, bool) or not 1 <= passages <= limits.max_passages:
-            raise ValueError(f"passages must be between 1 and max_passages ({limits.max_passages}), got {passages!r}")
-        pipeline = RetrieveAndRead(retriever, qa, passages=passages)
-    ask_stats = AskStats()
 
+def _ask_pipeline(qa, retriever, passages: int | None, limits: ServerLimits):
+    """The retrieve-then-read pipeline of `POST /v1/ask`, or None without a retriever."""
+    if retriever is None:
+        return None
+    from kqa.retrieval.pipeline import DEFAULT_PASSAGES, RetrieveAndRead
+
+    passages = DEFAULT_PASSAGES if passages is None else passages
+    if not isinstance(passages, int) or isinstance(passages, bool) or not 1 <= passages <= limits.max_passages:
+        raise ValueError(f"passages must be between 1 and max_passages ({limits.max_passages}), got {passages!r}")
+    return RetrieveAndRead(retriever, qa, passages=passages)
+
+
+def _lifespan(batcher: MicroBatcher, pipeline, model_dir, index_dir):
+    """Start the batcher with the server, stop it with the server."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
-        logger.info("serving %s (batch_size %d, max_wait_ms %g)", model_dir, batching.batch_size,
-                    batching.max_wait_ms)
+        logger.info("serving %s (batch_size %d, max_wait_ms %g)", model_dir, batcher.settings.batch_size,
+                    batcher.settings.max_wait_ms)
         if pipeline is not None:
             logger.info("POST /v1/ask over index %s: %d documents, %d passages, method %s, %d passages read per "
                         "question", index_dir, len(pipeline.retriever.documents), len(pipeline.retriever.passages),
@@ -188,15 +210,12 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
         yield
         await batcher.stop()
 
-    error_responses = {400: {"model": ErrorOut, "description": "the body is not valid JSON"},
-                       422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
-                       500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
-                       503: {"model": ErrorOut, "description": "too many questions waiting"}}
-    app = FastAPI(title="kqa", version=_version(), lifespan=lifespan,
-                  description="Korean extractive question answering. Offsets are character offsets "
-                              "(Unicode code points) into the context as sent.")
-    app.state.batcher = batcher
-    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes(limits))
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is `{"error": {...}}`: ours, pydantic's (422 naming the field), Starlette's, and any
+    other exception (a 500 whose id is in the log)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -218,6 +237,10 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
     async def _internal(request: Request, exc: Exception):
         return _internal_error(exc, f"{request.method} {request.url.path}").response()
 
+
+def _add_answer_routes(app: FastAPI, batcher: MicroBatcher, limits: ServerLimits) -> None:
+    """`POST /v1/answer` and `POST /v1/answer/batch`, both through the micro-batcher."""
+
     async def _answer(questions: list[QuestionIn]) -> list[list[dict]]:
         try:
             return await batcher.answer(questions)
@@ -227,14 +250,14 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
             batcher.stats.errors += 1
             raise _internal_error(err, "model call") from None
 
-    @app.post("/v1/answer", response_model=AnswersOut, responses=error_responses,
+    @app.post("/v1/answer", response_model=AnswersOut, responses=ERROR_RESPONSES,
               summary="answer one question from its context")
     async def answer(body: QuestionIn) -> dict:
         _check_question(body, "", limits)
         (answers,) = await _answer([body])
         return {"answers": answers}
 
-    @app.post("/v1/answer/batch", response_model=BatchOut, responses=error_responses,
+    @app.post("/v1/answer/batch", response_model=BatchOut, responses=ERROR_RESPONSES,
               summary="answer several questions, each with its own context, in order")
     async def answer_batch(body: BatchIn) -> dict:
         if not body.questions:
@@ -249,8 +272,13 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
         results = await _answer(body.questions)
         return {"results": [{"answers": a} for a in results]}
 
+
+def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: ServerLimits) -> AskStats:
+    """`POST /v1/ask`: retrieve, then read, on the batcher's model thread; a 404 without an index."""
+    ask_stats = AskStats()
+
     @app.post("/v1/ask", response_model=AskOut,
-              responses={**error_responses, 404: {"model": ErrorOut, "description": "started without --index"}},
+              responses={**ERROR_RESPONSES, 404: {"model": ErrorOut, "description": "started without --index"}},
               summary="answer a question from the documents of the index (kqa serve --index)")
     async def ask(body: AskIn) -> dict:
         if pipeline is None:
@@ -268,6 +296,14 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
             raise _internal_error(err, "retrieve and read") from None
         return result.to_dict(with_passages=True)
 
+    return ask_stats
+
+
+def _add_health_and_page(app: FastAPI, qa, model_dir, batcher: MicroBatcher, limits: ServerLimits, pipeline,
+                         index_dir, ask_stats: AskStats) -> None:
+    """`GET /health` (model, uptime, queue and batching counters, limits, memory) and the page at `/`."""
+    started = time.time()
+
     @app.get("/health", summary="model, uptime, queue and batching counters, limits, memory")
     async def health() -> dict:
         return {
@@ -278,7 +314,7 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
             "uptime_s": round(time.time() - started, 3),
             "pid": os.getpid(),
             "queue": {"waiting": batcher.waiting, "in_flight": batcher.in_flight, **asdict(batcher.stats)},
-            "batching": asdict(batching),
+            "batching": asdict(batcher.settings),
             "limits": {**asdict(limits), "max_body_bytes": max_body_bytes(limits)},
             "index": None if pipeline is None else {**_index_summary(pipeline.retriever, index_dir),
                                                     "default_passages": pipeline.passages, "ask": asdict(ask_stats)},
@@ -288,8 +324,6 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
-
-    return app
 
 
 def _internal_error(err: BaseException, where: str) -> ApiError:

@@ -9,27 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kqa.serving.schemas import ApiError, QuestionIn, _answer_dict
+from kqa.serving.settings import BatchingSettings
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BatchingSettings:
-    """Micro-batching: up to `batch_size` questions per model call, gathered for up to `max_wait_ms`.
-    `batch_size=1` turns it off (one question per call). More than `max_queue` waiting questions
-    makes new requests a 503."""
-
-    batch_size: int = 16
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-
-    def __post_init__(self):
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not (isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms < 10_000):
-            raise ValueError(f"max_wait_ms must be between 0 and 10000, got {self.max_wait_ms!r}")
-        if not isinstance(self.max_queue, int) or self.max_queue < 1:
-            raise ValueError(f"max_queue must be a positive integer, got {self.max_queue!r}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from fastapi.exceptions import RequestValidationError
@@ -19,20 +18,6 @@ logger = logging.getLogger(__name__)
 # Settings
 # --------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ServerLimits:
-    """What one request may ask for. Larger input is a 422 naming the field and the limit."""
-
-    max_context_chars: int = 10_000  # ~25 windows of 384 tokens: a few seconds on 2 CPU cores
-    max_question_chars: int = 1_000  # the model reads max_query_length tokens of it anyway
-    max_batch_questions: int = 64  # questions in one /v1/answer/batch request
-    max_top_k: int = 20
-    max_passages: int = 20  # passages one /v1/ask request may have read
-
-    def __post_init__(self):
-        for name, value in asdict(self).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------

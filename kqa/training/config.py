@@ -22,9 +22,13 @@ from typing import Any, Optional
 import yaml
 
 from kqa.features import FeatureConfig
+from kqa.flags import parse_bool
 from kqa.postprocess import PostprocessConfig
-from kqa.prediction import PredictionSettings
+from kqa.prediction import EVAL_BATCH_SIZE, SETTING_SECTIONS, PredictionSettings
 from kqa.text import read_utf8_text
+
+# What `mixed_precision` accepts besides unset (Accelerate's own setting); `auto` is resolved here.
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
 @dataclass
@@ -67,7 +71,7 @@ class TrainConfig:
 
     # --- optimisation ------------------------------------------------------------------------------
     per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 64
+    per_device_eval_batch_size: int = EVAL_BATCH_SIZE
     gradient_accumulation_steps: int = 1
     learning_rate: float = 3e-5
     weight_decay: float = 0.01
@@ -136,7 +140,7 @@ class TrainConfig:
         choices = {
             "eval_strategy": ("epoch", "steps", "no"),
             "save_strategy": ("epoch", "steps", "no"),
-            "mixed_precision": (None, "auto", "no", "fp16", "bf16"),
+            "mixed_precision": (None, *MIXED_PRECISIONS),
             "lr_scheduler_type": ("linear", "cosine", "constant"),
             "optim": ("adamw_torch_fused", "adamw_torch"),
         }
@@ -243,15 +247,6 @@ def _field_kind(tp: Any) -> tuple[type, bool, bool]:
     return tp, optional, False
 
 
-def parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
 def _scalar_parser(tp: type, optional: bool):
     base = parse_bool if tp is bool else tp
 
@@ -264,7 +259,7 @@ def _scalar_parser(tp: type, optional: bool):
 
 
 # TrainConfig fields that are dataclasses of a stage: their fields are flat flags and YAML keys.
-_NESTED = {"features": FeatureConfig, "postprocess": PostprocessConfig}
+_NESTED = SETTING_SECTIONS  # features:, postprocess: (kqa.prediction owns the map)
 
 
 def _flag_fields() -> list[tuple[dataclasses.Field, Any]]:

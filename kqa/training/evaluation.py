@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from kqa.metric import EvalResult
+from kqa.prediction import EVAL_BATCH_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def evaluate_model(
     data_file: str | Path,
     *,
     output_dir: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     mixed_precision: Optional[str] = None,
     trust_remote_code: bool = False,
     disable_tqdm: bool = False,
@@ -52,7 +53,7 @@ def evaluate_model(
     from transformers import AutoTokenizer
 
     from kqa.data import load_squad_json
-    from kqa.dataloaders import QACollator, make_eval_dataloader, sort_by_length
+    from kqa.dataloaders import QACollator, make_eval_dataloader, pad_multiple_for, sort_by_length
     from kqa.features import prepare_eval_features
     from kqa.modeling import QuestionAnsweringModel
     from kqa.postprocess import decode_answers, write_predictions
@@ -69,7 +70,7 @@ def evaluate_model(
     features = sort_by_length(features)  # batches of similar lengths pad less; answers do not depend on order
     logger.info("%s", report.summary())
 
-    pad_multiple = 8 if accelerator.mixed_precision != "no" else None
+    pad_multiple = pad_multiple_for(accelerator.mixed_precision)
     loader = make_eval_dataloader(features, QACollator.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple),
                                   batch_size)
     model, loader = accelerator.prepare(model, loader)

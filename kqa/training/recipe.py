@@ -1,29 +1,27 @@
 """The training loop, driven by Hugging Face Accelerate (no `transformers.Trainer`).
 
-`QATrainingRecipe` reads top to bottom: `setup()` builds every stage (data → features → dataloaders →
-model → optimizer), `train()` is one loop over optimizer steps whose after-step work (log, evaluate,
-checkpoint) lives in named methods, and `evaluate()` / `save_checkpoint()` / `save_best()` are plain
-methods a research script can call on its own. The same code runs on CPU, one GPU or many through
+`QATrainingRecipe` reads top to bottom: `setup()` assigns what each `_setup_*` builds (data →
+features → dataloaders → model → optimizer), `train()` shows one optimizer step inline (forward,
+backward, clip, step, zero, then log / evaluate / checkpoint), and `evaluate()` / `save_checkpoint()`
+/ `save_best()` are plain methods a research script can call on its own. The same code runs on CPU, one GPU or many through
 `accelerate launch`. Evaluation is `kqa.prediction`'s, the same path `evaluate.py` and
 `QuestionAnswerer` take.
 
 The host waits for the device only where a number must be read: at logging steps (loss, throughput,
 the non-finite guard), evaluation and checkpoints. Between them a step only queues work.
 
-The pieces that are useful outside the recipe are module-level functions: `build_optimizer`,
-`build_scheduler`, `find_latest_checkpoint`, `default_wandb_to_offline`.
+The pieces that are useful outside the recipe live beside it: `kqa.training.optim` (`build_optimizer`,
+`build_scheduler`), `kqa.training.checkpoints` (`find_latest_checkpoint`), `kqa.training.tracking`
+(`default_wandb_to_offline`), `kqa.training.state` (`TrainingState`, `Run`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,7 +31,13 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
 from kqa.data import load_hf_dataset, load_squad_json
-from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader, sort_by_length
+from kqa.dataloaders import (
+    QACollator,
+    make_eval_dataloader,
+    make_train_dataloader,
+    pad_multiple_for,
+    sort_by_length,
+)
 from kqa.features import prepare_eval_features, prepare_train_features
 from kqa.metric import score_predictions
 from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
@@ -42,112 +46,11 @@ from kqa.prediction import PredictionSet, predict_and_score
 from kqa.training.checkpoints import CHECKPOINT_PREFIX, STATE_MARKER, find_latest_checkpoint, list_checkpoints
 from kqa.training.config import TrainConfig, resolve_mixed_precision
 from kqa.training.optim import build_optimizer, build_scheduler
+from kqa.training.state import NonFiniteLossError, Run, StepWindow, TrainingState, TrainResult, is_improvement
 from kqa.training.tracking import METRICS_FILE, _read_records, default_wandb_to_offline, peak_memory_mb
 
 logger = logging.getLogger(__name__)
 
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the loss or gradient norm stops being finite (fp16 overflow, a bad batch, lr too high)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# State that travels with every checkpoint
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class TrainingState:
-    """Loop counters saved with `accelerator.save_state` (registered for checkpointing)."""
-
-    global_step: int = 0
-    epoch: int = 0
-    batches_seen_in_epoch: int = 0  # micro-batches consumed in `epoch`, to resume mid-epoch
-    best_metric: Optional[float] = None
-    best_step: Optional[int] = None
-    evals_without_improvement: int = 0
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-@dataclass
-class TrainResult:
-    global_step: int
-    best_metric: Optional[float]
-    best_step: Optional[int]
-    final_metrics: dict[str, float]
-    stopped_early: bool
-    interrupted: bool  # stopped by max_steps_this_run before the schedule ended
-
-
-# --------------------------------------------------------------------------------------------------
-# Stage helpers
-# --------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def _is_improvement(value: float, best: Optional[float], greater_is_better: bool) -> bool:
-    if best is None:
-        return True
-    return value > best if greater_is_better else value < best
-
-
-class _StepWindow:
-    """What happened since the last logging step, kept on the device so that a step needs no sync."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.loss_sum = torch.zeros((), device=device)
-        self.real_tokens = torch.zeros((), dtype=torch.long, device=device)
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum.zero_()
-        self.real_tokens.zero_()
-        self.micro_batches = self.samples = self.padded_tokens = self.steps = 0
-        self.started = time.perf_counter()
-
-    @contextlib.contextmanager
-    def paused(self):
-        """Leave the time spent inside out of the window (evaluation, checkpoints)."""
-        begun = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.started += time.perf_counter() - begun
-
-    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        self.loss_sum += loss.detach().float()
-        self.real_tokens += batch["attention_mask"].sum()
-        self.micro_batches += 1
-        self.samples += batch["input_ids"].shape[0]  # shapes are host metadata: no sync
-        self.padded_tokens += batch["input_ids"].numel()
-
-
-# --------------------------------------------------------------------------------------------------
-# The recipe
-# --------------------------------------------------------------------------------------------------
 
 class QATrainingRecipe:
     """Fine-tune a span-extraction QA model: setup → train (evaluate, checkpoint) → best model.
@@ -175,24 +78,28 @@ class QATrainingRecipe:
         self.log_history: list[dict] = []  # this process's records of the run, in memory only
         self.last_predictions: dict[str, Any] = {}
         self.last_checkpoint_step: Optional[int] = None
+        self.run: Optional[Run] = None  # set by train()
 
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self) -> QATrainingRecipe:
-        self._setup_accelerator()
-        self._setup_model_and_tokenizer()
-        self._setup_data()
-        self._setup_optimization()
-        self._prepare()
+        """Build every stage; each `_setup_*` returns what it builds and this assigns it."""
+        self.accelerator = self._setup_accelerator()
+        self.tokenizer, self.model = self._setup_model_and_tokenizer()
+        self.train_features, self.train_feature_report, self.eval_sets = self._setup_features()
+        self.collator, self.train_dataloader = self._setup_dataloaders()  # and each eval set's loader
+        self.optimizer, self.scheduler, self.steps_per_epoch, self.total_steps, self.num_epochs = (
+            self._setup_optimization())
+        self.model, self.optimizer, self.train_dataloader, self.scheduler = self._prepare()
         resumed = self._maybe_resume()
         self._start_metrics_log(resumed)
         return self
 
-    def _setup_accelerator(self) -> None:
+    def _setup_accelerator(self) -> Accelerator:
         cfg = self.config
         log_with = None if cfg.report_to == "none" else cfg.report_to
         if log_with in ("wandb", "all"):
             default_wandb_to_offline()
-        self.accelerator = Accelerator(
+        accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=True
@@ -202,31 +109,33 @@ class QATrainingRecipe:
         )
         set_seed(cfg.seed)
         # Logging is the application's to configure (train.py does); only silence other processes.
-        if not self.accelerator.is_local_main_process:
+        if not accelerator.is_local_main_process:
             logging.getLogger("kqa").setLevel(logging.WARNING)
-        if self.accelerator.is_main_process:
+        if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output_dir / "train_config.yaml")
-        self.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
+        return accelerator
 
-    def _setup_model_and_tokenizer(self) -> None:
+    def _setup_model_and_tokenizer(self):
         from transformers import AutoTokenizer
 
         cfg = self.config
         tokenizer_source = cfg.tokenizer_name_or_path or cfg.model_name_or_path
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=cfg.trust_remote_code)
         attention_dropout = cfg.resolved_attention_dropout(self.accelerator.device.type)
         try:
-            self.model = self._load_model(attention_dropout)
+            model = self._load_model(attention_dropout)
         except NoAttentionDropoutError:
             if cfg.attention_dropout != "auto":
                 raise
-            self.model = self._load_model(None)  # auto on an encoder without the setting: keep it as it is
+            model = self._load_model(None)  # auto on an encoder without the setting: keep it as it is
         logger.info("attention dropout %s (attention_dropout: %s, on %s)",
-                    attention_dropout_of(self.model.config), cfg.attention_dropout, self.accelerator.device.type)
+                    attention_dropout_of(model.config), cfg.attention_dropout, self.accelerator.device.type)
         if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, self.model.num_parameters() / 1e6)
+            model.gradient_checkpointing_enable()
+        logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, model.num_parameters() / 1e6)
+        return tokenizer, model
 
     def _load_model(self, attention_dropout: Optional[float]):
         cfg = self.config
@@ -262,54 +171,63 @@ class QATrainingRecipe:
             sets = {k: v.select(range(min(cfg.max_eval_samples, len(v)))) for k, v in sets.items()}
         return sets
 
-    def _setup_data(self) -> None:
+    def _setup_features(self):
+        """Train features, their report, and the validation sets (features with offsets and labels)."""
         cfg, features_config = self.config, self.settings.features
         with self.accelerator.main_process_first():  # the main process fills the datasets cache first
             train_examples = self._load_train_examples()
-            self.train_features, self.train_feature_report = self.build_train_features(
+            train_features, train_report = self.build_train_features(
                 train_examples, self.tokenizer, features_config, num_proc=cfg.preprocessing_num_workers
             )
-            self.eval_sets: list[PredictionSet] = []
+            eval_sets: list[PredictionSet] = []
             if cfg.eval_strategy != "no":
                 for name, examples in self._load_validation_examples().items():
                     # Offsets (to decode answers) and labels (for the evaluation loss) in one pass.
                     features, _ = self.build_eval_features(examples, self.tokenizer, features_config,
                                                            with_labels=True, num_proc=cfg.preprocessing_num_workers)
                     features = sort_by_length(features)  # batches of similar lengths: about half the padding
-                    self.eval_sets.append(PredictionSet(name=name, examples=examples, features=features))
-        if cfg.eval_strategy != "no" and not self.eval_sets:
+                    eval_sets.append(PredictionSet(name=name, examples=examples, features=features))
+        if cfg.eval_strategy != "no" and not eval_sets:
             raise ValueError("eval_strategy is not 'no' but no validation data was given")
+        return train_features, train_report, eval_sets
 
-        pad_multiple = 8 if self.accelerator.mixed_precision != "no" else None  # tensor-core friendly shapes
-        self.collator = self.collator_class.from_tokenizer(self.tokenizer, pad_to_multiple_of=pad_multiple)
-        self.train_dataloader = make_train_dataloader(
-            self.train_features, self.collator, cfg.per_device_train_batch_size, seed=cfg.seed,
+    def _setup_dataloaders(self):
+        """The collator and the train dataloader; each validation set gets its own loader."""
+        cfg = self.config
+        pad_multiple = pad_multiple_for(self.accelerator.mixed_precision)
+        collator = self.collator_class.from_tokenizer(self.tokenizer, pad_to_multiple_of=pad_multiple)
+        train_dataloader = make_train_dataloader(
+            self.train_features, collator, cfg.per_device_train_batch_size, seed=cfg.seed,
             group_by_length=cfg.group_by_length, num_workers=cfg.dataloader_num_workers,
         )
         for eval_set in self.eval_sets:
             eval_set.dataloader = make_eval_dataloader(
-                eval_set.features, self.collator, cfg.per_device_eval_batch_size, num_workers=cfg.dataloader_num_workers
+                eval_set.features, collator, cfg.per_device_eval_batch_size, num_workers=cfg.dataloader_num_workers
             )
+        return collator, train_dataloader
 
-    def _setup_optimization(self) -> None:
+    def _setup_optimization(self):
+        """The optimizer, the schedule and its length: steps per epoch, total steps, epochs."""
         cfg = self.config
-        self.optimizer = build_optimizer(self.model, cfg)
+        optimizer = build_optimizer(self.model, cfg)
         # Optimizer steps per epoch as each process will see them after sharding.
         batches_per_epoch = math.ceil(len(self.train_dataloader) / self.accelerator.num_processes)
-        self.steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
+        steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
         if cfg.max_train_steps is not None:
-            self.total_steps = cfg.max_train_steps
+            total_steps = cfg.max_train_steps
         else:
-            self.total_steps = math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+            total_steps = math.ceil(cfg.num_train_epochs * steps_per_epoch)
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
         # A prepared scheduler steps once per process per optimizer step, so it counts in those units.
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps * self.accelerator.num_processes)
+        scheduler = build_scheduler(optimizer, cfg, total_steps * self.accelerator.num_processes)
+        return optimizer, scheduler, steps_per_epoch, total_steps, num_epochs
 
-    def _prepare(self) -> None:
+    def _prepare(self):
+        """`accelerator.prepare` of the model, optimizer, dataloaders and schedule (the validation loaders
+        are replaced in their sets); the loop state is registered for checkpointing, trackers started."""
         acc = self.accelerator
         eval_loaders = [s.dataloader for s in self.eval_sets]
         prepared = acc.prepare(self.model, self.optimizer, self.train_dataloader, self.scheduler, *eval_loaders)
-        self.model, self.optimizer, self.train_dataloader, self.scheduler = prepared[:4]
         for eval_set, loader in zip(self.eval_sets, prepared[4:]):
             eval_set.dataloader = loader
         acc.register_for_checkpointing(self.state)
@@ -319,6 +237,7 @@ class QATrainingRecipe:
                 config={k: v for k, v in self.config.to_flat_dict().items() if isinstance(v, (int, float, str, bool))},
                 init_kwargs={"wandb": {"name": self.config.run_name, "dir": str(self.output_dir)}},
             )
+        return prepared[:4]
 
     def _maybe_resume(self) -> bool:
         source = self.config.resume_from_checkpoint
@@ -359,94 +278,74 @@ class QATrainingRecipe:
     # ---- training ---------------------------------------------------------------------------------
     def train(self, max_steps_this_run: Optional[int] = None) -> TrainResult:
         """Run the schedule to its end (or `max_steps_this_run` more optimizer steps, for time-sliced jobs)."""
-        cfg, acc, state = self.config, self.accelerator, self.state
-        self.stop_at = min(self.total_steps, state.global_step + (max_steps_this_run or self.total_steps))
-        self.stopped_early = False
-        self.last_metrics: dict[str, float] = {}
-        self.window = _StepWindow(acc.device)
-        self.last_grad_norm = None
-        # The first step whose loss or gradient norm was not finite, -1 while all were: tracked on the
-        # device, read at logging steps, evaluations and checkpoints.
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
-        self.device_step = torch.full((), state.global_step, dtype=torch.long, device=acc.device)
-        self.progress = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
-                             disable=cfg.disable_tqdm or not acc.is_local_main_process, dynamic_ncols=True)
+        cfg, acc, state, model = self.config, self.accelerator, self.state, self.model
+        run = self.run = self._start_run(max_steps_this_run)
         if cfg.eval_before_training and state.global_step == 0 and self.eval_sets:
             self.evaluate()  # a baseline only: the untrained head never becomes the best model
 
-        for epoch_ended in self._optimizer_steps():
-            self.progress.update(1)
-            if state.global_step % cfg.logging_steps == 0 or state.global_step == self.stop_at:
-                self._log_training()
-            with self.window.paused():  # throughput counts training time only
-                if self._evaluation_due(epoch_ended):
-                    self._evaluate_and_select()
-                if self._checkpoint_due(epoch_ended):
-                    self.save_checkpoint()
-
-        self.progress.close()
-        return self._finish()
-
-    def _optimizer_steps(self) -> Iterator[bool]:
-        """Train micro-batch after micro-batch, epoch after epoch (resuming mid-epoch where a checkpoint
-        left off); yield after every optimizer step whether it ended an epoch, until the run is done."""
-        acc, state = self.accelerator, self.state
-        while state.epoch < self.num_epochs and not self._done():
-            self.model.train()
+        while state.epoch < self.num_epochs and not run.done(state):
+            model.train()
             self.train_dataloader.set_epoch(state.epoch)
             batches = self.train_dataloader
             if state.batches_seen_in_epoch:  # resuming mid-epoch: the same order, without what was done
                 batches = acc.skip_first_batches(self.train_dataloader, state.batches_seen_in_epoch)
             for batch in batches:
-                self._train_micro_batch(batch)
+                # forward, backward, clip, step, zero: under accumulate() the optimizer and scheduler
+                # act only on the last micro-batch of an accumulation (acc.sync_gradients)
+                with acc.accumulate(model):
+                    loss = model(**batch).loss
+                    acc.backward(loss)
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if acc.sync_gradients else None
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                run.window.add(loss, batch)  # summed on the device: no sync
                 state.batches_seen_in_epoch += 1
-                if acc.sync_gradients:  # else still accumulating: no optimizer step yet
-                    state.global_step += 1
-                    epoch_ended = state.batches_seen_in_epoch == len(self.train_dataloader)
-                    if epoch_ended:
-                        state.epoch, state.batches_seen_in_epoch = state.epoch + 1, 0
-                    yield epoch_ended
-                    if self._done():
-                        return
+                if not acc.sync_gradients:
+                    continue  # still accumulating: no optimizer step yet
+                run.track_finite(grad_norm, check_grad_norm=acc.mixed_precision != "fp16")  # fp16: the scaler skips
+                run.last_grad_norm, run.window.steps = grad_norm, run.window.steps + 1
+                state.global_step += 1
+                epoch_ended = state.batches_seen_in_epoch == len(self.train_dataloader)
+                if epoch_ended:
+                    state.epoch, state.batches_seen_in_epoch = state.epoch + 1, 0
+                run.progress.update(1)
 
-    def _train_micro_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        acc = self.accelerator
-        with acc.accumulate(self.model):
-            loss = self.model(**batch).loss
-            acc.backward(loss)
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm) \
-                if acc.sync_gradients else None
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.window.add(loss, batch)
-        if acc.sync_gradients:
-            self._track_finite(grad_norm)
-            self.window.steps += 1
-            self.last_grad_norm = grad_norm
+                # log (the host waits here: loss and counts are reduced over processes), evaluate, checkpoint
+                if state.global_step % cfg.logging_steps == 0 or state.global_step == run.stop_at:
+                    self._log_training()
+                with run.window.paused():  # throughput counts training time only
+                    if self._evaluation_due(epoch_ended):
+                        self._evaluate_and_select()
+                    if self._checkpoint_due(epoch_ended):
+                        self.save_checkpoint()
+                if run.done(state):
+                    break
 
-    def _track_finite(self, grad_norm) -> None:
-        """Record the first step with a non-finite loss or gradient norm, on the device (no sync)."""
-        self.device_step += 1
-        bad = ~torch.isfinite(self.window.loss_sum)
-        # fp16 overflow is not an error: the grad scaler skips that step and lowers its scale.
-        if grad_norm is not None and self.accelerator.mixed_precision != "fp16":
-            bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=bad.device))
-        self.first_bad_step = torch.where((self.first_bad_step < 0) & bad, self.device_step, self.first_bad_step)
+        run.progress.close()
+        return self._finish()
+
+    def _start_run(self, max_steps_this_run: Optional[int]) -> Run:
+        acc, state = self.accelerator, self.state
+        return Run(
+            stop_at=min(self.total_steps, state.global_step + (max_steps_this_run or self.total_steps)),
+            window=StepWindow(acc.device),
+            progress=tqdm(total=self.total_steps, initial=state.global_step, desc="train",
+                          disable=self.config.disable_tqdm or not acc.is_local_main_process, dynamic_ncols=True),
+            first_bad_step=torch.full((), -1, dtype=torch.long, device=acc.device),
+            device_step=torch.full((), state.global_step, dtype=torch.long, device=acc.device),
+        )
 
     def _raise_if_not_finite(self) -> None:
-        if not hasattr(self, "first_bad_step"):
+        if self.run is None:
             return  # nothing trained yet
-        bad_steps = [s for s in self.accelerator.gather(self.first_bad_step.reshape(1)).tolist() if s >= 0]
+        bad_steps = [s for s in self.accelerator.gather(self.run.first_bad_step.reshape(1)).tolist() if s >= 0]
         if bad_steps:
             raise NonFiniteLossError(
                 f"non-finite loss or gradient norm at optimizer step {min(bad_steps)}; lower the learning "
                 f"rate, use bf16 instead of fp16, or check the data. The last good checkpoint is in "
                 f"{self.checkpoint_root}"
             )
-
-    def _done(self) -> bool:
-        return self.state.global_step >= self.stop_at or self.stopped_early
 
     def _evaluation_due(self, epoch_ended: bool) -> bool:
         cfg = self.config
@@ -462,7 +361,7 @@ class QATrainingRecipe:
 
     def _log_training(self) -> None:
         """Loss and throughput since the last logging step, summed over processes."""
-        acc, window, state = self.accelerator, self.window, self.state
+        acc, window, state = self.accelerator, self.run.window, self.state
         self._raise_if_not_finite()
         host_counts = [window.micro_batches, window.samples, window.padded_tokens]
         totals = torch.stack([window.loss_sum, window.real_tokens.float(),
@@ -472,7 +371,7 @@ class QATrainingRecipe:
         logs = {
             "loss": loss_sum / max(micro_batches, 1),
             "learning_rate": self.scheduler.get_last_lr()[0],
-            "grad_norm": float(self.last_grad_norm) if self.last_grad_norm is not None else float("nan"),
+            "grad_norm": float(self.run.last_grad_norm) if self.run.last_grad_norm is not None else float("nan"),
             "samples_per_second": samples / elapsed,
             "tokens_per_second": real_tokens / elapsed,  # non-padding tokens
             "padded_tokens_per_second": padded_tokens / elapsed,
@@ -480,20 +379,20 @@ class QATrainingRecipe:
             "epoch": state.epoch + state.batches_seen_in_epoch / max(1, len(self.train_dataloader)),
         }
         self._log(logs)
-        self.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}",
+        self.run.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}",
                                   sps=f"{logs['samples_per_second']:.1f}")
         window.reset()
 
     def _evaluate_and_select(self) -> None:
-        self.last_metrics = self.evaluate()
-        self.stopped_early = self._select_best(self.last_metrics)
+        self.run.last_metrics = self.evaluate()
+        self.run.stopped_early = self._select_best(self.run.last_metrics)
 
     def _finish(self) -> TrainResult:
-        cfg, state = self.config, self.state
-        finished = state.global_step >= self.total_steps or self.stopped_early
+        cfg, state, run = self.config, self.state, self.run
+        finished = state.global_step >= self.total_steps or run.stopped_early
         if finished:
             # A schedule that ends mid-epoch (max_train_steps) still gets its final evaluation.
-            if cfg.eval_strategy != "no" and self.last_metrics.get("step") != state.global_step:
+            if cfg.eval_strategy != "no" and run.last_metrics.get("step") != state.global_step:
                 self._evaluate_and_select()
             self.save_final()
             self.accelerator.end_training()
@@ -501,7 +400,7 @@ class QATrainingRecipe:
             self.save_checkpoint()  # a time-sliced run always leaves a checkpoint to resume from
         return TrainResult(
             global_step=state.global_step, best_metric=state.best_metric, best_step=state.best_step,
-            final_metrics=self.last_metrics, stopped_early=self.stopped_early, interrupted=not finished,
+            final_metrics=run.last_metrics, stopped_early=run.stopped_early, interrupted=not finished,
         )
 
     # ---- evaluation -------------------------------------------------------------------------------
@@ -550,7 +449,7 @@ class QATrainingRecipe:
         if key not in metrics:
             raise KeyError(f"metric_for_best_model={key!r} is not among the evaluation metrics: {sorted(metrics)}")
         value = metrics[key]
-        if _is_improvement(value, state.best_metric, cfg.greater_is_better):
+        if is_improvement(value, state.best_metric, cfg.greater_is_better):
             state.best_metric, state.best_step = value, state.global_step
             state.evals_without_improvement = 0
             self.save_best(metrics)
@@ -574,8 +473,9 @@ class QATrainingRecipe:
     def save_final(self) -> None:
         """The model at the end of training → output_dir/final, loadable like best/ (also when the run
         never evaluated, eval_strategy=no)."""
-        evaluated_now = self.last_metrics.get("step") == self.state.global_step
-        self._save_model(self.final_dir, self.last_metrics if evaluated_now else None,
+        last_metrics = self.run.last_metrics if self.run else {}
+        evaluated_now = last_metrics.get("step") == self.state.global_step
+        self._save_model(self.final_dir, last_metrics if evaluated_now else None,
                          self.last_predictions if evaluated_now else {})
 
     def _save_model(self, directory: Path, metrics: Optional[dict[str, float]], predictions: dict) -> None:

@@ -1,0 +1,42 @@
+"""The server's settings as plain dataclasses (no web framework imported): what one request may ask
+for (`ServerLimits`) and how questions are micro-batched (`BatchingSettings`). `kqa serve`'s flags take
+their defaults from here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask for. Larger input is a 422 naming the field and the limit."""
+
+    max_context_chars: int = 10_000  # ~25 windows of 384 tokens: a few seconds on 2 CPU cores
+    max_question_chars: int = 1_000  # the model reads max_query_length tokens of it anyway
+    max_batch_questions: int = 64  # questions in one /v1/answer/batch request
+    max_top_k: int = 20
+    max_passages: int = 20  # passages one /v1/ask request may have read
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """Micro-batching: up to `batch_size` questions per model call, gathered for up to `max_wait_ms`.
+    `batch_size=1` turns it off (one question per call). More than `max_queue` waiting questions
+    makes new requests a 503."""
+
+    batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms < 10_000):
+            raise ValueError(f"max_wait_ms must be between 0 and 10000, got {self.max_wait_ms!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ValueError(f"max_queue must be a positive integer, got {self.max_queue!r}")

@@ -1,0 +1,109 @@
+"""What the loop keeps: `TrainingState` (saved with every checkpoint), `TrainResult`, and what one call of
+`train()` tracks (`Run`: where it stops, the throughput window, the device-side finite check)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss or gradient norm stops being finite (fp16 overflow, a bad batch, lr too high)."""
+
+
+@dataclass
+class TrainingState:
+    """Loop counters saved with `accelerator.save_state` (registered for checkpointing)."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_seen_in_epoch: int = 0  # micro-batches consumed in `epoch`, to resume mid-epoch
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    evals_without_improvement: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    best_metric: Optional[float]
+    best_step: Optional[int]
+    final_metrics: dict[str, float]
+    stopped_early: bool
+    interrupted: bool  # stopped by max_steps_this_run before the schedule ended
+
+
+def is_improvement(value: float, best: Optional[float], greater_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if greater_is_better else value < best
+
+
+class StepWindow:
+    """What happened since the last logging step, kept on the device so that a step needs no sync."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.real_tokens = torch.zeros((), dtype=torch.long, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.real_tokens.zero_()
+        self.micro_batches = self.samples = self.padded_tokens = self.steps = 0
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of the window (evaluation, checkpoints)."""
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - begun
+
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.loss_sum += loss.detach().float()
+        self.real_tokens += batch["attention_mask"].sum()
+        self.micro_batches += 1
+        self.samples += batch["input_ids"].shape[0]  # shapes are host metadata: no sync
+        self.padded_tokens += batch["input_ids"].numel()
+
+
+@dataclass
+class Run:
+    """What one call of `train()` tracks, built at its start (`TrainingState` is what checkpoints keep)."""
+
+    stop_at: int  # the optimizer step this call ends at
+    window: StepWindow
+    progress: Any  # the tqdm bar
+    # The first step whose loss or gradient norm was not finite, -1 while all were: on the device, read
+    # at logging steps, evaluations and checkpoints.
+    first_bad_step: torch.Tensor
+    device_step: torch.Tensor
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    last_grad_norm: Optional[torch.Tensor] = None
+    stopped_early: bool = False
+
+    def done(self, state: TrainingState) -> bool:
+        return state.global_step >= self.stop_at or self.stopped_early
+
+    def track_finite(self, grad_norm, check_grad_norm: bool) -> None:
+        """Record the first step with a non-finite loss or gradient norm, on the device (no sync)."""
+        self.device_step += 1
+        bad = ~torch.isfinite(self.window.loss_sum)
+        if grad_norm is not None and check_grad_norm:
+            bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=bad.device))
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & bad, self.device_step, self.first_bad_step)
