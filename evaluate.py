@@ -26,13 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best)")
     source.add_argument("--predictions", help="an existing predictions.json (id → answer text) to score")
     parser.add_argument("--output_dir", help="where to write predictions.json / nbest_predictions.json")
-    add_renamed_flag(parser, "--per_device_eval_batch_size", "--batch_size", type=int, default=EVAL_BATCH_SIZE,
-                     help="windows per batch")
+    add_renamed_flag(
+        parser,
+        "--per_device_eval_batch_size",
+        "--batch_size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help="windows per batch",
+    )
     add_prediction_override_flags(parser)
-    parser.add_argument("--mixed_precision", choices=MIXED_PRECISIONS,
-                        help="default: Accelerate's setting (accelerate config / launch --mixed_precision)")
-    add_bool_flag(parser, "trust_remote_code",
-                  help="allow an encoder whose code lives beside its weights (as for training it)")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISIONS,
+        help="default: Accelerate's setting (accelerate config / launch --mixed_precision)",
+    )
+    add_bool_flag(
+        parser, "trust_remote_code", help="allow an encoder whose code lives beside its weights (as for training it)"
+    )
     add_bool_flag(parser, "disable_tqdm", help="no progress bars")
     return parser
 
@@ -49,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
     evaluation = evaluate_model(
-        args.model, args.data_file, output_dir=args.output_dir, batch_size=args.per_device_eval_batch_size,
-        mixed_precision=args.mixed_precision, trust_remote_code=args.trust_remote_code,
-        disable_tqdm=args.disable_tqdm, **overrides,
+        args.model,
+        args.data_file,
+        output_dir=args.output_dir,
+        batch_size=args.per_device_eval_batch_size,
+        mixed_precision=args.mixed_precision,
+        trust_remote_code=args.trust_remote_code,
+        disable_tqdm=args.disable_tqdm,
+        **overrides,
     )
     from accelerate import PartialState
 

@@ -71,8 +71,10 @@ import common  # noqa: E402
 # KorQuAD first: `--max-train-examples N` keeps the first N, and KorQuAD's long contexts are where the
 # common recipe's truncation loses answers.
 TRAIN_FILES = ("korquad-1.0-sample/KorQuAD_v1.0_train.json", "tydiqa-goldp-ko/korean_tydiqa_train.json")
-DEV_SETS = {"korquad_dev": "korquad-1.0-sample/KorQuAD_v1.0_dev.json",
-            "tydi_dev": "tydiqa-goldp-ko/korean_tydiqa_dev.json"}
+DEV_SETS = {
+    "korquad_dev": "korquad-1.0-sample/KorQuAD_v1.0_dev.json",
+    "tydi_dev": "tydiqa-goldp-ko/korean_tydiqa_dev.json",
+}
 ROW_COMMON_OFFSETS = "common recipe (argmax, offsets)"
 ROW_COMMON_DECODE = "common recipe (argmax, tokenizer.decode)"
 ROW_KQA = "kqa (windows, n-best)"
@@ -83,6 +85,7 @@ WEIGHT_DECAY = 0.01
 # --------------------------------------------------------------------------------------------------
 # The shared initial model
 # --------------------------------------------------------------------------------------------------
+
 
 def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object, str]:
     """The backbone with a fresh span head (or, with --tiny-random-backbone, a random-init BERT and a
@@ -97,22 +100,33 @@ def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object,
     torch.manual_seed(args.seed)
     if args.tiny_random_backbone:
         tokenizer = build_wordpiece_tokenizer(common.corpus_texts(train_examples), vocab_size=args.vocab_size)
-        config = tiny_bert_config(**common.bert_shape(args, max(args.vocab_size, len(tokenizer))),
-                                  max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        config = tiny_bert_config(
+            **common.bert_shape(args, max(args.vocab_size, len(tokenizer))),
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+        )
         torch.manual_seed(args.seed)
         model = QuestionAnsweringModel.from_config(config)
-        description = (f"random-init BERT (hidden {args.hidden_size}, {args.layers} layers, "
-                       f"WordPiece {len(tokenizer)} pieces trained on the training examples)")
+        description = (
+            f"random-init BERT (hidden {args.hidden_size}, {args.layers} layers, "
+            f"WordPiece {len(tokenizer)} pieces trained on the training examples)"
+        )
     else:
         if not (args.backbone / "config.json").is_file():
-            raise SystemExit(f"{args.backbone}: no config.json; build it with `python -m kqa.offline build-backbone` "
-                             f"or pass --backbone DIR (or --tiny-random-backbone)")
+            raise SystemExit(
+                f"{args.backbone}: no config.json; build it with `python -m kqa.offline build-backbone` "
+                f"or pass --backbone DIR (or --tiny-random-backbone)"
+            )
         tokenizer = AutoTokenizer.from_pretrained(str(args.backbone))
         model = QuestionAnsweringModel.from_backbone(args.backbone)  # fresh head, seeded above
         description = f"{args.backbone} + fresh span head"
     n_params = model.num_parameters()
-    model.save_pretrained(model_dir, tokenizer=tokenizer,
-                          kqa_config={"max_seq_length": args.max_seq_length, "doc_stride": args.doc_stride})
+    model.save_pretrained(
+        model_dir,
+        tokenizer=tokenizer,
+        kqa_config={"max_seq_length": args.max_seq_length, "doc_stride": args.doc_stride},
+    )
     del model
     return model_dir, tokenizer, f"{description}, {n_params / 1e6:.2f}M parameters"
 
@@ -127,6 +141,7 @@ def check_initial_weights(model, model_dir: Path, what: str) -> int:
 # --------------------------------------------------------------------------------------------------
 # (A) the common recipe with transformers.Trainer
 # --------------------------------------------------------------------------------------------------
+
 
 def argmax_answers(start_logits, end_logits, features, examples, tokenizer) -> tuple[dict, dict, dict]:
     """Argmax start / argmax end per row (one row per example); returns the answers sliced from the
@@ -149,8 +164,8 @@ def argmax_answers(start_logits, end_logits, features, examples, tokenizer) -> t
             empty["outside_context"] += 1
             by_offsets[ids[i]] = by_decode[ids[i]] = ""
         else:
-            by_offsets[ids[i]] = contexts[i][offsets[s][0]:offsets[e][1]]
-            by_decode[ids[i]] = tokenizer.decode(input_ids[s:e + 1], skip_special_tokens=True)
+            by_offsets[ids[i]] = contexts[i][offsets[s][0] : offsets[e][1]]
+            by_decode[ids[i]] = tokenizer.decode(input_ids[s : e + 1], skip_special_tokens=True)
     return by_offsets, by_decode, empty
 
 
@@ -168,14 +183,16 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
     from kqa.metric import score_predictions
 
     t0 = time.perf_counter()
-    train_features, train_lost = common.seed_recipe_features(train_examples, tokenizer, args.reference_max_length,
-                                                             with_labels=True)
+    train_features, train_lost = common.seed_recipe_features(
+        train_examples, tokenizer, args.reference_max_length, with_labels=True
+    )
     labelled, predict_features, dev_lost = [], {}, {}
     for name, examples in dev_examples.items():
         features, lost = common.seed_recipe_features(examples, tokenizer, args.reference_max_length, with_labels=True)
         labelled.append(features)
         predict_features[name], dev_lost[name] = common.seed_recipe_features(
-            examples, tokenizer, args.reference_max_length, with_labels=False)
+            examples, tokenizer, args.reference_max_length, with_labels=False
+        )
         assert lost == dev_lost[name]
     eval_dataset = datasets.concatenate_datasets(labelled)
 
@@ -183,15 +200,34 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
     check_initial_weights(model, model_dir, "common recipe")
     steps_per_epoch = math.ceil(len(train_features) / args.batch_size)
     training_args = TrainingArguments(
-        output_dir=str(work / "trainer"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.learning_rate,
-        weight_decay=WEIGHT_DECAY, warmup_steps=WARMUP_RATIO, lr_scheduler_type="linear", max_grad_norm=1.0,
-        seed=args.seed, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        load_best_model_at_end=True, metric_for_best_model="loss", logging_strategy="epoch", report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        output_dir=str(work / "trainer"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=WEIGHT_DECAY,
+        warmup_steps=WARMUP_RATIO,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        seed=args.seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        logging_strategy="epoch",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_features, eval_dataset=eval_dataset,
-                      data_collator=default_data_collator)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_features,
+        eval_dataset=eval_dataset,
+        data_collator=default_data_collator,
+    )
     trainer.remove_callback(PrinterCallback)  # no metrics dicts in the middle of the output
     setup_s = time.perf_counter() - t0
 
@@ -200,14 +236,19 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
     train_s = time.perf_counter() - t0
 
     state = trainer.state
-    history = [{"epoch": h["epoch"], "step": h["step"], "eval_loss": h["eval_loss"]}
-               for h in state.log_history if "eval_loss" in h]
+    history = [
+        {"epoch": h["epoch"], "step": h["step"], "eval_loss": h["eval_loss"]}
+        for h in state.log_history
+        if "eval_loss" in h
+    ]
     best = state.best_model_checkpoint
     best_step = int(Path(best).name.rsplit("-", 1)[1]) if best else None
     best_entry = next((h for h in history if h["step"] == best_step), None)
     for h in history:
-        print(f"[common recipe] epoch {h['epoch']:.0f} step {h['step']}: eval_loss {h['eval_loss']:.4f}"
-              f"{'  <- selected' if h['step'] == best_step else ''}")
+        print(
+            f"[common recipe] epoch {h['epoch']:.0f} step {h['step']}: eval_loss {h['eval_loss']:.4f}"
+            f"{'  <- selected' if h['step'] == best_step else ''}"
+        )
 
     t0 = time.perf_counter()
     scores: dict[str, dict] = {ROW_COMMON_OFFSETS: {}, ROW_COMMON_DECODE: {}}
@@ -215,20 +256,32 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
     for name, features in predict_features.items():
         output = trainer.predict(features.remove_columns(["example_id", "offset_mapping"]))
         start_logits, end_logits = output.predictions
-        by_offsets, by_decode, empty[name] = argmax_answers(start_logits, end_logits, features,
-                                                           dev_examples[name], tokenizer)
+        by_offsets, by_decode, empty[name] = argmax_answers(
+            start_logits, end_logits, features, dev_examples[name], tokenizer
+        )
         scores[ROW_COMMON_OFFSETS][name] = score_predictions(dev_examples[name], by_offsets).to_dict()
         scores[ROW_COMMON_DECODE][name] = score_predictions(dev_examples[name], by_decode).to_dict()
     predict_s = time.perf_counter() - t0
 
     selected = {
-        "selected_step": best_step, "selected_epoch": round(best_entry["epoch"]) if best_entry else None,
-        "selected_by": "eval_loss", "selected_value": state.best_metric, "total_steps": state.max_steps,
+        "selected_step": best_step,
+        "selected_epoch": round(best_entry["epoch"]) if best_entry else None,
+        "selected_by": "eval_loss",
+        "selected_value": state.best_metric,
+        "total_steps": state.max_steps,
     }
     result = {
-        "scores": scores, "selected": selected, "history": history, "empty_predictions": empty,
-        "setup_s": setup_s, "train_s": train_s, "predict_s": predict_s, "steps_per_epoch": steps_per_epoch,
-        "train_features": len(train_features), "lost_train_answers": train_lost, "lost_dev_answers": dev_lost,
+        "scores": scores,
+        "selected": selected,
+        "history": history,
+        "empty_predictions": empty,
+        "setup_s": setup_s,
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "steps_per_epoch": steps_per_epoch,
+        "train_features": len(train_features),
+        "lost_train_answers": train_lost,
+        "lost_dev_answers": dev_lost,
         "optim": str(getattr(training_args.optim, "value", training_args.optim)),
     }
     del trainer, model
@@ -240,8 +293,10 @@ def run_common_recipe(args, model_dir: Path, tokenizer, train_examples, dev_exam
 # (B) kqa
 # --------------------------------------------------------------------------------------------------
 
-def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files: dict[str, Path],
-            train_examples, work: Path) -> dict:
+
+def run_kqa(
+    args, model_dir: Path, tokenizer, train_files: list[Path], dev_files: dict[str, Path], train_examples, work: Path
+) -> dict:
     import json
 
     from kqa.features import FeatureConfig, prepare_train_features
@@ -249,28 +304,50 @@ def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files
     from kqa.training.recipe import QATrainingRecipe
 
     # kqa's own count of what its windows lose (the recipe does not expose its feature report).
-    _, report = prepare_train_features(train_examples, tokenizer,
-                                       FeatureConfig(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride))
+    _, report = prepare_train_features(
+        train_examples, tokenizer, FeatureConfig(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride)
+    )
     output_dir = work / "kqa"
     config = TrainConfig.from_flat(
-        model_name_or_path=str(model_dir), dataset_name=None, train_files=[str(f) for f in train_files],
+        model_name_or_path=str(model_dir),
+        dataset_name=None,
+        train_files=[str(f) for f in train_files],
         validation_files=[f"{name}={path}" for name, path in dev_files.items()],
-        max_train_samples=args.max_train_examples, max_eval_samples=args.max_eval_examples,
-        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        learning_rate=args.learning_rate, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO,
-        lr_scheduler_type="linear", max_grad_norm=1.0, num_train_epochs=args.epochs, mixed_precision="no",
-        seed=args.seed, group_by_length=not args.no_group_by_length, eval_strategy="epoch", save_strategy="epoch",
-        save_total_limit=1, metric_for_best_model="f1", greater_is_better=True, eval_before_training=False,
-        logging_steps=10, report_to="none", disable_tqdm=True, output_dir=str(output_dir),
+        max_train_samples=args.max_train_examples,
+        max_eval_samples=args.max_eval_examples,
+        max_seq_length=args.max_seq_length,
+        doc_stride=args.doc_stride,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=WEIGHT_DECAY,
+        warmup_ratio=WARMUP_RATIO,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        num_train_epochs=args.epochs,
+        mixed_precision="no",
+        seed=args.seed,
+        group_by_length=not args.no_group_by_length,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        eval_before_training=False,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        output_dir=str(output_dir),
     )
     t0 = time.perf_counter()
     recipe = QATrainingRecipe(config).setup()
     logging.getLogger("kqa").setLevel(logging.WARNING)  # the recipe's setup configures logging
     check_initial_weights(recipe.accelerator.unwrap_model(recipe.model), model_dir, "kqa")
     if len(recipe.train_features) != report.num_features:
-        raise RuntimeError(f"kqa: the recipe built {len(recipe.train_features)} windows, the check "
-                           f"{report.num_features}: not the same training examples")
+        raise RuntimeError(
+            f"kqa: the recipe built {len(recipe.train_features)} windows, the check "
+            f"{report.num_features}: not the same training examples"
+        )
     setup_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -279,24 +356,39 @@ def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files
 
     metrics = json.loads((output_dir / "best" / "metrics.json").read_text(encoding="utf-8"))
     if metrics["step"] != outcome.best_step:
-        raise RuntimeError(f"kqa: best/metrics.json is from step {metrics['step']}, the best step was "
-                           f"{outcome.best_step}")
-    scores = {name: {"exact_match": metrics[f"{name}/exact_match"], "f1": metrics[f"{name}/f1"],
-                     "unanswered": metrics.get(f"{name}/unanswered"), "eval_loss": metrics.get(f"{name}/loss")}
-              for name in dev_files}
-    history = [{k.removeprefix("eval/"): v for k, v in h.items()}
-               for h in recipe.log_history if "eval/f1" in h]
+        raise RuntimeError(
+            f"kqa: best/metrics.json is from step {metrics['step']}, the best step was {outcome.best_step}"
+        )
+    scores = {
+        name: {
+            "exact_match": metrics[f"{name}/exact_match"],
+            "f1": metrics[f"{name}/f1"],
+            "unanswered": metrics.get(f"{name}/unanswered"),
+            "eval_loss": metrics.get(f"{name}/loss"),
+        }
+        for name in dev_files
+    }
+    history = [{k.removeprefix("eval/"): v for k, v in h.items()} for h in recipe.log_history if "eval/f1" in h]
     for h in history:
         h["epoch"] = math.ceil(h["step"] / recipe.steps_per_epoch)
     selected = {
-        "selected_step": outcome.best_step, "selected_epoch": math.ceil(outcome.best_step / recipe.steps_per_epoch),
-        "selected_by": "f1", "selected_value": outcome.best_metric, "total_steps": recipe.total_steps,
+        "selected_step": outcome.best_step,
+        "selected_epoch": math.ceil(outcome.best_step / recipe.steps_per_epoch),
+        "selected_by": "f1",
+        "selected_value": outcome.best_metric,
+        "total_steps": recipe.total_steps,
     }
     result = {
-        "scores": {ROW_KQA: scores}, "overall": (metrics["exact_match"], metrics["f1"]), "selected": selected,
-        "history": history, "setup_s": setup_s,
-        "train_s": train_s, "predict_s": 0.0, "steps_per_epoch": recipe.steps_per_epoch,
-        "train_features": len(recipe.train_features), "lost_train_answers": report.num_lost_answers,
+        "scores": {ROW_KQA: scores},
+        "overall": (metrics["exact_match"], metrics["f1"]),
+        "selected": selected,
+        "history": history,
+        "setup_s": setup_s,
+        "train_s": train_s,
+        "predict_s": 0.0,
+        "steps_per_epoch": recipe.steps_per_epoch,
+        "train_features": len(recipe.train_features),
+        "lost_train_answers": report.num_lost_answers,
         "inexact_train_answers": report.num_inexact_answers,
     }
     del recipe
@@ -307,6 +399,7 @@ def run_kqa(args, model_dir: Path, tokenizer, train_files: list[Path], dev_files
 # --------------------------------------------------------------------------------------------------
 # Table
 # --------------------------------------------------------------------------------------------------
+
 
 def make_row(name: str, scores: dict, run: dict, dev_names, same_run_as: str | None = None) -> dict:
     row = {"recipe": name, **run["selected"]}
@@ -321,10 +414,16 @@ def make_row(name: str, scores: dict, run: dict, dev_names, same_run_as: str | N
             f1 += s["f1"] * n
     row["overall_em"] = em / total if total else None
     row["overall_f1"] = f1 / total if total else None
-    row["selected"] = (f"epoch {row['selected_epoch']} (step {row['selected_step']}/{row['total_steps']}), "
-                       f"{row['selected_by']} {row['selected_value']:.4g}")
-    row.update({k: run[k] for k in ("train_s", "predict_s", "setup_s", "train_features", "steps_per_epoch",
-                                    "lost_train_answers")})
+    row["selected"] = (
+        f"epoch {row['selected_epoch']} (step {row['selected_step']}/{row['total_steps']}), "
+        f"{row['selected_by']} {row['selected_value']:.4g}"
+    )
+    row.update(
+        {
+            k: run[k]
+            for k in ("train_s", "predict_s", "setup_s", "train_features", "steps_per_epoch", "lost_train_answers")
+        }
+    )
     row["scores"] = scores
     row["history"] = run["history"]
     if same_run_as:
@@ -334,13 +433,24 @@ def make_row(name: str, scores: dict, run: dict, dev_names, same_run_as: str | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", type=Path, default=common.REPO_ROOT / "models" / "e5-small",
-                        help="encoder directory (save_pretrained layout, with its tokenizer); a fresh span head is "
-                             "added")
-    parser.add_argument("--data-dir", type=Path, default=common.default_data_dir(),
-                        help="the shared data folder (default $KQA_DATA_DIR or ../shared/data)")
-    parser.add_argument("--max-train-examples", type=int, default=800,
-                        help="first N training examples (KorQuAD's, then TyDi's); 0 = all 1,767")
+    parser.add_argument(
+        "--backbone",
+        type=Path,
+        default=common.REPO_ROOT / "models" / "e5-small",
+        help="encoder directory (save_pretrained layout, with its tokenizer); a fresh span head is added",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=common.default_data_dir(),
+        help="the shared data folder (default $KQA_DATA_DIR or ../shared/data)",
+    )
+    parser.add_argument(
+        "--max-train-examples",
+        type=int,
+        default=800,
+        help="first N training examples (KorQuAD's, then TyDi's); 0 = all 1,767",
+    )
     parser.add_argument("--max-eval-examples", type=int, default=None, help="first N questions of each dev set")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -350,10 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=384, help="kqa's window length")
     parser.add_argument("--doc-stride", type=int, default=128, help="kqa's window overlap")
     parser.add_argument("--reference-max-length", type=int, default=512, help="the common recipe's padded length")
-    parser.add_argument("--no-group-by-length", action="store_true",
-                        help="kqa: plain shuffled batches (the main job groups batches by length)")
-    parser.add_argument("--tiny-random-backbone", action="store_true",
-                        help="a random-init BERT of the shape below instead of --backbone (smoke runs)")
+    parser.add_argument(
+        "--no-group-by-length",
+        action="store_true",
+        help="kqa: plain shuffled batches (the main job groups batches by length)",
+    )
+    parser.add_argument(
+        "--tiny-random-backbone",
+        action="store_true",
+        help="a random-init BERT of the shape below instead of --backbone (smoke runs)",
+    )
     common.add_bert_shape_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -387,11 +503,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KQA_CACHE_DIR"] = str(work / "cache")
         try:
             train_examples, per_file = common.load_examples(train_files, args.max_train_examples)
-            dev_examples = {name: common.load_examples([path], args.max_eval_examples)[0]
-                            for name, path in dev_files.items()}
+            dev_examples = {
+                name: common.load_examples([path], args.max_eval_examples)[0] for name, path in dev_files.items()
+            }
             model_dir, tokenizer, model_description = build_initial_model(args, train_examples, work)
-            print(f"model: {model_description}; {len(train_examples)} training examples, "
-                  + ", ".join(f"{n} {len(e)} questions" for n, e in dev_examples.items()), flush=True)
+            print(
+                f"model: {model_description}; {len(train_examples)} training examples, "
+                + ", ".join(f"{n} {len(e)} questions" for n, e in dev_examples.items()),
+                flush=True,
+            )
             common_run = run_common_recipe(args, model_dir, tokenizer, train_examples, dev_examples, work)
             kqa_run = run_kqa(args, model_dir, tokenizer, train_files, dev_files, train_examples, work)
         finally:
@@ -403,8 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     names = list(DEV_SETS)
     rows = [
         make_row(ROW_COMMON_OFFSETS, common_run["scores"][ROW_COMMON_OFFSETS], common_run, names),
-        make_row(ROW_COMMON_DECODE, common_run["scores"][ROW_COMMON_DECODE], common_run, names,
-                 same_run_as=ROW_COMMON_OFFSETS),
+        make_row(
+            ROW_COMMON_DECODE,
+            common_run["scores"][ROW_COMMON_DECODE],
+            common_run,
+            names,
+            same_run_as=ROW_COMMON_OFFSETS,
+        ),
         make_row(ROW_KQA, kqa_run["scores"][ROW_KQA], kqa_run, names),
     ]
     rows[2]["overall_em"], rows[2]["overall_f1"] = kqa_run["overall"]  # question-weighted, as kqa computes it
@@ -413,30 +538,45 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = common.machine_info()
     settings = common.settings_from_args(args)
-    settings.update({
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "model": model_description,
-        "train_examples": len(train_examples), "files": per_file,
-        "dev_questions": {n: len(e) for n, e in dev_examples.items()},
-        "weight_decay": WEIGHT_DECAY, "warmup_ratio": WARMUP_RATIO, "trainer_optim": common_run["optim"],
-        "common_train_rows": common_run["train_features"], "kqa_train_windows": kqa_run["train_features"],
-        "common_lost_train_answers": common_run["lost_train_answers"],
-        "common_lost_dev_answers": common_run["lost_dev_answers"],
-        "kqa_lost_train_answers": kqa_run["lost_train_answers"],
-    })
+    settings.update(
+        {
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "model": model_description,
+            "train_examples": len(train_examples),
+            "files": per_file,
+            "dev_questions": {n: len(e) for n, e in dev_examples.items()},
+            "weight_decay": WEIGHT_DECAY,
+            "warmup_ratio": WARMUP_RATIO,
+            "trainer_optim": common_run["optim"],
+            "common_train_rows": common_run["train_features"],
+            "kqa_train_windows": kqa_run["train_features"],
+            "common_lost_train_answers": common_run["lost_train_answers"],
+            "common_lost_dev_answers": common_run["lost_dev_answers"],
+            "kqa_lost_train_answers": kqa_run["lost_train_answers"],
+        }
+    )
     common.print_header(machine, {k: v for k, v in settings.items() if k != "files"})
-    print(f"data: {len(train_examples)} training examples -> common recipe {common_run['train_features']} rows of "
-          f"{args.reference_max_length} tokens ({common_run['lost_train_answers']} answers lost to truncation; "
-          f"dev answers out of reach: {common_run['lost_dev_answers']}), kqa {kqa_run['train_features']} windows "
-          f"({kqa_run['lost_train_answers']} lost); {args.epochs} epochs of batch {args.batch_size}, lr "
-          f"{args.learning_rate:g}, seed {args.seed}")
+    print(
+        f"data: {len(train_examples)} training examples -> common recipe {common_run['train_features']} rows of "
+        f"{args.reference_max_length} tokens ({common_run['lost_train_answers']} answers lost to truncation; "
+        f"dev answers out of reach: {common_run['lost_dev_answers']}), kqa {kqa_run['train_features']} windows "
+        f"({kqa_run['lost_train_answers']} lost); {args.epochs} epochs of batch {args.batch_size}, lr "
+        f"{args.learning_rate:g}, seed {args.seed}"
+    )
     columns = [("recipe", "recipe", "")]
     for n in names:
         columns += [(f"{n}_em", f"{n} EM", ".2f"), (f"{n}_f1", f"{n} F1", ".2f")]
-    columns += [("selected", "selected checkpoint", ""), ("lost_train_answers", "lost train answers", "d"),
-                ("train_s", "train+eval s", ".1f"), ("predict_s", "predict s", ".1f")]
+    columns += [
+        ("selected", "selected checkpoint", ""),
+        ("lost_train_answers", "lost train answers", "d"),
+        ("train_s", "train+eval s", ".1f"),
+        ("predict_s", "predict s", ".1f"),
+    ]
     common.print_table(rows, columns)
-    print("train+eval s: wall clock of Trainer.train() / QATrainingRecipe.train() (evaluation every epoch and "
-          "checkpoints included); the two common-recipe rows are one model, decoded two ways")
+    print(
+        "train+eval s: wall clock of Trainer.train() / QATrainingRecipe.train() (evaluation every epoch and "
+        "checkpoints included); the two common-recipe rows are one model, decoded two ways"
+    )
     common.write_json(args.out, machine=machine, settings=settings, results=rows)
     return 0
 

@@ -43,8 +43,12 @@ def build_model(args, attention_dropout: float):
     if args.model:
         model = QuestionAnsweringModel.from_backbone(args.model, attention_dropout=attention_dropout)
     else:  # a random BERT of the requested shape (tests, machines without the backbone)
-        config = tiny_bert_config(**common.bert_shape(args), max_position_embeddings=512, hidden_dropout_prob=0.1,
-                                  attention_probs_dropout_prob=attention_dropout)
+        config = tiny_bert_config(
+            **common.bert_shape(args),
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=attention_dropout,
+        )
         torch.manual_seed(args.seed)
         model = QuestionAnsweringModel.from_config(config)
     return model.train()
@@ -126,17 +130,31 @@ def main(argv: list[str] | None = None) -> int:
             times[p].append(time.perf_counter() - t0)
     rows = []
     for p, model in models.items():
-        rows.append({"attention_dropout": p, "sdpa_kernel": sdpa_kernel(model, batch, args.bf16),
-                     "step_s": common.median(times[p]), "min_s": min(times[p]), "max_s": max(times[p])})
+        rows.append(
+            {
+                "attention_dropout": p,
+                "sdpa_kernel": sdpa_kernel(model, batch, args.bf16),
+                "step_s": common.median(times[p]),
+                "min_s": min(times[p]),
+                "max_s": max(times[p]),
+            }
+        )
     reference = rows[0]["step_s"]
     for row in rows:
         row["speed_up"] = reference / row["step_s"]
-    common.print_table(rows, [
-        ("attention_dropout", "attention dropout", ".2f"), ("sdpa_kernel", "SDPA kernel", ""),
-        ("step_s", "fwd+bwd s (median)", ".2f"), ("min_s", "min s", ".2f"), ("max_s", "max s", ".2f"),
-        ("speed_up", "speed-up", ".2f"),
-    ], title=f"batch {args.batch_size} x {args.seq_length} tokens ({args.real_tokens} real), "
-             f"{args.rounds} rounds, torch threads {torch.get_num_threads()}{', bf16 autocast' if args.bf16 else ''}")
+    common.print_table(
+        rows,
+        [
+            ("attention_dropout", "attention dropout", ".2f"),
+            ("sdpa_kernel", "SDPA kernel", ""),
+            ("step_s", "fwd+bwd s (median)", ".2f"),
+            ("min_s", "min s", ".2f"),
+            ("max_s", "max s", ".2f"),
+            ("speed_up", "speed-up", ".2f"),
+        ],
+        title=f"batch {args.batch_size} x {args.seq_length} tokens ({args.real_tokens} real), "
+        f"{args.rounds} rounds, torch threads {torch.get_num_threads()}{', bf16 autocast' if args.bf16 else ''}",
+    )
     tables = {}
     if args.profile_top:
         for p, model in models.items():

@@ -50,6 +50,7 @@ STAGES = ("examples table", "features", "model", "post-processing")
 # Inputs and model
 # --------------------------------------------------------------------------------------------------
 
+
 def question_pools(data_dir: Path, short_chars: tuple[int, int], long_chars: tuple[int, int]) -> dict[str, list[tuple]]:
     """(question, context) pairs with short and with long contexts, from every file of `data_dir`."""
     examples, _ = common.load_examples(common.squad_files(data_dir))
@@ -61,8 +62,10 @@ def question_pools(data_dir: Path, short_chars: tuple[int, int], long_chars: tup
             pools["long"].append((question, context))
     for kind, pool in pools.items():
         if not pool:
-            raise SystemExit(f"{data_dir}: no question has a {kind} context "
-                             f"(short: {short_chars[0]}-{short_chars[1]} characters, long: {long_chars[0]}-{long_chars[1]})")
+            raise SystemExit(
+                f"{data_dir}: no question has a {kind} context "
+                f"(short: {short_chars[0]}-{short_chars[1]} characters, long: {long_chars[0]}-{long_chars[1]})"
+            )
     return pools
 
 
@@ -80,16 +83,19 @@ def build_random_model(args, work: Path) -> Path:
     torch.manual_seed(args.seed)
     model = QuestionAnsweringModel.from_config(config)
     model_dir = work / "random-model"
-    model.save_pretrained(model_dir, tokenizer=tokenizer,
-                          kqa_config={"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64})
+    model.save_pretrained(
+        model_dir, tokenizer=tokenizer, kqa_config={"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
+    )
     return model_dir
 
 
 def describe_model(qa, model_dir: Path, built_here: bool) -> str:
     config = qa.model.config
     params = qa.model.num_parameters() / 1e6
-    shape = (f"{getattr(config, 'model_type', '?')} {getattr(config, 'num_hidden_layers', '?')} layers x "
-             f"{getattr(config, 'hidden_size', '?')}, {params:.1f}M parameters, tokenizer {len(qa.tokenizer)} pieces")
+    shape = (
+        f"{getattr(config, 'model_type', '?')} {getattr(config, 'num_hidden_layers', '?')} layers x "
+        f"{getattr(config, 'hidden_size', '?')}, {params:.1f}M parameters, tokenizer {len(qa.tokenizer)} pieces"
+    )
     origin = "random-init, built by the benchmark" if built_here else f"trained, {model_dir}"
     return f"{shape} ({origin})"
 
@@ -97,6 +103,7 @@ def describe_model(qa, model_dir: Path, built_here: bool) -> str:
 # --------------------------------------------------------------------------------------------------
 # Stage timing
 # --------------------------------------------------------------------------------------------------
+
 
 class StageTimer:
     """Wraps the functions `QuestionAnswerer.predict_rows` calls, to split each call's time into its
@@ -114,6 +121,7 @@ class StageTimer:
                 return fn(*args, **kwargs)
             finally:
                 self.totals[stage] += time.perf_counter() - t0
+
         return wrapper
 
     def reset(self) -> None:
@@ -128,10 +136,12 @@ class StageTimer:
 
         saved_from_list = datasets.Dataset.__dict__["from_list"]
         patched = []
-        for module, stage, name in ((inference, "examples table", "examples_table"),
-                                    (inference, "features", "prepare_eval_features"),
-                                    (prediction, "model", "predict_logits"),
-                                    (prediction, "post-processing", "decode_answers")):
+        for module, stage, name in (
+            (inference, "examples table", "examples_table"),
+            (inference, "features", "prepare_eval_features"),
+            (prediction, "model", "predict_logits"),
+            (prediction, "post-processing", "decode_answers"),
+        ):
             if hasattr(module, name):
                 patched.append((module, name, getattr(module, name)))
                 setattr(module, name, self._timed(stage, getattr(module, name)))
@@ -150,6 +160,7 @@ class StageTimer:
 def measure(qa, timer: StageTimer, pool: list[tuple], batch_size: int, calls: int, warmup: int) -> dict:
     """`calls` timed calls of `batch_size` questions (after `warmup` untimed ones); per-call times and the
     mean time per call of every stage."""
+
     def batch(i: int):
         items = [pool[(i * batch_size + k) % len(pool)] for k in range(batch_size)]
         questions, contexts = [q for q, _ in items], [c for _, c in items]
@@ -175,8 +186,9 @@ def windows_per_question(qa, pool: list[tuple], limit: int = 200) -> float:
     from kqa.features import prepare_eval_features
 
     rows = [{"id": str(i), "question": q, "context": c} for i, (q, c) in enumerate(pool[:limit])]
-    features, _ = prepare_eval_features(datasets.Dataset.from_list(rows), qa.tokenizer, qa.settings.features,
-                                        cache=False)
+    features, _ = prepare_eval_features(
+        datasets.Dataset.from_list(rows), qa.tokenizer, qa.settings.features, cache=False
+    )
     return len(features) / len(rows)
 
 
@@ -184,11 +196,25 @@ def windows_per_question(qa, pool: list[tuple], limit: int = 200) -> float:
 # Profile
 # --------------------------------------------------------------------------------------------------
 
+
 def library_of(filename: str, function: str) -> str:
     """Which library a profiled function belongs to (C functions by the type they are a method of)."""
     text = filename if filename != "~" else function
-    for name in ("kqa", "datasets", "pyarrow", "dill", "multiprocess", "tokenizers", "transformers", "torch",
-                 "numpy", "safetensors", "fsspec", "huggingface_hub", "xxhash"):
+    for name in (
+        "kqa",
+        "datasets",
+        "pyarrow",
+        "dill",
+        "multiprocess",
+        "tokenizers",
+        "transformers",
+        "torch",
+        "numpy",
+        "safetensors",
+        "fsspec",
+        "huggingface_hub",
+        "xxhash",
+    ):
         if f"/{name}/" in text or f"'{name}." in text or f" {name}." in text or f"<{name}." in text:
             return name
     if filename == "~":
@@ -204,9 +230,13 @@ def profile_single_questions(qa, pool: list[tuple], runs: int, top: int) -> dict
         by_library[library_of(filename, function)] += own
     total = sum(by_library.values())
     grouped = sorted(((lib, t / runs) for lib, t in by_library.items()), key=lambda item: -item[1])
-    return {"runs": runs, "total_s_per_call": total / runs, "own_time_by_library_s_per_call": dict(grouped),
-            "top_functions": common.top_functions(stats, top),
-            "top_cumulative": common.top_functions(stats, top, sort="cumulative")}
+    return {
+        "runs": runs,
+        "total_s_per_call": total / runs,
+        "own_time_by_library_s_per_call": dict(grouped),
+        "top_functions": common.top_functions(stats, top),
+        "top_cumulative": common.top_functions(stats, top, sort="cumulative"),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,8 +264,9 @@ def load_backend(name: str, model_dir: Path, exports: dict, args):
     if name.startswith("onnx"):
         return QuestionAnswerer.from_pretrained(exports[name]["dir"], backend="onnx", batch_size=args.model_batch_size)
     dtype = None if name != "torch" else args.dtype
-    return QuestionAnswerer.from_pretrained(model_dir, backend=name, device=args.device, dtype=dtype,
-                                            batch_size=args.model_batch_size)
+    return QuestionAnswerer.from_pretrained(
+        model_dir, backend=name, device=args.device, dtype=dtype, batch_size=args.model_batch_size
+    )
 
 
 def dev_sets(data_dir: Path, max_examples: int | None) -> dict[str, list[dict]]:
@@ -270,8 +301,12 @@ def op_profile(qa, pool: list[tuple], calls: int, work: Path, top: int = 12) -> 
     if qa.backend == "onnx":
         from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
-        profiled = OnnxQuestionAnsweringModel(qa.model.path, num_threads=qa.model.num_threads, config=qa.model.config,
-                                              profile_prefix=str(work / "ort-profile"))
+        profiled = OnnxQuestionAnsweringModel(
+            qa.model.path,
+            num_threads=qa.model.num_threads,
+            config=qa.model.config,
+            profile_prefix=str(work / "ort-profile"),
+        )
         saved, qa.model = qa.model, profiled
         try:
             for i in range(calls):
@@ -294,40 +329,78 @@ def op_profile(qa, pool: list[tuple], calls: int, work: Path, top: int = 12) -> 
             if item.key.startswith(("aten::", "quantized::")) and item.self_cpu_time_total > 0:
                 times[item.key] += item.self_cpu_time_total / 1e3
     total = sum(times.values())
-    return {"calls": calls, "total_ms_per_call": total / calls,
-            "top_ms_per_call": {k: v / calls for k, v in times.most_common(top)}}
+    return {
+        "calls": calls,
+        "total_ms_per_call": total / calls,
+        "top_ms_per_call": {k: v / calls for k, v in times.most_common(top)},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a saved kqa model directory; default: a random-init BERT built here")
-    parser.add_argument("--data-dir", type=Path, default=common.default_data_dir(),
-                        help="folder of SQuAD-format JSON files; default $KQA_DATA_DIR or ../shared/data")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
-                        help="backends to compare (the first is the reference of the speed-ups; default all)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a saved kqa model directory; default: a random-init BERT built here"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=common.default_data_dir(),
+        help="folder of SQuAD-format JSON files; default $KQA_DATA_DIR or ../shared/data",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(BACKENDS),
+        choices=BACKENDS,
+        help="backends to compare (the first is the reference of the speed-ups; default all)",
+    )
     parser.add_argument("--device", default="cpu", help="device of the torch backend (the others run on the CPU)")
     parser.add_argument("--dtype", default=None, help="dtype of the torch backend (float16 / bfloat16; default fp32)")
     parser.add_argument("--model-batch-size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--runs", type=int, default=50, help="timed single-question calls per context kind")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before every measurement")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
-                        help="questions per call in the throughput measurements; the summary uses the largest")
-    parser.add_argument("--throughput-questions", type=int, default=32,
-                        help="questions per (context kind, batch size) throughput measurement (at least one call)")
-    parser.add_argument("--max-eval-examples", type=int, default=None,
-                        help="first N questions of every dev file for EM/F1 (default all; 0: skip accuracy)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="questions per call in the throughput measurements; the summary uses the largest",
+    )
+    parser.add_argument(
+        "--throughput-questions",
+        type=int,
+        default=32,
+        help="questions per (context kind, batch size) throughput measurement (at least one call)",
+    )
+    parser.add_argument(
+        "--max-eval-examples",
+        type=int,
+        default=None,
+        help="first N questions of every dev file for EM/F1 (default all; 0: skip accuracy)",
+    )
     parser.add_argument("--short-chars", type=int, nargs=2, default=[150, 260], metavar=("MIN", "MAX"))
     parser.add_argument("--long-chars", type=int, nargs=2, default=[2000, 4000], metavar=("MIN", "MAX"))
-    parser.add_argument("--profile", type=int, default=0, metavar="TOP",
-                        help="cProfile single short-context questions of the first backend, print TOP functions")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="cProfile single short-context questions of the first backend, print TOP functions",
+    )
     parser.add_argument("--profile-runs", type=int, default=20)
-    parser.add_argument("--op-profile", type=int, default=0, metavar="CALLS",
-                        help="per-operator model time of every backend over CALLS long-context questions (0: off)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny random model and a few calls of everything: checks the script runs")
+    parser.add_argument(
+        "--op-profile",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="per-operator model time of every backend over CALLS long-context questions (0: off)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny random model and a few calls of everything: checks the script runs"
+    )
     common.add_bert_shape_arguments(parser, vocab_size=8000, what="random model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -378,17 +451,26 @@ def main(argv: list[str] | None = None) -> int:
             qa = load_backend(name, model_dir, exports, args)
             load_s = time.perf_counter() - t0
             timer = StageTimer(qa)
-            row = {"backend": name, "load_s": load_s,
-                   "max_abs_logit_diff": exports[name]["report"]["max_abs_diff"] if name in exports else None}
+            row = {
+                "backend": name,
+                "load_s": load_s,
+                "max_abs_logit_diff": exports[name]["report"]["max_abs_diff"] if name in exports else None,
+            }
             with torch.inference_mode(), timer.active():
                 for kind, pool in pools.items():
                     result = measure(qa, timer, pool, 1, args.runs, args.warmup)
                     times_ms = [t * 1e3 for t in result["times_s"]]
-                    latency = {"backend": name, "context": kind, "mean_chars": chars[kind],
-                               "windows_per_question": windows[kind], "runs": args.runs,
-                               "p50_ms": common.percentile(times_ms, 50), "p95_ms": common.percentile(times_ms, 95),
-                               "mean_ms": sum(times_ms) / len(times_ms),
-                               "stages_ms": {k: v * 1e3 for k, v in result["stages_s"].items()}}
+                    latency = {
+                        "backend": name,
+                        "context": kind,
+                        "mean_chars": chars[kind],
+                        "windows_per_question": windows[kind],
+                        "runs": args.runs,
+                        "p50_ms": common.percentile(times_ms, 50),
+                        "p95_ms": common.percentile(times_ms, 95),
+                        "mean_ms": sum(times_ms) / len(times_ms),
+                        "stages_ms": {k: v * 1e3 for k, v in result["stages_s"].items()},
+                    }
                     latency_rows.append(latency)
                     row[f"{kind}_p50_ms"], row[f"{kind}_p95_ms"] = latency["p50_ms"], latency["p95_ms"]
                     breakdown.append({"setting": f"{name}, {kind}, 1 question", **latency["stages_ms"]})
@@ -397,15 +479,22 @@ def main(argv: list[str] | None = None) -> int:
                         calls = max(1, math.ceil(args.throughput_questions / batch_size))
                         result = measure(qa, timer, pool, batch_size, calls, warmup=1)
                         total = sum(result["times_s"])
-                        throughput = {"backend": name, "context": kind, "batch_size": batch_size, "calls": calls,
-                                      "questions": calls * batch_size, "questions_per_s": calls * batch_size / total,
-                                      "ms_per_call": total / calls * 1e3,
-                                      "stages_ms": {k: v * 1e3 for k, v in result["stages_s"].items()}}
+                        throughput = {
+                            "backend": name,
+                            "context": kind,
+                            "batch_size": batch_size,
+                            "calls": calls,
+                            "questions": calls * batch_size,
+                            "questions_per_s": calls * batch_size / total,
+                            "ms_per_call": total / calls * 1e3,
+                            "stages_ms": {k: v * 1e3 for k, v in result["stages_s"].items()},
+                        }
                         throughput_rows.append(throughput)
                         if batch_size == max(args.batch_sizes):
                             row[f"{kind}_questions_per_s"] = throughput["questions_per_s"]
-                            breakdown.append({"setting": f"{name}, {kind}, {batch_size} questions",
-                                              **throughput["stages_ms"]})
+                            breakdown.append(
+                                {"setting": f"{name}, {kind}, {batch_size} questions", **throughput["stages_ms"]}
+                            )
                 row["accuracy"] = accuracy(qa, sets)
             for set_name, scores in row["accuracy"].items():
                 row[f"{set_name}_em"], row[f"{set_name}_f1"] = scores["em"], scores["f1"]
@@ -437,56 +526,115 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     machine["onnxruntime"] = common._version("onnxruntime")
     settings = common.settings_from_args(args)
-    settings.update({"model_description": model_name, "pool_sizes": {k: len(v) for k, v in pools.items()},
-                     "dev_sets": {k: len(v) for k, v in sets.items()}, "settings": prediction_settings,
-                     "windows_per_question": windows, "export_s": export_s,
-                     "exports": {k: v["report"] for k, v in exports.items()}})
+    settings.update(
+        {
+            "model_description": model_name,
+            "pool_sizes": {k: len(v) for k, v in pools.items()},
+            "dev_sets": {k: len(v) for k, v in sets.items()},
+            "settings": prediction_settings,
+            "windows_per_question": windows,
+            "export_s": export_s,
+            "exports": {k: v["report"] for k, v in exports.items()},
+        }
+    )
     common.print_header(machine, settings)
     print(f"model: {model_name}; loaded in {setup_s:.1f} s; exports in {export_s:.1f} s")
     for name, export in exports.items():
         report = export["report"]
-        print(f"  {name}: max |logit diff| vs torch fp32 {report['max_abs_diff']:.2e} "
-              f"({report['onnx_bytes'] / 2**20:.1f} MiB; fused {report['fused'] or 'nothing'})")
+        print(
+            f"  {name}: max |logit diff| vs torch fp32 {report['max_abs_diff']:.2e} "
+            f"({report['onnx_bytes'] / 2**20:.1f} MiB; fused {report['fused'] or 'nothing'})"
+        )
     top = max(args.batch_sizes)
-    columns = [("backend", "backend", ""), ("short_p50_ms", "short p50 ms", ".1f"), ("short_p95_ms", "short p95", ".1f"),
-               ("long_p50_ms", "long p50 ms", ".1f"), ("long_p95_ms", "long p95", ".1f"),
-               ("short_questions_per_s", f"short q/s @{top}", ".1f"), ("long_questions_per_s", f"long q/s @{top}", ".2f"),
-               ("short_p50_ms_speedup", "p50 x short", ".2f"), ("long_p50_ms_speedup", "p50 x long", ".2f"),
-               ("short_questions_per_s_speedup", "q/s x short", ".2f"),
-               ("long_questions_per_s_speedup", "q/s x long", ".2f")]
+    columns = [
+        ("backend", "backend", ""),
+        ("short_p50_ms", "short p50 ms", ".1f"),
+        ("short_p95_ms", "short p95", ".1f"),
+        ("long_p50_ms", "long p50 ms", ".1f"),
+        ("long_p95_ms", "long p95", ".1f"),
+        ("short_questions_per_s", f"short q/s @{top}", ".1f"),
+        ("long_questions_per_s", f"long q/s @{top}", ".2f"),
+        ("short_p50_ms_speedup", "p50 x short", ".2f"),
+        ("long_p50_ms_speedup", "p50 x long", ".2f"),
+        ("short_questions_per_s_speedup", "q/s x short", ".2f"),
+        ("long_questions_per_s_speedup", "q/s x long", ".2f"),
+    ]
     for set_name in sets:
-        columns += [(f"{set_name}_em", f"{set_name} EM", ".2f"), (f"{set_name}_f1", "F1", ".2f"),
-                    (f"{set_name}_f1_delta", "dF1", "+.2f")]
+        columns += [
+            (f"{set_name}_em", f"{set_name} EM", ".2f"),
+            (f"{set_name}_f1", "F1", ".2f"),
+            (f"{set_name}_f1_delta", "dF1", "+.2f"),
+        ]
     columns.append(("max_abs_logit_diff", "max |dlogit|", ".1e"))
-    common.print_table(summary, columns, title=f"backends (windows/question: short {windows['short']:.2f}, "
-                                              f"long {windows['long']:.2f}; speed-ups against {reference['backend']})")
-    common.print_table(latency_rows, [
-        ("backend", "backend", ""), ("context", "context", ""), ("mean_chars", "mean chars", ",.0f"),
-        ("windows_per_question", "windows/question", ".2f"), ("runs", "runs", ""),
-        ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("mean_ms", "mean ms", ".1f"),
-    ], title="latency, one question per call")
-    common.print_table(throughput_rows, [
-        ("backend", "backend", ""), ("context", "context", ""), ("batch_size", "batch", ""), ("calls", "calls", ""),
-        ("ms_per_call", "ms/call", ",.1f"), ("questions_per_s", "questions/s", ",.2f"),
-    ], title="throughput, a list of questions per call")
-    common.print_table(breakdown, [("setting", "setting", "")] + [(s, f"{s} ms", ".1f") for s in (*STAGES, "other")]
-                       + [("total", "total ms", ".1f"), ("dominant", "largest", ""), ("dominant_share", "share", ".0%")],
-                       title="where the time goes, mean ms per call")
+    common.print_table(
+        summary,
+        columns,
+        title=f"backends (windows/question: short {windows['short']:.2f}, "
+        f"long {windows['long']:.2f}; speed-ups against {reference['backend']})",
+    )
+    common.print_table(
+        latency_rows,
+        [
+            ("backend", "backend", ""),
+            ("context", "context", ""),
+            ("mean_chars", "mean chars", ",.0f"),
+            ("windows_per_question", "windows/question", ".2f"),
+            ("runs", "runs", ""),
+            ("p50_ms", "p50 ms", ".1f"),
+            ("p95_ms", "p95 ms", ".1f"),
+            ("mean_ms", "mean ms", ".1f"),
+        ],
+        title="latency, one question per call",
+    )
+    common.print_table(
+        throughput_rows,
+        [
+            ("backend", "backend", ""),
+            ("context", "context", ""),
+            ("batch_size", "batch", ""),
+            ("calls", "calls", ""),
+            ("ms_per_call", "ms/call", ",.1f"),
+            ("questions_per_s", "questions/s", ",.2f"),
+        ],
+        title="throughput, a list of questions per call",
+    )
+    common.print_table(
+        breakdown,
+        [("setting", "setting", "")]
+        + [(s, f"{s} ms", ".1f") for s in (*STAGES, "other")]
+        + [("total", "total ms", ".1f"), ("dominant", "largest", ""), ("dominant_share", "share", ".0%")],
+        title="where the time goes, mean ms per call",
+    )
     for name, ops in op_profiles.items():
-        print(f"\n{name}: model time by operator, long context, {ops['total_ms_per_call']:.1f} ms per question "
-              f"({ops['calls']} questions)")
+        print(
+            f"\n{name}: model time by operator, long context, {ops['total_ms_per_call']:.1f} ms per question "
+            f"({ops['calls']} questions)"
+        )
         for op, ms in ops["top_ms_per_call"].items():
             print(f"  {op:<40} {ms:9.2f} ms  {ms / ops['total_ms_per_call']:6.1%}")
     if profile:
-        print(f"\ncProfile of {profile['runs']} single short-context questions ({profile['backend']}): own time per "
-              f"call by library (profiler overhead included: {profile['total_s_per_call'] * 1e3:.1f} ms per call)")
+        print(
+            f"\ncProfile of {profile['runs']} single short-context questions ({profile['backend']}): own time per "
+            f"call by library (profiler overhead included: {profile['total_s_per_call'] * 1e3:.1f} ms per call)"
+        )
         for library, seconds in profile["own_time_by_library_s_per_call"].items():
             print(f"  {library:<18} {seconds * 1e3:8.2f} ms  {seconds / profile['total_s_per_call']:6.1%}")
         print(f"\ntop {args.profile} functions by own time ({profile['runs']} calls):\n{profile['top_functions']}")
-        print(f"\ntop {args.profile} functions by time with callees ({profile['runs']} calls):\n"
-              f"{profile['top_cumulative']}")
-    common.write_json(args.out, machine=machine, settings=settings, summary=summary, latency=latency_rows,
-                      throughput=throughput_rows, breakdown=breakdown, op_profiles=op_profiles, profile=profile)
+        print(
+            f"\ntop {args.profile} functions by time with callees ({profile['runs']} calls):\n"
+            f"{profile['top_cumulative']}"
+        )
+    common.write_json(
+        args.out,
+        machine=machine,
+        settings=settings,
+        summary=summary,
+        latency=latency_rows,
+        throughput=throughput_rows,
+        breakdown=breakdown,
+        op_profiles=op_profiles,
+        profile=profile,
+    )
     return 0
 
 

@@ -59,8 +59,12 @@ def make_exports(model_dir: Path, names: list[str], root: Path) -> dict[str, Pat
         directory = root / name
         if not (directory / ONNX_EXPORT_INFO_FILE).is_file():
             options = VARIANTS[name]
-            export_onnx(model_dir, directory, quantize=None if options is None else "int8",
-                        int8=None if options is None else Int8Settings(**options))
+            export_onnx(
+                model_dir,
+                directory,
+                quantize=None if options is None else "int8",
+                int8=None if options is None else Int8Settings(**options),
+            )
         made[name] = directory
     return made
 
@@ -79,15 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a saved kqa model directory")
     parser.add_argument("--data-dir", type=Path, default=common.default_data_dir())
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                        help="exports to compare; fp32 (the reference) is always measured first")
-    parser.add_argument("--exports", type=Path, default=None,
-                        help="keep (and reuse) the exports in this folder; default: a temporary one")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="exports to compare; fp32 (the reference) is always measured first",
+    )
+    parser.add_argument(
+        "--exports",
+        type=Path,
+        default=None,
+        help="keep (and reuse) the exports in this folder; default: a temporary one",
+    )
     parser.add_argument("--runs", type=int, default=20, help="timed single questions per context kind (0: none)")
     parser.add_argument("--max-eval-examples", type=int, default=None, help="first N questions of every dev file")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="take the fp32 row from this earlier result (JSON) instead of measuring it again: "
-                             "for slow emulated runs (the fp32 export computes the same logits to ~1e-5 on any CPU)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="take the fp32 row from this earlier result (JSON) instead of measuring it again: "
+        "for slow emulated runs (the fp32 export computes the same logits to ~1e-5 on any CPU)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny random model: checks the script runs")
     common.add_bert_shape_arguments(parser, vocab_size=8000, what="random model")
     parser.add_argument("--seed", type=int, default=0)
@@ -129,12 +146,19 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             backend = "torch-int8" if name == "torch-int8" else "onnx"
             qa = QuestionAnswerer.from_pretrained(exports[name], backend=backend, int8_drift="ignore")
-            drift = (measure_int8_drift(qa.model, exports[name], read_export_info(exports[name]))
-                     if backend == "onnx" else None)
-            row = {"variant": name, "settings": VARIANTS[name],
-                   "probe_diff_here": drift.max_abs_diff if drift else None,
-                   "probe_diff_at_export": drift.export_max_abs_diff if drift else None,
-                   "drifted": drift.drifted if drift else None, "accuracy": accuracy(qa, sets)}
+            drift = (
+                measure_int8_drift(qa.model, exports[name], read_export_info(exports[name]))
+                if backend == "onnx"
+                else None
+            )
+            row = {
+                "variant": name,
+                "settings": VARIANTS[name],
+                "probe_diff_here": drift.max_abs_diff if drift else None,
+                "probe_diff_at_export": drift.export_max_abs_diff if drift else None,
+                "drifted": drift.drifted if drift else None,
+                "accuracy": accuracy(qa, sets),
+            }
             for set_name, scores in row["accuracy"].items():
                 row[f"{set_name}_em"], row[f"{set_name}_f1"] = scores["em"], scores["f1"]
             for kind, pool in pools.items():
@@ -156,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU features seen by this process: {', '.join(machine['cpu_features']) or 'none of ' + 'AVX2…'}")
     columns = [("variant", "variant", "")]
     for set_name in sets:
-        columns += [(f"{set_name}_em", f"{set_name} EM", ".2f"), (f"{set_name}_f1", "F1", ".2f"),
-                    (f"{set_name}_f1_delta", "dF1", "+.2f")]
+        columns += [
+            (f"{set_name}_em", f"{set_name} EM", ".2f"),
+            (f"{set_name}_f1", "F1", ".2f"),
+            (f"{set_name}_f1_delta", "dF1", "+.2f"),
+        ]
     columns += [("probe_diff_here", "probe |dlogit| here", ".3f"), ("probe_diff_at_export", "at export", ".3f")]
     for kind in pools:
         columns += [(f"{kind}_p50_ms", f"{kind} p50 ms", ".1f"), (f"{kind}_speedup", "x fp32", ".2f")]

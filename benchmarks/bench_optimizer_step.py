@@ -38,8 +38,9 @@ def time_steps(optim: str, args) -> dict:
     forward_backward, clip_step = [], []
     for step in range(args.steps + 2):
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), start_positions=starts,
-                     end_positions=starts).loss
+        loss = model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), start_positions=starts, end_positions=starts
+        ).loss
         loss.backward()
         t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -50,16 +51,23 @@ def time_steps(optim: str, args) -> dict:
             forward_backward.append(t1 - t0)
             clip_step.append(t2 - t1)
     fb, cs = common.median(forward_backward), common.median(clip_step)
-    return {"optim": optim, "fused": bool(optimizer.defaults.get("fused")), "forward_backward_ms": fb * 1e3,
-            "clip_optimizer_ms": cs * 1e3, "step_ms": (fb + cs) * 1e3,
-            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        "optim": optim,
+        "fused": bool(optimizer.defaults.get("fused")),
+        "forward_backward_ms": fb * 1e3,
+        "clip_optimizer_ms": cs * 1e3,
+        "step_ms": (fb + cs) * 1e3,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer (medians reported)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-length", type=int, default=224, help="kqa's mean padded window length on the shared data")
+    parser.add_argument(
+        "--seq-length", type=int, default=224, help="kqa's mean padded window length on the shared data"
+    )
     common.add_bert_shape_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -72,16 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for optim in ("adamw_torch", "adamw_torch_fused"):
         mine = [r for r in runs if r["optim"] == optim]
-        row = {key: common.median([r[key] for r in mine]) for key in ("forward_backward_ms", "clip_optimizer_ms", "step_ms")}
+        row = {
+            key: common.median([r[key] for r in mine])
+            for key in ("forward_backward_ms", "clip_optimizer_ms", "step_ms")
+        }
         rows.append({"optim": optim, "fused": mine[0]["fused"], "parameters_m": mine[0]["parameters_m"], **row})
     reference = rows[0]["step_ms"]
     for row in rows:
         row["speed_up"] = reference / row["step_ms"]
-    common.print_table(rows, [
-        ("optim", "optimizer", ""), ("fused", "fused", ""), ("parameters_m", "params (M)", ".1f"),
-        ("forward_backward_ms", "fwd+bwd ms", ".1f"), ("clip_optimizer_ms", "clip+step ms", ".1f"),
-        ("step_ms", "step ms", ".1f"), ("speed_up", "speed-up", ".2f"),
-    ], title=f"median of {args.steps} steps x 2 runs, batch {args.batch_size} x {args.seq_length} tokens")
+    common.print_table(
+        rows,
+        [
+            ("optim", "optimizer", ""),
+            ("fused", "fused", ""),
+            ("parameters_m", "params (M)", ".1f"),
+            ("forward_backward_ms", "fwd+bwd ms", ".1f"),
+            ("clip_optimizer_ms", "clip+step ms", ".1f"),
+            ("step_ms", "step ms", ".1f"),
+            ("speed_up", "speed-up", ".2f"),
+        ],
+        title=f"median of {args.steps} steps x 2 runs, batch {args.batch_size} x {args.seq_length} tokens",
+    )
     common.write_json(args.out, machine=machine, settings=settings, rows=rows, runs=runs)
     return 0
 

@@ -58,6 +58,7 @@ HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
 # Synthetic data
 # --------------------------------------------------------------------------------------------------
 
+
 def make_data(num_examples: int, windows: int, seq_len: int, seed: int, logits: str = "gaussian"):
     """Examples (id, context), features (example_id, cls_index, offset_mapping) and logits `[F, seq_len]`."""
     rng = np.random.default_rng(seed)
@@ -73,7 +74,7 @@ def make_data(num_examples: int, windows: int, seq_len: int, seed: int, logits: 
         pieces, offsets, pos, used = [], [], 0, 0
         for t in range(num_tokens):
             n = int(token_chars[t])
-            pieces.append("".join(map(chr, syllables[used:used + n].tolist())))
+            pieces.append("".join(map(chr, syllables[used : used + n].tolist())))
             used += n
             offsets.append([pos, pos + n])
             pos += n
@@ -88,8 +89,9 @@ def make_data(num_examples: int, windows: int, seq_len: int, seed: int, logits: 
             if lo >= num_tokens:
                 break
             hi = min(lo + capacity, num_tokens)
-            features.append({"example_id": example_id, "cls_index": 0,
-                             "offset_mapping": prefix + offsets[lo:hi] + [[-1, -1]]})
+            features.append(
+                {"example_id": example_id, "cls_index": 0, "offset_mapping": prefix + offsets[lo:hi] + [[-1, -1]]}
+            )
             if hi == num_tokens:
                 break
     start_logits = rng.normal(0.0, 3.0, size=(len(features), seq_len)).astype(np.float32)
@@ -99,8 +101,8 @@ def make_data(num_examples: int, windows: int, seq_len: int, seed: int, logits: 
             offsets = feature["offset_mapping"]
             context_start = next(i for i, o in enumerate(offsets) if o[0] >= 0)
             first = int(rng.integers(context_start, len(offsets) - 15))
-            start_logits[f, first:first + 8] += 8.0
-            end_logits[f, first + 2:first + 14] += 8.0
+            start_logits[f, first : first + 8] += 8.0
+            end_logits[f, first + 2 : first + 14] += 8.0
     return examples, features, start_logits, end_logits
 
 
@@ -115,30 +117,42 @@ def as_datasets(examples, features, seed: int):
     for example in examples:
         question = "".join(map(chr, rng.integers(HANGUL_FIRST, HANGUL_LAST + 1, size=12).tolist())) + "?"
         answer_start = int(rng.integers(0, len(example["context"]) - 5))
-        example_rows.append({
-            "id": example["id"], "title": "", "context": example["context"], "question": question,
-            "answers": {"text": [example["context"][answer_start:answer_start + 4]], "answer_start": [answer_start]},
-            "is_impossible": False,
-        })
+        example_rows.append(
+            {
+                "id": example["id"],
+                "title": "",
+                "context": example["context"],
+                "question": question,
+                "answers": {
+                    "text": [example["context"][answer_start : answer_start + 4]],
+                    "answer_start": [answer_start],
+                },
+                "is_impossible": False,
+            }
+        )
     rows = []
     for feature in features:
         n = len(feature["offset_mapping"])
-        rows.append({
-            "input_ids": rng.integers(5, 32000, size=n, dtype=np.int32).tolist(),
-            "attention_mask": [1] * n,
-            "token_type_ids": [0 if o[0] < 0 else 1 for o in feature["offset_mapping"]],
-            "example_id": feature["example_id"],
-            "cls_index": feature["cls_index"],
-            "offset_mapping": feature["offset_mapping"],
-        })
-    schema = Features({
-        "input_ids": Sequence(Value("int32")),
-        "attention_mask": Sequence(Value("int8")),
-        "token_type_ids": Sequence(Value("int8")),
-        "example_id": Value("string"),
-        "cls_index": Value("int32"),
-        "offset_mapping": Sequence(Sequence(Value("int64"), length=2)),
-    })
+        rows.append(
+            {
+                "input_ids": rng.integers(5, 32000, size=n, dtype=np.int32).tolist(),
+                "attention_mask": [1] * n,
+                "token_type_ids": [0 if o[0] < 0 else 1 for o in feature["offset_mapping"]],
+                "example_id": feature["example_id"],
+                "cls_index": feature["cls_index"],
+                "offset_mapping": feature["offset_mapping"],
+            }
+        )
+    schema = Features(
+        {
+            "input_ids": Sequence(Value("int32")),
+            "attention_mask": Sequence(Value("int8")),
+            "token_type_ids": Sequence(Value("int8")),
+            "example_id": Value("string"),
+            "cls_index": Value("int32"),
+            "offset_mapping": Sequence(Sequence(Value("int64"), length=2)),
+        }
+    )
     return datasets.Dataset.from_list(example_rows), datasets.Dataset.from_list(rows, features=schema)
 
 
@@ -146,11 +160,12 @@ def as_datasets(examples, features, seed: int):
 # The per-pair reference (Hugging Face utils_qa style, kqa's rules)
 # --------------------------------------------------------------------------------------------------
 
+
 def _top_context_indexes(logits, offset_mapping, n_best_size):
     """kqa's rule: the n best *context* tokens (Hugging Face takes the n best of all tokens and lets the
     loop's checks drop question tokens). The stable sort of the negated logits puts ties at the lower index."""
     indexes = []
-    for i in np.argsort(-logits[:len(offset_mapping)], kind="stable").tolist():
+    for i in np.argsort(-logits[: len(offset_mapping)], kind="stable").tolist():
         if offset_mapping[i] is not None and offset_mapping[i][0] >= 0:
             indexes.append(i)
             if len(indexes) == n_best_size:
@@ -212,12 +227,14 @@ def reference_postprocess(examples, features, all_start_logits, all_end_logits, 
                     char_start, char_end = offset_mapping[start_index][0], offset_mapping[end_index][1]
                     if char_end <= char_start:
                         continue
-                    prelim_predictions.append({
-                        "offsets": (char_start, char_end),
-                        "score": float(start_logits[start_index]) + float(end_logits[end_index]),
-                        "start_logit": float(start_logits[start_index]),
-                        "end_logit": float(end_logits[end_index]),
-                    })
+                    prelim_predictions.append(
+                        {
+                            "offsets": (char_start, char_end),
+                            "score": float(start_logits[start_index]) + float(end_logits[end_index]),
+                            "start_logit": float(start_logits[start_index]),
+                            "end_logit": float(end_logits[end_index]),
+                        }
+                    )
         # Best first; the sort is stable, so among equal (score, offsets) the earliest window stays first.
         prelim_predictions.sort(key=lambda pred: (-pred["score"], pred["offsets"]))
         predictions, seen = [], set()
@@ -229,7 +246,7 @@ def reference_postprocess(examples, features, all_start_logits, all_end_logits, 
                     break
         context = example["context"]
         for pred in predictions:
-            pred["text"] = context[pred["offsets"][0]:pred["offsets"][1]]
+            pred["text"] = context[pred["offsets"][0] : pred["offsets"][1]]
         if predictions:
             scores = np.array([pred["score"] for pred in predictions])
             exp_scores = np.exp(scores - np.max(scores))
@@ -243,9 +260,11 @@ def reference_postprocess(examples, features, all_start_logits, all_end_logits, 
 # Timing and comparison
 # --------------------------------------------------------------------------------------------------
 
+
 def assert_same(kqa_predictions, reference) -> None:
     """Raise unless both give the same best answers and n-best lists (texts, offsets, scores,
     probabilities)."""
+
     def fail(message: str):
         raise AssertionError(f"kqa and the reference disagree: {message}")
 
@@ -260,8 +279,10 @@ def assert_same(kqa_predictions, reference) -> None:
         if got != want:
             fail(f"{example_id}: n-best\n{got}\n{want}")
         for s, p in zip(ours.nbest, nbest):
-            if not (math.isclose(s.score, p["score"], abs_tol=1e-6)
-                    and math.isclose(s.probability, p["probability"], abs_tol=1e-9)):
+            if not (
+                math.isclose(s.score, p["score"], abs_tol=1e-6)
+                and math.isclose(s.probability, p["probability"], abs_tol=1e-9)
+            ):
                 fail(f"{example_id}: {s} vs {p}")
 
 
@@ -292,11 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per implementation; median and best are reported")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--variant", type=Path, action="append", default=[],
-                        help="also time this copy of kqa/postprocess.py (e.g. with one speed-up replaced by its "
-                             "plain form); its outputs must equal kqa's (repeatable)")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="skip the per-pair loop; speed-ups are then relative to kqa")
+    parser.add_argument(
+        "--variant",
+        type=Path,
+        action="append",
+        default=[],
+        help="also time this copy of kqa/postprocess.py (e.g. with one speed-up replaced by its "
+        "plain form); its outputs must equal kqa's (repeatable)",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the per-pair loop; speed-ups are then relative to kqa"
+    )
     args = parser.parse_args(argv)
     variants = [(f"variant {path.stem}", load_variant(path)) for path in args.variant]
 
@@ -305,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     logging.getLogger("kqa.postprocess").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    examples, features, start_logits, end_logits = make_data(args.num_examples, args.windows, args.seq_len,
-                                                             args.seed, args.logits)
+    examples, features, start_logits, end_logits = make_data(
+        args.num_examples, args.windows, args.seq_len, args.seed, args.logits
+    )
     inputs = {}
     if args.inputs in ("both", "lists"):
         inputs["lists"] = (examples, features)
@@ -319,41 +347,61 @@ def main(argv: list[str] | None = None) -> int:
     for kind, (ex_in, feat_in) in inputs.items():
         timed = []
         if not args.no_reference:
-            ref_times, reference = common.time_calls(lambda: reference_postprocess(
-                ex_in, feat_in, start_logits, end_logits, args.n_best, args.max_answer_length), args.repeat)
+            ref_times, reference = common.time_calls(
+                lambda: reference_postprocess(
+                    ex_in, feat_in, start_logits, end_logits, args.n_best, args.max_answer_length
+                ),
+                args.repeat,
+            )
             timed.append(("reference per-pair loop", ref_times))
-        kqa_times, ours = common.time_calls(lambda: decode_answers(ex_in, feat_in, start_logits, end_logits, config),
-                                            args.repeat)
+        kqa_times, ours = common.time_calls(
+            lambda: decode_answers(ex_in, feat_in, start_logits, end_logits, config), args.repeat
+        )
         timed.append(("kqa vectorised", kqa_times))
         if not args.no_reference:
             assert_same(ours, reference)
         for name, module in variants:
             variant_config = module.PostprocessConfig(n_best_size=args.n_best, max_answer_length=args.max_answer_length)
             times, theirs = common.time_calls(
-                lambda: module.decode_answers(ex_in, feat_in, start_logits, end_logits, variant_config), args.repeat)
+                lambda: module.decode_answers(ex_in, feat_in, start_logits, end_logits, variant_config), args.repeat
+            )
             if as_plain(theirs) != as_plain(ours):
                 raise AssertionError(f"{name} and kqa disagree")
             timed.append((name, times))
         ref_median = statistics.median(timed[0][1])
         for name, times in timed:
             median = statistics.median(times)
-            rows.append({"inputs": kind, "implementation": name, "median_s": median, "best_s": min(times),
-                         "examples_per_s": args.num_examples / median, "speedup": ref_median / median})
+            rows.append(
+                {
+                    "inputs": kind,
+                    "implementation": name,
+                    "median_s": median,
+                    "best_s": min(times),
+                    "examples_per_s": args.num_examples / median,
+                    "speedup": ref_median / median,
+                }
+            )
 
     settings = json.loads(json.dumps(vars(args), default=str))  # paths as strings
     settings["num_features"] = len(features)
     print(f"machine: {common.machine_info()}")
     print(f"settings: {settings} (data built in {setup_s:.1f} s)")
     same = ([] if args.no_reference else ["kqa = per-pair loop"]) + (["every variant = kqa"] if variants else [])
-    print(f"outputs identical ({', '.join(same) or 'not compared'}): best answers and n-best lists (text, offsets, "
-          f"scores, probabilities)")
+    print(
+        f"outputs identical ({', '.join(same) or 'not compared'}): best answers and n-best lists (text, offsets, "
+        f"scores, probabilities)"
+    )
     print(f"{'inputs':<9} {'implementation':<30} {'median s':>9} {'best s':>9} {'examples/s':>11} {'speed-up':>9}")
     for r in rows:
-        print(f"{r['inputs']:<9} {r['implementation']:<30} {r['median_s']:>9.3f} {r['best_s']:>9.3f} "
-              f"{r['examples_per_s']:>11.0f} {r['speedup']:>8.1f}x")
+        print(
+            f"{r['inputs']:<9} {r['implementation']:<30} {r['median_s']:>9.3f} {r['best_s']:>9.3f} "
+            f"{r['examples_per_s']:>11.0f} {r['speedup']:>8.1f}x"
+        )
     if args.out is not None:
-        args.out.write_text(json.dumps({"machine": common.machine_info(), "settings": settings, "results": rows},
-                                       indent=2) + "\n", encoding="utf-8")
+        args.out.write_text(
+            json.dumps({"machine": common.machine_info(), "settings": settings, "results": rows}, indent=2) + "\n",
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -62,11 +62,19 @@ def load_questions(dev_file: Path, doc_id_of_context: dict[str, str], limit: int
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 answers = qa["answers"]
-                rows.append({"id": str(qa["id"]), "question": qa["question"], "context": paragraph["context"],
-                             "doc_id": doc_id_of_context.get(paragraph["context"], ""),  # "" outside a smoke corpus
-                             "spans": [(a["answer_start"], a["answer_start"] + len(a["text"])) for a in answers],
-                             "answers": {"text": [a["text"] for a in answers],
-                                         "answer_start": [a["answer_start"] for a in answers]}})
+                rows.append(
+                    {
+                        "id": str(qa["id"]),
+                        "question": qa["question"],
+                        "context": paragraph["context"],
+                        "doc_id": doc_id_of_context.get(paragraph["context"], ""),  # "" outside a smoke corpus
+                        "spans": [(a["answer_start"], a["answer_start"] + len(a["text"])) for a in answers],
+                        "answers": {
+                            "text": [a["text"] for a in answers],
+                            "answer_start": [a["answer_start"] for a in answers],
+                        },
+                    }
+                )
     return rows[:limit] if limit else rows
 
 
@@ -75,7 +83,9 @@ def dataset_name(path: Path) -> str:
 
 
 def is_gold(passage, question: dict) -> bool:
-    return passage.doc_id == question["doc_id"] and any(passage.start <= s and e <= passage.end for s, e in question["spans"])
+    return passage.doc_id == question["doc_id"] and any(
+        passage.start <= s and e <= passage.end for s, e in question["spans"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,8 +102,14 @@ def tiny_models(texts: list[str], out: Path) -> tuple[Path, Path]:
 
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer(texts)
-    config = tiny_bert_config(len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              intermediate_size=64, max_position_embeddings=512)
+    config = tiny_bert_config(
+        len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     model = QuestionAnsweringModel.from_config(config)
     model.backbone.save_pretrained(out / "embedder", safe_serialization=True)
     tokenizer.save_pretrained(out / "embedder")
@@ -111,8 +127,9 @@ def recall_table(retrievers: dict, questions_by_set: dict[str, list[dict]], dept
         row = {"retriever": name}
         for set_name, questions in questions_by_set.items():
             results = retriever.retrieve_many([q["question"] for q in questions], depth, method=method)
-            first_hit = [next((h.rank for h in found if is_gold(h.passage, q)), None)
-                         for q, found in zip(questions, results)]
+            first_hit = [
+                next((h.rank for h in found if is_gold(h.passage, q)), None) for q, found in zip(questions, results)
+            ]
             hits_by[(name, set_name)] = first_hit
             for k in RECALL_AT:
                 row[f"{set_name} R@{k}"] = float(np.mean([r is not None and r <= k for r in first_hit]))
@@ -153,8 +170,9 @@ def end_to_end(pipeline, reader, questions: list[dict], read_passages: list[int]
     t = time.perf_counter()
     results = reader_alone.ask_many([q["question"] for q in questions], method=method)
     seconds = time.perf_counter() - t
-    scores = score_predictions(questions, {q["id"]: (r.answers[0].text if r.answers else "")
-                                           for q, r in zip(questions, results)})
+    scores = score_predictions(
+        questions, {q["id"]: (r.answers[0].text if r.answers else "") for q, r in zip(questions, results)}
+    )
     out[f"{method}, top {k}, reader alone ranks"] = {"em": scores.exact_match, "f1": scores.f1, "seconds": seconds}
     return out
 
@@ -163,11 +181,24 @@ def replicate(retriever, terms: list[list[str]] | None, copies: int):
     """The corpus `copies` times over (copies are new documents with the same text) and its indexes."""
     from kqa.retrieval import BM25Index, DenseIndex, Document, Passage, Retriever
 
-    documents = [Document(id=f"{d.id}~{c}" if c else d.id, title=d.title, text=d.text, source=d.source)
-                 for c in range(copies) for d in retriever.documents]
+    documents = [
+        Document(id=f"{d.id}~{c}" if c else d.id, title=d.title, text=d.text, source=d.source)
+        for c in range(copies)
+        for d in retriever.documents
+    ]
     n = len(retriever.passages)
-    passages = [Passage(index=c * n + p.index, doc_id=f"{p.doc_id}~{c}" if c else p.doc_id, title=p.title,
-                        text=p.text, start=p.start, end=p.end) for c in range(copies) for p in retriever.passages]
+    passages = [
+        Passage(
+            index=c * n + p.index,
+            doc_id=f"{p.doc_id}~{c}" if c else p.doc_id,
+            title=p.title,
+            text=p.text,
+            start=p.start,
+            end=p.end,
+        )
+        for c in range(copies)
+        for p in retriever.passages
+    ]
     seconds = {}
     sparse = dense = None
     if terms is not None:
@@ -178,8 +209,16 @@ def replicate(retriever, terms: list[list[str]] | None, copies: int):
         t = time.perf_counter()
         dense = DenseIndex(np.tile(retriever.dense.embeddings, (copies, 1)))
         seconds["stack embeddings"] = time.perf_counter() - t
-    big = Retriever(documents, passages, retriever.settings, analyzer=retriever.analyzer, sparse=sparse,
-                    embedder=retriever.embedder, dense=dense, info=retriever.info)
+    big = Retriever(
+        documents,
+        passages,
+        retriever.settings,
+        analyzer=retriever.analyzer,
+        sparse=sparse,
+        embedder=retriever.embedder,
+        dense=dense,
+        info=retriever.info,
+    )
     return big, seconds
 
 
@@ -199,6 +238,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     import datasets
+
     datasets.disable_progress_bars()
 
     from kqa.inference import QuestionAnswerer
@@ -240,14 +280,17 @@ def main() -> int:
         questions = [q for q in load_questions(f, doc_id_of_context, None) if q["doc_id"]]
         questions_by_set[dataset_name(f)] = questions[:limit] if limit else questions
     passages = split_corpus(documents, PassageSettings())
-    print(f"corpus: {report.summary()}; {len(documents)} documents, {len(passages)} passages; questions: "
-          + ", ".join(f"{k} {len(v)}" for k, v in questions_by_set.items()))
+    print(
+        f"corpus: {report.summary()}; {len(documents)} documents, {len(passages)} passages; questions: "
+        + ", ".join(f"{k} {len(v)}" for k, v in questions_by_set.items())
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_retrieval_"))
     embedding_model, reader_dir = args.embedding_model, args.reader
     if args.smoke:
-        embedding_model, reader_dir = tiny_models([d.text for d in documents]
-                                                  + [q["question"] for qs in questions_by_set.values() for q in qs], tmp)
+        embedding_model, reader_dir = tiny_models(
+            [d.text for d in documents] + [q["question"] for qs in questions_by_set.values() for q in qs], tmp
+        )
 
     # -- build: each part once, timed; the retrievers share them -----------------------------------
     build = {}
@@ -270,10 +313,20 @@ def main() -> int:
     dense = DenseIndex(embeddings)
 
     def retriever(analyzer_name, with_dense, fusion):
-        s = RetrieverSettings(method="hybrid" if analyzer_name and with_dense else "sparse" if analyzer_name else "dense",
-                              analyzer=analyzer_name, fusion=fusion)
-        return Retriever(documents, passages, s, analyzer=analyzers.get(analyzer_name), sparse=sparse.get(analyzer_name),
-                         embedder=embedder if with_dense else None, dense=dense if with_dense else None)
+        s = RetrieverSettings(
+            method="hybrid" if analyzer_name and with_dense else "sparse" if analyzer_name else "dense",
+            analyzer=analyzer_name,
+            fusion=fusion,
+        )
+        return Retriever(
+            documents,
+            passages,
+            s,
+            analyzer=analyzers.get(analyzer_name),
+            sparse=sparse.get(analyzer_name),
+            embedder=embedder if with_dense else None,
+            dense=dense if with_dense else None,
+        )
 
     retrievers = {
         "bm25 morphemes": (retriever("morphemes", False, "score"), "sparse"),
@@ -290,14 +343,18 @@ def main() -> int:
     Retriever.load(index_dir, embedder=embedder)
     build["load saved hybrid index"] = time.perf_counter() - t
     build_rows = [{"part": k, "seconds": v} for k, v in build.items()]
-    print_table(build_rows, [("part", "part", "s"), ("seconds", "seconds", ".2f")],
-                title=f"build ({len(passages)} passages; hybrid index on disk {dir_mib(index_dir):.1f} MiB, "
-                      f"RSS {rss_mib() - rss0:+.0f} MiB since start incl. models)")
+    print_table(
+        build_rows,
+        [("part", "part", "s"), ("seconds", "seconds", ".2f")],
+        title=f"build ({len(passages)} passages; hybrid index on disk {dir_mib(index_dir):.1f} MiB, "
+        f"RSS {rss_mib() - rss0:+.0f} MiB since start incl. models)",
+    )
 
     # -- recall ----------------------------------------------------------------------------------
     recall_rows, _ = recall_table(retrievers, questions_by_set, max(RECALL_AT))
-    columns = [("retriever", "retriever", "s")] + [(f"{s} R@{k}", f"{s} R@{k}", ".3f")
-                                                   for s in questions_by_set for k in RECALL_AT]
+    columns = [("retriever", "retriever", "s")] + [
+        (f"{s} R@{k}", f"{s} R@{k}", ".3f") for s in questions_by_set for k in RECALL_AT
+    ]
     print_table(recall_rows, columns, title="recall of the gold passage")
 
     # -- end to end -----------------------------------------------------------------------------
@@ -307,34 +364,50 @@ def main() -> int:
         pipeline = RetrieveAndRead(default, reader)
         for setting, result in end_to_end(pipeline, reader, questions, read_passages, args.e2e_method).items():
             e2e_rows.append({"set": set_name, "setting": setting, **result})
-    print_table(e2e_rows, [("set", "set", "s"), ("setting", "setting", "s"), ("em", "EM", ".2f"), ("f1", "F1", ".2f"),
-                           ("seconds", "s", ".1f")], title=f"end to end, reader {reader_dir}")
+    print_table(
+        e2e_rows,
+        [
+            ("set", "set", "s"),
+            ("setting", "setting", "s"),
+            ("em", "EM", ".2f"),
+            ("f1", "F1", ".2f"),
+            ("seconds", "s", ".1f"),
+        ],
+        title=f"end to end, reader {reader_dir}",
+    )
 
     # -- latency and scaling ----------------------------------------------------------------------
     all_questions = [q["question"] for qs in questions_by_set.values() for q in qs]
-    lat_queries = all_questions[:args.latency_queries]
+    lat_queries = all_questions[: args.latency_queries]
     scale_rows = []
     for copies in scales:
         gc.collect()
         rss_before = rss_mib()
         big, seconds = replicate(default, terms["morphemes"], copies) if copies > 1 else (default, {})
-        row = {"copies": copies, "passages": len(big.passages),
-               "analyze s (proj.)": build["analyze (morphemes)"] * copies,
-               "embed s (proj.)": build["embed passages"] * copies,
-               "bm25 s": seconds.get("bm25", build["bm25 index (morphemes)"]),
-               "RSS MiB": rss_mib() - rss_before if copies > 1 else float("nan"),
-               "embeddings MiB": big.dense.embeddings.nbytes / 2**20}
+        row = {
+            "copies": copies,
+            "passages": len(big.passages),
+            "analyze s (proj.)": build["analyze (morphemes)"] * copies,
+            "embed s (proj.)": build["embed passages"] * copies,
+            "bm25 s": seconds.get("bm25", build["bm25 index (morphemes)"]),
+            "RSS MiB": rss_mib() - rss_before if copies > 1 else float("nan"),
+            "embeddings MiB": big.dense.embeddings.nbytes / 2**20,
+        }
         for method in ("sparse", "dense", "hybrid"):
-            row[f"{method} p50 ms"], row[f"{method} p95 ms"] = _pair(latency(
-                lambda q, m=method, r=big: r.retrieve(q, 20, method=m), lat_queries))
+            row[f"{method} p50 ms"], row[f"{method} p95 ms"] = _pair(
+                latency(lambda q, m=method, r=big: r.retrieve(q, 20, method=m), lat_queries)
+            )
         if copies == 1:
             pipeline = RetrieveAndRead(big, reader, passages=5)
-            read = latency(lambda q: pipeline.ask(q), all_questions[:args.read_latency_queries])
+            read = latency(lambda q: pipeline.ask(q), all_questions[: args.read_latency_queries])
             row["retrieve+read(5) p50 ms"], row["retrieve+read(5) p95 ms"] = read["p50_ms"], read["p95_ms"]
         scale_rows.append(row)
         big = None  # the next copy is built without this one in memory
-    print_table(scale_rows, [(k, k, "d" if k in ("copies", "passages") else ".1f") for k in scale_rows[0]],
-                title="scaling (copies of the corpus; analysis and embedding projected from 1x)")
+    print_table(
+        scale_rows,
+        [(k, k, "d" if k in ("copies", "passages") else ".1f") for k in scale_rows[0]],
+        title="scaling (copies of the corpus; analysis and embedding projected from 1x)",
+    )
 
     dense_rows = []
     rng = np.random.default_rng(0)
@@ -348,20 +421,40 @@ def main() -> int:
         dense_rows.append({"vectors": size, "MiB": index.embeddings.nbytes / 2**20, **stats})
         index = None
     if dense_rows:
-        print_table(dense_rows, [("vectors", "vectors", "d"), ("MiB", "MiB", ".0f"), ("p50_ms", "p50 ms", ".1f"),
-                                 ("p95_ms", "p95 ms", ".1f")], title="exact dense search (random unit vectors), top 20")
+        print_table(
+            dense_rows,
+            [
+                ("vectors", "vectors", "d"),
+                ("MiB", "MiB", ".0f"),
+                ("p50_ms", "p50 ms", ".1f"),
+                ("p95_ms", "p95 ms", ".1f"),
+            ],
+            title="exact dense search (random unit vectors), top 20",
+        )
 
     targets = {}
     for set_name in questions_by_set:
         hybrid = next(r for r in recall_rows if r["retriever"] == DEFAULT_HYBRID)
         targets[f"{set_name} hybrid R@5"] = hybrid[f"{set_name} R@5"]
         gold_f1 = next(r["f1"] for r in e2e_rows if r["set"] == set_name and r["setting"] == "gold passage")
-        e2e_f1 = next((r["f1"] for r in e2e_rows if r["set"] == set_name and r["setting"].endswith("top 5 passages")), None)
+        e2e_f1 = next(
+            (r["f1"] for r in e2e_rows if r["set"] == set_name and r["setting"].endswith("top 5 passages")), None
+        )
         targets[f"{set_name} F1 gap (gold - top 5)"] = None if e2e_f1 is None else gold_f1 - e2e_f1
     print("targets: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in targets.items()))
-    write_json(args.out, machine=machine, settings=settings, corpus=report.to_dict() | {"passages": len(passages)},
-               questions={k: len(v) for k, v in questions_by_set.items()}, build_seconds=build, recall=recall_rows,
-               end_to_end=e2e_rows, scaling=scale_rows, dense_search=dense_rows, targets=targets)
+    write_json(
+        args.out,
+        machine=machine,
+        settings=settings,
+        corpus=report.to_dict() | {"passages": len(passages)},
+        questions={k: len(v) for k, v in questions_by_set.items()},
+        build_seconds=build,
+        recall=recall_rows,
+        end_to_end=e2e_rows,
+        scaling=scale_rows,
+        dense_search=dense_rows,
+        targets=targets,
+    )
     return 0
 
 

@@ -46,6 +46,7 @@ MODES = ("unbatched", "batched")
 # Inputs and the tiny model
 # --------------------------------------------------------------------------------------------------
 
+
 def short_pairs(data_dir: Path, chars: tuple[int, int], limit: int) -> list[dict]:
     """(question, context) pairs whose context has `chars[0]`-`chars[1]` characters, read with the json
     module (the client process stays light)."""
@@ -72,22 +73,27 @@ def build_tiny_model(work: Path) -> tuple[Path, list[dict]]:
 
     texts = [ex["context"] for ex in KOREAN_EXAMPLES] + [ex["question"] for ex in KOREAN_EXAMPLES]
     tokenizer = build_char_tokenizer(texts, save_dir=work / "tokenizer")
-    model = token_scoring_model(tokenizer, {s: 8.0 for s, _ in MARKED_SPANS.values()},
-                                {e: 8.0 for _, e in MARKED_SPANS.values()})
+    model = token_scoring_model(
+        tokenizer, {s: 8.0 for s, _ in MARKED_SPANS.values()}, {e: 8.0 for _, e in MARKED_SPANS.values()}
+    )
     model_dir = work / "tiny-model"
-    model.save_pretrained(model_dir, tokenizer=tokenizer,
-                          kqa_config={"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16})
+    model.save_pretrained(
+        model_dir, tokenizer=tokenizer, kqa_config={"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16}
+    )
     pairs = []
     for ex in KOREAN_EXAMPLES:
         (text,) = [s for s in MARKED_SPANS if s in ex["context"]]
         start = ex["context"].index(text)
-        pairs.append({"question": ex["question"], "context": ex["context"], "expected": [text, start, start + len(text)]})
+        pairs.append(
+            {"question": ex["question"], "context": ex["context"], "expected": [text, start, start + len(text)]}
+        )
     return model_dir, pairs
 
 
 # --------------------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------------------
+
 
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as response:
@@ -105,13 +111,16 @@ def proc_memory(pid: int | None, url: str) -> dict:
     return get_json(url + "/health").get("memory", {})
 
 
-def run_cell(url: str, pairs: list[dict], *, requests: int, concurrency: int, max_seconds: float,
-             reference: dict[int, list]) -> dict:
+def run_cell(
+    url: str, pairs: list[dict], *, requests: int, concurrency: int, max_seconds: float, reference: dict[int, list]
+) -> dict:
     """`requests` POST /v1/answer from `concurrency` threads (or until `max_seconds`): latencies, errors,
     answers that differ from `reference` (pair index → [text, start, end]; filled where empty)."""
     parsed = urllib.parse.urlsplit(url)
-    bodies = [json.dumps({"question": p["question"], "context": p["context"]}, ensure_ascii=False).encode("utf-8")
-              for p in pairs]
+    bodies = [
+        json.dumps({"question": p["question"], "context": p["context"]}, ensure_ascii=False).encode("utf-8")
+        for p in pairs
+    ]
     lock = threading.Lock()
     state = {"next": 0, "errors": 0, "wrong": 0, "error_examples": []}
     latencies: list[float] = []
@@ -179,15 +188,25 @@ def run_cell(url: str, pairs: list[dict], *, requests: int, concurrency: int, ma
 # Main
 # --------------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="kqa model directory to serve")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a tiny model with known answers on the hand-written Korean examples (smoke test)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny model with known answers on the hand-written Korean examples (smoke test)",
+    )
     parser.add_argument("--url", help="load-test a running server instead (loopback only); its own mode only")
     parser.add_argument("--data-dir", type=Path, default=common.default_data_dir())
-    parser.add_argument("--short-chars", type=int, nargs=2, default=(150, 260), metavar=("MIN", "MAX"),
-                        help="context length range of the questions (characters)")
+    parser.add_argument(
+        "--short-chars",
+        type=int,
+        nargs=2,
+        default=(150, 260),
+        metavar=("MIN", "MAX"),
+        help="context length range of the questions (characters)",
+    )
     parser.add_argument("--pool", type=int, default=200, help="distinct questions, cycled")
     parser.add_argument("--requests", type=int, default=2000, help="requests per cell (concurrency × mode)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -219,8 +238,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"{model_dir}: not a saved model (train one, pass --model DIR, or use --tiny)")
         pairs = short_pairs(args.data_dir, tuple(args.short_chars), args.pool)
         model_label = str(model_dir)
-    print(f"model: {model_label}; {len(pairs)} distinct questions, "
-          f"mean context {sum(len(p['context']) for p in pairs) / len(pairs):.0f} characters")
+    print(
+        f"model: {model_label}; {len(pairs)} distinct questions, "
+        f"mean context {sum(len(p['context']) for p in pairs) / len(pairs):.0f} characters"
+    )
 
     servers: dict[str, dict] = {}
     processes = []
@@ -232,17 +253,32 @@ def main(argv=None) -> int:
         else:
             for mode in MODES:
                 batch = args.batch_size if mode == "batched" else 1
-                process = ServerProcess(model_dir, ["--micro_batch_size", batch, "--max_wait_ms", args.max_wait_ms,
-                                                    "--device", args.device, "--log_level", "warning"],
-                                        log_path=work / f"server-{mode}.log")
+                process = ServerProcess(
+                    model_dir,
+                    [
+                        "--micro_batch_size",
+                        batch,
+                        "--max_wait_ms",
+                        args.max_wait_ms,
+                        "--device",
+                        args.device,
+                        "--log_level",
+                        "warning",
+                    ],
+                    log_path=work / f"server-{mode}.log",
+                )
                 processes.append(process.start())
-                servers[mode] = {"url": process.url, "pid": process.pid,
-                                 "batching": get_json(process.url + "/health")["batching"]}
-        for mode, server in servers.items():
+                servers[mode] = {
+                    "url": process.url,
+                    "pid": process.pid,
+                    "batching": get_json(process.url + "/health")["batching"],
+                }
+        for server in servers.values():
             memory = proc_memory(server["pid"], server["url"])
             server["rss_kib_before"] = memory.get("rss_kib")
-            warm = run_cell(server["url"], pairs, requests=args.warmup, concurrency=1, max_seconds=args.max_seconds,
-                            reference={})
+            warm = run_cell(
+                server["url"], pairs, requests=args.warmup, concurrency=1, max_seconds=args.max_seconds, reference={}
+            )
             if warm["errors"]:
                 raise SystemExit(f"{mode} server: warm-up requests failed: {warm['error_examples']}")
 
@@ -252,16 +288,28 @@ def main(argv=None) -> int:
             for mode in [m for m in MODES if m in servers]:
                 server = servers[mode]
                 before = get_json(server["url"] + "/health")["queue"]
-                row = run_cell(server["url"], pairs, requests=args.requests, concurrency=concurrency,
-                               max_seconds=args.max_seconds, reference=reference)
+                row = run_cell(
+                    server["url"],
+                    pairs,
+                    requests=args.requests,
+                    concurrency=concurrency,
+                    max_seconds=args.max_seconds,
+                    reference=reference,
+                )
                 after = get_json(server["url"] + "/health")["queue"]
                 batches = after["batches"] - before["batches"]
-                row.update(mode=mode, batch_size=server["batching"]["batch_size"],
-                           mean_batch=(after["questions"] - before["questions"]) / batches if batches else None)
+                row.update(
+                    mode=mode,
+                    batch_size=server["batching"]["batch_size"],
+                    mean_batch=(after["questions"] - before["questions"]) / batches if batches else None,
+                )
                 rows.append(row)
-                print(f"  {mode:9s} concurrency {concurrency:3d}: {row['requests']} requests, "
-                      f"{row['throughput_rps']:.1f}/s, p50 {row['p50_ms']:.1f} ms, errors {row['errors']}", flush=True)
-        for mode, server in servers.items():
+                print(
+                    f"  {mode:9s} concurrency {concurrency:3d}: {row['requests']} requests, "
+                    f"{row['throughput_rps']:.1f}/s, p50 {row['p50_ms']:.1f} ms, errors {row['errors']}",
+                    flush=True,
+                )
+        for server in servers.values():
             memory = proc_memory(server["pid"], server["url"])
             server["rss_kib_after"] = memory.get("rss_kib")
             server["peak_rss_kib"] = memory.get("peak_rss_kib")
@@ -273,18 +321,44 @@ def main(argv=None) -> int:
     for row in rows:
         base = unbatched.get(row["concurrency"])
         row["speedup"] = row["throughput_rps"] / base if base else None
-    common.print_table(rows, [("mode", "mode", ""), ("concurrency", "clients", "d"), ("requests", "requests", "d"),
-                              ("errors", "errors", "d"), ("wrong_answers", "wrong", "d"),
-                              ("throughput_rps", "req/s", ".1f"), ("speedup", "vs unbatched", ".2f"),
-                              ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"),
-                              ("mean_batch", "mean batch", ".2f")], title="load test")
-    common.print_table([{"mode": m, **{k: s.get(k) for k in ("rss_kib_before", "rss_kib_after", "peak_rss_kib")}}
-                        for m, s in servers.items()],
-                       [("mode", "server", ""), ("rss_kib_before", "RSS before (KiB)", "d"),
-                        ("rss_kib_after", "RSS after (KiB)", "d"), ("peak_rss_kib", "peak RSS (KiB)", "d")],
-                       title="server memory (/proc/PID/status)")
-    common.write_json(args.out, machine=machine, settings=common.settings_from_args(args), model=model_label,
-                      results=rows, servers=servers)
+    common.print_table(
+        rows,
+        [
+            ("mode", "mode", ""),
+            ("concurrency", "clients", "d"),
+            ("requests", "requests", "d"),
+            ("errors", "errors", "d"),
+            ("wrong_answers", "wrong", "d"),
+            ("throughput_rps", "req/s", ".1f"),
+            ("speedup", "vs unbatched", ".2f"),
+            ("p50_ms", "p50 ms", ".1f"),
+            ("p95_ms", "p95 ms", ".1f"),
+            ("p99_ms", "p99 ms", ".1f"),
+            ("mean_batch", "mean batch", ".2f"),
+        ],
+        title="load test",
+    )
+    common.print_table(
+        [
+            {"mode": m, **{k: s.get(k) for k in ("rss_kib_before", "rss_kib_after", "peak_rss_kib")}}
+            for m, s in servers.items()
+        ],
+        [
+            ("mode", "server", ""),
+            ("rss_kib_before", "RSS before (KiB)", "d"),
+            ("rss_kib_after", "RSS after (KiB)", "d"),
+            ("peak_rss_kib", "peak RSS (KiB)", "d"),
+        ],
+        title="server memory (/proc/PID/status)",
+    )
+    common.write_json(
+        args.out,
+        machine=machine,
+        settings=common.settings_from_args(args),
+        model=model_label,
+        results=rows,
+        servers=servers,
+    )
     failed = sum(r["errors"] for r in rows)
     if failed:
         print(f"{failed} requests failed", file=sys.stderr)

@@ -57,8 +57,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import common  # noqa: E402
 
-BERT_BASE = {"vocab_size": 32000, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072}  # klue/bert-base's shape
+BERT_BASE = {
+    "vocab_size": 32000,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}  # klue/bert-base's shape
 
 RECIPES = {  # --recipes key -> the row's name
     "common": "transformers.Trainer, common recipe",
@@ -73,12 +78,26 @@ RATIO_REFERENCES = {"dynamic": "Trainer dyn", "grouped": "Trainer grouped"}
 TARGET_RATIO = 1.5
 
 # Settings every run shares: a flag wins, then --config (the main job's value), then these defaults.
-DEFAULTS = {"batch_size": 8, "learning_rate": 3e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "seed": 42,
-            "max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
-CONFIG_FIELDS = {"batch_size": "per_device_train_batch_size", "learning_rate": "learning_rate",
-                 "weight_decay": "weight_decay", "warmup_ratio": "warmup_ratio", "seed": "seed",
-                 "max_seq_length": "features.max_seq_length", "doc_stride": "features.doc_stride",
-                 "max_query_length": "features.max_query_length"}
+DEFAULTS = {
+    "batch_size": 8,
+    "learning_rate": 3e-5,
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.1,
+    "seed": 42,
+    "max_seq_length": 384,
+    "doc_stride": 128,
+    "max_query_length": 64,
+}
+CONFIG_FIELDS = {
+    "batch_size": "per_device_train_batch_size",
+    "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay",
+    "warmup_ratio": "warmup_ratio",
+    "seed": "seed",
+    "max_seq_length": "features.max_seq_length",
+    "doc_stride": "features.doc_stride",
+    "max_query_length": "features.max_query_length",
+}
 
 
 class BatchRecorder:
@@ -128,8 +147,16 @@ def non_embedding_parameters(model) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
 
 
-def summarise(name: str, features: str, padding: str, run: Run, batch_size: int, steps: int, n_params: int,
-              peak_tflops: float | None) -> dict:
+def summarise(
+    name: str,
+    features: str,
+    padding: str,
+    run: Run,
+    batch_size: int,
+    steps: int,
+    n_params: int,
+    peak_tflops: float | None,
+) -> dict:
     recorder = run.recorder
     if len(recorder.times) != steps:
         raise RuntimeError(f"{name}: expected {steps} training forward passes, saw {len(recorder.times)}")
@@ -141,14 +168,21 @@ def summarise(name: str, features: str, padding: str, run: Run, batch_size: int,
     non_pad = sum(recorder.non_pad[1:-1])
     flops = 6.0 * n_params * padded
     row = {
-        "recipe": name, "features": features, "padding": padding, "sampler": run.sampler,
-        "attention_dropout": run.attention_dropout, "train_s": run.train_s,
-        "steady_s": steady_s, "s_per_step": steady_s / steady_steps,
+        "recipe": name,
+        "features": features,
+        "padding": padding,
+        "sampler": run.sampler,
+        "attention_dropout": run.attention_dropout,
+        "train_s": run.train_s,
+        "steady_s": steady_s,
+        "s_per_step": steady_s / steady_steps,
         "samples_per_s": steady_steps * batch_size / steady_s,
         "tokens_per_sample": non_pad / (steady_steps * batch_size),
-        "non_pad_tokens_per_s": non_pad / steady_s, "padded_tokens_per_s": padded / steady_s,
+        "non_pad_tokens_per_s": non_pad / steady_s,
+        "padded_tokens_per_s": padded / steady_s,
         "pad_fraction": 1.0 - non_pad / padded if padded else 0.0,
-        "tokens_non_pad_total": sum(recorder.non_pad), "tokens_padded_total": sum(recorder.padded),
+        "tokens_non_pad_total": sum(recorder.non_pad),
+        "tokens_padded_total": sum(recorder.padded),
         "model_tflops_per_s": flops / steady_s / 1e12,
     }
     row["mfu"] = row["model_tflops_per_s"] / peak_tflops if peak_tflops else None
@@ -167,19 +201,26 @@ def add_ratios(rows: list[dict], keys: list[str]) -> dict:
                 row[f"samples_per_s_vs_{ref}"] = row["samples_per_s"] / by_key[ref]["samples_per_s"]
     if "kqa" not in by_key:
         return {}
-    ratios = {f"kqa_samples_per_s_vs_{ref}": by_key["kqa"][f"samples_per_s_vs_{ref}"]
-              for ref in RATIO_REFERENCES if ref in by_key}
+    ratios = {
+        f"kqa_samples_per_s_vs_{ref}": by_key["kqa"][f"samples_per_s_vs_{ref}"]
+        for ref in RATIO_REFERENCES
+        if ref in by_key
+    }
     # The same comparison per non-padding token: it does not depend on which windows the timed steps drew
     # (a length-grouped order draws its longest windows first; see print_report).
-    tokens = {f"kqa_non_pad_tokens_per_s_vs_{ref}": by_key["kqa"]["non_pad_tokens_per_s"]
-              / by_key[ref]["non_pad_tokens_per_s"] for ref in RATIO_REFERENCES if ref in by_key}
-    return {**ratios, **tokens, "target": TARGET_RATIO,
-            "target_met": all(r >= TARGET_RATIO for r in ratios.values())}
+    tokens = {
+        f"kqa_non_pad_tokens_per_s_vs_{ref}": by_key["kqa"]["non_pad_tokens_per_s"]
+        / by_key[ref]["non_pad_tokens_per_s"]
+        for ref in RATIO_REFERENCES
+        if ref in by_key
+    }
+    return {**ratios, **tokens, "target": TARGET_RATIO, "target_met": all(r >= TARGET_RATIO for r in ratios.values())}
 
 
 # --------------------------------------------------------------------------------------------------
 # Settings: flags, the main job's config, defaults
 # --------------------------------------------------------------------------------------------------
+
 
 def load_main_config(path: Path, data_dir: Path | None):
     """The kqa TrainConfig of `path`, read as train.py reads it (`--data-dir` overrides its data_dir)."""
@@ -224,14 +265,17 @@ def training_files(args, main_config) -> list[Path]:
     files = [main_config.resolve_data_path(f) for f in main_config.train_files]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise SystemExit(f"{args.config}: train files not found: {', '.join(missing)} (run from the repository "
-                         f"root, as train.py, or pass --data-dir)")
+        raise SystemExit(
+            f"{args.config}: train files not found: {', '.join(missing)} (run from the repository "
+            f"root, as train.py, or pass --data-dir)"
+        )
     return files
 
 
 # --------------------------------------------------------------------------------------------------
 # The shared initial model
 # --------------------------------------------------------------------------------------------------
+
 
 def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object, int]:
     """A WordPiece tokenizer trained on the examples, a random-init BERT of the requested shape and its
@@ -246,8 +290,9 @@ def build_initial_model(args, train_examples, work: Path) -> tuple[Path, object,
     shape = dict(BERT_BASE) if args.bert_base else common.bert_shape(args)
     # The trained vocabulary can be smaller than asked for on a small corpus; the table never is.
     shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
-    config = tiny_bert_config(max_position_embeddings=512, hidden_dropout_prob=0.1,
-                              attention_probs_dropout_prob=0.1, **shape)
+    config = tiny_bert_config(
+        max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **shape
+    )
     torch.manual_seed(args.seed)
     model = QuestionAnsweringModel.from_config(config)
     model.save_pretrained(model_dir, tokenizer=tokenizer, kqa_config={"max_seq_length": args.max_seq_length})
@@ -276,6 +321,7 @@ def build_pretrained_initial_model(args, work: Path) -> tuple[Path, object, int,
 # The runs
 # --------------------------------------------------------------------------------------------------
 
+
 def setup_kqa(args, model_dir: Path, train_files: list[Path], work: Path):
     """kqa as a user gets it from TrainConfig's defaults; only what every run shares is set (not
     group_by_length nor attention_dropout: their defaults apply)."""
@@ -283,12 +329,25 @@ def setup_kqa(args, model_dir: Path, train_files: list[Path], work: Path):
     from kqa.training.recipe import QATrainingRecipe
 
     config = TrainConfig.from_flat(
-        model_name_or_path=str(model_dir), dataset_name=None, train_files=[str(f) for f in train_files],
-        max_train_samples=args.max_train_examples, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-        max_query_length=args.max_query_length, per_device_train_batch_size=args.batch_size,
-        max_train_steps=args.steps, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, mixed_precision="bf16" if args.bf16 else "no", seed=args.seed,
-        eval_strategy="no", save_strategy="no", logging_steps=args.steps, report_to="none", disable_tqdm=True,
+        model_name_or_path=str(model_dir),
+        dataset_name=None,
+        train_files=[str(f) for f in train_files],
+        max_train_samples=args.max_train_examples,
+        max_seq_length=args.max_seq_length,
+        doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length,
+        per_device_train_batch_size=args.batch_size,
+        max_train_steps=args.steps,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        mixed_precision="bf16" if args.bf16 else "no",
+        seed=args.seed,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=args.steps,
+        report_to="none",
+        disable_tqdm=True,
         output_dir=str(work / "kqa-run"),
     )
     recipe = QATrainingRecipe(config).setup()
@@ -343,8 +402,9 @@ def trainer_sampler(trainer, grouped: bool) -> str:
     return name
 
 
-def run_trainer(args, model_dir: Path, dataset, collator, initial: dict, work: Path, name: str,
-                grouped: bool = False) -> Run:
+def run_trainer(
+    args, model_dir: Path, dataset, collator, initial: dict, work: Path, name: str, grouped: bool = False
+) -> Run:
     import torch
     from transformers import AutoModelForQuestionAnswering, PrinterCallback, Trainer, TrainingArguments
 
@@ -353,11 +413,22 @@ def run_trainer(args, model_dir: Path, dataset, collator, initial: dict, work: P
     model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir))
     common.assert_same_weights(initial, model, name)
     training_args = TrainingArguments(
-        output_dir=str(work / re.sub(r"[^A-Za-z0-9_.]+", "-", name)), per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        warmup_steps=math.ceil(args.warmup_ratio * args.steps), lr_scheduler_type="linear", max_grad_norm=1.0,
-        seed=args.seed, bf16=args.bf16, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(work / re.sub(r"[^A-Za-z0-9_.]+", "-", name)),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=math.ceil(args.warmup_ratio * args.steps),
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        seed=args.seed,
+        bf16=args.bf16,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         **(group_by_length_arguments(TrainingArguments) if grouped else {}),
     )
@@ -370,8 +441,13 @@ def run_trainer(args, model_dir: Path, dataset, collator, initial: dict, work: P
     synchronize()
     end = time.perf_counter()
     recorder.remove()
-    return Run(recorder, end - t0, attention_dropout_of(model.config), sampler,
-               str(getattr(training_args.optim, "value", training_args.optim)))
+    return Run(
+        recorder,
+        end - t0,
+        attention_dropout_of(model.config),
+        sampler,
+        str(getattr(training_args.optim, "value", training_args.optim)),
+    )
 
 
 def synchronize() -> None:
@@ -383,36 +459,58 @@ def synchronize() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None,
-                        help="a pretrained encoder (directory with its tokenizer, or a hub name) instead of a random "
-                             "BERT; default with --config: its model_name_or_path")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="a kqa training config (e.g. configs/offline-e5-small.yaml): its train_files, window "
-                             "geometry, batch size, learning rate, weight decay, warmup and seed (flags override)")
-    parser.add_argument("--recipes", default=None,
-                        help=f"comma-separated runs out of {','.join(RECIPES)}; default "
-                             f"{','.join(RANDOM_MODEL_RECIPES)} (random model), all with --model "
-                             f"(the common recipe pads every example to 512 tokens: slow)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder of SQuAD-format JSON files; every *train*.json is used; default $KQA_DATA_DIR "
-                             "or ../shared/data. With --config: overrides its data_dir")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a pretrained encoder (directory with its tokenizer, or a hub name) instead of a random "
+        "BERT; default with --config: its model_name_or_path",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a kqa training config (e.g. configs/offline-e5-small.yaml): its train_files, window "
+        "geometry, batch size, learning rate, weight decay, warmup and seed (flags override)",
+    )
+    parser.add_argument(
+        "--recipes",
+        default=None,
+        help=f"comma-separated runs out of {','.join(RECIPES)}; default "
+        f"{','.join(RANDOM_MODEL_RECIPES)} (random model), all with --model "
+        f"(the common recipe pads every example to 512 tokens: slow)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of SQuAD-format JSON files; every *train*.json is used; default $KQA_DATA_DIR "
+        "or ../shared/data. With --config: overrides its data_dir",
+    )
     parser.add_argument("--max-train-examples", type=int, default=None, help="first N training examples only")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULTS['batch_size']}")
     parser.add_argument("--learning-rate", type=float, default=None, help=f"default {DEFAULTS['learning_rate']}")
     parser.add_argument("--weight-decay", type=float, default=None, help=f"default {DEFAULTS['weight_decay']}")
     parser.add_argument("--warmup-ratio", type=float, default=None, help=f"default {DEFAULTS['warmup_ratio']}")
-    parser.add_argument("--max-seq-length", type=int, default=None,
-                        help=f"kqa's window length; default {DEFAULTS['max_seq_length']}")
+    parser.add_argument(
+        "--max-seq-length", type=int, default=None, help=f"kqa's window length; default {DEFAULTS['max_seq_length']}"
+    )
     parser.add_argument("--doc-stride", type=int, default=None, help=f"default {DEFAULTS['doc_stride']}")
     parser.add_argument("--max-query-length", type=int, default=None, help=f"default {DEFAULTS['max_query_length']}")
     parser.add_argument("--reference-max-length", type=int, default=512, help="the common recipe's padded length")
     common.add_bert_shape_arguments(parser, what="random model")
-    parser.add_argument("--bert-base", action="store_true",
-                        help="klue/bert-base's shape (vocab 32000, hidden 768, 12 layers, 12 heads); random weights")
+    parser.add_argument(
+        "--bert-base",
+        action="store_true",
+        help="klue/bert-base's shape (vocab 32000, hidden 768, 12 layers, 12 heads); random weights",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision in every run (a GPU)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak dense TFLOP/s at the training precision, for MFU")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak dense TFLOP/s at the training precision, for MFU",
+    )
     parser.add_argument("--seed", type=int, default=None, help=f"default {DEFAULTS['seed']}")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     return parser
@@ -447,7 +545,8 @@ def train_all(args, train_files: list[Path], work: Path) -> dict:
     reference_features, reference_lost = None, None
     if "common" in args.recipes:
         reference_features, reference_lost = common.seed_recipe_features(
-            examples, tokenizer, args.reference_max_length, with_labels=True)
+            examples, tokenizer, args.reference_max_length, with_labels=True
+        )
     setup_s = time.perf_counter() - t0
 
     # kqa's setup first (its features feed the Trainer runs and its weights are the reference); it trains last.
@@ -458,12 +557,24 @@ def train_all(args, train_files: list[Path], work: Path) -> dict:
     kqa_windows = f"kqa ({len(kqa_features)} windows)"
     pad_multiple = 8 if args.bf16 else None
     trainer_runs = {
-        "common": (f"seed recipe ({len(reference_features or [])} rows)", f"max_length {args.reference_max_length}",
-                   reference_features, default_data_collator),
-        "dynamic": (kqa_windows, "DataCollatorWithPadding", kqa_features,
-                    DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)),
-        "grouped": (kqa_windows, "DataCollatorWithPadding", kqa_features,
-                    DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)),
+        "common": (
+            f"seed recipe ({len(reference_features or [])} rows)",
+            f"max_length {args.reference_max_length}",
+            reference_features,
+            default_data_collator,
+        ),
+        "dynamic": (
+            kqa_windows,
+            "DataCollatorWithPadding",
+            kqa_features,
+            DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple),
+        ),
+        "grouped": (
+            kqa_windows,
+            "DataCollatorWithPadding",
+            kqa_features,
+            DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple),
+        ),
     }
     rows, optim = [], None
     for key in args.recipes:
@@ -472,17 +583,35 @@ def train_all(args, train_files: list[Path], work: Path) -> dict:
         features, padding, dataset, collator = trainer_runs[key]
         run = run_trainer(args, model_dir, dataset, collator, initial, work, RECIPES[key], grouped=key == "grouped")
         optim = run.optim
-        rows.append(summarise(RECIPES[key], features, padding, run, args.batch_size, args.steps, n_params,
-                              args.peak_tflops))
+        rows.append(
+            summarise(RECIPES[key], features, padding, run, args.batch_size, args.steps, n_params, args.peak_tflops)
+        )
     if "kqa" in args.recipes:
-        rows.append(summarise(RECIPES["kqa"], kqa_windows, "QACollator (longest in batch)", train_kqa(recipe),
-                              args.batch_size, args.steps, n_params, args.peak_tflops))
+        rows.append(
+            summarise(
+                RECIPES["kqa"],
+                kqa_windows,
+                "QACollator (longest in batch)",
+                train_kqa(recipe),
+                args.batch_size,
+                args.steps,
+                n_params,
+                args.peak_tflops,
+            )
+        )
     return {
-        "rows": rows, "examples": len(examples), "per_file": per_file, "n_params": n_params,
-        "tokenizer_size": len(tokenizer), "kqa_features": len(kqa_features), "backbone_dropout": backbone_dropout,
+        "rows": rows,
+        "examples": len(examples),
+        "per_file": per_file,
+        "n_params": n_params,
+        "tokenizer_size": len(tokenizer),
+        "kqa_features": len(kqa_features),
+        "backbone_dropout": backbone_dropout,
         "mean_window_tokens": sum(window_lengths) / len(window_lengths),
         "reference_features": None if reference_features is None else len(reference_features),
-        "reference_lost": reference_lost, "optim": optim, "setup_s": setup_s,
+        "reference_lost": reference_lost,
+        "optim": optim,
+        "setup_s": setup_s,
     }
 
 
@@ -502,48 +631,74 @@ def with_cache_dir(directory: Path, fn):
 def print_report(args, result: dict, headline: dict, main_config) -> None:
     rows = {row["recipe"]: row for row in result["rows"]}
     source = f"the train_files of {args.config}" if main_config is not None else "every *train*.json"
-    print(f"data: {source}: {result['examples']} examples -> {result['kqa_features']} windows (kqa: max_seq_length "
-          f"{args.max_seq_length}, stride {args.doc_stride}, max_query_length {args.max_query_length}; mean window "
-          f"{result['mean_window_tokens']:.0f} tokens; setup {result['setup_s']:.1f} s, not timed)")
+    print(
+        f"data: {source}: {result['examples']} examples -> {result['kqa_features']} windows (kqa: max_seq_length "
+        f"{args.max_seq_length}, stride {args.doc_stride}, max_query_length {args.max_query_length}; mean window "
+        f"{result['mean_window_tokens']:.0f} tokens; setup {result['setup_s']:.1f} s, not timed)"
+    )
     if result["reference_features"] is not None:
-        print(f"common recipe: one {args.reference_max_length}-token row per example, "
-              f"{result['reference_lost']} answers lost to truncation")
+        print(
+            f"common recipe: one {args.reference_max_length}-token row per example, "
+            f"{result['reference_lost']} answers lost to truncation"
+        )
     if args.model:
-        what = (f"{args.model} (pretrained encoder, attention dropout {result['backbone_dropout']}, and a span head "
-                f"seeded with {args.seed})")
+        what = (
+            f"{args.model} (pretrained encoder, attention dropout {result['backbone_dropout']}, and a span head "
+            f"seeded with {args.seed})"
+        )
     else:
         what = "random-init BERT"
-    print(f"model: {what}, {result['n_params'] / 1e6:.1f}M non-embedding parameters; identical initial weights "
-          f"checked; {args.steps} optimizer steps of batch {args.batch_size}, learning rate {args.learning_rate}, "
-          f"weight decay {args.weight_decay}, warmup {args.warmup_ratio}; throughput over steps 2..{args.steps - 1}")
+    print(
+        f"model: {what}, {result['n_params'] / 1e6:.1f}M non-embedding parameters; identical initial weights "
+        f"checked; {args.steps} optimizer steps of batch {args.batch_size}, learning rate {args.learning_rate}, "
+        f"weight decay {args.weight_decay}, warmup {args.warmup_ratio}; throughput over steps 2..{args.steps - 1}"
+    )
     grouped, dynamic = rows.get(RECIPES["grouped"]), rows.get(RECIPES["dynamic"])
     if grouped is not None:
         versus = f" vs {dynamic['pad_fraction']:.1%} with random batches" if dynamic else ""
-        print(f"group_by_length: Trainer orders its batches with {grouped['sampler']} (lengths = len(input_ids) of "
-              f"each unpadded kqa window); pad share {grouped['pad_fraction']:.1%}{versus}")
+        print(
+            f"group_by_length: Trainer orders its batches with {grouped['sampler']} (lengths = len(input_ids) of "
+            f"each unpadded kqa window); pad share {grouped['pad_fraction']:.1%}{versus}"
+        )
     columns = [
-        ("recipe", "recipe", ""), ("padding", "padding", ""), ("sampler", "sampler", ""),
-        ("attention_dropout", "attn dropout", ".2f"), ("train_s", "train() s", ".2f"),
-        ("s_per_step", "s/step", ".3f"), ("samples_per_s", "samples/s", ".2f"),
+        ("recipe", "recipe", ""),
+        ("padding", "padding", ""),
+        ("sampler", "sampler", ""),
+        ("attention_dropout", "attn dropout", ".2f"),
+        ("train_s", "train() s", ".2f"),
+        ("s_per_step", "s/step", ".3f"),
+        ("samples_per_s", "samples/s", ".2f"),
         ("tokens_per_sample", "tok/sample", ".0f"),
-        ("non_pad_tokens_per_s", "non-pad tok/s", ",.0f"), ("padded_tokens_per_s", "padded tok/s", ",.0f"),
-        ("pad_fraction", "pad share", ".1%"), ("speedup", "step speed-up", ".2f"),
+        ("non_pad_tokens_per_s", "non-pad tok/s", ",.0f"),
+        ("padded_tokens_per_s", "padded tok/s", ",.0f"),
+        ("pad_fraction", "pad share", ".1%"),
+        ("speedup", "step speed-up", ".2f"),
     ]
-    columns += [(f"samples_per_s_vs_{ref}", f"samples/s vs {label}", ".2f")
-                for ref, label in RATIO_REFERENCES.items() if RECIPES[ref] in rows]
+    columns += [
+        (f"samples_per_s_vs_{ref}", f"samples/s vs {label}", ".2f")
+        for ref, label in RATIO_REFERENCES.items()
+        if RECIPES[ref] in rows
+    ]
     columns.append(("model_tflops_per_s", "model TFLOP/s", ".3f"))
     if args.peak_tflops:
         columns.append(("mfu", "MFU", ".1%"))
     common.print_table(result["rows"], columns)
-    print("model TFLOP/s = 6 x non-embedding parameters x padded tokens / s (attention's own FLOPs not counted); "
-          "tok/sample = non-pad tokens per timed sample")
+    print(
+        "model TFLOP/s = 6 x non-embedding parameters x padded tokens / s (attention's own FLOPs not counted); "
+        "tok/sample = non-pad tokens per timed sample"
+    )
     warn_unrepresentative(result["rows"], result["mean_window_tokens"])
-    ratios = [f"{value:.2f}x {RECIPES[key.rsplit('_vs_', 1)[1]]}" for key, value in headline.items()
-              if key.startswith("kqa_samples_per_s_vs_")]
+    ratios = [
+        f"{value:.2f}x {RECIPES[key.rsplit('_vs_', 1)[1]]}"
+        for key, value in headline.items()
+        if key.startswith("kqa_samples_per_s_vs_")
+    ]
     tokens = [f"{value:.2f}x" for key, value in headline.items() if key.startswith("kqa_non_pad_tokens_per_s_vs_")]
     if ratios:
-        print(f"kqa samples/s: {', '.join(ratios)} (target >= {TARGET_RATIO}x: "
-              f"{'met' if headline['target_met'] else 'not met'}); per non-pad token: {', '.join(tokens)}")
+        print(
+            f"kqa samples/s: {', '.join(ratios)} (target >= {TARGET_RATIO}x: "
+            f"{'met' if headline['target_met'] else 'not met'}); per non-pad token: {', '.join(tokens)}"
+        )
 
 
 def warn_unrepresentative(rows: list[dict], mean_window_tokens: float, tolerance: float = 0.05) -> None:
@@ -553,9 +708,11 @@ def warn_unrepresentative(rows: list[dict], mean_window_tokens: float, tolerance
     for row in rows:
         drift = row["tokens_per_sample"] / mean_window_tokens - 1.0
         if row["features"].startswith("kqa (") and abs(drift) > tolerance:
-            print(f"note: {row['recipe']}: its timed samples average {row['tokens_per_sample']:.0f} tokens, "
-                  f"{drift:+.0%} against the data's mean window; its samples/s is not an epoch's (compare non-pad "
-                  f"tok/s, or raise --steps to cover whole megabatches)")
+            print(
+                f"note: {row['recipe']}: its timed samples average {row['tokens_per_sample']:.0f} tokens, "
+                f"{drift:+.0%} against the data's mean window; its samples/s is not an epoch's (compare non-pad "
+                f"tok/s, or raise --steps to cover whole megabatches)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,14 +736,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:  # the random model's shape flags do not apply
         for name in ("vocab_size", "hidden_size", "layers", "heads", "intermediate_size", "bert_base"):
             settings.pop(name)
-    settings.update({
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "train_files": [str(f) for f in train_files],
-        "train_examples": result["examples"], "files": result["per_file"],
-        "non_embedding_parameters": result["n_params"], "vocab_size_trained": result["tokenizer_size"],
-        "backbone_attention_dropout": result["backbone_dropout"], "kqa_features": result["kqa_features"],
-        "reference_features": result["reference_features"], "reference_lost_answers": result["reference_lost"],
-        "trainer_optim": str(result["optim"]),
-    })
+    settings.update(
+        {
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "train_files": [str(f) for f in train_files],
+            "train_examples": result["examples"],
+            "files": result["per_file"],
+            "non_embedding_parameters": result["n_params"],
+            "vocab_size_trained": result["tokenizer_size"],
+            "backbone_attention_dropout": result["backbone_dropout"],
+            "kqa_features": result["kqa_features"],
+            "reference_features": result["reference_features"],
+            "reference_lost_answers": result["reference_lost"],
+            "trainer_optim": str(result["optim"]),
+        }
+    )
     common.print_header(machine, {k: v for k, v in settings.items() if k not in ("files", "train_files")})
     print_report(args, result, headline, main_config)
     common.write_json(args.out, machine=machine, settings=settings, results=result["rows"], headline=headline)

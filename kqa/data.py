@@ -42,9 +42,7 @@ EXAMPLE_FEATURES = datasets.Features(
         "title": datasets.Value("string"),
         "context": datasets.Value("string"),
         "question": datasets.Value("string"),
-        "answers": datasets.Sequence(
-            {"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}
-        ),
+        "answers": datasets.Sequence({"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}),
         "is_impossible": datasets.Value("bool"),
     }
 )
@@ -70,6 +68,7 @@ MISSING: Any = _Missing()
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Location:
@@ -123,8 +122,10 @@ class RejectedAnswer:
     reason: str
 
     def __str__(self) -> str:
-        return (f"{self.location.source}: {self.location.describe()} (id {self.id!r}): answer "
-                f"{self.text!r} at {self.answer_start} rejected: {self.reason}")
+        return (
+            f"{self.location.source}: {self.location.describe()} (id {self.id!r}): answer "
+            f"{self.text!r} at {self.answer_start} rejected: {self.reason}"
+        )
 
 
 @dataclass(frozen=True)
@@ -195,9 +196,11 @@ class LoadReport:
     def summary(self) -> str:
         """One line, e.g. 'train.json: 142 questions read, 142 kept, 0 answers repaired, 0 answers rejected, ...'."""
         name = Path(self.source).name if self.source_kind == "squad-json" else self.source
-        line = (f"{name}: {self.num_questions} questions read, {self.num_kept} kept, "
-                f"{self.num_answers_repaired} answers repaired, {self.num_answers_rejected} answers rejected, "
-                f"{self.num_questions_rejected} questions rejected")
+        line = (
+            f"{name}: {self.num_questions} questions read, {self.num_kept} kept, "
+            f"{self.num_answers_repaired} answers repaired, {self.num_answers_rejected} answers rejected, "
+            f"{self.num_questions_rejected} questions rejected"
+        )
         if self.num_impossible:
             line += f" ({self.num_impossible} kept questions unanswerable)"
         return line
@@ -214,6 +217,7 @@ class LoadReport:
 # --------------------------------------------------------------------------------------------------
 # Answer alignment
 # --------------------------------------------------------------------------------------------------
+
 
 def align_answer(context: str, text: str, answer_start: int) -> tuple[str, int] | None:
     """Return `(text, start)` of the answer as an exact slice of `context`, or None when it is not there.
@@ -253,6 +257,7 @@ def align_answer(context: str, text: str, answer_start: int) -> tuple[str, int] 
 # --------------------------------------------------------------------------------------------------
 # Validation shared by every source
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _RawQuestion:
@@ -355,8 +360,9 @@ class _ExampleValidator:
         title = _check_title(loc, raw.title, qid)
         is_impossible = _check_is_impossible(loc, raw.is_impossible, qid)
         if qid in self.first_seen:
-            raise _fail(loc, f"duplicate id {qid!r}: first at {self.first_seen[qid].describe()}, "
-                             f"again at {loc.describe()}")
+            raise _fail(
+                loc, f"duplicate id {qid!r}: first at {self.first_seen[qid].describe()}, again at {loc.describe()}"
+            )
         self.first_seen[qid] = loc
         self.report.num_questions += 1
 
@@ -377,8 +383,13 @@ class _ExampleValidator:
             return
 
         self.report.num_impossible += int(is_impossible)
-        for name, value in (("id", qid), ("title", title), ("context", context), ("question", question),
-                            ("is_impossible", is_impossible)):
+        for name, value in (
+            ("id", qid),
+            ("title", title),
+            ("context", context),
+            ("question", question),
+            ("is_impossible", is_impossible),
+        ):
             self.columns[name].append(value)
         self.columns["answers"].append({"text": [t for t, _ in kept], "answer_start": [s for _, s in kept]})
 
@@ -390,7 +401,8 @@ class _ExampleValidator:
         aligned = align_answer(context, text, start)
         if aligned is None:
             self.report.rejected_answers.append(
-                RejectedAnswer(loc, qid, text, start, "answer text not found in the context"))
+                RejectedAnswer(loc, qid, text, start, "answer text not found in the context")
+            )
             return None
         if aligned != (text, start):
             self.report.repaired.append(RepairedAnswer(loc, qid, text, start, aligned[0], aligned[1]))
@@ -405,10 +417,12 @@ class _ExampleValidator:
             details = "; ".join(str(r) for r in rejections[:_MAX_RECORDS_LOGGED])
             raise DataValidationError(
                 f"{report.source}: {report.num_answers_rejected} answers and {report.num_questions_rejected} "
-                f"questions rejected (strict mode): {details}")
+                f"questions rejected (strict mode): {details}"
+            )
         if report.num_kept == 0:
             raise DataValidationError(
-                f"{report.source}: all {report.num_questions} questions were rejected: {report.problem_lines(1)[0]}")
+                f"{report.source}: all {report.num_questions} questions were rejected: {report.problem_lines(1)[0]}"
+            )
         _log_report(report)
         return datasets.Dataset.from_dict(self.columns, features=EXAMPLE_FEATURES), report
 
@@ -416,14 +430,20 @@ class _ExampleValidator:
 def _log_report(report: LoadReport) -> None:
     logger.info("%s", report.summary())
     if report.has_problems:
-        logger.warning("%s: %d answers repaired, %d answers and %d questions rejected:\n  %s",
-                       report.source, report.num_answers_repaired, report.num_answers_rejected,
-                       report.num_questions_rejected, "\n  ".join(report.problem_lines()))
+        logger.warning(
+            "%s: %d answers repaired, %d answers and %d questions rejected:\n  %s",
+            report.source,
+            report.num_answers_repaired,
+            report.num_answers_rejected,
+            report.num_questions_rejected,
+            "\n  ".join(report.problem_lines()),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
 # SQuAD-layout JSON
 # --------------------------------------------------------------------------------------------------
+
 
 def read_json_file(path: Path) -> Any:
     try:
@@ -444,8 +464,10 @@ def _expect(location: Location, container: Any, key: str, kind: type, what: str)
         raise _fail(location, f"{what} has no '{key}' field")
     value = container[key]
     if not isinstance(value, kind):
-        raise _fail(location, f"{what}'s '{key}' must be a {'list' if kind is list else kind.__name__}, "
-                              f"got {type(value).__name__}")
+        raise _fail(
+            location,
+            f"{what}'s '{key}' must be a {'list' if kind is list else kind.__name__}, got {type(value).__name__}",
+        )
     return value
 
 
@@ -458,8 +480,9 @@ def _raw_answers(location: Location, qa: dict) -> list[tuple[Any, Any]] | Any:
     pairs = []
     for index, answer in enumerate(answers):
         if not isinstance(answer, dict):
-            raise _fail(location, f"answer {index} must be an object, got {type(answer).__name__}",
-                        qa.get("id", MISSING))
+            raise _fail(
+                location, f"answer {index} must be an object, got {type(answer).__name__}", qa.get("id", MISSING)
+            )
         pairs.append((answer.get("text", MISSING), answer.get("answer_start", MISSING)))
     return pairs
 
@@ -524,6 +547,7 @@ def load_squad_json(path: str | Path, *, strict: bool = False) -> tuple[datasets
 # Flat datasets (Hugging Face hub, local dataset files, any Dataset)
 # --------------------------------------------------------------------------------------------------
 
+
 def _iter_flat_rows(rows: Iterable[dict], source: str, has_is_impossible: bool) -> Iterator[_RawQuestion]:
     for row_index, row in enumerate(rows):
         loc = Location(source, row_index=row_index)
@@ -532,8 +556,9 @@ def _iter_flat_rows(rows: Iterable[dict], source: str, has_is_impossible: bool) 
             raise _fail(loc, "'answers' must hold 'text' and 'answer_start' lists", row.get("id", MISSING))
         texts, starts = answers["text"], answers["answer_start"]
         if len(texts) != len(starts):
-            raise _fail(loc, f"'answers' has {len(texts)} texts but {len(starts)} answer_start values",
-                        row.get("id", MISSING))
+            raise _fail(
+                loc, f"'answers' has {len(texts)} texts but {len(starts)} answer_start values", row.get("id", MISSING)
+            )
         # Without an is_impossible column an empty answer list marks an unanswerable question
         # (the convention of the hub's squad_v2).
         is_impossible = row["is_impossible"] if has_is_impossible else not texts
@@ -564,8 +589,9 @@ def validate_examples(
     to get the same checks, repairs and report as the JSON loader. Other columns are not carried over.
     """
     if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"{source}: expected a datasets.Dataset, got {type(dataset).__name__} "
-                        "(a DatasetDict needs a split)")
+        raise TypeError(
+            f"{source}: expected a datasets.Dataset, got {type(dataset).__name__} (a DatasetDict needs a split)"
+        )
     missing = [c for c in REQUIRED_FLAT_COLUMNS if c not in dataset.column_names]
     if missing:
         raise DataValidationError(f"{source}: missing columns {missing} (has {dataset.column_names})")
@@ -596,8 +622,9 @@ def load_hf_dataset(
     """
     if not split:
         raise ValueError(f"{name}: a split is required (e.g. 'train' or 'validation')")
-    dataset = datasets.load_dataset(name, config_name, split=split,
-                                    cache_dir=None if cache_dir is None else str(cache_dir))
+    dataset = datasets.load_dataset(
+        name, config_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
+    )
     source = f"{name}{'/' + config_name if config_name else ''}[{split}]"
     return validate_examples(dataset, source, strict=strict)
 
@@ -615,6 +642,8 @@ def load_examples(source: str | Path, split: str | None = None, **kwargs: Any) -
     if isinstance(source, Path) or path.suffix.lower() == ".json":
         raise FileNotFoundError(f"{source}: no such file")
     if split is None:
-        raise ValueError(f"{source!r} is not an existing file, so it is read as a dataset name, "
-                         "which needs a split (e.g. split='train')")
+        raise ValueError(
+            f"{source!r} is not an existing file, so it is read as a dataset name, "
+            "which needs a split (e.g. split='train')"
+        )
     return load_hf_dataset(str(source), split, **kwargs)

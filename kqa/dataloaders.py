@@ -86,8 +86,10 @@ class QACollator:
                 # Checked here, on the host, so that the loss needs no device-to-host sync to check it.
                 if min(labels) < 0:
                     row = labels.index(min(labels))
-                    raise ValueError(f"feature {row}: {name} is {labels[row]}; span labels are token indices >= 0 "
-                                     "(the CLS index marks a window without the answer)")
+                    raise ValueError(
+                        f"feature {row}: {name} is {labels[row]}; span labels are token indices >= 0 "
+                        "(the CLS index marks a window without the answer)"
+                    )
                 batch[name] = torch.tensor(labels, dtype=torch.long)
         return batch
 

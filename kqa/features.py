@@ -46,7 +46,6 @@ STATUS_EXACT = 1  # held; the labelled tokens decode to exactly the gold text
 STATUS_INEXACT = 2  # held; a token boundary falls inside the answer, so the tokens cover a little more
 
 
-
 @dataclass(frozen=True)
 class FeatureConfig:
     """Window geometry, in tokens."""
@@ -146,8 +145,17 @@ def prepare_train_features(
     (and every window of an unanswerable question) is labelled with the CLS index. No offsets: the
     training loop never decodes spans, and offsets are most of a feature's size.
     """
-    return _prepare(examples, tokenizer, config, with_labels=True, with_offsets=False, num_proc=num_proc,
-                    load_from_cache_file=load_from_cache_file, cache=cache, desc=desc)
+    return _prepare(
+        examples,
+        tokenizer,
+        config,
+        with_labels=True,
+        with_offsets=False,
+        num_proc=num_proc,
+        load_from_cache_file=load_from_cache_file,
+        cache=cache,
+        desc=desc,
+    )
 
 
 def prepare_eval_features(
@@ -170,23 +178,43 @@ def prepare_eval_features(
     loss) from the same single tokenisation. Examples need no `answers` column unless `with_labels`;
     when it is there, the report counts lost answers.
     """
-    return _prepare(examples, tokenizer, config, with_labels=with_labels, with_offsets=True, num_proc=num_proc,
-                    load_from_cache_file=load_from_cache_file, cache=cache, desc=desc)
+    return _prepare(
+        examples,
+        tokenizer,
+        config,
+        with_labels=with_labels,
+        with_offsets=True,
+        num_proc=num_proc,
+        load_from_cache_file=load_from_cache_file,
+        cache=cache,
+        desc=desc,
+    )
 
 
 # ---- the map ---------------------------------------------------------------------------------------
 
 
-def _prepare(examples, tokenizer, config: FeatureConfig, *, with_labels: bool, with_offsets: bool, num_proc,
-             load_from_cache_file, cache, desc):
+def _prepare(
+    examples,
+    tokenizer,
+    config: FeatureConfig,
+    *,
+    with_labels: bool,
+    with_offsets: bool,
+    num_proc,
+    load_from_cache_file,
+    cache,
+    desc,
+):
     _check_tokenizer(tokenizer, config)
     _check_examples(examples, with_labels)
     keep_token_types = "token_type_ids" in tokenizer.model_input_names
     cache_file_name, fingerprint = None, None
     if not examples.cache_files:
         if cache:
-            cache_file_name = _in_memory_cache_file(examples, tokenizer, config, with_labels, with_offsets,
-                                                    keep_token_types)
+            cache_file_name = _in_memory_cache_file(
+                examples, tokenizer, config, with_labels, with_offsets, keep_token_types
+            )
             fingerprint = Path(cache_file_name).stem
         else:
             # Nothing will be cached, so the fingerprint only names the result: skip `datasets` hashing
@@ -216,8 +244,9 @@ def _prepare(examples, tokenizer, config: FeatureConfig, *, with_labels: bool, w
     features = features.remove_columns([_STATUS_COLUMN, _TRUNCATED_COLUMN])
     logger.info("%s", report.summary())
     if report.num_lost_answers:
-        logger.warning("%d answers are held by no window: %s", report.num_lost_answers,
-                       ", ".join(report.lost_answer_ids[:20]))
+        logger.warning(
+            "%d answers are held by no window: %s", report.num_lost_answers, ", ".join(report.lost_answer_ids[:20])
+        )
     return features, report
 
 
@@ -230,8 +259,9 @@ def feature_cache_dir() -> Path:
     return Path(root) / "features" if root else Path(datasets.config.HF_DATASETS_CACHE) / "kqa" / "features"
 
 
-def _in_memory_cache_file(examples, tokenizer, config: FeatureConfig, with_labels: bool, with_offsets: bool,
-                          keep_token_types: bool) -> str:
+def _in_memory_cache_file(
+    examples, tokenizer, config: FeatureConfig, with_labels: bool, with_offsets: bool, keep_token_types: bool
+) -> str:
     """A cache file named by the content of the examples, the tokenizer, the settings and the code.
 
     Examples loaded from JSON live in memory, and `datasets` caches only maps over file-backed
@@ -335,8 +365,15 @@ def _output_schema(with_labels: bool, with_offsets: bool, keep_token_types: bool
     return Features(columns)
 
 
-def _build_features(batch: dict[str, list], tokenizer, config: FeatureConfig, with_labels: bool,
-                    with_offsets: bool, keep_token_types: bool, code_digest: str = "") -> dict[str, list]:
+def _build_features(
+    batch: dict[str, list],
+    tokenizer,
+    config: FeatureConfig,
+    with_labels: bool,
+    with_offsets: bool,
+    keep_token_types: bool,
+    code_digest: str = "",
+) -> dict[str, list]:
     """The batched map function: one batch of examples → all their windows. (`code_digest` is unused
     here; it is an argument only so that it enters the cache fingerprint.)"""
     ids = batch["id"]
@@ -362,8 +399,13 @@ def _build_features(batch: dict[str, list], tokenizer, config: FeatureConfig, wi
         padding=False,
     )
 
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "example_id": [],
-                            _STATUS_COLUMN: [], _TRUNCATED_COLUMN: []}
+    out: dict[str, list] = {
+        "input_ids": [],
+        "attention_mask": [],
+        "example_id": [],
+        _STATUS_COLUMN: [],
+        _TRUNCATED_COLUMN: [],
+    }
     if keep_token_types:
         out["token_type_ids"] = []
     if with_labels:
@@ -374,8 +416,9 @@ def _build_features(batch: dict[str, list], tokenizer, config: FeatureConfig, wi
     for i, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
         origin = aligned[example_index][1]
         input_ids = encoded["input_ids"][i]
-        offsets = _context_offsets(encoded["offset_mapping"][i], encoded.sequence_ids(i), trim_tables[example_index],
-                                   origin)
+        offsets = _context_offsets(
+            encoded["offset_mapping"][i], encoded.sequence_ids(i), trim_tables[example_index], origin
+        )
         cls_index = _cls_index(input_ids, tokenizer)
         status, start, end = _label_window(offsets, answer_spans[example_index], contexts[example_index], cls_index)
 
@@ -486,7 +529,7 @@ def _context_rows(sequence_ids: list) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     first = sequence_ids.index(1)
-    if sequence_ids[first:first + count].count(1) == count:
+    if sequence_ids[first : first + count].count(1) == count:
         return np.arange(first, first + count)
     return np.flatnonzero(np.fromiter((s == 1 for s in sequence_ids), dtype=bool, count=len(sequence_ids)))
 

@@ -30,8 +30,15 @@ def parse_bool(text: str) -> bool:
 
 def add_bool_flag(parser: argparse.ArgumentParser, name: str, *, default: bool = False, help: str = "") -> None:
     """`--name` alone is true; `--name true|false` says which."""
-    parser.add_argument(f"--{name}", nargs="?", const=True, default=default, type=parse_bool,
-                        metavar="{true,false}", help=f"{help} (default {str(default).lower()})".strip())
+    parser.add_argument(
+        f"--{name}",
+        nargs="?",
+        const=True,
+        default=default,
+        type=parse_bool,
+        metavar="{true,false}",
+        help=f"{help} (default {str(default).lower()})".strip(),
+    )
 
 
 class _DeprecatedSpelling(argparse.Action):
@@ -46,17 +53,25 @@ class _DeprecatedSpelling(argparse.Action):
         setattr(namespace, self.dest, self.value if self.nargs == 0 else values)
 
 
-def add_deprecated_spelling(parser: argparse.ArgumentParser, old: str, new: str, *, dest: str | None = None,
-                            value: Any = None, **kwargs) -> None:
+def add_deprecated_spelling(
+    parser: argparse.ArgumentParser, old: str, new: str, *, dest: str | None = None, value: Any = None, **kwargs
+) -> None:
     """`old` (e.g. "--out") keeps working as `new` (e.g. "--output_dir"), with a note. A flag that took
     no value (`store_true`) gives `nargs=0` and the `value` it stood for."""
     dest = dest or new.lstrip("-").split(" ")[0]
-    parser.add_argument(old, dest=dest, action=_DeprecatedSpelling, new=new, value=value,
-                        default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+    parser.add_argument(
+        old,
+        dest=dest,
+        action=_DeprecatedSpelling,
+        new=new,
+        value=value,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        **kwargs,
+    )
 
 
-def add_renamed_flag(parser: argparse.ArgumentParser, new: str, old: str, *, required: bool = False,
-                     **kwargs) -> None:
+def add_renamed_flag(parser: argparse.ArgumentParser, new: str, old: str, *, required: bool = False, **kwargs) -> None:
     """`new` (with argparse's `kwargs`) and its earlier spelling `old`, which sets the same value with a
     note. A required flag is satisfied by either spelling."""
     container = parser.add_mutually_exclusive_group(required=True) if required else parser
@@ -90,9 +105,15 @@ def add_model_flags(parser: argparse.ArgumentParser, *, backend: bool = True) ->
     if backend:
         from kqa.inference.runtimes import BACKENDS, DRIFT_ACTIONS
 
-        parser.add_argument("--backend", choices=BACKENDS,
-                            help="torch (default), torch-int8 (CPU) or onnx (CPU; the default for a `kqa export` "
-                                 "directory)")
-        parser.add_argument("--int8_drift", choices=DRIFT_ACTIONS, default=DRIFT_ACTIONS[0],
-                            help="an int8 export whose probe logits differ on this CPU more than where it was "
-                                 "exported: warn (default), error (refuse to load) or ignore")
+        parser.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            help="torch (default), torch-int8 (CPU) or onnx (CPU; the default for a `kqa export` directory)",
+        )
+        parser.add_argument(
+            "--int8_drift",
+            choices=DRIFT_ACTIONS,
+            default=DRIFT_ACTIONS[0],
+            help="an int8 export whose probe logits differ on this CPU more than where it was "
+            "exported: warn (default), error (refuse to load) or ignore",
+        )

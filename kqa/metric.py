@@ -118,12 +118,15 @@ def _score_question(prediction: str, gold_answers: Sequence[str]) -> tuple[float
     if not gold_answers:  # impossible question: right only when nothing is predicted
         right = float(normalize_answer(prediction) == "")
         return right, right
-    return (max(exact_match_score(prediction, g) for g in gold_answers),
-            max(f1_score(prediction, g) for g in gold_answers))
+    return (
+        max(exact_match_score(prediction, g) for g in gold_answers),
+        max(f1_score(prediction, g) for g in gold_answers),
+    )
 
 
-def _evaluate(questions: Iterable[tuple[str, Sequence[str]]], predictions: Mapping[str, str],
-              source: str) -> EvalResult:
+def _evaluate(
+    questions: Iterable[tuple[str, Sequence[str]]], predictions: Mapping[str, str], source: str
+) -> EvalResult:
     """Score `(id, gold answer texts)` pairs; `source` names the gold set in messages."""
     em_sum = f1_sum = 0.0
     total = answered = impossible = 0
@@ -147,17 +150,29 @@ def _evaluate(questions: Iterable[tuple[str, Sequence[str]]], predictions: Mappi
         f1_sum += f1
     unknown = [k for k in predictions if k not in seen]
     if unanswered_ids:
-        logger.warning("%s: %d of %d questions have no prediction and score 0 (first: %s)", source,
-                       len(unanswered_ids), total, unanswered_ids[:5])
+        logger.warning(
+            "%s: %d of %d questions have no prediction and score 0 (first: %s)",
+            source,
+            len(unanswered_ids),
+            total,
+            unanswered_ids[:5],
+        )
     if unknown:
-        logger.warning("%s: %d predictions are for ids not in the gold set and are ignored (first: %s)",
-                       source, len(unknown), unknown[:5])
+        logger.warning(
+            "%s: %d predictions are for ids not in the gold set and are ignored (first: %s)",
+            source,
+            len(unknown),
+            unknown[:5],
+        )
     if duplicates:
         logger.warning("%s: %d question ids appear more than once; each occurrence is scored", source, duplicates)
     return EvalResult(
         exact_match=100.0 * em_sum / total if total else 0.0,
         f1=100.0 * f1_sum / total if total else 0.0,
-        total=total, answered=answered, unanswered=len(unanswered_ids), impossible=impossible,
+        total=total,
+        answered=answered,
+        unanswered=len(unanswered_ids),
+        impossible=impossible,
         unknown_predictions=len(unknown),
     )
 
@@ -180,8 +195,9 @@ def _check_predictions(predictions: Mapping[str, str], source: str) -> None:
     a malformed predictions file or mapping (e.g. an n-best list), so both entry points refuse it."""
     for question_id, text in predictions.items():
         if not isinstance(text, str):
-            raise ValueError(f"{source}: the prediction for question {question_id!r} is a "
-                             f"{type(text).__name__}, not a string")
+            raise ValueError(
+                f"{source}: the prediction for question {question_id!r} is a {type(text).__name__}, not a string"
+            )
 
 
 def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResult:
@@ -205,8 +221,9 @@ def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResu
                 raise ValueError(f"examples row {i} needs 'id' and 'answers' keys, has {sorted(row)}")
             ids.append(str(row["id"]))
             answers.append(row["answers"])
-    questions = ((qid, _answer_texts(a, f"examples row {i} (id {qid!r})"))
-                 for i, (qid, a) in enumerate(zip(ids, answers)))
+    questions = (
+        (qid, _answer_texts(a, f"examples row {i} (id {qid!r})")) for i, (qid, a) in enumerate(zip(ids, answers))
+    )
     return _evaluate(questions, predictions, "examples")
 
 
@@ -239,8 +256,10 @@ def _read_json(path: Path, what: str, *, unique_keys: bool = False) -> Any:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     except _DuplicateKey as dup:
-        raise ValueError(f"{path}: key {dup.key!r} appears more than once in one JSON object; as a question "
-                         "id only its last prediction would be kept, so the file is refused") from None
+        raise ValueError(
+            f"{path}: key {dup.key!r} appears more than once in one JSON object; as a question "
+            "id only its last prediction would be kept, so the file is refused"
+        ) from None
 
 
 def _official_questions(dataset: Any, path: Path):

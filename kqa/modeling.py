@@ -63,8 +63,13 @@ def _label_vector(positions: torch.Tensor, name: str, batch_size: int) -> torch.
     return positions.long()
 
 
-def span_cross_entropy(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
-                       end_positions: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def span_cross_entropy(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    start_positions: torch.Tensor,
+    end_positions: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The span loss of `transformers`' QA models, computed in float32: the mean of the start and the end
     cross-entropy. Positions at or beyond the sequence length are ignored (clamped to `seq_len`, the
     ignore index), so a label cut off by truncation contributes nothing. Negative positions are an error
@@ -133,8 +138,10 @@ def set_attention_dropout(config, probability: float, source: str = "") -> None:
         raise ValueError(f"attention dropout must be in [0, 1), got {probability}")
     names = [name for name in ATTENTION_DROPOUT_ATTRIBUTES if isinstance(getattr(config, name, None), (int, float))]
     if not names:
-        raise NoAttentionDropoutError(f"{source or type(config).__name__}: {type(config).__name__} has none of "
-                         f"{list(ATTENTION_DROPOUT_ATTRIBUTES)}; cannot set its attention dropout")
+        raise NoAttentionDropoutError(
+            f"{source or type(config).__name__}: {type(config).__name__} has none of "
+            f"{list(ATTENTION_DROPOUT_ATTRIBUTES)}; cannot set its attention dropout"
+        )
     for name in names:
         setattr(config, name, float(probability))
 
@@ -177,8 +184,10 @@ class QuestionAnsweringModel(nn.Module):
                 f"`config` (load one with transformers.AutoModel)"
             )
         if prefix in {"qa_outputs", "head_dropout"} or hasattr(type(self), prefix):
-            raise ValueError(f"{type(backbone).__name__}.base_model_prefix={prefix!r} clashes with an attribute "
-                             f"of {type(self).__name__}")
+            raise ValueError(
+                f"{type(backbone).__name__}.base_model_prefix={prefix!r} clashes with an attribute "
+                f"of {type(self).__name__}"
+            )
         hidden_size = getattr(config, "hidden_size", None)
         if not isinstance(hidden_size, int):
             raise ValueError(f"{type(config).__name__} has no integer hidden_size; cannot size the span head")
@@ -201,9 +210,16 @@ class QuestionAnsweringModel(nn.Module):
 
     # ---- constructors ---------------------------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, name_or_path: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
-                      attention_dropout: Optional[float] = None, dtype: torch.dtype = torch.float32,
-                      **config_overrides) -> QuestionAnsweringModel:
+    def from_backbone(
+        cls,
+        name_or_path: str | Path,
+        *,
+        trust_remote_code: bool = False,
+        head_dropout: float = 0.0,
+        attention_dropout: Optional[float] = None,
+        dtype: torch.dtype = torch.float32,
+        **config_overrides,
+    ) -> QuestionAnsweringModel:
         """Pretrained encoder weights (a local directory or a hub name) and a freshly initialised head.
 
         `attention_dropout` (None: the config's own) sets the dropout on attention probabilities, whatever
@@ -219,13 +235,15 @@ class QuestionAnsweringModel(nn.Module):
         _apply_config_overrides(config, config_overrides, source)
         if attention_dropout is not None:
             set_attention_dropout(config, attention_dropout, source)
-        backbone = AutoModel.from_pretrained(source, config=config, trust_remote_code=trust_remote_code,
-                                             **encoder_init_kwargs(config))
+        backbone = AutoModel.from_pretrained(
+            source, config=config, trust_remote_code=trust_remote_code, **encoder_init_kwargs(config)
+        )
         return cls(backbone.to(dtype), head_dropout=head_dropout)
 
     @classmethod
-    def from_config(cls, config, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
-                    dtype: torch.dtype = torch.float32) -> QuestionAnsweringModel:
+    def from_config(
+        cls, config, *, trust_remote_code: bool = False, head_dropout: float = 0.0, dtype: torch.dtype = torch.float32
+    ) -> QuestionAnsweringModel:
         """A randomly initialised encoder (built from a copy of `config`) and head."""
         from transformers import AutoModel
 
@@ -234,9 +252,15 @@ class QuestionAnsweringModel(nn.Module):
         return cls(backbone.to(dtype), head_dropout=head_dropout)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, trust_remote_code: bool = False, head_dropout: float = 0.0,
-                        attention_dropout: Optional[float] = None,
-                        dtype: torch.dtype = torch.float32) -> QuestionAnsweringModel:
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        trust_remote_code: bool = False,
+        head_dropout: float = 0.0,
+        attention_dropout: Optional[float] = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> QuestionAnsweringModel:
         """Load a directory written by `save_pretrained` (or a `transformers` `*ForQuestionAnswering`
         directory with safetensors weights). Pickle-based weights (`pytorch_model.bin`, ...) are refused."""
         from transformers import AutoConfig
@@ -309,9 +333,14 @@ class QuestionAnsweringModel(nn.Module):
         return any(getattr(m, "gradient_checkpointing", False) for m in self.backbone.modules())
 
     # ---- forward --------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None, start_positions: Optional[torch.Tensor] = None,
-                end_positions: Optional[torch.Tensor] = None) -> QAModelOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.Tensor] = None,
+        end_positions: Optional[torch.Tensor] = None,
+    ) -> QAModelOutput:
         """Logits for every position (padding included: the post-processor only considers context
         tokens); the loss when both `start_positions` and `end_positions` are given."""
         if (start_positions is None) != (end_positions is None):
@@ -353,9 +382,14 @@ class QuestionAnsweringModel(nn.Module):
         linear_head = type(self.qa_outputs) is nn.Linear and self.qa_outputs.out_features == 2
         return linear_head and head_keys == {"qa_outputs.weight", "qa_outputs.bias"}
 
-    def save_pretrained(self, save_directory: str | Path, *, tokenizer=None,
-                        kqa_config: Optional[dict[str, Any]] = None,
-                        state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        tokenizer=None,
+        kqa_config: Optional[dict[str, Any]] = None,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+    ) -> Path:
         """Write `config.json`, `model.safetensors`, the tokenizer's files (when given) and
         `kqa_config.json` (the kqa version plus `kqa_config`: `PredictionSettings.to_dict()`).
 
@@ -404,15 +438,19 @@ def _is_remote_code(obj) -> bool:
     return type(obj).__module__.startswith("transformers_modules.")
 
 
-def _distinct_tensors(state_dict: dict[str, torch.Tensor], expected, source: Path,
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _distinct_tensors(
+    state_dict: dict[str, torch.Tensor],
+    expected,
+    source: Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A gathered state dict as safetensors stores it: every name of this model present, each storage once
     (a shared tensor keeps its first name and the others are recorded as aliases, as `save_model` does),
     contiguous, on the CPU."""
     missing = sorted(set(expected) - set(state_dict))
     if missing:
-        raise ValueError(f"{source}: the state dict to save lacks {_preview(missing)} (was it gathered from "
-                         "every shard?)")
+        raise ValueError(
+            f"{source}: the state dict to save lacks {_preview(missing)} (was it gathered from every shard?)"
+        )
     kept_by_storage: dict[tuple[int, int], str] = {}
     tensors, aliases = {}, {}
     for name in sorted(state_dict):
@@ -497,8 +535,9 @@ def _read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[
     return state, aliases
 
 
-def _load_state(model: QuestionAnsweringModel, state: dict[str, torch.Tensor], aliases: dict[str, str],
-                source: Path) -> None:
+def _load_state(
+    model: QuestionAnsweringModel, state: dict[str, torch.Tensor], aliases: dict[str, str], source: Path
+) -> None:
     """Copy `state` into `model`, accepting only a complete, exact match (up to shared tensors)."""
     expected = model.state_dict()
     if not any(key.startswith("qa_outputs.") for key in state):
@@ -511,8 +550,9 @@ def _load_state(model: QuestionAnsweringModel, state: dict[str, torch.Tensor], a
     pooler = sorted(k for k in state if k not in expected and k.startswith(f"{prefix}.pooler."))
     unexpected = sorted(k for k in state if k not in expected and k not in pooler and k not in non_persistent)
     if unexpected:
-        raise ValueError(f"{source}: weights that {type(model.backbone).__name__} has no place for: "
-                         f"{_preview(unexpected)}")
+        raise ValueError(
+            f"{source}: weights that {type(model.backbone).__name__} has no place for: {_preview(unexpected)}"
+        )
     if pooler:
         # Older checkpoints carry an encoder pooler; a span head never uses it.
         logger.warning("%s: ignoring %d unused pooler tensor(s): %s", source, len(pooler), _preview(pooler))
@@ -528,8 +568,10 @@ def _load_state(model: QuestionAnsweringModel, state: dict[str, torch.Tensor], a
         raise ValueError(f"{source}: weights missing for {_preview(missing)}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{source}: {name} has shape {list(tensor.shape)}, the model built from config.json "
-                             f"expects {list(expected[name].shape)}")
+            raise ValueError(
+                f"{source}: {name} has shape {list(tensor.shape)}, the model built from config.json "
+                f"expects {list(expected[name].shape)}"
+            )
     model.load_state_dict(state, strict=False)
 
 
@@ -543,5 +585,9 @@ def _remove_stale_weights(directory: Path) -> None:
     for path in stale:
         path.unlink()
     if stale:
-        logger.warning("%s: removed old weight file(s) that would shadow the new %s: %s", directory, WEIGHTS_FILE,
-                       ", ".join(p.name for p in stale))
+        logger.warning(
+            "%s: removed old weight file(s) that would shadow the new %s: %s",
+            directory,
+            WEIGHTS_FILE,
+            ", ".join(p.name for p in stale),
+        )

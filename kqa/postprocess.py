@@ -89,8 +89,15 @@ class SpanPrediction:
     end_logit: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "start": self.start, "end": self.end, "score": self.score,
-                "probability": self.probability, "start_logit": self.start_logit, "end_logit": self.end_logit}
+        return {
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "score": self.score,
+            "probability": self.probability,
+            "start_logit": self.start_logit,
+            "end_logit": self.end_logit,
+        }
 
 
 @dataclass
@@ -133,14 +140,21 @@ class PostprocessReport:
     examples_without_span_ids: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = (f"post-processed {self.num_examples} examples from {self.num_features} windows: "
-                f"{self.examples_without_features} without any window, "
-                f"{self.examples_without_span} without a valid span")
+        text = (
+            f"post-processed {self.num_examples} examples from {self.num_features} windows: "
+            f"{self.examples_without_features} without any window, "
+            f"{self.examples_without_span} without a valid span"
+        )
         return text + (f", {self.null_answers} answered null" if self.null_answers else "")
 
 
-def decode_answers(examples: Any, features: Any, start_logits: np.ndarray, end_logits: np.ndarray,
-                   config: PostprocessConfig | None = None) -> dict[str, ExamplePrediction]:
+def decode_answers(
+    examples: Any,
+    features: Any,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    config: PostprocessConfig | None = None,
+) -> dict[str, ExamplePrediction]:
     """Best span and n-best list for every example, keyed by id in the examples' order.
 
     `examples`: `datasets.Dataset` or list of rows with `id` and `context`. `features`: the same with
@@ -154,9 +168,13 @@ def decode_answers(examples: Any, features: Any, start_logits: np.ndarray, end_l
     return predictions
 
 
-def decode_answers_with_report(examples: Any, features: Any, start_logits: np.ndarray, end_logits: np.ndarray,
-                               config: PostprocessConfig | None = None,
-                               ) -> tuple[dict[str, ExamplePrediction], PostprocessReport]:
+def decode_answers_with_report(
+    examples: Any,
+    features: Any,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    config: PostprocessConfig | None = None,
+) -> tuple[dict[str, ExamplePrediction], PostprocessReport]:
     """`decode_answers` that also returns the `PostprocessReport`."""
     config = config or PostprocessConfig()
     columns = _read_columns(examples, ["id", "context"], "examples")
@@ -176,8 +194,10 @@ def decode_answers_with_report(examples: Any, features: Any, start_logits: np.nd
     num_features = len(feature_ids)
     unknown = [f for f, example_id in enumerate(feature_ids) if example_id not in example_index]
     if unknown:
-        raise ValueError(f"features: window {unknown[0]} belongs to example {feature_ids[unknown[0]]!r}, "
-                         f"which is not among the examples")
+        raise ValueError(
+            f"features: window {unknown[0]} belongs to example {feature_ids[unknown[0]]!r}, "
+            f"which is not among the examples"
+        )
     feature_example = np.fromiter(map(example_index.__getitem__, feature_ids), np.int64, num_features)
     offsets, lengths = _offsets(columns["offset_mapping"])
     row_starts = np.concatenate(([0], np.cumsum(lengths)))
@@ -187,15 +207,22 @@ def decode_answers_with_report(examples: Any, features: Any, start_logits: np.nd
     start_all, end_all = _check_logits(start_logits, end_logits, num_features, width)
     null_scores = None
     if config.version_2_with_negative:
-        null_scores = _null_scores(columns["cls_index"], start_all, end_all, lengths, feature_example,
-                                   num_examples)
+        null_scores = _null_scores(columns["cls_index"], start_all, end_all, lengths, feature_example, num_examples)
 
     # Valid pairs of all windows, in (window, start token, end token) order, from chunks of windows.
     step = max(1, _CHUNK_POSITIONS // max(width, 1))
-    parts = [_window_candidates(start_all[lo:lo + step], end_all[lo:lo + step],
-                                offsets[row_starts[lo]:row_starts[min(lo + step, num_features)]],
-                                lengths[lo:lo + step], lo, feature_ids, config)
-             for lo in range(0, max(num_features, 1), step)]
+    parts = [
+        _window_candidates(
+            start_all[lo : lo + step],
+            end_all[lo : lo + step],
+            offsets[row_starts[lo] : row_starts[min(lo + step, num_features)]],
+            lengths[lo : lo + step],
+            lo,
+            feature_ids,
+            config,
+        )
+        for lo in range(0, max(num_features, 1), step)
+    ]
     candidates = [np.concatenate(column) for column in zip(*parts)]
     bounds, spans = _nbest(*candidates, feature_example, context_lengths, contexts, null_scores, config.n_best_size)
 
@@ -203,7 +230,7 @@ def decode_answers_with_report(examples: Any, features: Any, start_logits: np.nd
     has_window = np.bincount(feature_example, minlength=num_examples) > 0
     predictions: dict[str, ExamplePrediction] = {}
     for e, example_id in enumerate(ids):
-        nbest = spans[bounds[e]:bounds[e + 1]]
+        nbest = spans[bounds[e] : bounds[e + 1]]
         null = None if null_scores is None or math.isinf(null_scores[e]) else float(null_scores[e])
         text, start, end, score = "", 0, 0, -math.inf if null is None else null
         if not has_window[e]:
@@ -221,15 +248,17 @@ def decode_answers_with_report(examples: Any, features: Any, start_logits: np.nd
     logger.info("%s", report.summary())
     if report.examples_without_features or report.examples_without_span:
         logger.warning(
-            "%d examples have no window and %d have no valid span; they are answered \"\" (first ids: %s)",
-            report.examples_without_features, report.examples_without_span,
+            '%d examples have no window and %d have no valid span; they are answered "" (first ids: %s)',
+            report.examples_without_features,
+            report.examples_without_span,
             (report.examples_without_features_ids + report.examples_without_span_ids)[:5],
         )
     return predictions, report
 
 
-def write_predictions(predictions: Mapping[str, ExamplePrediction], output_dir: str | Path, *,
-                      prefix: str = "") -> dict[str, Path]:
+def write_predictions(
+    predictions: Mapping[str, ExamplePrediction], output_dir: str | Path, *, prefix: str = ""
+) -> dict[str, Path]:
     """Write `predictions.json` (id → text, the official submission format), `nbest_predictions.json`
     (id → list of span dicts) and, when any prediction carries a null score, `null_odds.json`
     (id → null_score - best span score; `Infinity` when an example has no span).
@@ -256,6 +285,7 @@ def write_predictions(predictions: Mapping[str, ExamplePrediction], output_dir: 
 
 # ---- Inputs and their checks ----------------------------------------------------------------------
 
+
 def _read_columns(data: Any, names: list[str], what: str) -> dict[str, Any]:
     """The named columns as lists, of a `datasets.Dataset` (select/shard views respected) or of a list of
     dict rows; a dataset's offset_mapping stays an Arrow array."""
@@ -278,6 +308,7 @@ def _offsets(column: Any) -> tuple[np.ndarray, np.ndarray]:
     A `None` pair (the Hugging Face marker of non-context tokens) reads as [-1, -1]."""
     if hasattr(column, "to_pylist"):  # Arrow: straight from the buffers, unless there are nulls
         import pyarrow.compute as pc
+
         tokens = pc.list_flatten(column)
         values = pc.list_flatten(tokens)
         if not (column.null_count or tokens.null_count or values.null_count) and len(values) == 2 * len(tokens):
@@ -297,34 +328,39 @@ def _offsets(column: Any) -> tuple[np.ndarray, np.ndarray]:
         try:
             parts.append(np.array([(-1, -1) if p is None else p for p in mapping], np.int64).reshape(len(mapping), 2))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"features: window {f} offset_mapping is not a list of [start, end] integer pairs "
-                             f"({err})") from None
+            raise ValueError(
+                f"features: window {f} offset_mapping is not a list of [start, end] integer pairs ({err})"
+            ) from None
     return np.concatenate(parts), lengths
 
 
-def _check_offsets(offsets: np.ndarray, row_starts: np.ndarray, context_length: np.ndarray,
-                   feature_ids: list[str]) -> None:
+def _check_offsets(
+    offsets: np.ndarray, row_starts: np.ndarray, context_length: np.ndarray, feature_ids: list[str]
+) -> None:
     """Every token needs start <= end, and end <= len(context) (`context_length`: per window)."""
     bad = offsets[:, 1] < offsets[:, 0]
     nonempty = np.flatnonzero(np.diff(row_starts))
     too_far = np.maximum.reduceat(offsets[:, 1], row_starts[nonempty]) > context_length[nonempty]
     if too_far.any():
         f = int(nonempty[np.argmax(too_far)])
-        bad[row_starts[f] + np.argmax(offsets[row_starts[f]:row_starts[f + 1], 1])] = True
+        bad[row_starts[f] + np.argmax(offsets[row_starts[f] : row_starts[f + 1], 1])] = True
     if bad.any():
         t = int(np.argmax(bad))
         f = int(np.searchsorted(row_starts, t, side="right") - 1)
         raise ValueError(
             f"features: window {f} (example {feature_ids[f]!r}) token {t - row_starts[f]} has offsets "
             f"{offsets[t].tolist()}, not a span of its context (length {context_length[f]}): context tokens "
-            f"need 0 <= start <= end <= len(context), other tokens [-1, -1]")
+            f"need 0 <= start <= end <= len(context), other tokens [-1, -1]"
+        )
 
 
 def _check_logits(start_logits: Any, end_logits: Any, num_features: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     start, end = np.asarray(start_logits), np.asarray(end_logits)
     for name, arr in (("start_logits", start), ("end_logits", end)):
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(f"{name} must be a floating point [num_features, seq_len] array, got {arr.dtype} {arr.shape}")
+            raise ValueError(
+                f"{name} must be a floating point [num_features, seq_len] array, got {arr.dtype} {arr.shape}"
+            )
         if arr.shape[0] != num_features:
             raise ValueError(f"{name} has {arr.shape[0]} rows but there are {num_features} features")
         if arr.shape[1] < width:
@@ -332,8 +368,14 @@ def _check_logits(start_logits: Any, end_logits: Any, num_features: int, width: 
     return start, end
 
 
-def _null_scores(cls_index: list, start: np.ndarray, end: np.ndarray, lengths: np.ndarray,
-                 feature_example: np.ndarray, num_examples: int) -> np.ndarray:
+def _null_scores(
+    cls_index: list,
+    start: np.ndarray,
+    end: np.ndarray,
+    lengths: np.ndarray,
+    feature_example: np.ndarray,
+    num_examples: int,
+) -> np.ndarray:
     """Per example, the minimum of its windows' start_logit[cls] + end_logit[cls] (inf: no window has one)."""
     cls = np.asarray(cls_index, dtype=np.int64).reshape(-1)
     rows = np.flatnonzero(lengths > 0)  # a window without tokens has no CLS score
@@ -352,6 +394,7 @@ def _null_scores(cls_index: list, start: np.ndarray, end: np.ndarray, lengths: n
 
 
 # ---- Per window: the valid start × end pairs (rules 1 and 2) --------------------------------------
+
 
 def _top_k(masked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the indices of the k largest finite values, ascending (`[rows, k]`; -1 for missing ones,
@@ -378,8 +421,15 @@ def _top_k(masked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return chosen, ordered[:, -1]
 
 
-def _window_candidates(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                       first_row: int, feature_ids: list[str], config: PostprocessConfig) -> tuple:
+def _window_candidates(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    first_row: int,
+    feature_ids: list[str],
+    config: PostprocessConfig,
+) -> tuple:
     """The valid pairs of consecutive windows `first_row`, ... (their logit rows, their tokens' offsets,
     their token counts) as arrays (window, char_start, char_end, start_logit, end_logit), in
     (window, start token, end token) order."""
@@ -393,15 +443,19 @@ def _window_candidates(start_logits: np.ndarray, end_logits: np.ndarray, offsets
     is_context = np.zeros((rows, width), dtype=bool)
     is_context[np.arange(width) < lengths[:, None]] = offsets[:, 0] >= 0
     picked = []
-    for name, logits, column, missing in (("start", start_logits, 0, np.iinfo(np.int64).max),
-                                           ("end", end_logits, 1, -1)):
+    for name, logits, column, missing in (
+        ("start", start_logits, 0, np.iinfo(np.int64).max),
+        ("end", end_logits, 1, -1),
+    ):
         block = logits[:, :width].astype(np.float32) if logits.dtype == np.float16 else logits[:, :width]
         tokens, row_max = _top_k(np.where(is_context, block, -np.inf), k)
         broken = np.isnan(row_max) | (row_max == np.inf)  # they would beat every real logit
         if broken.any():
             r = int(np.argmax(broken))
-            raise ValueError(f"window {first_row + r} (example {feature_ids[first_row + r]!r}): {name} logits hold "
-                             f"{row_max[r]} at a context token (logits must be finite)")
+            raise ValueError(
+                f"window {first_row + r} (example {feature_ids[first_row + r]!r}): {name} logits hold "
+                f"{row_max[r]} at a context token (logits must be finite)"
+            )
         found = tokens >= 0
         values = np.take_along_axis(block, np.maximum(tokens, 0), axis=1).astype(np.float64)
         # A missing start gets char_start +max, a missing end char_end -1: they never cover a character.
@@ -415,15 +469,27 @@ def _window_candidates(start_logits: np.ndarray, end_logits: np.ndarray, offsets
     valid = valid.reshape(rows, k * k)
     crowded = np.flatnonzero(np.count_nonzero(valid, axis=1) > 2 * config.n_best_size)
     if len(crowded):
-        valid[crowded] = _prune(valid[crowded], start_value[crowded], end_value[crowded], start_char[crowded],
-                                end_char[crowded], config.n_best_size)
+        valid[crowded] = _prune(
+            valid[crowded],
+            start_value[crowded],
+            end_value[crowded],
+            start_char[crowded],
+            end_char[crowded],
+            config.n_best_size,
+        )
     cells = np.flatnonzero(valid)
     r, a, b = cells // (k * k), cells // k % k, cells % k
     return first_row + r, start_char[r, a], end_char[r, b], start_value[r, a], end_value[r, b]
 
 
-def _prune(valid: np.ndarray, start_value: np.ndarray, end_value: np.ndarray, start_char: np.ndarray,
-           end_char: np.ndarray, n_best: int) -> np.ndarray:
+def _prune(
+    valid: np.ndarray,
+    start_value: np.ndarray,
+    end_value: np.ndarray,
+    start_char: np.ndarray,
+    end_char: np.ndarray,
+    n_best: int,
+) -> np.ndarray:
     """`valid` limited to the pairs scoring at least their window's n_best-th best valid pair.
 
     Exact: a pair left out is beaten by n_best valid pairs of its own window. When no two chosen start
@@ -442,15 +508,26 @@ def _prune(valid: np.ndarray, start_value: np.ndarray, end_value: np.ndarray, st
 
 # ---- Per example: pool, de-duplicate, rank (rules 3 and 4) ----------------------------------------
 
-def _nbest(window, char_start, char_end, start_logit, end_logit, feature_example: np.ndarray,
-           context_lengths: np.ndarray, contexts: list[str], null_scores: np.ndarray | None, n_best: int):
+
+def _nbest(
+    window,
+    char_start,
+    char_end,
+    start_logit,
+    end_logit,
+    feature_example: np.ndarray,
+    context_lengths: np.ndarray,
+    contexts: list[str],
+    null_scores: np.ndarray | None,
+    n_best: int,
+):
     """All examples' n-best spans in one list, example e's at `bounds[e]:bounds[e + 1]`."""
     num_examples = len(context_lengths)
     example, score = feature_example[window], start_logit + end_logit
     # One key per (example, character span): example e owns the keys base[e] ... base[e] + side[e]² - 1.
     side = context_lengths + 1
     base = np.cumsum(side * side) - side * side
-    if num_examples and base[-1] + side[-1] ** 2 > 2 ** 53:  # keys must be exact as float64
+    if num_examples and base[-1] + side[-1] ** 2 > 2**53:  # keys must be exact as float64
         raise ValueError("contexts too long: the sum of their squared lengths must stay below 2**53")
     key = base[example] + char_start * side[example] + char_end
     # A stable sort by (key, score descending), as complex numbers (numpy orders them by real, then
@@ -473,11 +550,17 @@ def _nbest(window, char_start, char_end, start_logit, end_logit, feature_example
     total = np.bincount(kept_example, weights=weights, minlength=num_examples)[kept_example] + np.exp(null - top)
 
     # The SpanPrediction objects, in batches (their inputs then stay in the CPU cache).
-    columns = (kept_example, char_start[kept], char_end[kept], kept_score, weights / total, start_logit[kept],
-               end_logit[kept])
+    columns = (
+        kept_example,
+        char_start[kept],
+        char_end[kept],
+        kept_score,
+        weights / total,
+        start_logit[kept],
+        end_logit[kept],
+    )
     spans: list[SpanPrediction] = []
     for lo in range(0, len(kept), _SPAN_BATCH):
-        e, starts, ends, *rest = (column[lo:lo + _SPAN_BATCH].tolist() for column in columns)
+        e, starts, ends, *rest = (column[lo : lo + _SPAN_BATCH].tolist() for column in columns)
         spans += map(SpanPrediction, [contexts[x][s:t] for x, s, t in zip(e, starts, ends)], starts, ends, *rest)
     return bounds.tolist(), spans
-

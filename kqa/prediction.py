@@ -141,8 +141,9 @@ def _input_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def predict_logits(model, dataloader, width: int, *, accelerator=None, desc: str = "predict",
-                   disable_tqdm: bool = False) -> FeatureLogits:
+def predict_logits(
+    model, dataloader, width: int, *, accelerator=None, desc: str = "predict", disable_tqdm: bool = False
+) -> FeatureLogits:
     """Run `model` over an evaluation loader (batches in feature order).
 
     With an `accelerator` the loader is a prepared (sharded) one and the logits of all processes are
@@ -173,26 +174,49 @@ def predict_logits(model, dataloader, width: int, *, accelerator=None, desc: str
     return FeatureLogits(np.concatenate(starts), np.concatenate(ends), mean_loss)
 
 
-def predict_answers(model, prediction_set: PredictionSet, settings: PredictionSettings, *, accelerator=None,
-                    decode: Optional[Callable] = None, disable_tqdm: bool = False,
-                    ) -> tuple[dict[str, ExamplePrediction], FeatureLogits]:
+def predict_answers(
+    model,
+    prediction_set: PredictionSet,
+    settings: PredictionSettings,
+    *,
+    accelerator=None,
+    decode: Optional[Callable] = None,
+    disable_tqdm: bool = False,
+) -> tuple[dict[str, ExamplePrediction], FeatureLogits]:
     """Logits of every feature of the set, decoded into the answer of every example (keyed by id)."""
-    logits = predict_logits(model, prediction_set.dataloader, settings.features.max_seq_length,
-                            accelerator=accelerator, desc=f"predict {prediction_set.name}", disable_tqdm=disable_tqdm)
+    logits = predict_logits(
+        model,
+        prediction_set.dataloader,
+        settings.features.max_seq_length,
+        accelerator=accelerator,
+        desc=f"predict {prediction_set.name}",
+        disable_tqdm=disable_tqdm,
+    )
     if len(logits.start) != len(prediction_set.features):
-        raise RuntimeError(f"{prediction_set.name}: got logits for {len(logits.start)} features, "
-                           f"expected {len(prediction_set.features)}")
+        raise RuntimeError(
+            f"{prediction_set.name}: got logits for {len(logits.start)} features, "
+            f"expected {len(prediction_set.features)}"
+        )
     decode = decode or decode_answers
-    predictions = decode(prediction_set.examples, prediction_set.features, logits.start, logits.end,
-                         settings.postprocess)
+    predictions = decode(
+        prediction_set.examples, prediction_set.features, logits.start, logits.end, settings.postprocess
+    )
     return predictions, logits
 
 
-def predict_and_score(model, prediction_set: PredictionSet, settings: PredictionSettings, *, accelerator=None,
-                      decode: Optional[Callable] = None, metric: Optional[Callable] = None,
-                      disable_tqdm: bool = False) -> SetEvaluation:
+def predict_and_score(
+    model,
+    prediction_set: PredictionSet,
+    settings: PredictionSettings,
+    *,
+    accelerator=None,
+    decode: Optional[Callable] = None,
+    metric: Optional[Callable] = None,
+    disable_tqdm: bool = False,
+) -> SetEvaluation:
     """`predict_answers`, then the official metric against the set's gold answers."""
-    predictions, logits = predict_answers(model, prediction_set, settings, accelerator=accelerator, decode=decode,
-                                          disable_tqdm=disable_tqdm)
+    predictions, logits = predict_answers(
+        model, prediction_set, settings, accelerator=accelerator, decode=decode, disable_tqdm=disable_tqdm
+    )
     result = (metric or score_predictions)(prediction_set.examples, {k: p.text for k, p in predictions.items()})
     return SetEvaluation(predictions=predictions, result=result, loss=logits.loss)

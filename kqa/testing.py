@@ -48,14 +48,16 @@ KOREAN_EXAMPLES: list[dict] = [
     {
         "id": "ko-5",
         "title": "세종",
-        "context": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다. 훈민정음은 오늘날 한글이라 불린다.",
+        "context": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다. "
+        "훈민정음은 오늘날 한글이라 불린다.",
         "question": "세종대왕이 창제한 문자는 무엇인가?",
         "answers": {"text": ["훈민정음"], "answer_start": [13]},
     },
     {
         "id": "ko-6",
         "title": "세종",
-        "context": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다. 훈민정음은 오늘날 한글이라 불린다.",
+        "context": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다. "
+        "훈민정음은 오늘날 한글이라 불린다.",
         "question": "훈민정음은 언제 반포되었는가?",
         "answers": {"text": ["1446년"], "answer_start": [26]},
     },
@@ -80,8 +82,7 @@ def korean_squad_json(examples: Iterable[dict] = KOREAN_EXAMPLES) -> dict:
                 "id": ex["id"],
                 "question": ex["question"],
                 "answers": [
-                    {"text": t, "answer_start": s}
-                    for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])
+                    {"text": t, "answer_start": s} for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])
                 ],
             }
         )
@@ -169,8 +170,9 @@ def fixed_wordpiece_vocab(texts: Iterable[str], vocab_size: int = 0) -> list[str
     return vocab
 
 
-def build_fixed_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 0,
-                                    save_dir: str | os.PathLike | None = None):
+def build_fixed_wordpiece_tokenizer(
+    texts: Iterable[str], vocab_size: int = 0, save_dir: str | os.PathLike | None = None
+):
     """A BERT-style WordPiece tokenizer over `fixed_wordpiece_vocab(texts, vocab_size)`: multi-character
     word pieces like a trained one, but the same vocabulary and ids on every run."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -190,8 +192,9 @@ def build_char_tokenizer(texts: Iterable[str], save_dir: str | os.PathLike | Non
     return build_fixed_wordpiece_tokenizer(texts, vocab_size=0, save_dir=save_dir)
 
 
-def token_scoring_model(tokenizer, start_scores: Mapping[str, float], end_scores: Mapping[str, float], *,
-                        hidden_size: int = 64):
+def token_scoring_model(
+    tokenizer, start_scores: Mapping[str, float], end_scores: Mapping[str, float], *, hidden_size: int = 64
+):
     """A `QuestionAnsweringModel` (a BERT with hand-set weights) whose logits depend only on each token:
     the start logit of a token is `start_scores.get(token, 0.0)`, its end logit `end_scores.get(token,
     0.0)`, whatever its position, segment or neighbours. Tokens are the tokenizer's vocabulary entries
@@ -218,8 +221,13 @@ def token_scoring_model(tokenizer, start_scores: Mapping[str, float], end_scores
     p, q, r = hadamard[1], hadamard[2], hadamard[3]  # zero mean, orthogonal, every entry ±1
     scale = max([1.0] + [math.hypot(start_scores.get(t, 0.0), end_scores.get(t, 0.0)) for t in vocab])
 
-    config = tiny_bert_config(len(tokenizer), hidden_size=hidden_size, num_hidden_layers=1,
-                              num_attention_heads=1, intermediate_size=hidden_size)
+    config = tiny_bert_config(
+        len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=hidden_size,
+    )
     model = QuestionAnsweringModel.from_config(config).eval()
     embeddings = torch.zeros(len(tokenizer), hidden_size, dtype=torch.float64)
     for token, index in vocab.items():

@@ -69,10 +69,16 @@ def _segment_origins(segment: str, normalized: str) -> list[int]:
     for k in range(1, len(normalized)):
         spread = max(offsets[-1], min(k, len(segment) - 1))
         prefix = normalized[:k]
-        offsets.append(next(
-            (j for j in range(offsets[-1] + 1, len(segment)) if unicodedata.normalize("NFC", segment[:j]) == prefix),
-            spread,
-        ))
+        offsets.append(
+            next(
+                (
+                    j
+                    for j in range(offsets[-1] + 1, len(segment))
+                    if unicodedata.normalize("NFC", segment[:j]) == prefix
+                ),
+                spread,
+            )
+        )
     return offsets
 
 
@@ -123,8 +129,10 @@ def check_text(value: object, where: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ValueError(f"{where}: holds a lone surrogate {value[err.start]!r} at character {err.start}, "
-                         "which is not valid Unicode text") from None
+        raise ValueError(
+            f"{where}: holds a lone surrogate {value[err.start]!r} at character {err.start}, "
+            "which is not valid Unicode text"
+        ) from None
     return value
 
 
@@ -159,8 +167,8 @@ def decode_utf8(data: bytes, source: str) -> str:
         line_start = data.rfind(b"\n", 0, offset) + 1
         line = data.count(b"\n", 0, offset) + 1
         # Everything before the first bad byte is valid UTF-8, so the column can be counted in characters.
-        column = len(data[max(line_start, skip):offset].decode("utf-8")) + 1
-        bad = " ".join(f"0x{b:02x}" for b in data[offset:skip + err.end])
+        column = len(data[max(line_start, skip) : offset].decode("utf-8")) + 1
+        bad = " ".join(f"0x{b:02x}" for b in data[offset : skip + err.end])
         detail = f"{err.reason} {bad} at line {line}, column {column}, byte offset {offset}"
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
             detail += "; the file looks like UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8"
@@ -174,8 +182,9 @@ def read_utf8_text(path: str | Path) -> str:
     return decode_utf8(Path(path).read_bytes(), str(path))
 
 
-def iter_jsonl_objects(text: str, source: str, expected: str,
-                       error: type[ValueError] = ValueError) -> Iterator[tuple[int, str, dict]]:
+def iter_jsonl_objects(
+    text: str, source: str, expected: str, error: type[ValueError] = ValueError
+) -> Iterator[tuple[int, str, dict]]:
     """(line number, "source:line", object) for every non-blank line of JSON Lines `text`; a line that
     is not JSON, or not an object (`expected` says what it should hold), raises `error` naming
     source:line. Lines end at "\n" only (a "\r" before it is JSON whitespace)."""

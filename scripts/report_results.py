@@ -31,9 +31,39 @@ from kqa.metric import exact_match_score, f1_score
 from kqa.training.config import TrainConfig, load_yaml
 
 # Particles and copulas that attach to Korean nouns: the usual "almost right" answer.
-PARTICLES = sorted(["은", "는", "이", "가", "을", "를", "의", "에", "에서", "에게", "로", "으로", "와", "과", "도",
-                    "만", "까지", "부터", "이다", "이며", "이고", "였다", "이었다", "라는", "이라는", "인", "란"],
-                   key=len, reverse=True)
+PARTICLES = sorted(
+    [
+        "은",
+        "는",
+        "이",
+        "가",
+        "을",
+        "를",
+        "의",
+        "에",
+        "에서",
+        "에게",
+        "로",
+        "으로",
+        "와",
+        "과",
+        "도",
+        "만",
+        "까지",
+        "부터",
+        "이다",
+        "이며",
+        "이고",
+        "였다",
+        "이었다",
+        "라는",
+        "이라는",
+        "인",
+        "란",
+    ],
+    key=len,
+    reverse=True,
+)
 LONG_ANSWER_CHARS = 15
 
 # Answer types of the F1 figure. number/date and long are the error analysis's own tests (a long date
@@ -48,14 +78,14 @@ CONTEXT_BUCKET_EDGES = (200, 400, 600, 1000, 2000)
 # What each figure shows, in the order results.md lists them.
 FIGURES = {
     "learning_curves.png": "training loss, dev loss per validation set, and dev EM and F1 per set against "
-                           "optimizer steps (step 0: the untrained head).",
+    "optimizer steps (step 0: the untrained head).",
     "f1_by_context_length.png": "the best checkpoint's mean F1 per question by context length in characters; "
-                                "n is the number of questions in the bucket.",
+    "n is the number of questions in the bucket.",
     "f1_by_answer_type.png": f"the best checkpoint's mean F1 by answer type: {NUMBER_OR_DATE} (the gold answer "
-                             f"holds a digit), {LONG} (>= {LONG_ANSWER_CHARS} characters; a long date counts "
-                             f"in both), {OTHER_SHORT} (the rest).",
+    f"holds a digit), {LONG} (>= {LONG_ANSWER_CHARS} characters; a long date counts "
+    f"in both), {OTHER_SHORT} (the rest).",
     "gold_answer_positions.png": "token position of the gold answer's start in each model window that holds "
-                                 "it (question tokens come first); the dashed line is max_seq_length.",
+    "it (question tokens come first); the dashed line is max_seq_length.",
 }
 
 Series = dict[str, list]
@@ -74,7 +104,7 @@ def _particle_error(prediction: str, golds: list[str]) -> bool:
     """The prediction is a gold answer plus a particle, or a gold answer minus its trailing particle."""
     for gold in golds:
         for longer, shorter in ((prediction, gold), (gold, prediction)):
-            if shorter and longer.startswith(shorter) and longer[len(shorter):].strip() in PARTICLES:
+            if shorter and longer.startswith(shorter) and longer[len(shorter) :].strip() in PARTICLES:
                 return True
     return False
 
@@ -111,12 +141,20 @@ def question_f1(prediction: Optional[str], golds: Sequence[str]) -> float:
 
 def question_scores(examples, predictions: dict[str, str]) -> list[dict]:
     """One row per question: its context length, answer types and F1."""
-    return [{"id": ex["id"], "context_chars": len(ex["context"]), "answer_types": answer_types(ex["answers"]["text"]),
-             "f1": question_f1(predictions.get(ex["id"]), ex["answers"]["text"])} for ex in examples]
+    return [
+        {
+            "id": ex["id"],
+            "context_chars": len(ex["context"]),
+            "answer_types": answer_types(ex["answers"]["text"]),
+            "f1": question_f1(predictions.get(ex["id"]), ex["answers"]["text"]),
+        }
+        for ex in examples
+    ]
 
 
-def mean_by_group(rows: list[dict], groups_of: Callable[[dict], list[str]], order: Sequence[str],
-                  value: str = "f1") -> dict[str, dict]:
+def mean_by_group(
+    rows: list[dict], groups_of: Callable[[dict], list[str]], order: Sequence[str], value: str = "f1"
+) -> dict[str, dict]:
     """{group: {"mean": mean of `value`, "count": rows}} for every group in `order` that has rows."""
     members: dict[str, list[float]] = {name: [] for name in order}
     for row in rows:
@@ -126,10 +164,18 @@ def mean_by_group(rows: list[dict], groups_of: Callable[[dict], list[str]], orde
 
 
 def error_analysis(examples, predictions: dict[str, str]) -> dict:
-    rows = {"questions": 0, "wrong": 0, "partial_overlap": 0, "no_overlap": 0, "unanswered": 0,
-            "particle_attached_or_missing": 0,
-            "long_answers": 0, "long_answers_wrong": 0,
-            "numbers_or_dates": 0, "numbers_or_dates_wrong": 0}
+    rows = {
+        "questions": 0,
+        "wrong": 0,
+        "partial_overlap": 0,
+        "no_overlap": 0,
+        "unanswered": 0,
+        "particle_attached_or_missing": 0,
+        "long_answers": 0,
+        "long_answers_wrong": 0,
+        "numbers_or_dates": 0,
+        "numbers_or_dates_wrong": 0,
+    }
     for ex in examples:
         golds = ex["answers"]["text"]
         prediction = predictions.get(ex["id"])
@@ -155,8 +201,9 @@ def error_analysis(examples, predictions: dict[str, str]) -> dict:
 def answer_start_positions(examples, tokenizer, config: FeatureConfig) -> tuple[list[int], int]:
     """Token position of the first gold answer's start in every window that holds it, with the
     evaluation's own windows; and how many answers no window holds."""
-    features, report = prepare_eval_features(examples, tokenizer, config, with_labels=True, cache=False,
-                                             desc="Locating gold answers")
+    features, report = prepare_eval_features(
+        examples, tokenizer, config, with_labels=True, cache=False, desc="Locating gold answers"
+    )
     table = features.select_columns(["start_positions", "cls_index"])
     positions = [start for start, cls in zip(table["start_positions"], table["cls_index"]) if start != cls]
     return positions, report.num_lost_answers
@@ -204,8 +251,9 @@ def plot_learning_curves(records: list[dict], sets: Sequence[str], path: Path) -
     return _save(figure, path, series, "learning curves")
 
 
-def plot_grouped_means(by_set: dict[str, dict[str, dict]], categories: Sequence[str], path: Path, *,
-                       title: str, xlabel: str) -> Series:
+def plot_grouped_means(
+    by_set: dict[str, dict[str, dict]], categories: Sequence[str], path: Path, *, title: str, xlabel: str
+) -> Series:
     """Bars of each set's mean F1 per category, labelled with their question counts; a category a set
     has no questions in gets no bar."""
     figure = Figure(figsize=(10, 4.5))
@@ -228,20 +276,30 @@ def plot_grouped_means(by_set: dict[str, dict[str, dict]], categories: Sequence[
     return _save(figure, path, series, title)
 
 
-def plot_answer_positions(positions: dict[str, list[int]], lost: dict[str, int], max_seq_length: int,
-                          path: Path) -> Series:
+def plot_answer_positions(
+    positions: dict[str, list[int]], lost: dict[str, int], max_seq_length: int, path: Path
+) -> Series:
     """Histogram per set of the answer-start token positions, with the window length marked."""
     figure = Figure(figsize=(10, 4.5))
     ax = figure.subplots()
     bins = range(0, max_seq_length + 1, max(1, max_seq_length // 48))
     for i, (name, values) in enumerate(positions.items()):
-        ax.hist(values, bins=bins, histtype="step", linewidth=2, color=_set_colour(i),
-                label=f"{name} ({len(values)} windows)")
+        ax.hist(
+            values,
+            bins=bins,
+            histtype="step",
+            linewidth=2,
+            color=_set_colour(i),
+            label=f"{name} ({len(values)} windows)",
+        )
     ax.axvline(max_seq_length, color="black", linestyle="--", linewidth=1, label=f"max_seq_length = {max_seq_length}")
     missing = {name: n for name, n in lost.items() if n}
     title = "Gold answer start: token position in the windows that hold it"
-    title += ("\nanswers in no window: " + ", ".join(f"{n} ({name})" for name, n in missing.items())) if missing else \
-        "\nevery answer is in some window"
+    title += (
+        ("\nanswers in no window: " + ", ".join(f"{n} ({name})" for name, n in missing.items()))
+        if missing
+        else "\nevery answer is in some window"
+    )
     ax.set_title(title)
     ax.set_xlabel("token position in the window")
     ax.set_ylabel("windows")
@@ -260,15 +318,26 @@ def write_figures(run: Path, config: TrainConfig, records: list[dict], examples:
     drawn = {"learning_curves.png": plot_learning_curves(records, names, run / "learning_curves.png")}
     drawn["f1_by_context_length.png"] = plot_grouped_means(
         {n: mean_by_group(scores[n], lambda row: [context_bucket(row["context_chars"])], buckets) for n in names},
-        buckets, run / "f1_by_context_length.png", title="F1 by context length", xlabel="context length (characters)")
+        buckets,
+        run / "f1_by_context_length.png",
+        title="F1 by context length",
+        xlabel="context length (characters)",
+    )
     drawn["f1_by_answer_type.png"] = plot_grouped_means(
         {n: mean_by_group(scores[n], lambda row: row["answer_types"], ANSWER_TYPES) for n in names},
-        ANSWER_TYPES, run / "f1_by_answer_type.png", title="F1 by answer type", xlabel="gold answer type")
+        ANSWER_TYPES,
+        run / "f1_by_answer_type.png",
+        title="F1 by answer type",
+        xlabel="gold answer type",
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(run / "best"))
     located = {n: answer_start_positions(examples[n], tokenizer, config.features) for n in names}
     drawn["gold_answer_positions.png"] = plot_answer_positions(
-        {n: p for n, (p, _) in located.items()}, {n: lost for n, (_, lost) in located.items()},
-        config.features.max_seq_length, run / "gold_answer_positions.png")
+        {n: p for n, (p, _) in located.items()},
+        {n: lost for n, (_, lost) in located.items()},
+        config.features.max_seq_length,
+        run / "gold_answer_positions.png",
+    )
     return drawn
 
 
@@ -293,9 +362,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, Python {platform.python_version()}, torch {torch.__version__}"
-    lines = ["| model | " + " | ".join(f"{name} EM | {name} F1" for name, _ in sets) + " |",
-             "|---|" + "---|---|" * len(sets)]
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+    lines = [
+        "| model | " + " | ".join(f"{name} EM | {name} F1" for name, _ in sets) + " |",
+        "|---|" + "---|---|" * len(sets),
+    ]
 
     def row(label: str, metrics: dict, prefix: str) -> str:
         cells = [f"{metrics[f'{prefix}{n}/exact_match']:.2f} | {metrics[f'{prefix}{n}/f1']:.2f}" for n, _ in sets]
@@ -304,12 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     if baseline:
         lines.append(row("(a) backbone + untrained head (step 0)", baseline, "eval/"))
     lines.append(row(f"(b) fine-tuned, best checkpoint (step {best_metrics['step']})", best_metrics, ""))
-    history = ["| step | " + " | ".join(f"{n} EM | {n} F1 | {n} loss" for n, _ in sets) + " |",
-               "|---|" + "---|---|---|" * len(sets)]
+    history = [
+        "| step | " + " | ".join(f"{n} EM | {n} F1 | {n} loss" for n, _ in sets) + " |",
+        "|---|" + "---|---|---|" * len(sets),
+    ]
     for r in evals:
-        history.append(f"| {r['step']} | " + " | ".join(
-            f"{r[f'eval/{n}/exact_match']:.2f} | {r[f'eval/{n}/f1']:.2f} | {r.get(f'eval/{n}/loss', float('nan')):.3f}"
-            for n, _ in sets) + " |")
+        history.append(
+            f"| {r['step']} | "
+            + " | ".join(
+                f"{r[f'eval/{n}/exact_match']:.2f} | {r[f'eval/{n}/f1']:.2f} | "
+                f"{r.get(f'eval/{n}/loss', float('nan')):.3f}"
+                for n, _ in sets
+            )
+            + " |"
+        )
 
     examples = {name: load_squad_json(path)[0] for name, path in sets}
     predictions = {name: _read_json(run / "best" / "predictions" / name / "predictions.json") for name, _ in sets}
@@ -320,32 +402,65 @@ def main(argv: list[str] | None = None) -> int:
         err.append(f"| {key.replace('_', ' ')} | " + " | ".join(str(analysis[n][key]) for n, _ in sets) + " |")
 
     drawn = write_figures(run, config, records, examples, predictions)
-    figures = [f"![{file.removesuffix('.png').replace('_', ' ')}]({file})\n\n`{file}`: {FIGURES[file]}\n"
-               for file in drawn]
+    figures = [
+        f"![{file.removesuffix('.png').replace('_', ' ')}]({file})\n\n`{file}`: {FIGURES[file]}\n" for file in drawn
+    ]
     train_steps = max(r["step"] for r in records)
-    text = "\n".join([
-        f"Run: `{run}` — {train_steps} optimizer steps; machine: {machine}"
-        + (f"; wall time {args.wall_seconds / 60:.1f} min (training, evaluations, checkpoints)" if args.wall_seconds else ""),
-        "",
-        f"Settings: model `{config.model_name_or_path}`, train files {config.train_files}, "
-        f"max_seq_length {config.features.max_seq_length}, doc_stride {config.features.doc_stride}, epochs {config.num_train_epochs}, "
-        f"batch {config.per_device_train_batch_size}×{config.gradient_accumulation_steps}, lr {config.learning_rate}, "
-        f"n-best: n_best_size {config.postprocess.n_best_size}, max_answer_length {config.postprocess.max_answer_length} tokens; "
-        f"best checkpoint by `{config.metric_for_best_model}`.",
-        "", *lines, "", "Every evaluation of the run:", "", *history, "",
-        f"Error analysis of the best checkpoint (a question is wrong when not an exact match; long answers: "
-        f">= {LONG_ANSWER_CHARS} characters; numbers/dates: the gold answer holds a digit; particle: the prediction "
-        f"is a gold answer with a particle added or removed):", "", *err, "",
-        "Figures (beside this file):", "", *figures,
-    ])
+    text = "\n".join(
+        [
+            f"Run: `{run}` — {train_steps} optimizer steps; machine: {machine}"
+            + (
+                f"; wall time {args.wall_seconds / 60:.1f} min (training, evaluations, checkpoints)"
+                if args.wall_seconds
+                else ""
+            ),
+            "",
+            f"Settings: model `{config.model_name_or_path}`, train files {config.train_files}, "
+            f"max_seq_length {config.features.max_seq_length}, doc_stride {config.features.doc_stride}, "
+            f"epochs {config.num_train_epochs}, "
+            f"batch {config.per_device_train_batch_size}×{config.gradient_accumulation_steps}, "
+            f"lr {config.learning_rate}, "
+            f"n-best: n_best_size {config.postprocess.n_best_size}, "
+            f"max_answer_length {config.postprocess.max_answer_length} tokens; "
+            f"best checkpoint by `{config.metric_for_best_model}`.",
+            "",
+            *lines,
+            "",
+            "Every evaluation of the run:",
+            "",
+            *history,
+            "",
+            "Error analysis of the best checkpoint (a question is wrong when not an exact match; long answers: "
+            f">= {LONG_ANSWER_CHARS} characters; numbers/dates: the gold answer holds a digit; "
+            "particle: the prediction is a gold answer with a particle added or removed):",
+            "",
+            *err,
+            "",
+            "Figures (beside this file):",
+            "",
+            *figures,
+        ]
+    )
     (run / "results.md").write_text(text, encoding="utf-8")
-    (run / "results.json").write_text(json.dumps({"baseline": baseline, "best": best_metrics, "evaluations": evals,
-                                                  "error_analysis": analysis, "machine": machine,
-                                                  "figures": [{"file": file, "shows": FIGURES[file],
-                                                               "series": {k: len(v) for k, v in series.items()}}
-                                                              for file, series in drawn.items()],
-                                                  "wall_seconds": args.wall_seconds}, indent=2, ensure_ascii=False),
-                                      encoding="utf-8")
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "baseline": baseline,
+                "best": best_metrics,
+                "evaluations": evals,
+                "error_analysis": analysis,
+                "machine": machine,
+                "figures": [
+                    {"file": file, "shows": FIGURES[file], "series": {k: len(v) for k, v in series.items()}}
+                    for file, series in drawn.items()
+                ],
+                "wall_seconds": args.wall_seconds,
+            },
+            indent=2,
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     print(text)
     return 0
 

@@ -32,7 +32,9 @@ def imported_modules(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
                 if candidate in known:
@@ -59,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -89,8 +91,9 @@ def test_every_module_is_named_in_the_architecture_page():
     missing = []
     for name in kqa_modules():
         parts = name.split(".")
-        in_tree = len(parts) == 3 and any(line.startswith(f"{parts[1]}/") and f" {parts[2]}.py" in f" {line}"
-                                          for line in tree_lines)
+        in_tree = len(parts) == 3 and any(
+            line.startswith(f"{parts[1]}/") and f" {parts[2]}.py" in f" {line}" for line in tree_lines
+        )
         if f"`{name}`" not in text and name not in text and not in_tree:
             missing.append(name)
     assert not missing, f"docs/architecture.md does not name: {missing}"

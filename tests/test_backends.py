@@ -1,4 +1,5 @@
-"""Inference runtimes and export (kqa.inference.runtimes, kqa.inference.export): torch, torch-int8, onnx (fp32 and int8 exports), on tiny models.
+"""Inference runtimes and export (kqa.inference.runtimes, kqa.inference.export): torch, torch-int8,
+onnx (fp32 and int8 exports), on tiny models.
 
 `token_scoring_model` gives every context one span whose start and end tokens score MARK while all
 others score 0, so every backend, quantised or not, must return exactly that span; a seeded
@@ -54,10 +55,10 @@ def tokenizer(tiny_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def marked_dir(tmp_path_factory, tokenizer):
-    model = token_scoring_model(tokenizer, {s: MARK for s, _ in MARKED_SPANS.values()},
-                                {e: MARK for _, e in MARKED_SPANS.values()})
-    return model.save_pretrained(tmp_path_factory.mktemp("marked") / "model", tokenizer=tokenizer,
-                                 kqa_config=SETTINGS)
+    model = token_scoring_model(
+        tokenizer, {s: MARK for s, _ in MARKED_SPANS.values()}, {e: MARK for _, e in MARKED_SPANS.values()}
+    )
+    return model.save_pretrained(tmp_path_factory.mktemp("marked") / "model", tokenizer=tokenizer, kqa_config=SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,7 @@ def random_dir(tmp_path_factory, tokenizer):
 
     torch.manual_seed(0)
     model = QuestionAnsweringModel.from_config(tiny_bert_config(len(tokenizer)))
-    return model.save_pretrained(tmp_path_factory.mktemp("random") / "model", tokenizer=tokenizer,
-                                 kqa_config=SETTINGS)
+    return model.save_pretrained(tmp_path_factory.mktemp("random") / "model", tokenizer=tokenizer, kqa_config=SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,14 @@ def _spans(answers):
 
 def test_the_export_directory_holds_what_a_model_directory_needs(exports, marked_dir):
     directory, report = exports["marked", None]
-    for name in (ONNX_FILE, "config.json", "kqa_config.json", ONNX_EXPORT_INFO_FILE, ONNX_PROBES_FILE,
-                 "tokenizer.json"):
+    for name in (
+        ONNX_FILE,
+        "config.json",
+        "kqa_config.json",
+        ONNX_EXPORT_INFO_FILE,
+        ONNX_PROBES_FILE,
+        "tokenizer.json",
+    ):
         assert (directory / name).is_file(), name
     assert (directory / "kqa_config.json").read_text() == (marked_dir / "kqa_config.json").read_text()
     assert not list(directory.glob("model*.safetensors"))  # no PyTorch weights: only the graph
@@ -179,8 +185,13 @@ def test_int8_answers_keep_the_fp32_spans_and_ranks(exports, random_dir):
 def test_the_int8_export_keeps_probes_and_checks_them_at_load(exports):
     directory, report = exports["marked", "int8"]
     info = json.loads((directory / ONNX_EXPORT_INFO_FILE).read_text())
-    assert info["int8"] == {"weight_type": "int8", "per_channel": True, "reduce_range": True,
-                            "span_head_fp32": True, "keep_fp32": ["ffn_out"]}
+    assert info["int8"] == {
+        "weight_type": "int8",
+        "per_channel": True,
+        "reduce_range": True,
+        "span_head_fp32": True,
+        "keep_fp32": ["ffn_out"],
+    }
     assert info["cpu"] == cpu_features() and "AVX2" in info["cpu"]
     model = load_model(directory)
     assert model.drift.export_max_abs_diff == report.max_abs_diff
@@ -220,9 +231,15 @@ def test_an_int8_export_that_drifts_here_is_named_at_load(exports, tmp_path, cap
     assert "differ from the fp32" not in caplog.text
 
 
-@pytest.mark.parametrize("settings", [{}, {"weight_type": "uint8", "reduce_range": False},
-                                      {"span_head_fp32": False, "keep_fp32": ()},
-                                      {"keep_fp32": ("attention", "ffn_in")}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"weight_type": "uint8", "reduce_range": False},
+        {"span_head_fp32": False, "keep_fp32": ()},
+        {"keep_fp32": ("attention", "ffn_in")},
+    ],
+)
 def test_int8_settings_reach_the_graph(settings, random_dir, tmp_path):
     import onnx
 
@@ -266,8 +283,11 @@ def test_torch_int8_quantises_every_encoder_linear_layer(marked_dir):
     assert encoder and all("quantized.dynamic" in k for k in encoder), kinds
     assert kinds["qa_outputs"] == "torch.nn.modules.linear"  # the span head stays fp32
     # Full 8-bit activations (the version-4 call path quantises them to 7 bits).
-    assert all(m.version == 3 for n, m in qa.model.named_modules()
-               if type(m).__name__ == "Linear" and not n.startswith("qa_outputs"))
+    assert all(
+        m.version == 3
+        for n, m in qa.model.named_modules()
+        if type(m).__name__ == "Linear" and not n.startswith("qa_outputs")
+    )
 
 
 def test_bf16_logits_come_back_float32(marked_dir):
@@ -366,13 +386,14 @@ def test_exporting_what_is_not_a_model_is_a_clear_error(tmp_path, exports, marke
 
 
 def _kqa(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kqa", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "kqa", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_kqa_export_and_predict_on_the_export(tmp_path, marked_dir):
     out = tmp_path / "onnx-int8"
-    proc = _kqa("export", "--model", str(marked_dir), "--format", "onnx", "--quantize", "int8", "--output_dir", str(out))
+    proc = _kqa(
+        "export", "--model", str(marked_dir), "--format", "onnx", "--quantize", "int8", "--output_dir", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     assert "max |logit difference|" in proc.stderr and (out / ONNX_FILE).is_file()
     assert "(int8 weights, 7-bit; float: ffn_out and the span head), measured on a CPU with AVX2" in proc.stderr
@@ -381,8 +402,19 @@ def test_kqa_export_and_predict_on_the_export(tmp_path, marked_dir):
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
     assert (answer["text"], answer["start"]) == ("부산", ex["context"].index("부산"))
-    proc = _kqa("predict", "--model", str(marked_dir), "--backend", "torch-int8", "--question", ex["question"],
-                "--context", ex["context"], "--device", "cpu")
+    proc = _kqa(
+        "predict",
+        "--model",
+        str(marked_dir),
+        "--backend",
+        "torch-int8",
+        "--question",
+        ex["question"],
+        "--context",
+        ex["context"],
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["text"] == "부산"
 

@@ -16,19 +16,38 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-MACHINE_KEYS = {"platform", "processor", "cpu_count", "python", "torch", "transformers", "datasets", "tokenizers",
-                "cpu_features"}
-TINY_BERT = ["--vocab-size", "300", "--hidden-size", "32", "--layers", "1", "--heads", "2",
-             "--intermediate-size", "64"]
+MACHINE_KEYS = {
+    "platform",
+    "processor",
+    "cpu_count",
+    "python",
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "cpu_features",
+}
+TINY_BERT = ["--vocab-size", "300", "--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64"]
 
 pytestmark = pytest.mark.integration
 
 
 def run_script(name: str, *args: str, out: Path) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args, "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     result = json.loads(out.read_text(encoding="utf-8"))
     assert MACHINE_KEYS <= set(result["machine"]), sorted(result["machine"])
@@ -37,8 +56,20 @@ def run_script(name: str, *args: str, out: Path) -> dict:
 
 
 def test_bench_features(tmp_path, data_dir, tiny_tokenizer_dir):
-    result = run_script("bench_features.py", "--data-dir", str(data_dir), "--tokenizer", str(tiny_tokenizer_dir),
-                        "--max-examples", "12", "--repeat", "1", "--profile", "3", out=tmp_path / "features.json")
+    result = run_script(
+        "bench_features.py",
+        "--data-dir",
+        str(data_dir),
+        "--tokenizer",
+        str(tiny_tokenizer_dir),
+        "--max-examples",
+        "12",
+        "--repeat",
+        "1",
+        "--profile",
+        "3",
+        out=tmp_path / "features.json",
+    )
     # Train features come from the *train* files and eval features from the *dev* files (the splits
     # may share ids, so they are never concatenated).
     assert result["settings"]["num_examples"] == {"train": 12, "eval": 12}
@@ -46,8 +77,8 @@ def test_bench_features(tmp_path, data_dir, tiny_tokenizer_dir):
     assert files and all("train" in f or "dev" in f for f in files)
     rows = result["results"]
     assert [(r["kind"], r["implementation"].split(" (")[0]) for r in rows] == [
-        (kind, name) for kind in ("train", "eval")
-        for name in ("seed recipe", "kqa cold", "kqa uncached", "kqa warm")]
+        (kind, name) for kind in ("train", "eval") for name in ("seed recipe", "kqa cold", "kqa uncached", "kqa warm")
+    ]
     for row in rows:
         assert row["examples"] == 12 and row["median_s"] > 0 and row["features_per_s"] > 0
         assert row["features"] >= 12 and row["tokens_non_pad"] <= row["tokens_stored"]
@@ -61,13 +92,31 @@ def test_bench_features(tmp_path, data_dir, tiny_tokenizer_dir):
 
 def test_bench_training(tmp_path, data_dir):
     steps, batch_size = 3, 2
-    result = run_script("bench_training.py", "--data-dir", str(data_dir), "--max-train-examples", "12",
-                        "--steps", str(steps), "--batch-size", str(batch_size), "--max-seq-length", "128",
-                        "--doc-stride", "32", "--reference-max-length", "128", *TINY_BERT,
-                        out=tmp_path / "training.json")
+    result = run_script(
+        "bench_training.py",
+        "--data-dir",
+        str(data_dir),
+        "--max-train-examples",
+        "12",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        "--max-seq-length",
+        "128",
+        "--doc-stride",
+        "32",
+        "--reference-max-length",
+        "128",
+        *TINY_BERT,
+        out=tmp_path / "training.json",
+    )
     rows = result["results"]
-    assert [r["recipe"] for r in rows] == ["transformers.Trainer, common recipe",
-                                           "transformers.Trainer, dynamic padding", "kqa.training.recipe.QATrainingRecipe"]
+    assert [r["recipe"] for r in rows] == [
+        "transformers.Trainer, common recipe",
+        "transformers.Trainer, dynamic padding",
+        "kqa.training.recipe.QATrainingRecipe",
+    ]
     for row in rows:
         assert row["s_per_step"] > 0 and row["samples_per_s"] > 0
         assert 0 < row["non_pad_tokens_per_s"] <= row["padded_tokens_per_s"]
@@ -90,34 +139,77 @@ def test_bench_training_pretrained_backbone(tmp_path, data_dir, tiny_tokenizer, 
 
     backbone = tmp_path / "backbone"
     torch.manual_seed(0)
-    BertModel(tiny_bert_config(len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, attention_probs_dropout_prob=0.1),
-              add_pooling_layer=False).save_pretrained(backbone)
+    BertModel(
+        tiny_bert_config(
+            len(tiny_tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            attention_probs_dropout_prob=0.1,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(backbone)
     tiny_tokenizer.save_pretrained(backbone)
     train_files = ["tydiqa-goldp-ko/korean_tydiqa_train.json", "korquad-1.0-sample/KorQuAD_v1.0_train.json"]
     config = tmp_path / "main-job.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name_or_path": "not-this-one", "data_dir": str(data_dir), "train_files": train_files,
-        "max_train_samples": 40, "max_seq_length": 128, "doc_stride": 32, "max_query_length": 32,
-        "per_device_train_batch_size": 4, "learning_rate": 1.0e-4, "seed": 7,
-        "group_by_length": False, "attention_dropout": "model",  # as a main job may set them: not for kqa's row
-    }), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": "not-this-one",
+                "data_dir": str(data_dir),
+                "train_files": train_files,
+                "max_train_samples": 40,
+                "max_seq_length": 128,
+                "doc_stride": 32,
+                "max_query_length": 32,
+                "per_device_train_batch_size": 4,
+                "learning_rate": 1.0e-4,
+                "seed": 7,
+                "group_by_length": False,
+                "attention_dropout": "model",  # as a main job may set them: not for kqa's row
+            }
+        ),
+        encoding="utf-8",
+    )
     # One thread: the tiny model gains nothing from more, and on a busy machine OpenMP threads waiting
     # for each other make every step many times slower.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     steps, batch_size = 12, 4
-    result = run_script("bench_training.py", "--model", str(backbone), "--config", str(config),
-                        "--steps", str(steps), "--reference-max-length", "128", out=tmp_path / "training.json")
+    result = run_script(
+        "bench_training.py",
+        "--model",
+        str(backbone),
+        "--config",
+        str(config),
+        "--steps",
+        str(steps),
+        "--reference-max-length",
+        "128",
+        out=tmp_path / "training.json",
+    )
     settings = result["settings"]
     assert [Path(f).relative_to(data_dir).as_posix() for f in settings["train_files"]] == train_files
-    assert (settings["batch_size"], settings["max_seq_length"], settings["doc_stride"], settings["max_query_length"],
-            settings["learning_rate"], settings["seed"]) == (batch_size, 128, 32, 32, 1.0e-4, 7)  # from the config
+    assert (
+        settings["batch_size"],
+        settings["max_seq_length"],
+        settings["doc_stride"],
+        settings["max_query_length"],
+        settings["learning_rate"],
+        settings["seed"],
+    ) == (batch_size, 128, 32, 32, 1.0e-4, 7)  # from the config
     assert settings["train_examples"] == 40 and settings["reference_features"] == 40
     assert settings["backbone_attention_dropout"] == pytest.approx(0.1)
     rows = {row["recipe"]: row for row in result["results"]}
-    common_recipe, dynamic, grouped, kqa = (rows[name] for name in (
-        "transformers.Trainer, common recipe", "transformers.Trainer, dynamic padding",
-        "transformers.Trainer, dynamic padding + group_by_length", "kqa.training.recipe.QATrainingRecipe"))
+    common_recipe, dynamic, grouped, kqa = (
+        rows[name]
+        for name in (
+            "transformers.Trainer, common recipe",
+            "transformers.Trainer, dynamic padding",
+            "transformers.Trainer, dynamic padding + group_by_length",
+            "kqa.training.recipe.QATrainingRecipe",
+        )
+    )
     assert list(rows) == [r["recipe"] for r in (common_recipe, dynamic, grouped, kqa)]
     for row in rows.values():
         assert row["s_per_step"] > 0 and row["samples_per_s"] > 0
@@ -138,16 +230,30 @@ def test_bench_training_pretrained_backbone(tmp_path, data_dir, tiny_tokenizer, 
     assert headline["kqa_samples_per_s_vs_dynamic"] == kqa["samples_per_s_vs_dynamic"]
     assert headline["kqa_samples_per_s_vs_grouped"] == kqa["samples_per_s_vs_grouped"]
     assert headline["kqa_non_pad_tokens_per_s_vs_grouped"] == pytest.approx(
-        kqa["non_pad_tokens_per_s"] / grouped["non_pad_tokens_per_s"])
+        kqa["non_pad_tokens_per_s"] / grouped["non_pad_tokens_per_s"]
+    )
     assert headline["target"] == 1.5 and headline["target_met"] == (
-        kqa["samples_per_s_vs_dynamic"] >= 1.5 and kqa["samples_per_s_vs_grouped"] >= 1.5)
+        kqa["samples_per_s_vs_dynamic"] >= 1.5 and kqa["samples_per_s_vs_grouped"] >= 1.5
+    )
     assert "group_by_length: Trainer orders its batches with LengthGroupedSampler" in result["stdout"]
     assert "attn dropout" in result["stdout"] and "kqa samples/s:" in result["stdout"]
 
+
 def test_bench_int8(tmp_path, data_dir):
     pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
-    result = run_script("bench_int8.py", "--smoke", "--data-dir", str(data_dir), "--exports", str(tmp_path / "e"),
-                        "--variants", "default", "u8s8", "torch-int8", out=tmp_path / "int8.json")
+    result = run_script(
+        "bench_int8.py",
+        "--smoke",
+        "--data-dir",
+        str(data_dir),
+        "--exports",
+        str(tmp_path / "e"),
+        "--variants",
+        "default",
+        "u8s8",
+        "torch-int8",
+        out=tmp_path / "int8.json",
+    )
     rows = {r["variant"]: r for r in result["results"]}
     assert list(rows) == ["fp32", "default", "u8s8", "torch-int8"]
     assert rows["default"]["settings"] == {} and rows["u8s8"]["settings"]["reduce_range"] is False
@@ -168,13 +274,15 @@ def test_bench_inference(tmp_path, data_dir):
     result = run_script("bench_inference.py", "--smoke", "--data-dir", str(data_dir), out=tmp_path / "inference.json")
     backends = ["torch", "torch-int8", "onnx", "onnx-int8"]
     assert [r["backend"] for r in result["summary"]] == backends
-    assert [(r["backend"], r["context"]) for r in result["latency"]] == [(b, k) for b in backends
-                                                                          for k in ("short", "long")]
+    assert [(r["backend"], r["context"]) for r in result["latency"]] == [
+        (b, k) for b in backends for k in ("short", "long")
+    ]
     for row in result["latency"]:
         assert 0 < row["p50_ms"] <= row["p95_ms"]
         assert row["windows_per_question"] == 1.0 if row["context"] == "short" else row["windows_per_question"] > 1.0
     assert [(r["backend"], r["context"], r["batch_size"], r["questions"]) for r in result["throughput"]] == [
-        (b, k, n, 3) for b in backends for k in ("short", "long") for n in (1, 3)]
+        (b, k, n, 3) for b in backends for k in ("short", "long") for n in (1, 3)
+    ]
     dev_sets = result["settings"]["dev_sets"]
     assert dev_sets == {"korquad-1.0-sample": 4, "tydiqa-goldp-ko": 4}
     for row in result["summary"]:
@@ -199,14 +307,34 @@ def test_bench_inference(tmp_path, data_dir):
 
 def test_bench_accuracy(tmp_path, data_dir):
     epochs, batch_size, eval_examples = 2, 8, 4
-    result = run_script("bench_accuracy.py", "--tiny-random-backbone", "--data-dir", str(data_dir),
-                        "--max-train-examples", "16", "--max-eval-examples", str(eval_examples),
-                        "--epochs", str(epochs), "--batch-size", str(batch_size), "--max-seq-length", "128",
-                        "--doc-stride", "32", "--reference-max-length", "128", *TINY_BERT,
-                        out=tmp_path / "accuracy.json")
+    result = run_script(
+        "bench_accuracy.py",
+        "--tiny-random-backbone",
+        "--data-dir",
+        str(data_dir),
+        "--max-train-examples",
+        "16",
+        "--max-eval-examples",
+        str(eval_examples),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--max-seq-length",
+        "128",
+        "--doc-stride",
+        "32",
+        "--reference-max-length",
+        "128",
+        *TINY_BERT,
+        out=tmp_path / "accuracy.json",
+    )
     rows = result["results"]
-    assert [r["recipe"] for r in rows] == ["common recipe (argmax, offsets)",
-                                           "common recipe (argmax, tokenizer.decode)", "kqa (windows, n-best)"]
+    assert [r["recipe"] for r in rows] == [
+        "common recipe (argmax, offsets)",
+        "common recipe (argmax, tokenizer.decode)",
+        "kqa (windows, n-best)",
+    ]
     for row in rows:
         for dev in ("korquad_dev", "tydi_dev"):
             assert 0.0 <= row[f"{dev}_em"] <= 100.0 and 0.0 <= row[f"{dev}_f1"] <= 100.0
@@ -266,8 +394,17 @@ def test_bench_accuracy_argmax_decoding(tiny_tokenizer, korean_examples):
 
 
 def test_bench_optimizer_step(tmp_path):
-    result = run_script("bench_optimizer_step.py", *TINY_BERT, "--steps", "2", "--batch-size", "2",
-                        "--seq-length", "16", out=tmp_path / "optimizer.json")
+    result = run_script(
+        "bench_optimizer_step.py",
+        *TINY_BERT,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-length",
+        "16",
+        out=tmp_path / "optimizer.json",
+    )
     rows = {row["optim"]: row for row in result["rows"]}
     assert set(rows) == {"adamw_torch", "adamw_torch_fused"}
     assert rows["adamw_torch_fused"]["fused"] is True and rows["adamw_torch"]["fused"] is False
@@ -279,9 +416,21 @@ def test_bench_optimizer_step(tmp_path):
 
 
 def test_bench_retrieval(tmp_path, data_dir):
-    result = run_script("bench_retrieval.py", "--smoke", "--data-dir", str(data_dir), "--scales", "1,2",
-                        "--dense-only-sizes", "1000", "--latency-queries", "5", "--read-latency-queries", "3",
-                        out=tmp_path / "retrieval.json")
+    result = run_script(
+        "bench_retrieval.py",
+        "--smoke",
+        "--data-dir",
+        str(data_dir),
+        "--scales",
+        "1,2",
+        "--dense-only-sizes",
+        "1000",
+        "--latency-queries",
+        "5",
+        "--read-latency-queries",
+        "3",
+        out=tmp_path / "retrieval.json",
+    )
     assert result["questions"] == {"korquad": 20, "tydi": 20}
     retrievers = [r["retriever"] for r in result["recall"]]
     assert retrievers[:3] == ["bm25 morphemes", "bm25 bigrams", "dense e5"] and len(retrievers) == 7
@@ -292,15 +441,29 @@ def test_bench_retrieval(tmp_path, data_dir):
     # BM25 finds most gold passages even in the smoke corpus (80 documents): the evaluation is wired right
     assert result["recall"][1]["korquad R@20"] >= 0.8
     settings = [(r["set"], r["setting"]) for r in result["end_to_end"]]
-    assert settings == [(s, k) for s in ("korquad", "tydi") for k in (
-        "gold passage", "hybrid, top 1 passages", "hybrid, top 3 passages", "hybrid, top 5 passages",
-        "hybrid, top 5, reader alone ranks")]
-    assert [(r["copies"], r["passages"]) for r in result["scaling"]] == [(1, result["corpus"]["passages"]),
-                                                                          (2, 2 * result["corpus"]["passages"])]
+    assert settings == [
+        (s, k)
+        for s in ("korquad", "tydi")
+        for k in (
+            "gold passage",
+            "hybrid, top 1 passages",
+            "hybrid, top 3 passages",
+            "hybrid, top 5 passages",
+            "hybrid, top 5, reader alone ranks",
+        )
+    ]
+    assert [(r["copies"], r["passages"]) for r in result["scaling"]] == [
+        (1, result["corpus"]["passages"]),
+        (2, 2 * result["corpus"]["passages"]),
+    ]
     for row in result["scaling"]:
         for method in ("sparse", "dense", "hybrid"):
             assert 0 < row[f"{method} p50 ms"] <= row[f"{method} p95 ms"]
     assert result["scaling"][0]["retrieve+read(5) p50 ms"] > 0
     assert [r["vectors"] for r in result["dense_search"]] == [1000]
-    assert set(result["targets"]) == {"korquad hybrid R@5", "korquad F1 gap (gold - top 5)", "tydi hybrid R@5",
-                                      "tydi F1 gap (gold - top 5)"}
+    assert set(result["targets"]) == {
+        "korquad hybrid R@5",
+        "korquad F1 gap (gold - top 5)",
+        "tydi hybrid R@5",
+        "tydi F1 gap (gold - top 5)",
+    }

@@ -20,10 +20,20 @@ pytest.importorskip("selenium", reason="the browser test needs selenium (pip ins
 from kqa.serving.harness import ServerProcess  # noqa: E402
 from kqa.testing import KOREAN_EXAMPLES, token_scoring_model  # noqa: E402
 
-CHROMEDRIVER_CANDIDATES = [os.environ.get("CHROMEDRIVER", ""), "/usr/bin/chromedriver",
-                           "/usr/lib/chromium/chromedriver", shutil.which("chromedriver") or ""]
-CHROMIUM_CANDIDATES = [os.environ.get("CHROMIUM", ""), "/usr/lib/chromium/chromium", "/usr/bin/chromium",
-                       "/usr/bin/chromium-browser", shutil.which("chromium") or "", shutil.which("google-chrome") or ""]
+CHROMEDRIVER_CANDIDATES = [
+    os.environ.get("CHROMEDRIVER", ""),
+    "/usr/bin/chromedriver",
+    "/usr/lib/chromium/chromedriver",
+    shutil.which("chromedriver") or "",
+]
+CHROMIUM_CANDIDATES = [
+    os.environ.get("CHROMIUM", ""),
+    "/usr/lib/chromium/chromium",
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    shutil.which("chromium") or "",
+    shutil.which("google-chrome") or "",
+]
 CAPITAL = KOREAN_EXAMPLES[0]
 
 
@@ -39,15 +49,26 @@ def browser(tmp_path_factory):
 
     driver_path, chromium = _first_existing(CHROMEDRIVER_CANDIDATES), _first_existing(CHROMIUM_CANDIDATES)
     if driver_path is None or chromium is None:
-        pytest.skip("headless browser test skipped: Chromium and chromedriver are not installed "
-                    f"(chromedriver: {driver_path or 'missing'}, chromium: {chromium or 'missing'}); "
-                    "install them with `apt-get install chromium chromium-driver`")
+        pytest.skip(
+            "headless browser test skipped: Chromium and chromedriver are not installed "
+            f"(chromedriver: {driver_path or 'missing'}, chromium: {chromium or 'missing'}); "
+            "install them with `apt-get install chromium chromium-driver`"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1000,1100", "--lang=ko-KR",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1000,1100",
+        "--lang=ko-KR",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     try:
         driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -65,8 +86,9 @@ def server(tmp_path_factory, tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     model = token_scoring_model(tokenizer, {"부": 8.0}, {"##산": 8.0})  # the answer is 부산
     model_dir = tmp_path_factory.mktemp("page") / "model"
-    model.save_pretrained(model_dir, tokenizer=tokenizer,
-                          kqa_config={"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16})
+    model.save_pretrained(
+        model_dir, tokenizer=tokenizer, kqa_config={"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16}
+    )
     with ServerProcess(model_dir, ["--device", "cpu"], log_path=model_dir.parent / "server.log") as process:
         yield process
 
@@ -100,7 +122,8 @@ def test_the_page_highlights_the_answer_and_lists_the_top_k(browser, server, tmp
     # A glyph check: a Hangul syllable is as wide as a CJK font draws it (a missing glyph is a narrow box).
     width = browser.execute_script(
         "const c = document.createElement('canvas').getContext('2d');"
-        "c.font = '32px \"Noto Sans CJK KR\"'; return c.measureText('부').width")
+        "c.font = '32px \"Noto Sans CJK KR\"'; return c.measureText('부').width"
+    )
     assert width > 25, f"Hangul drawn {width:.1f}px wide at 32px: no CJK font (apt-get install fonts-noto-cjk)?"
 
     screenshot = tmp_path / "kqa-page.png"

@@ -48,8 +48,11 @@ def test_every_documented_flag_is_snake_case():
         for action in parser._actions:
             if action.help == argparse.SUPPRESS:
                 continue  # an earlier spelling, kept working
-            offending += [f"{name} {o}" for o in action.option_strings
-                          if o.startswith("--") and o != "--help" and not SNAKE_FLAG.fullmatch(o)]
+            offending += [
+                f"{name} {o}"
+                for o in action.option_strings
+                if o.startswith("--") and o != "--help" and not SNAKE_FLAG.fullmatch(o)
+            ]
     assert not offending
 
 
@@ -57,7 +60,8 @@ def test_every_boolean_is_flag_or_flag_true_false():
     for name, parser in _all_parsers().items():
         for action in parser._actions:
             assert not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)), (
-                f"{name} {action.option_strings}: a store_true flag; use kqa.flags.add_bool_flag")
+                f"{name} {action.option_strings}: a store_true flag; use kqa.flags.add_bool_flag"
+            )
     index = _subparsers(build_parser())["index"]
     common = ["--corpus", "docs", "--output_dir", "out"]
     assert index.parse_args(common).strict is False
@@ -66,23 +70,53 @@ def test_every_boolean_is_flag_or_flag_true_false():
     assert index.parse_args([*common, "--disable_tqdm", "yes"]).disable_tqdm is True
 
 
-@pytest.mark.parametrize(("parser_name", "argv", "expected", "note"), [
-    ("kqa predict", ["--model", "m", "--batch_size", "4", "--output", "a.json"],
-     {"model_batch_size": 4, "output_file": "a.json"}, "--batch_size is deprecated; use --model_batch_size"),
-    ("kqa serve", ["--model", "m", "--batch_size", "2"], {"micro_batch_size": 2},
-     "--batch_size is deprecated; use --micro_batch_size"),
-    ("kqa export", ["--model", "m", "--out", "e", "--no_optimize"], {"output_dir": "e", "optimize": False},
-     "--no_optimize is deprecated; use --optimize false"),
-    ("kqa index", ["--corpus", "d", "--out", "i", "--quiet", "--batch_size", "8"],
-     {"output_dir": "i", "disable_tqdm": True, "embedding_batch_size": 8}, "--quiet is deprecated; use --disable_tqdm"),
-    ("kqa make-tiny-model", ["--out", "t", "--text_from", "a.json"], {"output_dir": "t"},
-     "--out is deprecated; use --output_dir"),
-    ("kqa.offline build-backbone", ["--out", "b", "--trim-vocab-korean", "--no-verify"],
-     {"output_dir": Path("b"), "trim_vocab_korean": True, "verify": False},
-     "--trim-vocab-korean is deprecated; use --trim_vocab_korean"),
-    ("evaluate.py", ["--model", "m", "--data_file", "d.json", "--batch_size", "4"],
-     {"per_device_eval_batch_size": 4}, "--batch_size is deprecated; use --per_device_eval_batch_size"),
-])
+@pytest.mark.parametrize(
+    ("parser_name", "argv", "expected", "note"),
+    [
+        (
+            "kqa predict",
+            ["--model", "m", "--batch_size", "4", "--output", "a.json"],
+            {"model_batch_size": 4, "output_file": "a.json"},
+            "--batch_size is deprecated; use --model_batch_size",
+        ),
+        (
+            "kqa serve",
+            ["--model", "m", "--batch_size", "2"],
+            {"micro_batch_size": 2},
+            "--batch_size is deprecated; use --micro_batch_size",
+        ),
+        (
+            "kqa export",
+            ["--model", "m", "--out", "e", "--no_optimize"],
+            {"output_dir": "e", "optimize": False},
+            "--no_optimize is deprecated; use --optimize false",
+        ),
+        (
+            "kqa index",
+            ["--corpus", "d", "--out", "i", "--quiet", "--batch_size", "8"],
+            {"output_dir": "i", "disable_tqdm": True, "embedding_batch_size": 8},
+            "--quiet is deprecated; use --disable_tqdm",
+        ),
+        (
+            "kqa make-tiny-model",
+            ["--out", "t", "--text_from", "a.json"],
+            {"output_dir": "t"},
+            "--out is deprecated; use --output_dir",
+        ),
+        (
+            "kqa.offline build-backbone",
+            ["--out", "b", "--trim-vocab-korean", "--no-verify"],
+            {"output_dir": Path("b"), "trim_vocab_korean": True, "verify": False},
+            "--trim-vocab-korean is deprecated; use --trim_vocab_korean",
+        ),
+        (
+            "evaluate.py",
+            ["--model", "m", "--data_file", "d.json", "--batch_size", "4"],
+            {"per_device_eval_batch_size": 4},
+            "--batch_size is deprecated; use --per_device_eval_batch_size",
+        ),
+    ],
+)
 def test_earlier_spellings_still_work_with_a_note(parser_name, argv, expected, note, capsys):
     args = _all_parsers()[parser_name].parse_args(argv)
     assert {k: getattr(args, k) for k in expected} == expected
@@ -109,7 +143,10 @@ def test_flag_defaults_come_from_the_dataclasses_that_own_them():
         assert getattr(serve, field.name) == field.default, field.name
     batching = BatchingSettings()
     assert (serve.micro_batch_size, serve.max_wait_ms, serve.max_queue) == (
-        batching.batch_size, batching.max_wait_ms, batching.max_queue)
+        batching.batch_size,
+        batching.max_wait_ms,
+        batching.max_queue,
+    )
     assert serve.model_batch_size == PREDICT_BATCH_SIZE
     assert parsers["kqa predict"].parse_args(["--model", "m"]).model_batch_size == PREDICT_BATCH_SIZE
     evaluate = parsers["evaluate.py"].parse_args(["--model", "m", "--data_file", "d"])

@@ -24,8 +24,18 @@ def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
 
 
 def test_optional_and_list_flags():
-    cfg = parse_config(["--max_train_steps", "none", "--train_files", "a.json", "b.json",
-                        "--validation_files", "dev=x/dev.json", "y/other.json"])
+    cfg = parse_config(
+        [
+            "--max_train_steps",
+            "none",
+            "--train_files",
+            "a.json",
+            "b.json",
+            "--validation_files",
+            "dev=x/dev.json",
+            "y/other.json",
+        ]
+    )
     assert cfg.max_train_steps is None
     assert cfg.train_files == ["a.json", "b.json"]
     named = cfg.named_validation_files()
@@ -34,16 +44,22 @@ def test_optional_and_list_flags():
 
 def test_yaml_mapping_of_validation_sets_and_data_dir(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "train_files": "train.json",
-        "validation_files": {"korquad": "k/dev.json", "tydi": "t/dev.json"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "train_files": "train.json",
+                "validation_files": {"korquad": "k/dev.json", "tydi": "t/dev.json"},
+            }
+        )
+    )
     cfg = parse_config(["--config", str(path)])
     assert cfg.train_files == ["train.json"]
     assert cfg.resolve_data_path("train.json") == tmp_path / "data" / "train.json"
-    assert cfg.named_validation_files() == {"korquad": tmp_path / "data" / "k/dev.json",
-                                            "tydi": tmp_path / "data" / "t/dev.json"}
+    assert cfg.named_validation_files() == {
+        "korquad": tmp_path / "data" / "k/dev.json",
+        "tydi": tmp_path / "data" / "t/dev.json",
+    }
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):
@@ -59,14 +75,17 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
         parse_config(["--config", str(path)])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"eval_strategy": "sometimes"}, "eval_strategy"),
-    ({"eval_strategy": "steps"}, "eval_steps"),
-    ({"mixed_precision": "fp8"}, "mixed_precision"),
-    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
-    ({"warmup_ratio": 1.5}, "warmup_ratio"),
-    ({"optim": "sgd"}, "optim"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eval_strategy": "sometimes"}, "eval_strategy"),
+        ({"eval_strategy": "steps"}, "eval_steps"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
+        ({"warmup_ratio": 1.5}, "warmup_ratio"),
+        ({"optim": "sgd"}, "optim"),
+    ],
+)
 def test_invalid_values_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)

@@ -61,10 +61,11 @@ def one_question_file(tmp_path: Path, context: str, answers: list[tuple[str, int
 def assert_answers_are_context_slices(examples: datasets.Dataset) -> None:
     for row in examples:
         for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"]):
-            assert row["context"][start:start + len(text)] == text, row["id"]
+            assert row["context"][start : start + len(text)] == text, row["id"]
 
 
 # --- valid inputs ----------------------------------------------------------------------------------
+
 
 def test_korquad_file_with_version_loads_every_question_as_given(korean_squad_file, korean_examples):
     examples, report = load_squad_json(korean_squad_file)
@@ -73,8 +74,9 @@ def test_korquad_file_with_version_loads_every_question_as_given(korean_squad_fi
     assert report.version == "KorQuAD_v1.0"
     assert (report.num_articles, report.num_paragraphs, report.num_questions, report.num_kept) == (3, 3, 6, 6)
     assert (report.num_answers_repaired, report.num_answers_rejected, report.num_questions_rejected) == (0, 0, 0)
-    assert report.summary() == ("korean.json: 6 questions read, 6 kept, 0 answers repaired, "
-                                "0 answers rejected, 0 questions rejected")
+    assert report.summary() == (
+        "korean.json: 6 questions read, 6 kept, 0 answers repaired, 0 answers rejected, 0 questions rejected"
+    )
 
 
 def test_file_without_version_key_loads_the_same_rows(tmp_path, korean_examples):
@@ -103,13 +105,24 @@ def test_source_text_is_kept_exactly_as_given(tmp_path):
 
 
 def test_squad2_impossible_question_has_empty_typed_answers(tmp_path):
-    doc = squad(article("t", paragraph(
-        CONTEXT,
-        qa("answerable", "수도는?", [("서울", 10)], is_impossible=False),
-        qa("unanswerable", "인구는?", [], is_impossible=True,
-           plausible_answers=[{"text": "한강", "answer_start": 20}]),
-        {"id": "no-answers-key", "question": "면적은?", "is_impossible": True},
-    )), version="v2.0")
+    doc = squad(
+        article(
+            "t",
+            paragraph(
+                CONTEXT,
+                qa("answerable", "수도는?", [("서울", 10)], is_impossible=False),
+                qa(
+                    "unanswerable",
+                    "인구는?",
+                    [],
+                    is_impossible=True,
+                    plausible_answers=[{"text": "한강", "answer_start": 20}],
+                ),
+                {"id": "no-answers-key", "question": "면적은?", "is_impossible": True},
+            ),
+        ),
+        version="v2.0",
+    )
     examples, report = load_squad_json(write(tmp_path, doc))
     assert examples.features["answers"] == EXAMPLE_FEATURES["answers"]
     rows = {r["id"]: r for r in examples}
@@ -136,13 +149,20 @@ def test_examples_from_two_files_concatenate(tmp_path, korean_squad_file):
 
 # --- repair and rejection --------------------------------------------------------------------------
 
+
 def test_misaligned_answer_is_repaired_to_the_nearest_occurrence(tmp_path):
     doc = squad(
         article("a0", paragraph("다른 문단.", qa("other", "질문?", [("다른", 0)]))),
-        article("a1", paragraph("x"), paragraph(CONTEXT,
-                                                qa("near-first", "수도는?", [("서울", 12)]),
-                                                qa("near-second", "강은?", [("서울", 15)]),
-                                                qa("past-end", "끝?", [("서울", 999)]))),
+        article(
+            "a1",
+            paragraph("x"),
+            paragraph(
+                CONTEXT,
+                qa("near-first", "수도는?", [("서울", 12)]),
+                qa("near-second", "강은?", [("서울", 15)]),
+                qa("past-end", "끝?", [("서울", 999)]),
+            ),
+        ),
     )
     path = write(tmp_path, doc)
     examples, report = load_squad_json(path)
@@ -164,12 +184,17 @@ def test_equally_near_occurrences_resolve_to_the_earlier_one():
 
 
 def test_answer_not_in_context_is_rejected_and_recorded(tmp_path):
-    doc = squad(article("t", paragraph(
-        CONTEXT,
-        qa("partly-bad", "수도는?", [("서울", 10), ("부산", 3)]),
-        qa("all-bad", "항구는?", [("부산", 0), ("인천", 5)]),
-        qa("empty-text", "무엇?", [("", 0)]),
-    )))
+    doc = squad(
+        article(
+            "t",
+            paragraph(
+                CONTEXT,
+                qa("partly-bad", "수도는?", [("서울", 10), ("부산", 3)]),
+                qa("all-bad", "항구는?", [("부산", 0), ("인천", 5)]),
+                qa("empty-text", "무엇?", [("", 0)]),
+            ),
+        )
+    )
     path = write(tmp_path, doc)
     examples, report = load_squad_json(path)
     assert examples["id"] == ["partly-bad"]
@@ -183,8 +208,9 @@ def test_answer_not_in_context_is_rejected_and_recorded(tmp_path):
     assert [q.id for q in report.rejected_questions] == ["all-bad", "empty-text"]
     assert report.rejected_questions[0].reason == "none of its 2 answers is in the context"
     assert report.rejected_answers[-1].reason == "answer text is empty"
-    assert report.summary() == ("data.json: 3 questions read, 1 kept, 0 answers repaired, "
-                                "4 answers rejected, 2 questions rejected")
+    assert report.summary() == (
+        "data.json: 3 questions read, 1 kept, 0 answers repaired, 4 answers rejected, 2 questions rejected"
+    )
 
 
 def test_question_with_empty_answer_list_is_rejected_unless_impossible(tmp_path):
@@ -219,6 +245,7 @@ def test_file_without_questions_raises(tmp_path):
 
 # --- Unicode forms ---------------------------------------------------------------------------------
 
+
 def test_nfc_answer_in_nfd_context_is_repaired_to_the_original_substring(tmp_path):
     context = nfd(CONTEXT)
     # The given start is the NFC offset (10); the NFD context has more characters before 서울.
@@ -228,7 +255,12 @@ def test_nfc_answer_in_nfd_context_is_repaired_to_the_original_substring(tmp_pat
     assert answers == {"text": [nfd("서울")], "answer_start": [expected_start]}
     assert examples[0]["context"] == context
     record = report.repaired[0]
-    assert (record.given_text, record.given_start, record.text, record.start) == ("서울", 10, nfd("서울"), expected_start)
+    assert (record.given_text, record.given_start, record.text, record.start) == (
+        "서울",
+        10,
+        nfd("서울"),
+        expected_start,
+    )
 
 
 def test_nfd_answer_in_nfc_context_is_repaired_to_the_original_substring(tmp_path):
@@ -257,6 +289,7 @@ def test_slice_that_cuts_a_decomposed_syllable_is_not_an_answer():
 
 
 # --- structural errors -----------------------------------------------------------------------------
+
 
 def test_malformed_json_names_the_file_and_position(tmp_path):
     path = write(tmp_path, '{\n  "data": [\n    {"title": "x",,}\n')
@@ -296,17 +329,23 @@ def test_byte_order_mark_is_accepted(tmp_path, korean_examples):
 LONE = "\ud800"  # valid as a JSON escape, yet no Unicode character: Arrow and tokenizers cannot encode it
 
 
-@pytest.mark.parametrize(("where", "expected"), [
-    ("context", r"article 0, paragraph 0: field 'context': holds a lone surrogate '\\ud800' at character 13"),
-    ("question", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'question': holds a lone surrogate"),
-    ("id", r"article 0, paragraph 0, question 0: field 'id': holds a lone surrogate"),
-    ("title", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'title': holds a lone surrogate"),
-    ("answer", r"question 0 \(id 'q1'\): answer 0: field 'text': holds a lone surrogate"),
-])
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("context", r"article 0, paragraph 0: field 'context': holds a lone surrogate '\\ud800' at character 13"),
+        ("question", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'question': holds a lone surrogate"),
+        ("id", r"article 0, paragraph 0, question 0: field 'id': holds a lone surrogate"),
+        ("title", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'title': holds a lone surrogate"),
+        ("answer", r"question 0 \(id 'q1'\): answer 0: field 'text': holds a lone surrogate"),
+    ],
+)
 def test_lone_surrogate_names_the_file_record_and_field(tmp_path, where, expected):
     context = CONTEXT[:13] + LONE + CONTEXT[13:] if where == "context" else CONTEXT
-    question = qa("q1" + LONE if where == "id" else "q1", "수도는?" + (LONE if where == "question" else ""),
-                  [("서울" + (LONE if where == "answer" else ""), 10)])
+    question = qa(
+        "q1" + LONE if where == "id" else "q1",
+        "수도는?" + (LONE if where == "question" else ""),
+        [("서울" + (LONE if where == "answer" else ""), 10)],
+    )
     doc = squad(article("t" + (LONE if where == "title" else ""), paragraph(context, question)))
     path = write(tmp_path, json.dumps(doc))  # ASCII JSON: the file itself is valid UTF-8
     assert "\\ud800" in path.read_text(encoding="utf-8")
@@ -331,16 +370,26 @@ GOOD_QA = qa("q1", "수도는?", [("서울", 10)])
         ({"data": {"title": "x"}}, r"the file's 'data' must be a list, got dict"),
         ({"data": ["x"]}, r"article 0: an article must be an object"),
         ({"data": [{"title": "x"}]}, r"article 0: article has no 'paragraphs' field"),
-        ({"data": [article("x", paragraph(CONTEXT, GOOD_QA), {"context": CONTEXT})]},
-         r"article 0, paragraph 1: paragraph has no 'qas' field"),
-        ({"data": [article("x", {"context": CONTEXT, "qas": {"id": "q"}})]},
-         r"article 0, paragraph 0: paragraph's 'qas' must be a list"),
-        ({"data": [article("x", paragraph(CONTEXT, GOOD_QA, "q2"))]},
-         r"article 0, paragraph 0, question 1: a question must be an object"),
-        ({"data": [article("x", paragraph(CONTEXT, {"id": "q", "question": "?", "answers": "서울"}))]},
-         r"question 0 \(id 'q'\): 'answers' must be a list"),
-        ({"data": [article("x", paragraph(CONTEXT, {"id": "q", "question": "?", "answers": ["서울"]}))]},
-         r"question 0 \(id 'q'\): answer 0 must be an object"),
+        (
+            {"data": [article("x", paragraph(CONTEXT, GOOD_QA), {"context": CONTEXT})]},
+            r"article 0, paragraph 1: paragraph has no 'qas' field",
+        ),
+        (
+            {"data": [article("x", {"context": CONTEXT, "qas": {"id": "q"}})]},
+            r"article 0, paragraph 0: paragraph's 'qas' must be a list",
+        ),
+        (
+            {"data": [article("x", paragraph(CONTEXT, GOOD_QA, "q2"))]},
+            r"article 0, paragraph 0, question 1: a question must be an object",
+        ),
+        (
+            {"data": [article("x", paragraph(CONTEXT, {"id": "q", "question": "?", "answers": "서울"}))]},
+            r"question 0 \(id 'q'\): 'answers' must be a list",
+        ),
+        (
+            {"data": [article("x", paragraph(CONTEXT, {"id": "q", "question": "?", "answers": ["서울"]}))]},
+            r"question 0 \(id 'q'\): answer 0 must be an object",
+        ),
     ],
 )
 def test_wrong_layout_raises_with_location(tmp_path, doc, expected):
@@ -356,8 +405,14 @@ def test_wrong_layout_raises_with_location(tmp_path, doc, expected):
         ({"question": "?", "answers": []}, r": missing field 'id'$"),
         ({"id": "q", "answers": [{"text": "서울", "answer_start": 10}]}, r"\(id 'q'\): missing field 'question'"),
         ({"id": "q", "question": "?"}, r"\(id 'q'\): missing field 'answers'"),
-        ({"id": "q", "question": "?", "answers": [{"answer_start": 10}]}, r"\(id 'q'\): answer 0: missing field 'text'"),
-        ({"id": "q", "question": "?", "answers": [{"text": "서울"}]}, r"\(id 'q'\): answer 0: missing field 'answer_start'"),
+        (
+            {"id": "q", "question": "?", "answers": [{"answer_start": 10}]},
+            r"\(id 'q'\): answer 0: missing field 'text'",
+        ),
+        (
+            {"id": "q", "question": "?", "answers": [{"text": "서울"}]},
+            r"\(id 'q'\): answer 0: missing field 'answer_start'",
+        ),
         ({"id": None, "question": "?", "answers": []}, r"field 'id' must be a string, got NoneType"),
         ({"id": "q", "question": 3, "answers": []}, r"field 'question' must be a string, got int"),
         ({"id": "q", "question": "?", "answers": [{"text": 1, "answer_start": 10}]}, r"'text' must be a string"),
@@ -376,12 +431,15 @@ def test_missing_context_names_the_paragraph(tmp_path):
         load_squad_json(path)
 
 
-@pytest.mark.parametrize(("context", "question", "expected"), [
-    ("", "수도는?", r"paragraph 0: field 'context' is empty"),
-    (" \n\t", "수도는?", r"paragraph 0: field 'context' is only whitespace"),
-    (CONTEXT, "", r"question 0 \(id 'q1'\): field 'question' is empty"),
-    (CONTEXT, "   ", r"question 0 \(id 'q1'\): field 'question' is only whitespace"),
-])
+@pytest.mark.parametrize(
+    ("context", "question", "expected"),
+    [
+        ("", "수도는?", r"paragraph 0: field 'context' is empty"),
+        (" \n\t", "수도는?", r"paragraph 0: field 'context' is only whitespace"),
+        (CONTEXT, "", r"question 0 \(id 'q1'\): field 'question' is empty"),
+        (CONTEXT, "   ", r"question 0 \(id 'q1'\): field 'question' is only whitespace"),
+    ],
+)
 def test_empty_question_or_context_raises(tmp_path, context, question, expected):
     path = write(tmp_path, squad(article("t", paragraph(context, qa("q1", question, [("서울", 10)])))))
     with pytest.raises(DataValidationError, match=expected):
@@ -390,8 +448,15 @@ def test_empty_question_or_context_raises(tmp_path, context, question, expected)
 
 @pytest.mark.parametrize("start", ["10", 10.0, True, None, -1])
 def test_non_integer_or_negative_answer_start_raises(tmp_path, start):
-    path = write(tmp_path, squad(article("t", paragraph(
-        CONTEXT, {"id": "q1", "question": "?", "answers": [{"text": "서울", "answer_start": start}]}))))
+    path = write(
+        tmp_path,
+        squad(
+            article(
+                "t",
+                paragraph(CONTEXT, {"id": "q1", "question": "?", "answers": [{"text": "서울", "answer_start": start}]}),
+            )
+        ),
+    )
     with pytest.raises(DataValidationError, match=r"\(id 'q1'\): answer 0: 'answer_start' must"):
         load_squad_json(path)
 
@@ -411,6 +476,7 @@ def test_duplicate_ids_name_both_locations(tmp_path):
 
 # --- logging ---------------------------------------------------------------------------------------
 
+
 def test_summary_is_logged_and_problems_warned(tmp_path, korean_squad_file, caplog):
     with caplog.at_level(logging.INFO, logger="kqa.data"):
         load_squad_json(korean_squad_file)
@@ -427,6 +493,7 @@ def test_summary_is_logged_and_problems_warned(tmp_path, korean_squad_file, capl
 
 
 # --- flat datasets (hub layout) ----------------------------------------------------------------------
+
 
 def flat_rows() -> dict:
     """Columns in the layout of KorQuAD/squad_kor_v1 (no is_impossible column)."""
@@ -508,16 +575,26 @@ def test_flat_dataset_with_is_impossible_column_rejects_unanswered_answerable_qu
     assert [(q.id, q.reason) for q in report.rejected_questions] == [("r2", "no answers given")]
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (lambda rows: rows.pop("question"), r"rows: missing columns \['question'\]"),
-    (lambda rows: rows["question"].__setitem__(1, " "), r"rows: row 1 \(id 'r1'\): field 'question' is only whitespace"),
-    (lambda rows: rows["context"].__setitem__(0, ""), r"rows: row 0 \(id 'r0'\): field 'context' is empty"),
-    (lambda rows: rows["id"].__setitem__(2, "r0"), r"duplicate id 'r0': first at row 0, again at row 2"),
-    (lambda rows: rows["answers"].__setitem__(0, {"text": ["서울"], "answer_start": [-3]}),
-     r"row 0 \(id 'r0'\): answer 0: 'answer_start' must not be negative"),
-    (lambda rows: rows["answers"].__setitem__(0, {"text": ["서울", "수도"], "answer_start": [10]}),
-     r"row 0 \(id 'r0'\): 'answers' has 2 texts but 1 answer_start"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda rows: rows.pop("question"), r"rows: missing columns \['question'\]"),
+        (
+            lambda rows: rows["question"].__setitem__(1, " "),
+            r"rows: row 1 \(id 'r1'\): field 'question' is only whitespace",
+        ),
+        (lambda rows: rows["context"].__setitem__(0, ""), r"rows: row 0 \(id 'r0'\): field 'context' is empty"),
+        (lambda rows: rows["id"].__setitem__(2, "r0"), r"duplicate id 'r0': first at row 0, again at row 2"),
+        (
+            lambda rows: rows["answers"].__setitem__(0, {"text": ["서울"], "answer_start": [-3]}),
+            r"row 0 \(id 'r0'\): answer 0: 'answer_start' must not be negative",
+        ),
+        (
+            lambda rows: rows["answers"].__setitem__(0, {"text": ["서울", "수도"], "answer_start": [10]}),
+            r"row 0 \(id 'r0'\): 'answers' has 2 texts but 1 answer_start",
+        ),
+    ],
+)
 def test_flat_dataset_structural_errors(change, expected):
     rows = flat_rows()
     change(rows)
@@ -531,6 +608,7 @@ def test_hub_loader_requires_a_split():
 
 
 # --- load_examples dispatch ------------------------------------------------------------------------
+
 
 def test_load_examples_reads_an_existing_file(korean_squad_file, korean_examples):
     for source in (korean_squad_file, str(korean_squad_file)):
@@ -602,8 +680,10 @@ def test_tydi_dev_multi_answer_questions_keep_all_answers(data_dir):
     for art in raw["data"]:
         for par in art["paragraphs"]:
             for q in par["qas"]:
-                expected = {"text": [a["text"] for a in q["answers"]],
-                            "answer_start": [a["answer_start"] for a in q["answers"]]}
+                expected = {
+                    "text": [a["text"] for a in q["answers"]],
+                    "answer_start": [a["answer_start"] for a in q["answers"]],
+                }
                 assert loaded[q["id"]] == expected  # duplicates included, order kept
                 multi += len(q["answers"]) > 1
     assert multi == 172

@@ -74,8 +74,9 @@ def test_collator_rounds_up_to_a_multiple_of_8():
 
 
 def test_collator_without_labels_or_token_types_returns_only_what_exists():
-    features = [{k: v for k, v in _feature(4, i, token_types=False).items() if not k.endswith("positions")}
-                for i in range(2)]
+    features = [
+        {k: v for k, v in _feature(4, i, token_types=False).items() if not k.endswith("positions")} for i in range(2)
+    ]
     batch = QACollator(pad_token_id=0)(features)
     assert set(batch) == {"input_ids", "attention_mask"}
 
@@ -277,6 +278,6 @@ def test_sort_by_length_orders_longest_first_keeps_ties_and_every_row():
     assert ordered["example_id"] == ["ex-1", "ex-3", "ex-4", "ex-0", "ex-6", "ex-2", "ex-5"]  # ties: row order
     assert sorted(ordered["example_id"]) == sorted(features["example_id"])
     # Batches of neighbours in that order pad less than batches in row order.
-    by_rows = _padding([lengths[i:i + 2] for i in range(0, 7, 2)])
+    by_rows = _padding([lengths[i : i + 2] for i in range(0, 7, 2)])
     sorted_lengths = feature_lengths(ordered)
-    assert _padding([sorted_lengths[i:i + 2] for i in range(0, 7, 2)]) < by_rows
+    assert _padding([sorted_lengths[i : i + 2] for i in range(0, 7, 2)]) < by_rows

@@ -47,7 +47,7 @@ def test_the_fixed_vocabulary_is_a_function_of_the_text():
     assert vocab[: len(characters)] == characters and len(vocab) == len(set(vocab)) == len(characters) + 30
     # The other pieces are words of the text, or endings of its words.
     words = {w for text in TEXTS for w in re.split(r"[\s,.?]+", text) if w}
-    for piece in vocab[len(characters):]:
+    for piece in vocab[len(characters) :]:
         text = piece.removeprefix("##")
         assert len(text) > 1, piece
         assert text in words if piece == text else any(w.endswith(text) and w != text for w in words), piece
@@ -68,8 +68,14 @@ def _long_example() -> dict:
     context = filler + tail
     answer_start = context.index(LONG_ANSWER)
     assert answer_start > len(filler)
-    return {"id": "long-1", "title": "", "context": context, "question": "가장 큰 항구 도시는?",
-            "answers": {"text": [LONG_ANSWER], "answer_start": [answer_start]}, "is_impossible": False}
+    return {
+        "id": "long-1",
+        "title": "",
+        "context": context,
+        "question": "가장 큰 항구 도시는?",
+        "answers": {"text": [LONG_ANSWER], "answer_start": [answer_start]},
+        "is_impossible": False,
+    }
 
 
 def _context_tokens(feature) -> list[int]:
@@ -145,10 +151,22 @@ def test_labels_decode_to_the_gold_answer_on_korean_examples(typed_tokenizer):
     for tf, ef in zip(train, evals):
         ex = by_id[tf["example_id"]]
         assert _labelled_text(ex["context"], tf, ef) == ex["answers"]["text"][0]
-    assert set(train.column_names) == {"input_ids", "attention_mask", "token_type_ids", "start_positions",
-                                       "end_positions", "example_id"}
-    assert set(evals.column_names) == {"input_ids", "attention_mask", "token_type_ids", "example_id",
-                                       "cls_index", "offset_mapping"}
+    assert set(train.column_names) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "start_positions",
+        "end_positions",
+        "example_id",
+    }
+    assert set(evals.column_names) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "example_id",
+        "cls_index",
+        "offset_mapping",
+    }
     assert evals["cls_index"] == [f["input_ids"].index(typed_tokenizer.cls_token_id) for f in evals]
     assert report.num_examples == len(KOREAN_EXAMPLES) and report.num_exact_answers == len(KOREAN_EXAMPLES)
 
@@ -193,8 +211,12 @@ def test_labelled_eval_features_carry_the_train_labels_from_one_tokenisation(tin
 
 
 def test_unanswerable_and_out_of_window_features_are_labelled_cls_and_counted(tiny_tokenizer):
-    impossible = {**copy.deepcopy(KOREAN_EXAMPLES[0]), "id": "no-answer", "is_impossible": True,
-                  "answers": {"text": [], "answer_start": []}}
+    impossible = {
+        **copy.deepcopy(KOREAN_EXAMPLES[0]),
+        "id": "no-answer",
+        "is_impossible": True,
+        "answers": {"text": [], "answer_start": []},
+    }
     examples = _dataset([_long_example(), impossible])
     train, report = prepare_train_features(examples, tiny_tokenizer, SMALL)
     cls_windows = sum(1 for f in train if f["start_positions"] == f["end_positions"] == 0)
@@ -230,8 +252,11 @@ def test_xlmr_offsets_exclude_the_space_glued_to_sentencepiece_tokens(xlmr_token
 
 
 def test_long_questions_are_truncated_to_max_query_length_and_counted(tiny_tokenizer):
-    long_question = dict(copy.deepcopy(KOREAN_EXAMPLES[0]), id="long-q",
-                         question="대한민국의 수도와 가장 큰 항구 도시는 각각 어디인가? 그리고 한강은 어디를 지나는가?")
+    long_question = dict(
+        copy.deepcopy(KOREAN_EXAMPLES[0]),
+        id="long-q",
+        question="대한민국의 수도와 가장 큰 항구 도시는 각각 어디인가? 그리고 한강은 어디를 지나는가?",
+    )
     short_question = dict(copy.deepcopy(KOREAN_EXAMPLES[0]), id="short-q", question="수도는?")
     examples = _dataset([long_question, short_question])
     train, report = prepare_train_features(examples, tiny_tokenizer, SMALL)
@@ -266,8 +291,9 @@ def test_nfd_context_offsets_point_into_the_original_nfd_text(tiny_tokenizer):
     nfd_answer = unicodedata.normalize("NFD", source["answers"]["text"][0])
     nfd_start = nfd_context.index(nfd_answer)
     assert len(nfd_context) > len(source["context"])  # really decomposed
-    example = dict(copy.deepcopy(source), context=nfd_context,
-                   answers={"text": [nfd_answer], "answer_start": [nfd_start]})
+    example = dict(
+        copy.deepcopy(source), context=nfd_context, answers={"text": [nfd_answer], "answer_start": [nfd_start]}
+    )
 
     train, report = prepare_train_features(_dataset([example]), tiny_tokenizer)
     evals, _ = prepare_eval_features(_dataset([example]), tiny_tokenizer)
@@ -348,8 +374,9 @@ def test_second_call_on_a_file_backed_dataset_is_served_from_the_cache(tiny_toke
     assert third_report == first_report
 
     # Other settings are other features: no stale cache hit.
-    other, _ = prepare_train_features(examples, tiny_tokenizer, FeatureConfig(max_seq_length=64, doc_stride=16,
-                                                                                max_query_length=8))
+    other, _ = prepare_train_features(
+        examples, tiny_tokenizer, FeatureConfig(max_seq_length=64, doc_stride=16, max_query_length=8)
+    )
     assert [e["filename"] for e in other.cache_files] != [name for name, _, _ in stamp]
 
 
@@ -408,9 +435,21 @@ def test_a_change_to_the_feature_code_is_a_cache_miss(tiny_tokenizer_dir, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(source), "KQA_CACHE_DIR": str(tmp_path / "cache")}
 
     def build() -> dict:
-        proc = subprocess.run([sys.executable, "-c", _BUILD_IN_A_FRESH_PROCESS, str(source),
-                               str(tmp_path / "examples"), str(tiny_tokenizer_dir)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _BUILD_IN_A_FRESH_PROCESS,
+                str(source),
+                str(tmp_path / "examples"),
+                str(tiny_tokenizer_dir),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.split("STAMPS ", 1)[1])
 
@@ -438,9 +477,16 @@ def test_report_is_the_same_with_several_processes(tiny_tokenizer):
 
 
 def test_report_summary_names_the_counts():
-    report = FeatureReport(num_examples=10, num_features=14, num_multi_window_examples=3,
-                           num_windows_without_answer=5, num_truncated_questions=2, num_lost_answers=1,
-                           num_inexact_answers=2, lost_answer_ids=["q7"])
+    report = FeatureReport(
+        num_examples=10,
+        num_features=14,
+        num_multi_window_examples=3,
+        num_windows_without_answer=5,
+        num_truncated_questions=2,
+        num_lost_answers=1,
+        num_inexact_answers=2,
+        lost_answer_ids=["q7"],
+    )
     text = report.summary()
     assert "10 examples -> 14 features" in text and "5 windows labelled CLS" in text
     assert "2 questions truncated" in text and "1 lost" in text and "q7" in text
@@ -488,8 +534,9 @@ def test_slow_tokenizers_are_rejected():
 
 
 def test_bad_examples_raise_naming_the_record(tiny_tokenizer):
-    wrong_start = dict(copy.deepcopy(KOREAN_EXAMPLES[0]), id="bad-start",
-                       answers={"text": ["서울"], "answer_start": [3]})
+    wrong_start = dict(
+        copy.deepcopy(KOREAN_EXAMPLES[0]), id="bad-start", answers={"text": ["서울"], "answer_start": [3]}
+    )
     with pytest.raises(ValueError, match="bad-start"):
         prepare_train_features(_dataset([wrong_start]), tiny_tokenizer)
     empty_question = dict(copy.deepcopy(KOREAN_EXAMPLES[0]), id="blank-q", question="   ")
@@ -511,13 +558,19 @@ def _read_squad_rows(path: Path) -> list[dict]:
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
-                rows.append({
-                    "id": str(qa["id"]), "title": article.get("title", ""), "context": paragraph["context"],
-                    "question": qa["question"],
-                    "answers": {"text": [a["text"] for a in qa["answers"]],
-                                "answer_start": [a["answer_start"] for a in qa["answers"]]},
-                    "is_impossible": bool(qa.get("is_impossible", False)),
-                })
+                rows.append(
+                    {
+                        "id": str(qa["id"]),
+                        "title": article.get("title", ""),
+                        "context": paragraph["context"],
+                        "question": qa["question"],
+                        "answers": {
+                            "text": [a["text"] for a in qa["answers"]],
+                            "answer_start": [a["answer_start"] for a in qa["answers"]],
+                        },
+                        "is_impossible": bool(qa.get("is_impossible", False)),
+                    }
+                )
     return rows
 
 
@@ -554,8 +607,9 @@ def test_no_answer_is_lost_on_the_shared_data(tokenizer_name, shared_json_files,
             decoded = row["context"][start[0] : end[1]]
             assert gold in decoded
             # Token-aligned: some token starts where the answer starts and some token ends where it ends.
-            is_aligned = (any(a == gold_start for a, _ in context_offsets)
-                          and any(b == gold_end for _, b in context_offsets))
+            is_aligned = any(a == gold_start for a, _ in context_offsets) and any(
+                b == gold_end for _, b in context_offsets
+            )
             aligned[tf["example_id"]] = is_aligned
             exact[tf["example_id"]] &= decoded == gold
             if is_aligned:
@@ -564,9 +618,11 @@ def test_no_answer_is_lost_on_the_shared_data(tokenizer_name, shared_json_files,
         lost = [r["id"] for r in rows if r["answers"]["text"] and r["id"] not in held_by]
         non_aligned = sorted(i for i, ok in aligned.items() if not ok)
         windows = Counter(train["example_id"])
-        print(f"\n[{tokenizer_name}] {path.parent.name}/{path.name}: {len(rows)} examples, {len(train)} features, "
-              f"{sum(1 for n in windows.values() if n > 1)} multi-window examples, {len(lost)} lost, "
-              f"{sum(1 for i in exact if exact[i])} exact, {len(non_aligned)} not token-aligned")
+        print(
+            f"\n[{tokenizer_name}] {path.parent.name}/{path.name}: {len(rows)} examples, {len(train)} features, "
+            f"{sum(1 for n in windows.values() if n > 1)} multi-window examples, {len(lost)} lost, "
+            f"{sum(1 for i in exact if exact[i])} exact, {len(non_aligned)} not token-aligned"
+        )
 
         assert lost == [] and report.num_lost_answers == 0
         assert report.num_examples == len(rows) and report.num_features == len(train)
@@ -602,8 +658,10 @@ def test_the_tokenizers_call_state_neither_misses_the_cache_nor_is_lost(tiny_tok
     other_features, _ = prepare_eval_features(_dataset(KOREAN_EXAMPLES), other, SMALL)
     assert _cache_stamp(other_features) != stamp
     assert other_features.to_list() != first.to_list()
-    assert other_features.to_list() == prepare_eval_features(_dataset(KOREAN_EXAMPLES), other, SMALL,
-                                                             cache=False)[0].to_list()
+    assert (
+        other_features.to_list()
+        == prepare_eval_features(_dataset(KOREAN_EXAMPLES), other, SMALL, cache=False)[0].to_list()
+    )
 
 
 def _context_offsets_per_token(offset_mapping, sequence_ids, nfc_context, origin):
@@ -656,7 +714,8 @@ def test_vectorised_context_offsets_equal_the_per_token_loop(seed):
         sequence_ids = [None] + [0] * question_length + [None] + [1] * context_length + [None]
         sequence_ids += [None] * (60 - len(sequence_ids))
     assert _context_offsets([(0, 0)], [1], _whitespace_trim_tables(""), np.zeros(1, dtype=np.int64)).tolist() == [
-        [-1, -1]]
+        [-1, -1]
+    ]
     got = _context_offsets(offset_mapping, sequence_ids, _whitespace_trim_tables(nfc), origin).tolist()
     assert got == _context_offsets_per_token(offset_mapping, sequence_ids, nfc, origin)
     assert any(span != [-1, -1] for span in got) or n < 3 or 1 not in sequence_ids
@@ -672,8 +731,7 @@ class _SerialisationProbe:
         return (_SerialisationProbe, ())
 
 
-def test_uncached_features_of_in_memory_examples_never_serialise_the_tokenizer(tiny_tokenizer, tmp_path,
-                                                                             monkeypatch):
+def test_uncached_features_of_in_memory_examples_never_serialise_the_tokenizer(tiny_tokenizer, tmp_path, monkeypatch):
     # Serialising the tokenizer (to fingerprint a map) cost ~10 ms per call, most of the feature time of
     # a one-question prediction; with nothing cached, nothing needs it.
     reference, _ = prepare_eval_features(_dataset(KOREAN_EXAMPLES), tiny_tokenizer, SMALL, cache=False)

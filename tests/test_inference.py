@@ -48,8 +48,9 @@ def marked_dir(tmp_path_factory, tokenizer):
     for ex in KOREAN_EXAMPLES:  # each marked span occurs once in its context, and no other does
         assert [s for s in MARKED_SPANS if s in ex["context"]] == [EXPECTED[ex["id"]]]
         assert ex["context"].count(EXPECTED[ex["id"]]) == 1
-    model = token_scoring_model(tokenizer, {s: MARK for s, _ in MARKED_SPANS.values()},
-                                {e: MARK for _, e in MARKED_SPANS.values()})
+    model = token_scoring_model(
+        tokenizer, {s: MARK for s, _ in MARKED_SPANS.values()}, {e: MARK for _, e in MARKED_SPANS.values()}
+    )
     return _save(model, tokenizer, tmp_path_factory.mktemp("marked") / "model")
 
 
@@ -62,8 +63,9 @@ def qa(marked_dir):
 def busan_qa(tmp_path_factory, tokenizer):
     """Only 부산 is marked."""
     model = token_scoring_model(tokenizer, {"부": MARK}, {"##산": MARK})
-    return QuestionAnswerer.from_pretrained(_save(model, tokenizer, tmp_path_factory.mktemp("busan") / "model"),
-                                            device="cpu")
+    return QuestionAnswerer.from_pretrained(
+        _save(model, tokenizer, tmp_path_factory.mktemp("busan") / "model"), device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +75,9 @@ def random_qa(tmp_path_factory, tokenizer):
 
     torch.manual_seed(0)
     model = QuestionAnsweringModel.from_config(tiny_bert_config(len(tokenizer)))
-    return QuestionAnswerer.from_pretrained(_save(model, tokenizer, tmp_path_factory.mktemp("random") / "model"),
-                                            device="cpu")
+    return QuestionAnswerer.from_pretrained(
+        _save(model, tokenizer, tmp_path_factory.mktemp("random") / "model"), device="cpu"
+    )
 
 
 def test_the_answer_is_the_span_the_model_points_at(qa):
@@ -82,7 +85,7 @@ def test_the_answer_is_the_span_the_model_points_at(qa):
     assert isinstance(answer, Answer)
     start = CAPITAL["context"].index("부산")
     assert (answer.text, answer.start, answer.end) == ("부산", start, start + 2)
-    assert CAPITAL["context"][answer.start:answer.end] == answer.text
+    assert CAPITAL["context"][answer.start : answer.end] == answer.text
     assert answer.score == pytest.approx(2 * MARK, abs=1e-4)  # start logit + end logit
     assert 0 < answer.probability <= 1
 
@@ -105,7 +108,7 @@ def test_top_k_lists_distinct_spans_best_first(qa):
     assert scores[1:] == pytest.approx([MARK] * 4, abs=1e-4)
     assert len({(a.start, a.end) for a in answers}) == 5
     for a in answers:
-        assert CAPITAL["context"][a.start:a.end] == a.text
+        assert CAPITAL["context"][a.start : a.end] == a.text
 
 
 def test_batches_give_the_same_answers_as_single_questions(random_qa):
@@ -156,13 +159,16 @@ def test_a_long_context_is_windowed_and_the_span_found_in_a_later_window(busan_q
 
     # The span comes back as the characters of the whole context, not of its window.
     assert (answer.text, answer.start, answer.end) == ("부산", start, start + 2)
-    assert context[answer.start:answer.end] == "부산"
+    assert context[answer.start : answer.end] == "부산"
     assert answer.score == pytest.approx(2 * MARK, abs=1e-4)
 
     # Every window of the context was scored, and the span lies in windows after the first.
     windows, _ = prepare_eval_features(
         datasets.Dataset.from_list([{"id": "0", "question": CAPITAL["question"], "context": context}]),
-        busan_qa.tokenizer, FeatureConfig(max_seq_length=64, doc_stride=16, max_query_length=16), cache=False)
+        busan_qa.tokenizer,
+        FeatureConfig(max_seq_length=64, doc_stride=16, max_query_length=16),
+        cache=False,
+    )
     assert len(windows) > 5
     assert sorted(seen) == sorted(windows["input_ids"])
     marker = busan_qa.tokenizer.convert_tokens_to_ids("부")
@@ -187,7 +193,7 @@ def test_nfd_context_answers_are_slices_of_the_nfd_text(qa):
     context = unicodedata.normalize("NFD", CAPITAL["context"])
     assert len(context) > len(CAPITAL["context"])
     answer = qa(CAPITAL["question"], context)
-    assert context[answer.start:answer.end] == answer.text
+    assert context[answer.start : answer.end] == answer.text
     assert unicodedata.normalize("NFC", answer.text) == "부산"
     assert answer.start == context.index(unicodedata.normalize("NFD", "부산"))
 
@@ -211,13 +217,28 @@ def test_predict_rows_equals_the_evaluation_predictions(qa, marked_dir, tmp_path
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kqa", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "kqa", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_cli_answers_one_question(marked_dir):
-    proc = _cli("predict", "--model", str(marked_dir), "--question", CAPITAL["question"],
-                "--context", CAPITAL["context"], "--device", "cpu")
+    proc = _cli(
+        "predict",
+        "--model",
+        str(marked_dir),
+        "--question",
+        CAPITAL["question"],
+        "--context",
+        CAPITAL["context"],
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     answer = json.loads(proc.stdout)
     start = CAPITAL["context"].index("부산")
@@ -226,16 +247,36 @@ def test_cli_answers_one_question(marked_dir):
 
 def test_cli_reads_jsonl_and_unlabelled_squad_files(marked_dir, qa, tmp_path):
     jsonl = tmp_path / "q.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"id": ex["id"], "question": ex["question"], "context": ex["context"]},
-                                          ensure_ascii=False) for ex in KOREAN_EXAMPLES), encoding="utf-8")
-    proc = _cli("predict", "--model", str(marked_dir), "--input", str(jsonl), "--output_file", str(tmp_path / "a.json"),
-                "--device", "cpu")
+    jsonl.write_text(
+        "\n".join(
+            json.dumps({"id": ex["id"], "question": ex["question"], "context": ex["context"]}, ensure_ascii=False)
+            for ex in KOREAN_EXAMPLES
+        ),
+        encoding="utf-8",
+    )
+    proc = _cli(
+        "predict",
+        "--model",
+        str(marked_dir),
+        "--input",
+        str(jsonl),
+        "--output_file",
+        str(tmp_path / "a.json"),
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     answers = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
     assert answers == EXPECTED
 
-    squad = {"data": [{"title": "t", "paragraphs": [{"context": CAPITAL["context"],
-                                                      "qas": [{"id": "q1", "question": CAPITAL["question"]}]}]}]}
+    squad = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [{"context": CAPITAL["context"], "qas": [{"id": "q1", "question": CAPITAL["question"]}]}],
+            }
+        ]
+    }
     path = tmp_path / "unlabelled.json"
     path.write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
     proc = _cli("predict", "--model", str(marked_dir), "--input", str(path), "--top_k", "2", "--device", "cpu")
@@ -266,8 +307,7 @@ def null_model(tokenizer):
 @pytest.fixture(scope="module")
 def squad2_dir(tmp_path_factory, tokenizer, null_model):
     directory = tmp_path_factory.mktemp("squad2") / "model"
-    null_model.save_pretrained(directory, tokenizer=tokenizer,
-                               kqa_config={**SETTINGS, "version_2_with_negative": True})
+    null_model.save_pretrained(directory, tokenizer=tokenizer, kqa_config={**SETTINGS, "version_2_with_negative": True})
     return directory
 
 
@@ -295,8 +335,17 @@ def test_handle_impossible_answer_and_the_threshold_are_per_call(squad2_dir, tok
 
 
 def test_cli_returns_the_null_answer_and_takes_the_null_flags(squad2_dir):
-    base = ["predict", "--model", str(squad2_dir), "--question", CAPITAL["question"], "--context",
-            CAPITAL["context"], "--device", "cpu"]
+    base = [
+        "predict",
+        "--model",
+        str(squad2_dir),
+        "--question",
+        CAPITAL["question"],
+        "--context",
+        CAPITAL["context"],
+        "--device",
+        "cpu",
+    ]
     proc = _cli(*base)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["text"] == ""
@@ -306,13 +355,16 @@ def test_cli_returns_the_null_answer_and_takes_the_null_flags(squad2_dir):
     assert [a["text"] for a in json.loads(proc.stdout)] == ["부산", ""]
 
 
-@pytest.mark.parametrize("question, context, message", [
-    (None, CAPITAL["context"], "question: expected a string"),
-    (CAPITAL["question"], None, "'context': expected a string"),
-    ("수도는\ud800?", CAPITAL["context"], "'question': holds a lone surrogate"),
-    (CAPITAL["question"], "서울\udc00", "'context': holds a lone surrogate"),
-    ([CAPITAL["question"], 3], CAPITAL["context"], "row 1 .*'question': expected a string"),
-])
+@pytest.mark.parametrize(
+    "question, context, message",
+    [
+        (None, CAPITAL["context"], "question: expected a string"),
+        (CAPITAL["question"], None, "'context': expected a string"),
+        ("수도는\ud800?", CAPITAL["context"], "'question': holds a lone surrogate"),
+        (CAPITAL["question"], "서울\udc00", "'context': holds a lone surrogate"),
+        ([CAPITAL["question"], 3], CAPITAL["context"], "row 1 .*'question': expected a string"),
+    ],
+)
 def test_bad_questions_and_contexts_name_the_row_and_the_problem(qa, question, context, message):
     with pytest.raises(ValueError, match=message):
         qa(question, context)
@@ -333,4 +385,4 @@ def test_a_batch_with_a_context_of_control_characters(qa):
         answers = dict(zip(contexts, qa(questions, contexts)))
         assert answers[CAPITAL["context"]].text == "부산"
         odd = answers["\x7f\x01"]
-        assert odd.text == "\x7f\x01"[odd.start:odd.end]
+        assert odd.text == "\x7f\x01"[odd.start : odd.end]

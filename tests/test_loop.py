@@ -70,8 +70,9 @@ def trained_model_dir(trained_run) -> Path:
 @pytest.fixture
 def dropout_backbone_dir(tmp_path, tiny_tokenizer):
     # Dropout makes the loss depend on the RNG state, so resume tests also check RNG restoration.
-    return _make_backbone_dir(tmp_path / "backbone_dropout", tiny_tokenizer,
-                              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    return _make_backbone_dir(
+        tmp_path / "backbone_dropout", tiny_tokenizer, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
+    )
 
 
 def _config(model_dir: Path, data_file: Path, output_dir: Path, **overrides) -> TrainConfig:
@@ -112,8 +113,9 @@ def _weights(recipe: QATrainingRecipe) -> dict[str, torch.Tensor]:
 
 def test_training_lowers_loss_and_raises_f1(backbone_dir, korean_squad_file, tmp_path):
     # The tiny set is both trained on and evaluated: the test is that the loop learns at all.
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=150,
-                  eval_strategy="steps", eval_steps=150)
+    cfg = _config(
+        backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=150, eval_strategy="steps", eval_steps=150
+    )
     recipe = QATrainingRecipe(cfg).setup()
     untrained = recipe.evaluate()
     result = recipe.train()
@@ -149,8 +151,9 @@ def test_a_subclass_swaps_stages_through_the_class_attributes(backbone_dir, kore
         build_train_features = staticmethod(first_two_windows)
         decode_answers = staticmethod(first_character_answers)
 
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", eval_strategy="epoch",
-                  per_device_train_batch_size=1)
+    cfg = _config(
+        backbone_dir, korean_squad_file, tmp_path / "run", eval_strategy="epoch", per_device_train_batch_size=1
+    )
     recipe = SwappedRecipe(cfg).setup()
     assert len(recipe.train_features) == 2 and len(recipe.train_dataloader) == 2  # the swapped builder's windows
     report = recipe.train_feature_report  # kept for research code: what feature building did
@@ -179,8 +182,14 @@ class ScriptedRecipe(QATrainingRecipe):
 def test_best_checkpoint_is_the_highest_f1_not_the_last(backbone_dir, korean_squad_file, tmp_path):
     from kqa.modeling import QuestionAnsweringModel
 
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", num_train_epochs=3, eval_strategy="epoch",
-                  per_device_train_batch_size=2)
+    cfg = _config(
+        backbone_dir,
+        korean_squad_file,
+        tmp_path / "run",
+        num_train_epochs=3,
+        eval_strategy="epoch",
+        per_device_train_batch_size=2,
+    )
     recipe = ScriptedRecipe(cfg, scores=[10.0, 30.0, 20.0]).setup()
     result = recipe.train()
     assert result.best_metric == 30.0
@@ -193,9 +202,17 @@ def test_best_checkpoint_is_the_highest_f1_not_the_last(backbone_dir, korean_squ
 
 
 def test_lower_is_better_and_early_stopping(backbone_dir, korean_squad_file, tmp_path):
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", num_train_epochs=6, eval_strategy="epoch",
-                  per_device_train_batch_size=2, metric_for_best_model="f1", greater_is_better=False,
-                  early_stopping_patience=2)
+    cfg = _config(
+        backbone_dir,
+        korean_squad_file,
+        tmp_path / "run",
+        num_train_epochs=6,
+        eval_strategy="epoch",
+        per_device_train_batch_size=2,
+        metric_for_best_model="f1",
+        greater_is_better=False,
+        early_stopping_patience=2,
+    )
     recipe = ScriptedRecipe(cfg, scores=[50.0, 40.0, 45.0, 41.0, 10.0, 5.0]).setup()
     result = recipe.train()
     assert result.stopped_early
@@ -205,8 +222,15 @@ def test_lower_is_better_and_early_stopping(backbone_dir, korean_squad_file, tmp
 
 
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir, korean_squad_file, tmp_path):
-    common = dict(num_train_epochs=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                  eval_strategy="epoch", save_strategy="epoch", learning_rate=1e-3, warmup_ratio=0.2)
+    common = dict(
+        num_train_epochs=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        learning_rate=1e-3,
+        warmup_ratio=0.2,
+    )
 
     full = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / "full", **common)).setup()
     full_result = full.train()
@@ -226,8 +250,9 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir,
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
-    resumed = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / "split",
-                                       resume_from_checkpoint="latest", **common)).setup()
+    resumed = QATrainingRecipe(
+        _config(dropout_backbone_dir, korean_squad_file, tmp_path / "split", resume_from_checkpoint="latest", **common)
+    ).setup()
     assert resumed.state.global_step == stop_after and resumed.state.batches_seen_in_epoch > 0
     resumed_result = resumed.train()
 
@@ -235,8 +260,11 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir,
         return [(r["step"], r["loss"]) for r in _read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]
 
     def evals(run):
-        return [(r["step"], r["eval/f1"], r["eval/ko/loss"]) for r in _read_jsonl(tmp_path / run / "metrics.jsonl")
-                if "eval/f1" in r]
+        return [
+            (r["step"], r["eval/f1"], r["eval/ko/loss"])
+            for r in _read_jsonl(tmp_path / run / "metrics.jsonl")
+            if "eval/f1" in r
+        ]
 
     assert len(losses("full")) == full_result.global_step
     assert losses("split") == losses("full")  # each step once: the records after the checkpoint were dropped
@@ -256,8 +284,14 @@ def test_fused_adamw_takes_the_same_steps_as_the_for_each_one(tmp_path):
     from kqa.training.optim import build_optimizer
 
     torch.manual_seed(0)
-    config = tiny_bert_config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                              intermediate_size=32, max_position_embeddings=32)
+    config = tiny_bert_config(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     models, optimizers = {}, {}
     for optim in ("adamw_torch_fused", "adamw_torch"):
         torch.manual_seed(0)
@@ -276,8 +310,9 @@ def test_fused_adamw_takes_the_same_steps_as_the_for_each_one(tmp_path):
     shift_invariant = set()  # parameters whose true gradient is 0 (a shift softmax ignores): Adam scales rounding up
     for step in range(5):
         for optim, model in models.items():
-            loss = model(input_ids=ids, start_positions=torch.tensor([1, 2, 3, 4]),
-                         end_positions=torch.tensor([2, 3, 4, 5])).loss
+            loss = model(
+                input_ids=ids, start_positions=torch.tensor([1, 2, 3, 4]), end_positions=torch.tensor([2, 3, 4, 5])
+            ).loss
             loss.backward()
             if step == 0 and optim == "adamw_torch":
                 shift_invariant = {n for n, p in model.named_parameters() if p.grad.abs().max() < 1e-6}
@@ -294,8 +329,9 @@ def test_fused_adamw_takes_the_same_steps_as_the_for_each_one(tmp_path):
     assert len(shift_invariant) < 5  # attention key biases, the head's bias, the LayerNorm bias feeding it
 
 
-def test_the_recipe_leaves_logging_configuration_to_the_application(backbone_dir, korean_squad_file, tmp_path,
-                                                                     monkeypatch):
+def test_the_recipe_leaves_logging_configuration_to_the_application(
+    backbone_dir, korean_squad_file, tmp_path, monkeypatch
+):
     import logging
 
     calls = []
@@ -332,8 +368,16 @@ def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
 
 
 def test_checkpoint_rotation_keeps_the_newest(backbone_dir, korean_squad_file, tmp_path):
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=6, save_strategy="steps",
-                  save_steps=1, save_total_limit=2, per_device_train_batch_size=2)
+    cfg = _config(
+        backbone_dir,
+        korean_squad_file,
+        tmp_path / "run",
+        max_train_steps=6,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=2,
+        per_device_train_batch_size=2,
+    )
     QATrainingRecipe(cfg).setup().train()
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["checkpoint-5", "checkpoint-6"]
@@ -342,8 +386,14 @@ def test_checkpoint_rotation_keeps_the_newest(backbone_dir, korean_squad_file, t
 
 def test_non_finite_loss_stops_the_run_with_the_step(backbone_dir, korean_squad_file, tmp_path):
     # The guard is read only at logging steps (no per-step sync), yet names the step that went bad.
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=5,
-                  per_device_train_batch_size=2, logging_steps=5)
+    cfg = _config(
+        backbone_dir,
+        korean_squad_file,
+        tmp_path / "run",
+        max_train_steps=5,
+        per_device_train_batch_size=2,
+        logging_steps=5,
+    )
     recipe = QATrainingRecipe(cfg).setup()
     original_forward = recipe.model.forward
     calls = {"n": 0}
@@ -367,8 +417,17 @@ def test_wandb_tracking_needs_no_network(backbone_dir, korean_squad_file, tmp_pa
     monkeypatch.setenv("WANDB_MODE", mode)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=2, report_to="wandb",
-                  per_device_train_batch_size=2, eval_strategy="steps", eval_steps=2, run_name="t")
+    cfg = _config(
+        backbone_dir,
+        korean_squad_file,
+        tmp_path / "run",
+        max_train_steps=2,
+        report_to="wandb",
+        per_device_train_batch_size=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        run_name="t",
+    )
     result = QATrainingRecipe(cfg).setup().train()
     assert result.global_step == 2
     assert os.environ["WANDB_MODE"] == mode  # the user's choice is never overridden
@@ -425,8 +484,9 @@ def test_only_a_user_without_any_credentials_is_switched_to_offline(tmp_path, mo
     assert os.environ["WANDB_MODE"] == "disabled"
 
 
-def test_mixed_precision_unset_follows_accelerate_and_explicit_values_win(backbone_dir, korean_squad_file, tmp_path,
-                                                                          monkeypatch):
+def test_mixed_precision_unset_follows_accelerate_and_explicit_values_win(
+    backbone_dir, korean_squad_file, tmp_path, monkeypatch
+):
     """`accelerate config` / `accelerate launch --mixed_precision` reach the recipe through the environment."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     unset = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "a", mixed_precision=None)).setup()
@@ -451,8 +511,9 @@ def test_auto_mixed_precision_is_bf16_where_supported_else_fp16_on_cuda(monkeypa
     assert resolve_mixed_precision("fp16") == "fp16"
 
 
-def test_evaluate_model_follows_accelerates_mixed_precision_when_unset(trained_model_dir, korean_squad_file,
-                                                                       monkeypatch):
+def test_evaluate_model_follows_accelerates_mixed_precision_when_unset(
+    trained_model_dir, korean_squad_file, monkeypatch
+):
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     from kqa.training.evaluation import evaluate_model
@@ -475,8 +536,9 @@ def test_without_evaluation_the_final_model_is_saved_loadable(backbone_dir, kore
     from kqa.inference import QuestionAnswerer
     from kqa.training.evaluation import evaluate_model
 
-    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=3, eval_strategy="no",
-                  save_strategy="no")
+    cfg = _config(
+        backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=3, eval_strategy="no", save_strategy="no"
+    )
     recipe = QATrainingRecipe(cfg).setup()
     recipe.train()
     final = tmp_path / "run" / "final"
@@ -486,7 +548,7 @@ def test_without_evaluation_the_final_model_is_saved_loadable(backbone_dir, kore
         assert torch.equal(saved.model.state_dict()[key], value), key
     assert saved.settings == recipe.settings
     answer = saved("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이다.")
-    assert answer.text and "대한민국의 수도는 서울이다."[answer.start:answer.end] == answer.text
+    assert answer.text and "대한민국의 수도는 서울이다."[answer.start : answer.end] == answer.text
     assert evaluate_model(final, korean_squad_file, disable_tqdm=True).result.total == 6
 
 
@@ -563,18 +625,43 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def _json_tail(stdout: str) -> dict:
-    return json.loads(stdout[stdout.index("{"):])
+    return json.loads(stdout[stdout.index("{") :])
 
 
 def test_two_cpu_processes_give_the_same_metrics_as_one(trained_model_dir, korean_squad_file, tmp_path):
     # 6 questions, batch 4 per process: the last batch is ragged, so gather_for_metrics must drop
     # the padding duplicates for the scores to match.
-    base = [str(ROOT / "evaluate.py"), "--model", str(trained_model_dir), "--data_file", str(korean_squad_file),
-            "--per_device_eval_batch_size", "4", "--disable_tqdm"]
+    base = [
+        str(ROOT / "evaluate.py"),
+        "--model",
+        str(trained_model_dir),
+        "--data_file",
+        str(korean_squad_file),
+        "--per_device_eval_batch_size",
+        "4",
+        "--disable_tqdm",
+    ]
     one = _json_tail(_run([sys.executable, *base], tmp_path))
-    two = _json_tail(_run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *base],
-                          tmp_path))
+    two = _json_tail(
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                "2",
+                "--cpu",
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                *base,
+            ],
+            tmp_path,
+        )
+    )
     assert one["total"] == two["total"] == 6
     assert two["exact_match"] == pytest.approx(one["exact_match"])
     assert two["f1"] == pytest.approx(one["f1"])
@@ -582,27 +669,68 @@ def test_two_cpu_processes_give_the_same_metrics_as_one(trained_model_dir, korea
 
 def test_train_py_runs_under_accelerate_launch_with_two_processes(backbone_dir, korean_squad_file, tmp_path):
     out = tmp_path / "ddp"
-    stdout = _run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(ROOT / "train.py"), "--model_name_or_path", str(backbone_dir),
-                   "--train_files", str(korean_squad_file), "--validation_files", f"ko={korean_squad_file}",
-                   "--dataset_name", "none", "--max_seq_length", "64", "--doc_stride", "16",
-                   "--max_query_length", "16", "--per_device_train_batch_size", "2", "--max_train_steps", "3",
-                   "--eval_strategy", "steps", "--eval_steps", "3", "--save_strategy", "steps", "--save_steps", "3",
-                   "--output_dir", str(out), "--disable_tqdm", "--mixed_precision", "no"], tmp_path)
+    stdout = _run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(ROOT / "train.py"),
+            "--model_name_or_path",
+            str(backbone_dir),
+            "--train_files",
+            str(korean_squad_file),
+            "--validation_files",
+            f"ko={korean_squad_file}",
+            "--dataset_name",
+            "none",
+            "--max_seq_length",
+            "64",
+            "--doc_stride",
+            "16",
+            "--max_query_length",
+            "16",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_train_steps",
+            "3",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "3",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "3",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "--mixed_precision",
+            "no",
+        ],
+        tmp_path,
+    )
     summary = _json_tail(stdout)
     assert summary["global_step"] == 3
     assert (out / "best" / "model.safetensors").is_file()
     assert find_latest_checkpoint(out / "checkpoints").name == "checkpoint-3"
 
 
-REMOTE_CONFIG = '''from transformers import BertConfig
+REMOTE_CONFIG = """from transformers import BertConfig
 
 
 class RemoteBertConfig(BertConfig):
     model_type = "kqa-remote-bert"
-'''
-REMOTE_MODEL = '''from transformers import BertModel
+"""
+REMOTE_MODEL = """from transformers import BertModel
 
 from .configuration_remote import RemoteBertConfig
 
@@ -612,11 +740,10 @@ class RemoteBertModel(BertModel):
 
     def __init__(self, config, add_pooling_layer=False):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
-'''
+"""
 
 
-def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_tokenizer, korean_squad_file,
-                                                                          tmp_path):
+def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_tokenizer, korean_squad_file, tmp_path):
     """`trust_remote_code` reaches every loader: training, evaluate_model, QuestionAnswerer, and training
     on from a saved kqa model. Without it each refuses to run the code."""
     from kqa.inference import QuestionAnswerer
@@ -627,8 +754,14 @@ def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_
     (backbone / "configuration_remote.py").write_text(REMOTE_CONFIG)
     (backbone / "modeling_remote.py").write_text(REMOTE_MODEL)
     config = json.loads((backbone / "config.json").read_text())
-    config.update(model_type="kqa-remote-bert", architectures=["RemoteBertModel"], auto_map={
-        "AutoConfig": "configuration_remote.RemoteBertConfig", "AutoModel": "modeling_remote.RemoteBertModel"})
+    config.update(
+        model_type="kqa-remote-bert",
+        architectures=["RemoteBertModel"],
+        auto_map={
+            "AutoConfig": "configuration_remote.RemoteBertConfig",
+            "AutoModel": "modeling_remote.RemoteBertModel",
+        },
+    )
     (backbone / "config.json").write_text(json.dumps(config))
 
     def reset():
@@ -638,8 +771,15 @@ def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_
         GradientState._reset_state()
         PartialState._reset_state()
 
-    cfg = _config(backbone, korean_squad_file, tmp_path / "run", max_train_steps=2, eval_strategy="steps",
-                  eval_steps=2, trust_remote_code=True)
+    cfg = _config(
+        backbone,
+        korean_squad_file,
+        tmp_path / "run",
+        max_train_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        trust_remote_code=True,
+    )
     recipe = QATrainingRecipe(cfg).setup()
     assert type(recipe.accelerator.unwrap_model(recipe.model).backbone).__name__ == "RemoteBertModel"
     logged = recipe.train().final_metrics
@@ -651,8 +791,9 @@ def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_
     assert type(qa.model.backbone).__name__ == "RemoteBertModel"
     assert qa("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이다.").start >= 0
     reset()
-    again = QATrainingRecipe(dataclasses.replace(cfg, model_name_or_path=str(best),
-                                                 output_dir=str(tmp_path / "again"))).setup()
+    again = QATrainingRecipe(
+        dataclasses.replace(cfg, model_name_or_path=str(best), output_dir=str(tmp_path / "again"))
+    ).setup()
     for key, value in _weights(again).items():
         assert torch.equal(qa.model.state_dict()[key], value), key
     reset()
@@ -680,8 +821,9 @@ def test_attention_dropout_auto_trains_on_the_fused_cpu_kernel(dropout_backbone_
     fused = "aten::_scaled_dot_product_flash_attention_for_cpu"
     runs = {}
     for setting in ("auto", "model", "0.05"):
-        recipe = QATrainingRecipe(_config(dropout_backbone_dir, korean_squad_file, tmp_path / setting,
-                                          attention_dropout=setting)).setup()
+        recipe = QATrainingRecipe(
+            _config(dropout_backbone_dir, korean_squad_file, tmp_path / setting, attention_dropout=setting)
+        ).setup()
         runs[setting] = recipe
     assert TrainConfig(train_files=["x.json"]).attention_dropout == "auto"
     assert runs["auto"].model.config.attention_probs_dropout_prob == 0.0
@@ -730,15 +872,25 @@ def test_layer_lr_decay_scales_each_layer_from_the_head_down():
     from kqa.modeling import QuestionAnsweringModel
     from kqa.training.optim import build_optimizer, layer_depth
 
-    config = tiny_bert_config(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                              intermediate_size=32, max_position_embeddings=32)
+    config = tiny_bert_config(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     model = QuestionAnsweringModel.from_config(config)
-    optimizer = build_optimizer(model, TrainConfig(train_files=["x"], learning_rate=1.0, layer_lr_decay=0.5,
-                                                   weight_decay=0.1))
+    optimizer = build_optimizer(
+        model, TrainConfig(train_files=["x"], learning_rate=1.0, layer_lr_decay=0.5, weight_decay=0.1)
+    )
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
-    expected_depth = {"qa_outputs.weight": 4, "bert.encoder.layer.2.output.dense.weight": 3,
-                      "bert.encoder.layer.0.attention.self.query.weight": 1,
-                      "bert.embeddings.word_embeddings.weight": 0}
+    expected_depth = {
+        "qa_outputs.weight": 4,
+        "bert.encoder.layer.2.output.dense.weight": 3,
+        "bert.encoder.layer.0.attention.self.query.weight": 1,
+        "bert.embeddings.word_embeddings.weight": 0,
+    }
     named = dict(model.named_parameters())
     for name, depth in expected_depth.items():
         assert layer_depth(name, 3) == depth
@@ -752,7 +904,7 @@ def test_layer_lr_decay_scales_each_layer_from_the_head_down():
     optimizer.step()
     scheduler.step()
     rates = sorted({g["lr"] for g in optimizer.param_groups})
-    assert rates == pytest.approx([0.9 * 0.5 ** k for k in (4, 3, 2, 1, 0)])
+    assert rates == pytest.approx([0.9 * 0.5**k for k in (4, 3, 2, 1, 0)])
     # 1.0 (the default) is the plain two-group AdamW.
     plain = build_optimizer(model, TrainConfig(train_files=["x"], learning_rate=1.0))
     assert [g["lr"] for g in plain.param_groups] == [1.0, 1.0]

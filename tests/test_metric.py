@@ -28,6 +28,7 @@ from kqa.metric import (
 # official script does), used as the reference on random strings.
 # --------------------------------------------------------------------------------------------------
 
+
 def official_normalize_answer(s):
     def remove_(text):
         for pattern in ["'", '"', "《", "》", "<", ">", "〈", "〉", r"\(", r"\)", "‘", "’"]:
@@ -97,6 +98,7 @@ def random_text(rng: random.Random) -> str:
 # Normalisation, rule by rule
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ch", list("'\"《》<>〈〉()‘’"))
 def test_each_official_quote_and_bracket_becomes_a_space(ch):
     # A space, not a deletion: the two words stay apart.
@@ -132,6 +134,7 @@ def test_order_of_rules_quote_replaced_before_punctuation_removed():
 # --------------------------------------------------------------------------------------------------
 # EM and F1
 # --------------------------------------------------------------------------------------------------
+
 
 def test_character_f1_versus_word_f1_on_korean():
     # pred 서울 (2 chars) vs gold 서울특별시 (5 chars): 2 common; P = 2/2 = 1, R = 2/5.
@@ -192,11 +195,11 @@ EXAMPLES = [
 
 def test_totals_are_percent_over_every_gold_question(caplog):
     predictions = {
-        "q1": "서울",          # EM 1, F1 1
-        "q2": "부산",          # best over golds: EM 1 (second answer), F1 1
-        "q3": "1446",          # EM 0; chars 1 4 4 6 vs 1 4 4 6 년: P 1, R 4/5 → F1 8/9
+        "q1": "서울",  # EM 1, F1 1
+        "q2": "부산",  # best over golds: EM 1 (second answer), F1 1
+        "q3": "1446",  # EM 0; chars 1 4 4 6 vs 1 4 4 6 년: P 1, R 4/5 → F1 8/9
         # q4 unanswered: 0 and counted
-        "zz": "모름",           # not in the gold set: ignored, counted
+        "zz": "모름",  # not in the gold set: ignored, counted
     }
     with caplog.at_level(logging.WARNING, logger="kqa.metric"):
         result = score_predictions(EXAMPLES, predictions)
@@ -220,8 +223,10 @@ def test_multi_answer_takes_the_best_per_metric_separately():
 
 
 def test_impossible_questions_score_only_an_empty_prediction():
-    examples = [{"id": "i1", "answers": {"text": [], "answer_start": []}},
-                {"id": "i2", "answers": {"text": [], "answer_start": []}}]
+    examples = [
+        {"id": "i1", "answers": {"text": [], "answer_start": []}},
+        {"id": "i2", "answers": {"text": [], "answer_start": []}},
+    ]
     result = score_predictions(examples, {"i1": " ( ) ", "i2": "서울"})  # " ( ) " normalises to ""
     assert (result.exact_match, result.f1, result.impossible) == (50.0, 50.0, 2)
 
@@ -249,23 +254,42 @@ def test_bad_predictions_and_examples_are_reported():
 # The official file layout
 # --------------------------------------------------------------------------------------------------
 
+
 def official_layout() -> dict:
     return {
         "version": "KorQuAD_v1.0",
         "data": [
-            {"title": "한국", "paragraphs": [
-                {"context": "대한민국의 수도는 서울이다.", "qas": [
-                    {"id": "a1", "question": "수도는?", "answers": [{"text": "서울", "answer_start": 10}]},
-                    {"id": "a2", "question": "나라는?", "answers": [{"text": "대한민국", "answer_start": 0}]},
-                ]},
-            ]},
-            {"title": "세종", "paragraphs": [
-                {"context": "세종대왕은 훈민정음을 창제하였다.", "qas": [
-                    {"id": "b1", "question": "누가?", "answers": [{"text": "세종대왕", "answer_start": 0},
-                                                              {"text": "세종", "answer_start": 0}]},
-                    {"id": "b2", "question": "무엇을?", "answers": [{"text": "훈민정음", "answer_start": 6}]},
-                ]},
-            ]},
+            {
+                "title": "한국",
+                "paragraphs": [
+                    {
+                        "context": "대한민국의 수도는 서울이다.",
+                        "qas": [
+                            {"id": "a1", "question": "수도는?", "answers": [{"text": "서울", "answer_start": 10}]},
+                            {"id": "a2", "question": "나라는?", "answers": [{"text": "대한민국", "answer_start": 0}]},
+                        ],
+                    },
+                ],
+            },
+            {
+                "title": "세종",
+                "paragraphs": [
+                    {
+                        "context": "세종대왕은 훈민정음을 창제하였다.",
+                        "qas": [
+                            {
+                                "id": "b1",
+                                "question": "누가?",
+                                "answers": [
+                                    {"text": "세종대왕", "answer_start": 0},
+                                    {"text": "세종", "answer_start": 0},
+                                ],
+                            },
+                            {"id": "b2", "question": "무엇을?", "answers": [{"text": "훈민정음", "answer_start": 6}]},
+                        ],
+                    },
+                ],
+            },
         ],
     }
 
@@ -357,6 +381,7 @@ def test_evaluate_files_on_shared_korquad_dev(data_dir, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Bad bytes, byte-order marks and malformed predictions
 # --------------------------------------------------------------------------------------------------
+
 
 def _write_pair(tmp_path, gold: bytes | None = None, predictions: bytes | None = None):
     gold_file, pred_file = tmp_path / "gold.json", tmp_path / "pred.json"

@@ -34,7 +34,7 @@ def _batch(vocab_size: int, batch_size: int = 3, seq_len: int = 11, *, token_typ
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if token_types:
         token_type_ids = torch.zeros_like(input_ids)
-        token_type_ids[:, seq_len // 2:] = 1
+        token_type_ids[:, seq_len // 2 :] = 1
         batch["token_type_ids"] = token_type_ids
     return batch
 
@@ -110,8 +110,9 @@ def test_bad_labels_raise_clear_errors(model, tiny_config):
 
 def test_gradients_reach_every_encoder_weight_and_the_head(model, tiny_config):
     model.train()
-    out = model(**_batch(tiny_config.vocab_size), start_positions=torch.tensor([1, 4, 6]),
-                end_positions=torch.tensor([2, 5, 9]))
+    out = model(
+        **_batch(tiny_config.vocab_size), start_positions=torch.tensor([1, 4, 6]), end_positions=torch.tensor([2, 5, 9])
+    )
     out.loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, f"no gradient for {name}"
@@ -292,8 +293,9 @@ class MLPSpanModel(QuestionAnsweringModel):
     def __init__(self, backbone, **kwargs):
         super().__init__(backbone, **kwargs)
         hidden = self.config.hidden_size
-        self.qa_outputs = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.GELU(),
-                                              torch.nn.Linear(hidden, 2))
+        self.qa_outputs = torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 2)
+        )
 
 
 def test_a_subclass_with_another_head_round_trips_without_claiming_a_transformers_class(tiny_config, tmp_path):
@@ -323,7 +325,9 @@ def test_from_backbone_loads_the_encoder_and_makes_a_fresh_head(tiny_config, tmp
     second = QuestionAnsweringModel.from_backbone(tmp_path / "encoder")
     for model in (first, second):
         assert torch.equal(model.bert.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
-        assert torch.equal(model.bert.encoder.layer[1].output.dense.weight, encoder.encoder.layer[1].output.dense.weight)
+        assert torch.equal(
+            model.bert.encoder.layer[1].output.dense.weight, encoder.encoder.layer[1].output.dense.weight
+        )
         assert model.bert.pooler is None
         assert torch.count_nonzero(model.qa_outputs.bias) == 0
     assert not torch.equal(first.qa_outputs.weight, second.qa_outputs.weight)  # the head is new each time
@@ -333,8 +337,10 @@ def test_from_backbone_on_a_qa_checkpoint_keeps_the_encoder_and_replaces_the_hea
     model.save_pretrained(tmp_path / "m")
     torch.manual_seed(9)
     restarted = QuestionAnsweringModel.from_backbone(tmp_path / "m")
-    assert torch.equal(restarted.bert.encoder.layer[0].attention.self.query.weight,
-                       model.bert.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(
+        restarted.bert.encoder.layer[0].attention.self.query.weight,
+        model.bert.encoder.layer[0].attention.self.query.weight,
+    )
     assert not torch.equal(restarted.qa_outputs.weight, model.qa_outputs.weight)
 
 
@@ -346,8 +352,7 @@ def test_from_backbone_config_overrides_and_dtype(tiny_config, tmp_path):
     model = QuestionAnsweringModel.from_backbone(tmp_path / "bf16", hidden_dropout_prob=0.25)
     assert model.config.hidden_dropout_prob == 0.25
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # float32 master weights
-    assert torch.equal(model.bert.embeddings.word_embeddings.weight,
-                       encoder.embeddings.word_embeddings.weight.float())
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight.float())
     with pytest.raises(ValueError, match="hidden_dropout_rate"):
         QuestionAnsweringModel.from_backbone(tmp_path / "bf16", hidden_dropout_rate=0.1)
 
@@ -358,24 +363,49 @@ def test_from_backbone_config_overrides_and_dtype(tiny_config, tmp_path):
 def _roberta_config():
     from transformers import RobertaConfig
 
-    return RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
-                         bos_token_id=0, eos_token_id=2)
+    return RobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
 
 
 def _xlmr_config():
     from transformers import XLMRobertaConfig
 
-    return XLMRobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
-                            bos_token_id=0, eos_token_id=2)
+    return XLMRobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
 
 
 def _electra_config():
     from transformers import ElectraConfig
 
-    return ElectraConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=40)
+    return ElectraConfig(
+        vocab_size=100,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
 
 
 def _distilbert_config():
@@ -450,9 +480,11 @@ def test_saved_directory_is_a_working_transformers_qa_model(model, tiny_tokenize
     torch.testing.assert_close(theirs.end_logits, ours.end_logits, atol=1e-5, rtol=0)
 
     context_tokens = [i for i, s in enumerate(encoding.sequence_ids(0)) if s == 1]
-    start, end = max(((s, e) for s in context_tokens for e in context_tokens if s <= e < s + 10),
-                     key=lambda se: theirs.start_logits[0, se[0]] + theirs.end_logits[0, se[1]])
-    answer = example["context"][offsets[start][0]:offsets[end][1]]
+    start, end = max(
+        ((s, e) for s in context_tokens for e in context_tokens if s <= e < s + 10),
+        key=lambda se: theirs.start_logits[0, se[0]] + theirs.end_logits[0, se[1]],
+    )
+    answer = example["context"][offsets[start][0] : offsets[end][1]]
     assert answer and answer in example["context"]
 
 
@@ -467,7 +499,7 @@ def test_saved_directory_runs_in_the_transformers_pipeline(model, tiny_tokenizer
     example = korean_examples[0]
     result = qa(question=example["question"], context=example["context"])
     assert result["answer"] and result["answer"] in example["context"]
-    assert example["context"][result["start"]:result["end"]] == result["answer"]
+    assert example["context"][result["start"] : result["end"]] == result["answer"]
 
 
 def test_a_transformers_qa_checkpoint_loads_in_kqa(tiny_config, tmp_path):
@@ -535,8 +567,9 @@ def test_span_loss_does_not_depend_on_padding(model, tiny_config):
     unmasked = span_cross_entropy(padded.start_logits, padded.end_logits, starts, ends)
     assert unmasked > padded.loss  # the padding positions took probability mass
     # The mask never hides a label: a padded row's loss is over its real positions only.
-    row = span_cross_entropy(padded.start_logits[1:2], padded.end_logits[1:2], starts[1:2], ends[1:2],
-                             padded_mask[1:2])
-    expected = (torch.nn.functional.cross_entropy(short.start_logits[1:2, :7], starts[1:2])
-                + torch.nn.functional.cross_entropy(short.end_logits[1:2, :7], ends[1:2])) / 2
+    row = span_cross_entropy(padded.start_logits[1:2], padded.end_logits[1:2], starts[1:2], ends[1:2], padded_mask[1:2])
+    expected = (
+        torch.nn.functional.cross_entropy(short.start_logits[1:2, :7], starts[1:2])
+        + torch.nn.functional.cross_entropy(short.end_logits[1:2, :7], ends[1:2])
+    ) / 2
     torch.testing.assert_close(row, expected, rtol=1e-4, atol=1e-5)

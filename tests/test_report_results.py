@@ -17,8 +17,7 @@ from kqa.testing import KOREAN_EXAMPLES, korean_squad_json, tiny_bert_config
 ROOT = Path(__file__).resolve().parent.parent
 # matplotlib's default colour cycle, C0..C3.
 DEFAULT_CYCLE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-FIGURE_FILES = ["learning_curves.png", "f1_by_context_length.png", "f1_by_answer_type.png",
-                "gold_answer_positions.png"]
+FIGURE_FILES = ["learning_curves.png", "f1_by_context_length.png", "f1_by_answer_type.png", "gold_answer_positions.png"]
 
 
 def _load_report_module():
@@ -33,29 +32,49 @@ report = _load_report_module()
 
 def _example(qid: str, context: str, answer: str, start: int | None = None) -> dict:
     start = context.index(answer) if start is None else start
-    return {"id": qid, "title": qid, "context": context, "question": "무엇인가?",
-            "answers": {"text": [answer], "answer_start": [start]}, "is_impossible": False}
+    return {
+        "id": qid,
+        "title": qid,
+        "context": context,
+        "question": "무엇인가?",
+        "answers": {"text": [answer], "answer_start": [start]},
+        "is_impossible": False,
+    }
 
 
 # ---- groups on hand-made data ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chars, bucket", [(0, "0-199"), (199, "0-199"), (200, "200-399"), (599, "400-599"),
-                                           (600, "600-999"), (1999, "1000-1999"), (2000, "2000+"), (9000, "2000+")])
+@pytest.mark.parametrize(
+    "chars, bucket",
+    [
+        (0, "0-199"),
+        (199, "0-199"),
+        (200, "200-399"),
+        (599, "400-599"),
+        (600, "600-999"),
+        (1999, "1000-1999"),
+        (2000, "2000+"),
+        (9000, "2000+"),
+    ],
+)
 def test_context_length_buckets(chars, bucket):
     assert report.context_bucket_labels() == ["0-199", "200-399", "400-599", "600-999", "1000-1999", "2000+"]
     assert report.context_bucket(chars) == bucket
 
 
-@pytest.mark.parametrize("golds, types", [
-    (["서울"], ["other short"]),
-    (["1446년"], ["number/date"]),
-    (["서울", "2015"], ["number/date"]),  # any gold answer with a digit
-    (["가" * 14], ["other short"]),
-    (["가" * 15], ["long"]),
-    (["서울", "가" * 15], ["long"]),  # the longest gold answer decides
-    (["1948년 8월 15일 대한민국 정부 수립"], ["number/date", "long"]),
-])
+@pytest.mark.parametrize(
+    "golds, types",
+    [
+        (["서울"], ["other short"]),
+        (["1446년"], ["number/date"]),
+        (["서울", "2015"], ["number/date"]),  # any gold answer with a digit
+        (["가" * 14], ["other short"]),
+        (["가" * 15], ["long"]),
+        (["서울", "가" * 15], ["long"]),  # the longest gold answer decides
+        (["1948년 8월 15일 대한민국 정부 수립"], ["number/date", "long"]),
+    ],
+)
 def test_answer_types(golds, types):
     assert report.answer_types(golds) == types
 
@@ -64,7 +83,9 @@ def test_question_scores_and_group_means_on_known_data():
     examples = [
         _example("a", "가" * 50 + "서울", "서울"),  # 52 chars, other short, exact: 100
         _example("b", "나" * 250 + "1446년", "1446년"),  # 255 chars, number/date, half right
-        _example("c", "다" * 300 + "훈민정음은 오늘날 한글이라 불린다", "훈민정음은 오늘날 한글이라 불린다"),  # long, no answer
+        _example(
+            "c", "다" * 300 + "훈민정음은 오늘날 한글이라 불린다", "훈민정음은 오늘날 한글이라 불린다"
+        ),  # long, no answer
         _example("d", "라" * 2500 + "부산", "부산"),  # 2502 chars, other short, wrong
     ]
     predictions = {"a": "서울", "b": "1446", "d": "서울"}
@@ -74,9 +95,11 @@ def test_question_scores_and_group_means_on_known_data():
     assert f1["b"] == pytest.approx(100 * 2 * 0.8 * 1.0 / 1.8)  # 4 of 5 gold characters, all predicted ones right
 
     by_type = report.mean_by_group(rows, lambda row: row["answer_types"], report.ANSWER_TYPES)
-    assert by_type == {"number/date": {"mean": pytest.approx(f1["b"]), "count": 1},
-                       "long": {"mean": 0.0, "count": 1},
-                       "other short": {"mean": 50.0, "count": 2}}
+    assert by_type == {
+        "number/date": {"mean": pytest.approx(f1["b"]), "count": 1},
+        "long": {"mean": 0.0, "count": 1},
+        "other short": {"mean": 50.0, "count": 2},
+    }
     buckets = report.context_bucket_labels()
     by_length = report.mean_by_group(rows, lambda row: [report.context_bucket(row["context_chars"])], buckets)
     assert list(by_length) == ["0-199", "200-399", "2000+"]  # empty buckets are left out, order kept
@@ -100,8 +123,9 @@ def _png(path: Path):
 
 
 def test_answer_positions_figure_names_lost_answers(tmp_path):
-    drawn = report.plot_answer_positions({"dev": [10, 12, 40], "other": [5]}, {"dev": 2, "other": 0}, 64,
-                                         tmp_path / "positions.png")
+    drawn = report.plot_answer_positions(
+        {"dev": [10, 12, 40], "other": [5]}, {"dev": 2, "other": 0}, 64, tmp_path / "positions.png"
+    )
     assert drawn == {"dev": [10, 12, 40], "other": [5]}
     image = _png(tmp_path / "positions.png")
     assert json.loads(image.text["series"]) == {"dev": 3, "other": 1}
@@ -146,12 +170,30 @@ def finished_run(tmp_path_factory, tiny_tokenizer) -> Path:
     BertModel(tiny_bert_config(len(tiny_tokenizer)), add_pooling_layer=False).save_pretrained(root / "backbone")
     tiny_tokenizer.save_pretrained(root / "backbone")
     config = TrainConfig.from_flat(
-        model_name_or_path=str(root / "backbone"), train_files=[str(short_file)], dataset_name=None,
-        validation_files=[f"ko={short_file}", f"long={long_file}"], max_seq_length=64, doc_stride=16,
-        max_query_length=16, max_answer_length=10, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-        learning_rate=3e-3, warmup_ratio=0.0, max_train_steps=4, eval_strategy="steps", eval_steps=2,
-        eval_before_training=True, save_strategy="no", logging_steps=1, mixed_precision="no",
-        output_dir=str(root / "run"), disable_tqdm=True, report_to="none", seed=13)
+        model_name_or_path=str(root / "backbone"),
+        train_files=[str(short_file)],
+        dataset_name=None,
+        validation_files=[f"ko={short_file}", f"long={long_file}"],
+        max_seq_length=64,
+        doc_stride=16,
+        max_query_length=16,
+        max_answer_length=10,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        max_train_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        eval_before_training=True,
+        save_strategy="no",
+        logging_steps=1,
+        mixed_precision="no",
+        output_dir=str(root / "run"),
+        disable_tqdm=True,
+        report_to="none",
+        seed=13,
+    )
     try:
         QATrainingRecipe(config).setup().train()
     finally:
@@ -173,7 +215,7 @@ DRAWN_LINE, DRAWN_SERIES = 300, 1500
 
 def _colour_pixels(image, hex_colour: str, tolerance: int = 8) -> int:
     pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
-    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
     return int(np.sum(np.abs(pixels - rgb).max(axis=-1) <= tolerance))
 
 
@@ -212,8 +254,9 @@ def test_f1_group_figures_have_one_series_per_validation_set(finished_run, name)
     assert list(series) == ["ko", "long"]
     # ko: 6 short contexts, answers 17세기 and 1446년 hold digits; long: 3 + 1 contexts of 200-399
     # characters, the lost answer (a whole sentence with 1443년) is long and a date.
-    expected_points = {"f1_by_context_length.png": {"ko": 1, "long": 1},
-                       "f1_by_answer_type.png": {"ko": 2, "long": 3}}[name]
+    expected_points = {"f1_by_context_length.png": {"ko": 1, "long": 1}, "f1_by_answer_type.png": {"ko": 2, "long": 3}}[
+        name
+    ]
     assert series == expected_points
     for colour in DEFAULT_CYCLE[1:3]:
         assert _colour_pixels(image, colour) > DRAWN_SERIES, colour

@@ -84,10 +84,15 @@ def test_folder_of_text_jsonl_and_squad_files(tmp_path):
     _write(root / "a.txt", "서울은 대한민국의 수도이다.\n")
     _write(root / "sub" / "b.md", "# 부산\n\n부산은 항구 도시이다.")
     _write(root / "sub" / "deeper" / "c.TXT", "세종대왕은 훈민정음을 창제하였다.")
-    _write(root / "docs.jsonl", _jsonl({"id": "x1", "title": "제목", "text": "첫 번째 기록"},
-                                      "",  # blank lines are allowed
-                                      {"text": "아이디 없는 기록"},
-                                      {"id": 7, "text": "정수 아이디"}))
+    _write(
+        root / "docs.jsonl",
+        _jsonl(
+            {"id": "x1", "title": "제목", "text": "첫 번째 기록"},
+            "",  # blank lines are allowed
+            {"text": "아이디 없는 기록"},
+            {"id": 7, "text": "정수 아이디"},
+        ),
+    )
     _write(root / "squad.json", json.dumps(korean_squad_json(), ensure_ascii=False))
     documents, report = load_corpus(root)
 
@@ -114,9 +119,19 @@ def test_folder_of_text_jsonl_and_squad_files(tmp_path):
 
 def test_squad_repeated_contexts_are_indexed_once_across_files(tmp_path):
     context, other = "같은 문맥이 두 번 나온다.", "다른 문맥이다."
-    squad = {"data": [{"title": "T", "paragraphs": [{"context": context, "qas": []}, {"context": other, "qas": []},
-                                                    {"context": context, "qas": []}]},
-                      {"title": "U", "paragraphs": [{"context": context, "qas": []}]}]}
+    squad = {
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {"context": context, "qas": []},
+                    {"context": other, "qas": []},
+                    {"context": context, "qas": []},
+                ],
+            },
+            {"title": "U", "paragraphs": [{"context": context, "qas": []}]},
+        ]
+    }
     _write(tmp_path / "one.json", json.dumps(squad, ensure_ascii=False))
     _write(tmp_path / "two.json", json.dumps({"data": [{"paragraphs": [{"context": other}]}]}, ensure_ascii=False))
     documents, report = load_corpus([tmp_path / "one.json", tmp_path / "two.json"])
@@ -125,15 +140,18 @@ def test_squad_repeated_contexts_are_indexed_once_across_files(tmp_path):
     assert "3 repeated SQuAD contexts" in report.summary()
 
 
-@pytest.mark.parametrize("name, content, reason", [
-    ("binary.txt", b"abc\x00def", "binary"),
-    ("cp949.txt", "서울은 수도이다".encode("cp949"), "not UTF-8"),
-    ("big.txt", "가" * 100, "too large"),
-    ("empty.txt", " \n\t\n", "empty"),
-    ("empty.jsonl", "", "empty"),
-    ("empty.json", "\n", "empty"),
-    ("paper.pdf", b"%PDF-1.4", "unsupported suffix"),
-])
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("binary.txt", b"abc\x00def", "binary"),
+        ("cp949.txt", "서울은 수도이다".encode("cp949"), "not UTF-8"),
+        ("big.txt", "가" * 100, "too large"),
+        ("empty.txt", " \n\t\n", "empty"),
+        ("empty.jsonl", "", "empty"),
+        ("empty.json", "\n", "empty"),
+        ("paper.pdf", b"%PDF-1.4", "unsupported suffix"),
+    ],
+)
 def test_files_that_cannot_be_documents_are_skipped_with_their_reason(tmp_path, name, content, reason):
     root = tmp_path / "corpus"
     _write(root / "good.txt", "좋은 문서")
@@ -189,16 +207,19 @@ def test_an_empty_corpus_is_an_error(tmp_path):
         load_corpus(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("lines, where, message", [
-    ([{"text": "좋음"}, '{"text": "깨진', {"text": "좋음"}], 2, "not valid JSON"),
-    ([{"text": "좋음"}, {"id": "b", "title": "제목"}], 2, "missing field 'text'"),
-    (['["text", "배열"]'], 1, "expected an object"),
-    (['"그냥 문자열"'], 1, "expected an object"),
-    ([{"text": "좋음"}, {"text": "좋음"}, '{"text": "a\\ud800b"}'], 3, "lone surrogate"),
-    ([{"id": "x", "text": 5}], 1, "expected a string"),
-    ([{"id": "", "text": "본문"}], 1, "'id' is empty"),
-    ([{"id": 1.5, "text": "본문"}], 1, "'id'"),
-])
+@pytest.mark.parametrize(
+    "lines, where, message",
+    [
+        ([{"text": "좋음"}, '{"text": "깨진', {"text": "좋음"}], 2, "not valid JSON"),
+        ([{"text": "좋음"}, {"id": "b", "title": "제목"}], 2, "missing field 'text'"),
+        (['["text", "배열"]'], 1, "expected an object"),
+        (['"그냥 문자열"'], 1, "expected an object"),
+        ([{"text": "좋음"}, {"text": "좋음"}, '{"text": "a\\ud800b"}'], 3, "lone surrogate"),
+        ([{"id": "x", "text": 5}], 1, "expected a string"),
+        ([{"id": "", "text": "본문"}], 1, "'id' is empty"),
+        ([{"id": 1.5, "text": "본문"}], 1, "'id'"),
+    ],
+)
 def test_wrong_jsonl_records_are_errors_naming_file_and_line(tmp_path, lines, where, message):
     path = _write(tmp_path / "docs.jsonl", _jsonl(*lines))
     with pytest.raises(CorpusError, match=rf"docs\.jsonl:{where}: .*{message}"):
@@ -224,8 +245,10 @@ def test_blank_records_are_skipped_and_a_blank_corpus_cannot_be_indexed(tmp_path
     _write(tmp_path / "b.jsonl", _jsonl({"id": "b", "text": "\t"}))
     documents, report = load_corpus(tmp_path)
     assert [d.id for d in documents] == ["a.json/0/1"]
-    assert [(Path(s.split(":")[0]).name, r.split(":")[0]) for s, r in report.skipped] == [("a.json", "empty"),
-                                                                                            ("b.jsonl", "empty")]
+    assert [(Path(s.split(":")[0]).name, r.split(":")[0]) for s, r in report.skipped] == [
+        ("a.json", "empty"),
+        ("b.jsonl", "empty"),
+    ]
     assert "article 0, paragraph 0" in report.skipped[0][0] and report.skipped[1][0].endswith("b.jsonl:1")
     with pytest.raises(CorpusError, match=r"a\.json: article 0, paragraph 0: empty"):
         load_corpus(tmp_path, strict=True)
@@ -292,8 +315,21 @@ def test_the_shared_squad_data_gives_one_document_per_distinct_context(data_dir)
 
 
 def _random_text(rng: random.Random) -> str:
-    words = ["서울은", "수도이다.", "부산", "항구", "도시이다.", "1446년", "KTX", "가나다라마바사아자차카타파하" * 3,
-             "다.", "!", "「인용」", "word", "(괄호)"]
+    words = [
+        "서울은",
+        "수도이다.",
+        "부산",
+        "항구",
+        "도시이다.",
+        "1446년",
+        "KTX",
+        "가나다라마바사아자차카타파하" * 3,
+        "다.",
+        "!",
+        "「인용」",
+        "word",
+        "(괄호)",
+    ]
     separators = [" ", " ", " ", "  ", "\n", "\n\n", "\n \n", "\r\n\r\n", "\t", ". "]
     parts = [rng.choice(separators) if rng.random() < 0.2 else ""]
     for _ in range(rng.randint(0, 120)):
@@ -307,10 +343,10 @@ def _check_passages(document: Document, passages, settings: PassageSettings, fir
     covered = np.zeros(len(text), dtype=bool)
     for i, p in enumerate(passages):
         assert p.index == first_index + i and p.doc_id == document.id and p.title == document.title
-        assert text[p.start:p.end] == p.text
+        assert text[p.start : p.end] == p.text
         assert 0 < len(p.text) <= settings.max_chars
         assert not p.text[0].isspace() and not p.text[-1].isspace()
-        covered[p.start:p.end] = True
+        covered[p.start : p.end] = True
         if i:
             assert p.start > passages[i - 1].start and p.end > passages[i - 1].end
     uncovered = [i for i, ch in enumerate(text) if not ch.isspace() and not covered[i]]
@@ -381,11 +417,19 @@ def test_split_corpus_numbers_passages_across_documents():
     assert {p.doc_id for p in passages} == set(DOCS)
     assert len({p.id for p in passages}) == len(passages)
     for p in passages:
-        assert DOCS[p.doc_id][p.start:p.end] == p.text and p.id == f"{p.doc_id}#{p.start}-{p.end}"
+        assert DOCS[p.doc_id][p.start : p.end] == p.text and p.id == f"{p.doc_id}#{p.start}-{p.end}"
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_chars=19), dict(max_chars=50.0), dict(max_chars=100, overlap_chars=51),
-                                    dict(max_chars=100, overlap_chars=-1), dict(overlap_chars=1.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_chars=19),
+        dict(max_chars=50.0),
+        dict(max_chars=100, overlap_chars=51),
+        dict(max_chars=100, overlap_chars=-1),
+        dict(overlap_chars=1.5),
+    ],
+)
 def test_passage_settings_are_validated(kwargs):
     with pytest.raises(ValueError):
         PassageSettings(**kwargs)
@@ -426,7 +470,8 @@ def test_analyze_many_equals_one_text_at_a_time(which, kiwi):
 
 
 def _brute_bm25(corpus: list[list[str]], query: list[str], k1: float = 1.5, b: float = 0.75) -> np.ndarray:
-    """Lucene BM25: Σ over query terms idf · tf / (tf + k1 (1 - b + b · dl / avgdl)), idf = log(1 + (N - df + .5) / (df + .5))."""
+    """Lucene BM25: Σ over query terms idf · tf / (tf + k1 (1 - b + b · dl / avgdl)),
+    idf = log(1 + (N - df + .5) / (df + .5))."""
     n = len(corpus)
     avgdl = sum(map(len, corpus)) / n
     out = np.zeros(n)
@@ -496,7 +541,9 @@ def test_top_k_ties_go_to_the_lower_index_at_the_cut():
         scores = rng.integers(-1, 4, size=n).astype(np.float32)  # many ties
         k = int(rng.integers(1, n + 3))
         for positive_only in (False, True):
-            expected = [i for i in sorted(range(n), key=lambda i: (-scores[i], i)) if not positive_only or scores[i] > 0]
+            expected = [
+                i for i in sorted(range(n), key=lambda i: (-scores[i], i)) if not positive_only or scores[i] > 0
+            ]
             assert top_k(scores, k, positive_only=positive_only).tolist() == expected[:k], (scores, k)
 
 
@@ -520,8 +567,9 @@ def test_score_fusion_by_hand():
     indices, scores = score_fusion([sparse, dense], [0.2, 0.8])
     assert indices.tolist() == [2, 0, 1, 3] and scores.tolist() == pytest.approx([0.8, 0.2, 0.1, 0.0])
     # One candidate (or equal scores): normalised to 1; a method with no candidates adds nothing.
-    indices, scores = score_fusion([(np.array([4]), np.array([3.0])), (np.array([], dtype=np.int64), np.array([]))],
-                                   [0.3, 0.7])
+    indices, scores = score_fusion(
+        [(np.array([4]), np.array([3.0])), (np.array([], dtype=np.int64), np.array([]))], [0.3, 0.7]
+    )
     assert indices.tolist() == [4] and scores.tolist() == pytest.approx([0.3])
 
 
@@ -625,8 +673,9 @@ def _ids(hits) -> list[str]:
 
 
 def test_sparse_retrieval_finds_the_matching_document_first():
-    retriever = Retriever.build(_documents(), RetrieverSettings(method="sparse", analyzer="bigrams"),
-                                passage_settings=SMALL)
+    retriever = Retriever.build(
+        _documents(), RetrieverSettings(method="sparse", analyzer="bigrams"), passage_settings=SMALL
+    )
     for query, doc_id in QUERIES.items():
         hits = retriever.retrieve(query, k=3)
         assert hits and hits[0].passage.doc_id == doc_id, (query, _ids(hits))
@@ -638,7 +687,7 @@ def test_sparse_retrieval_finds_the_matching_document_first():
     assert retriever.retrieve("qqq", k=5) == []
     assert retriever.document("busan.txt").text == DOCS["busan.txt"]
     hit = retriever.retrieve("훈민정음", k=1)[0].to_dict()
-    assert hit["doc_id"] == "sejong.txt" and DOCS["sejong.txt"][hit["start"]:hit["end"]] == hit["text"]
+    assert hit["doc_id"] == "sejong.txt" and DOCS["sejong.txt"][hit["start"] : hit["end"]] == hit["text"]
 
 
 def test_morpheme_index_matches_other_particles_and_round_trips(tmp_path, kiwi, monkeypatch):
@@ -647,7 +696,9 @@ def test_morpheme_index_matches_other_particles_and_round_trips(tmp_path, kiwi, 
     # One Kiwi for the module: each new one costs ~3 s (loading its model, then its first analysis).
     real = retriever_module.make_analyzer
     monkeypatch.setattr(retriever_module, "make_analyzer", lambda name: kiwi if name == "morphemes" else real(name))
-    documents = _documents({"a.txt": "서울에서 열린 회의", "b.txt": "부산에서 열린 축제", "c.txt": "서울의 인구는 많다"})
+    documents = _documents(
+        {"a.txt": "서울에서 열린 회의", "b.txt": "부산에서 열린 축제", "c.txt": "서울의 인구는 많다"}
+    )
     retriever = Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="morphemes"))
     hits = retriever.retrieve("서울은", k=5)
     assert sorted(h.passage.doc_id for h in hits) == ["a.txt", "c.txt"]  # 서울에서 / 서울의 both match 서울은
@@ -655,15 +706,19 @@ def test_morpheme_index_matches_other_particles_and_round_trips(tmp_path, kiwi, 
     loaded = Retriever.load(retriever.save(tmp_path / "index"))
     assert loaded.analyzer.version == retriever.analyzer.version
     for query in ("서울은", "부산의 축제", "인구"):
-        assert [(h.passage.id, h.score) for h in loaded.retrieve(query, k=5)] == \
-               [(h.passage.id, h.score) for h in retriever.retrieve(query, k=5)]
+        assert [(h.passage.id, h.score) for h in loaded.retrieve(query, k=5)] == [
+            (h.passage.id, h.score) for h in retriever.retrieve(query, k=5)
+        ]
 
 
 @pytest.fixture(scope="module")
 def hybrid(embedder) -> Retriever:
-    return Retriever.build(_documents(), RetrieverSettings(method="hybrid", analyzer="bigrams", fusion="rrf",
-                                                          candidates=4),
-                           embedder=embedder, passage_settings=SMALL)
+    return Retriever.build(
+        _documents(),
+        RetrieverSettings(method="hybrid", analyzer="bigrams", fusion="rrf", candidates=4),
+        embedder=embedder,
+        passage_settings=SMALL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -692,8 +747,12 @@ def test_hybrid_retrieval_fuses_the_two_rankings(hybrid):
 
 
 def test_default_hybrid_is_an_even_score_fusion(embedder):
-    retriever = Retriever.build(_documents(), RetrieverSettings(method="hybrid", analyzer="bigrams", candidates=4),
-                                embedder=embedder, passage_settings=SMALL)
+    retriever = Retriever.build(
+        _documents(),
+        RetrieverSettings(method="hybrid", analyzer="bigrams", candidates=4),
+        embedder=embedder,
+        passage_settings=SMALL,
+    )
     query = "훈민정음은 언제 반포되었나?"
     sparse = retriever.sparse.scores(retriever.analyzer(query))
     dense = retriever.dense.scores(retriever.embedder.embed_queries([query]))[0]
@@ -705,8 +764,11 @@ def test_default_hybrid_is_an_even_score_fusion(embedder):
 
 
 def test_score_fusion_setting(embedder):
-    retriever = Retriever.build(_documents(), RetrieverSettings(method="hybrid", analyzer="bigrams", fusion="score",
-                                                                dense_weight=0.0), embedder=embedder)
+    retriever = Retriever.build(
+        _documents(),
+        RetrieverSettings(method="hybrid", analyzer="bigrams", fusion="score", dense_weight=0.0),
+        embedder=embedder,
+    )
     for query in QUERIES:  # weight 0 on the dense side: the BM25 scores, min-max normalised over its matches
         sparse = retriever.sparse.scores(retriever.analyzer(query))
         matched = sparse[sparse > 0]
@@ -714,7 +776,9 @@ def test_score_fusion_setting(embedder):
         assert hits[0].score == pytest.approx(1.0) and hits[0].passage.index == int(sparse.argmax())
         for h in hits:
             s = sparse[h.passage.index]
-            expected = 0.0 if s <= 0 else 1.0 if matched.size == 1 else (s - matched.min()) / (matched.max() - matched.min())
+            expected = (
+                0.0 if s <= 0 else 1.0 if matched.size == 1 else (s - matched.min()) / (matched.max() - matched.min())
+            )
             assert h.score == pytest.approx(float(expected), abs=1e-6)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
@@ -723,22 +787,32 @@ def test_score_fusion_setting(embedder):
 def test_save_and_load_give_identical_results(hybrid, hybrid_dir, method):
     loaded = Retriever.load(hybrid_dir)  # loads the embedder the index records
     assert loaded.settings == hybrid.settings and loaded.info.passage_settings == SMALL
-    assert [(d.id, d.title, d.text, d.source) for d in loaded.documents] == \
-           [(d.id, d.title, d.text, d.source) for d in hybrid.documents]
+    assert [(d.id, d.title, d.text, d.source) for d in loaded.documents] == [
+        (d.id, d.title, d.text, d.source) for d in hybrid.documents
+    ]
     assert loaded.passages == hybrid.passages
     for query in [*QUERIES, "서울"]:
         got, expected = loaded.retrieve(query, k=4, method=method), hybrid.retrieve(query, k=4, method=method)
         assert _ids(got) == _ids(expected)
         assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-6)
     manifest = json.loads((hybrid_dir / "index.json").read_text(encoding="utf-8"))
-    assert manifest["passages"] == len(hybrid.passages) and manifest["embedder"]["fingerprint"] == hybrid.embedder.fingerprint
+    assert (
+        manifest["passages"] == len(hybrid.passages)
+        and manifest["embedder"]["fingerprint"] == hybrid.embedder.fingerprint
+    )
 
 
 def test_documents_with_any_characters_round_trip(tmp_path):
-    texts = {"crlf.txt": "첫 줄\r\n둘째 줄\r\n\r\n셋째 문단", "seps.txt": "줄\u2028구분자\x85와 \u00a0공백 \"따옴표\"",
-             "nfd.txt": "\u1112\u1161\u11ab\u1100\u1173\u11af 한글"}
-    retriever = Retriever.build(_documents(texts), RetrieverSettings(method="sparse", analyzer="bigrams"),
-                                passage_settings=PassageSettings(max_chars=20, overlap_chars=5))
+    texts = {
+        "crlf.txt": "첫 줄\r\n둘째 줄\r\n\r\n셋째 문단",
+        "seps.txt": '줄\u2028구분자\x85와 \u00a0공백 "따옴표"',
+        "nfd.txt": "\u1112\u1161\u11ab\u1100\u1173\u11af 한글",
+    }
+    retriever = Retriever.build(
+        _documents(texts),
+        RetrieverSettings(method="sparse", analyzer="bigrams"),
+        passage_settings=PassageSettings(max_chars=20, overlap_chars=5),
+    )
     loaded = Retriever.load(retriever.save(tmp_path / "index"))
     assert [(d.id, d.text) for d in loaded.documents] == list(texts.items())
     assert loaded.passages == retriever.passages
@@ -755,8 +829,9 @@ def test_load_with_a_method_override(hybrid_dir):
 def test_loading_with_another_embedder_is_a_mismatch(hybrid_dir, encoder_dirs, embedder):
     with pytest.raises(IndexMismatchError, match="fingerprint"):
         Retriever.load(hybrid_dir, embedder=encoder_dirs[1], device="cpu")
-    other_settings = Embedder(embedder.model, embedder.tokenizer, name="same weights",
-                              settings=EmbedderSettings(query_prefix="q: "))
+    other_settings = Embedder(
+        embedder.model, embedder.tokenizer, name="same weights", settings=EmbedderSettings(query_prefix="q: ")
+    )
     with pytest.raises(IndexMismatchError, match="settings"):
         Retriever.load(hybrid_dir, embedder=other_settings)
     assert Retriever.load(hybrid_dir, embedder=embedder).embedder is embedder
@@ -827,9 +902,12 @@ def test_shared_data_questions_find_their_paragraph(data_dir):
     """BM25 over the KorQuAD sample: a question's own paragraph is among the first five passages."""
     folder = data_dir / "korquad-1.0-sample"
     documents, report = load_corpus(folder)
-    retriever = Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="bigrams"),
-                                passage_settings=PassageSettings(max_chars=100000, overlap_chars=0),
-                                corpus_report=report)
+    retriever = Retriever.build(
+        documents,
+        RetrieverSettings(method="sparse", analyzer="bigrams"),
+        passage_settings=PassageSettings(max_chars=100000, overlap_chars=0),
+        corpus_report=report,
+    )
     assert len(retriever.passages) == len(documents)  # one passage per paragraph
     doc_of_context = {d.text: d.id for d in documents}
     found = total = 0
@@ -851,11 +929,15 @@ READER_SETTINGS = {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 1
 # 부산 is the only word that starts with 부 and the only ##산; the marked span is 부…산.
 READ_DOCS = {
     "seoul.txt": "서울은 대한민국의 수도이다. 서울에는 한강이 흐르고 경복궁이 있다.",
-    "ports/korea.md": ("대한민국에는 여러 항구 도시가 있다. 인천은 서해의 관문이다.\n\n"
-                       "가장 큰 항구 도시는 부산이다. 해운대가 유명하다."),
+    "ports/korea.md": (
+        "대한민국에는 여러 항구 도시가 있다. 인천은 서해의 관문이다.\n\n"
+        "가장 큰 항구 도시는 부산이다. 해운대가 유명하다."
+    ),
 }
-LONG_DOC = ("남해안에는 아름다운 섬이 많다 그중 큰 항구 도시는 부산이며 "
-            "해운대와 광안리가 있고 여름마다 많은 사람이 찾는다 겨울에도 따뜻하다")
+LONG_DOC = (
+    "남해안에는 아름다운 섬이 많다 그중 큰 항구 도시는 부산이며 "
+    "해운대와 광안리가 있고 여름마다 많은 사람이 찾는다 겨울에도 따뜻하다"
+)
 QUESTIONS = ["가장 큰 항구 도시는?", "큰 항구 도시는 어디인가?"]
 
 
@@ -871,8 +953,11 @@ def reader(tmp_path_factory):
 
 
 def test_the_answer_is_found_in_its_document_with_document_offsets(reader):
-    retriever = Retriever.build(_documents(READ_DOCS), RetrieverSettings(method="sparse", analyzer="bigrams"),
-                                passage_settings=PassageSettings(max_chars=40, overlap_chars=10))
+    retriever = Retriever.build(
+        _documents(READ_DOCS),
+        RetrieverSettings(method="sparse", analyzer="bigrams"),
+        passage_settings=PassageSettings(max_chars=40, overlap_chars=10),
+    )
     korea = [p for p in retriever.passages if p.doc_id == "ports/korea.md"]
     assert len(korea) == 2 and "부산" not in korea[0].text and "부산" in korea[1].text  # not the first passage
     pipeline = RetrieveAndRead(retriever, reader, passages=5)
@@ -880,15 +965,19 @@ def test_the_answer_is_found_in_its_document_with_document_offsets(reader):
     assert len(result.passages) >= 2  # passages without the mark were read too
     best = result.answers[0]
     text = READ_DOCS["ports/korea.md"]
-    assert (best.text, best.doc_id, best.start, best.end) == ("부산", "ports/korea.md", text.index("부산"),
-                                                             text.index("부산") + 2)
-    assert text[best.start:best.end] == best.text
+    assert (best.text, best.doc_id, best.start, best.end) == (
+        "부산",
+        "ports/korea.md",
+        text.index("부산"),
+        text.index("부산") + 2,
+    )
+    assert text[best.start : best.end] == best.text
     assert best.passage_start == korea[1].start > 0 and best.passage_id == korea[1].id
     assert best.score == pytest.approx(2 * MARK, abs=1e-3)
     hit = next(h for h in result.passages if h.passage.id == best.passage_id)
     assert (best.retrieval_rank, best.retrieval_score) == (hit.rank, hit.score)
     for answer in result.answers:
-        assert retriever.document(answer.doc_id).text[answer.start:answer.end] == answer.text
+        assert retriever.document(answer.doc_id).text[answer.start : answer.end] == answer.text
         assert answer.passage_start <= answer.start < answer.end <= answer.passage_end
     probabilities = [a.probability for a in result.answers]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-9
@@ -902,8 +991,9 @@ def test_the_answer_is_found_in_its_document_with_document_offsets(reader):
 def test_overlapping_passages_give_one_answer_per_span(reader):
     documents = _documents({"long.txt": LONG_DOC})
     settings = PassageSettings(max_chars=40, overlap_chars=20)
-    retriever = Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="bigrams"),
-                                passage_settings=settings)
+    retriever = Retriever.build(
+        documents, RetrieverSettings(method="sparse", analyzer="bigrams"), passage_settings=settings
+    )
     start = LONG_DOC.index("부산")
     holding = [p for p in retriever.passages if p.start <= start and start + 2 <= p.end]
     assert len(holding) >= 2, [(p.start, p.end) for p in retriever.passages]  # the span is read twice
@@ -918,8 +1008,9 @@ def test_overlapping_passages_give_one_answer_per_span(reader):
         assert result.answers[0] is busan[0]
         assert sum(a.probability for a in result.answers) <= 1 + 1e-9
     batch = pipeline.ask_many(QUESTIONS, top_k=3)
-    assert [[(a.text, a.start) for a in r.answers] for r in batch] == \
-           [[(a.text, a.start) for a in pipeline.ask(q, top_k=3).answers] for q in QUESTIONS]
+    assert [[(a.text, a.start) for a in r.answers] for r in batch] == [
+        [(a.text, a.start) for a in pipeline.ask(q, top_k=3).answers] for q in QUESTIONS
+    ]
 
 
 def test_answers_rank_by_passage_probability_times_span_probability(reader):
@@ -941,8 +1032,10 @@ def test_answers_rank_by_passage_probability_times_span_probability(reader):
         span = next(s for s in alone.nbest if s.text == "부산")
         assert a.probability == pytest.approx(passage_probability[h] * span.probability, rel=1e-5)
     # With embeddings, P(passage) is softmax(cosine / temperature).
-    hits = [RetrievedPassage(retriever.passages[0], 1, 0.9, sparse_score=3.0, dense_score=0.83),
-            RetrievedPassage(retriever.passages[1], 2, 0.5, sparse_score=9.0, dense_score=0.80)]
+    hits = [
+        RetrievedPassage(retriever.passages[0], 1, 0.9, sparse_score=3.0, dense_score=0.83),
+        RetrievedPassage(retriever.passages[1], 2, 0.5, sparse_score=9.0, dense_score=0.80),
+    ]
     expected = np.exp(np.array([0.83, 0.80]) / 0.01)
     assert pipeline.passage_probabilities(hits) == pytest.approx((expected / expected.sum()).tolist())
     with pytest.raises(ValueError, match="passage_temperature"):

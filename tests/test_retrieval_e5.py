@@ -40,10 +40,12 @@ def _comparable(engine, tokenizer, texts, prefix, is_query):
 
 
 def test_passage_and_query_embeddings_match_the_reference_engine(embedder, engine, tydi_dev):
-    contexts = _comparable(engine, embedder.tokenizer, [c for c, _ in tydi_dev[:12]],
-                           embedder.settings.passage_prefix, False)
-    questions = _comparable(engine, embedder.tokenizer, [q for _, q in tydi_dev[:12]],
-                            embedder.settings.query_prefix, True)
+    contexts = _comparable(
+        engine, embedder.tokenizer, [c for c, _ in tydi_dev[:12]], embedder.settings.passage_prefix, False
+    )
+    questions = _comparable(
+        engine, embedder.tokenizer, [q for _, q in tydi_dev[:12]], embedder.settings.query_prefix, True
+    )
     assert len(contexts) >= 8 and len(questions) >= 8  # most real texts are comparable
     # batch_size 4 over texts of different lengths: padding inside every batch
     ours_p, ours_q = embedder.embed_passages(contexts), embedder.embed_queries(questions)

@@ -32,16 +32,18 @@ CLS = 10.0  # null score 2 * CLS = 20 beats the marked span's 2 * MARK = 16
 MARKED_SPANS = {"부산": ("부", "##산"), "영국": ("영", "##국"), "반포": ("반", "##포")}
 EXPECTED = {"ko-1": "부산", "ko-2": "부산", "ko-3": "영국", "ko-4": "영국", "ko-5": "반포", "ko-6": "반포"}
 CAPITAL = KOREAN_EXAMPLES[0]
-LIMITS = ["--max_context_chars", "300", "--max_question_chars", "50", "--max_batch_questions", "8",
-          "--max_top_k", "5"]
+LIMITS = ["--max_context_chars", "300", "--max_question_chars", "50", "--max_batch_questions", "8", "--max_top_k", "5"]
 
 
 def build_marked_model(tokenizer_dir: Path, out: Path) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    model = token_scoring_model(tokenizer, {"[CLS]": CLS, **{s: MARK for s, _ in MARKED_SPANS.values()}},
-                                {"[CLS]": CLS, **{e: MARK for _, e in MARKED_SPANS.values()}})
+    model = token_scoring_model(
+        tokenizer,
+        {"[CLS]": CLS, **{s: MARK for s, _ in MARKED_SPANS.values()}},
+        {"[CLS]": CLS, **{e: MARK for _, e in MARKED_SPANS.values()}},
+    )
     model.save_pretrained(out, tokenizer=tokenizer, kqa_config=SETTINGS)
     return out
 
@@ -54,16 +56,26 @@ def model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     # A long gathering window so that concurrent requests really share model calls.
-    process = ServerProcess(model_dir, ["--micro_batch_size", "8", "--max_wait_ms", "30", "--device", "cpu", *LIMITS],
-                            log_path=tmp_path_factory.mktemp("server") / "server.log")
+    process = ServerProcess(
+        model_dir,
+        ["--micro_batch_size", "8", "--max_wait_ms", "30", "--device", "cpu", *LIMITS],
+        log_path=tmp_path_factory.mktemp("server") / "server.log",
+    )
     process.start()
     yield process
     code = process.stop()
     assert code in (0, -15), f"the server exited with {code}:\n{process.log_tail()}"
 
 
-def call(server, path: str, body=None, *, raw: bytes | None = None, content_type: str = "application/json",
-         method: str | None = None) -> tuple[int, dict]:
+def call(
+    server,
+    path: str,
+    body=None,
+    *,
+    raw: bytes | None = None,
+    content_type: str = "application/json",
+    method: str | None = None,
+) -> tuple[int, dict]:
     data = raw if raw is not None else (None if body is None else json.dumps(body, ensure_ascii=False).encode())
     request = urllib.request.Request(server.url + path, data=data, method=method or ("GET" if data is None else "POST"))
     if data is not None and content_type:
@@ -76,8 +88,9 @@ def call(server, path: str, body=None, *, raw: bytes | None = None, content_type
 
 
 def ask(server, example: dict, **options) -> list[dict]:
-    status, body = call(server, "/v1/answer", {"question": example["question"], "context": example["context"],
-                                               **options})
+    status, body = call(
+        server, "/v1/answer", {"question": example["question"], "context": example["context"], **options}
+    )
     assert status == 200, body
     return body["answers"]
 
@@ -109,8 +122,14 @@ def test_health_names_the_model_and_the_queue(server, model_dir):
     assert health["uptime_s"] >= 0 and health["pid"] == server.pid
     assert {"waiting", "in_flight", "batches", "questions"} <= set(health["queue"])
     assert health["batching"]["batch_size"] == 8
-    assert health["limits"] == {"max_context_chars": 300, "max_question_chars": 50, "max_batch_questions": 8,
-                                "max_top_k": 5, "max_passages": 20, "max_body_bytes": 4 * 8 * 350 + 65_536}
+    assert health["limits"] == {
+        "max_context_chars": 300,
+        "max_question_chars": 50,
+        "max_batch_questions": 8,
+        "max_top_k": 5,
+        "max_passages": 20,
+        "max_body_bytes": 4 * 8 * 350 + 65_536,
+    }
     assert health["index"] is None  # started without --index
     assert health["memory"]["rss_kib"] > 0
 
@@ -119,7 +138,7 @@ def test_the_answer_and_its_character_offsets(server):
     (answer,) = ask(server, CAPITAL)
     text, start, end = span_of(CAPITAL)
     assert (answer["text"], answer["start"], answer["end"]) == ("부산", start, end)
-    assert CAPITAL["context"][answer["start"]:answer["end"]] == "부산"
+    assert CAPITAL["context"][answer["start"] : answer["end"]] == "부산"
     assert answer["score"] == pytest.approx(2 * MARK, abs=1e-4)
     assert 0 < answer["probability"] <= 1
 
@@ -131,7 +150,7 @@ def test_offsets_count_characters_of_the_context_as_sent(server):
     nfd = context.replace("한", "\u1112\u1161\u11ab")
     for text in (context, nfd):
         (answer,) = ask(server, {"question": CAPITAL["question"], "context": text})
-        assert text[answer["start"]:answer["end"]] == "부산" == answer["text"]
+        assert text[answer["start"] : answer["end"]] == "부산" == answer["text"]
 
 
 def test_top_k_lists_answers_best_first(server):
@@ -142,7 +161,7 @@ def test_top_k_lists_answers_best_first(server):
     assert scores == sorted(scores, reverse=True)
     assert scores[1:] == pytest.approx([MARK] * 4, abs=1e-4)  # spans with one marked end
     for a in answers:
-        assert CAPITAL["context"][a["start"]:a["end"]] == a["text"]
+        assert CAPITAL["context"][a["start"] : a["end"]] == a["text"]
 
 
 def test_the_null_answer_wins_when_impossible_answers_are_allowed(server):
@@ -194,8 +213,9 @@ def test_concurrent_requests_each_get_their_own_answer(server):
             expected = ("", 0, 0) if n % 5 == 0 else span_of(example)
             got = (answers[0]["text"], answers[0]["start"], answers[0]["end"])
             if got != expected or len(answers) != options.get("top_k", 1):
-                failures.append(f"client {n} round {round_} ({example['id']}): {got} ({len(answers)} answers), "
-                                f"expected {expected}")
+                failures.append(
+                    f"client {n} round {round_} ({example['id']}): {got} ({len(answers)} answers), expected {expected}"
+                )
 
     run_concurrently(client, 16)
     assert not failures, "\n".join(failures)
@@ -222,8 +242,14 @@ BAD_REQUESTS = [
     ("context null", "/v1/answer", {**GOOD, "context": None}, 422, "context", "string_type"),
     ("top_k a string", "/v1/answer", {**GOOD, "top_k": "3"}, 422, "top_k", "int_type"),
     ("top_k a bool", "/v1/answer", {**GOOD, "top_k": True}, 422, "top_k", "int_type"),
-    ("flag a string", "/v1/answer", {**GOOD, "handle_impossible_answer": "yes"}, 422, "handle_impossible_answer",
-     "bool_type"),
+    (
+        "flag a string",
+        "/v1/answer",
+        {**GOOD, "handle_impossible_answer": "yes"},
+        422,
+        "handle_impossible_answer",
+        "bool_type",
+    ),
     ("empty question", "/v1/answer", {**GOOD, "question": ""}, 422, "question", "empty"),
     ("blank context", "/v1/answer", {**GOOD, "context": " \n\t"}, 422, "context", "empty"),
     ("lone surrogate", "/v1/answer", b'{"question": "\\ud800?", "context": "x"}', 422, "question", "not_encodable"),
@@ -231,22 +257,41 @@ BAD_REQUESTS = [
     ("long question", "/v1/answer", {**GOOD, "question": "가" * 51}, 422, "question", "too_long"),
     ("top_k 0", "/v1/answer", {**GOOD, "top_k": 0}, 422, "top_k", "out_of_range"),
     ("top_k over the limit", "/v1/answer", {**GOOD, "top_k": 6}, 422, "top_k", "out_of_range"),
-    ("NaN threshold", "/v1/answer", b'{"question": "x", "context": "y", "null_score_diff_threshold": NaN}', 422,
-     "null_score_diff_threshold", "not_finite"),
+    (
+        "NaN threshold",
+        "/v1/answer",
+        b'{"question": "x", "context": "y", "null_score_diff_threshold": NaN}',
+        422,
+        "null_score_diff_threshold",
+        "not_finite",
+    ),
     ("unknown field", "/v1/answer", {**GOOD, "qustion": "x"}, 422, "qustion", "extra_forbidden"),
     ("body too large", "/v1/answer", {**GOOD, "context": "가" * 100_000}, 413, "body", "too_large"),
     ("batch not a list", "/v1/answer/batch", {"questions": GOOD}, 422, "questions", "list_type"),
     ("batch empty", "/v1/answer/batch", {"questions": []}, 422, "questions", "empty"),
     ("batch too large", "/v1/answer/batch", {"questions": [GOOD] * 9}, 422, "questions", "too_long"),
-    ("batch item missing", "/v1/answer/batch", {"questions": [GOOD, {"question": "x"}]}, 422,
-     "questions[1].context", "missing"),
-    ("batch item empty", "/v1/answer/batch", {"questions": [GOOD, {**GOOD, "question": ""}]}, 422,
-     "questions[1].question", "empty"),
+    (
+        "batch item missing",
+        "/v1/answer/batch",
+        {"questions": [GOOD, {"question": "x"}]},
+        422,
+        "questions[1].context",
+        "missing",
+    ),
+    (
+        "batch item empty",
+        "/v1/answer/batch",
+        {"questions": [GOOD, {**GOOD, "question": ""}]},
+        422,
+        "questions[1].question",
+        "empty",
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, body, status, field, problem", [r[1:] for r in BAD_REQUESTS],
-                         ids=[r[0] for r in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "path, body, status, field, problem", [r[1:] for r in BAD_REQUESTS], ids=[r[0] for r in BAD_REQUESTS]
+)
 def test_bad_input_is_a_4xx_naming_the_field(server, path, body, status, field, problem):
     raw = body if isinstance(body, bytes) else None
     got, reply = call(server, path, None if raw is not None else body, raw=raw)
@@ -293,11 +338,18 @@ def test_the_page_and_the_openapi_schema_are_served(server):
 CORPUS = {
     "seoul.txt": "서울특별시는 한강을 끼고 있다.\n\n대한민국의 수도는 서울이며, 가장 큰 항구 도시는 부산이다.\n",
     "newton.txt": "아이작 뉴턴은 17세기 영국의 수학자이자 물리학자로, 미적분학과 고전역학의 기초를 다졌다.\n",
-    "sejong.txt": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다.\n\n한글은 오늘날 널리 쓰인다.\n",
+    "sejong.txt": "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다.\n\n"
+    "한글은 오늘날 널리 쓰인다.\n",
     "hangang.txt": "한강은 서울을 지나 서해로 흘러간다.\n",
 }
-PASSAGE_IDS = ["hangang.txt#0-20", "newton.txt#0-50", "sejong.txt#0-42", "sejong.txt#44-59", "seoul.txt#0-17",
-               "seoul.txt#19-52"]
+PASSAGE_IDS = [
+    "hangang.txt#0-20",
+    "newton.txt#0-50",
+    "sejong.txt#0-42",
+    "sejong.txt#44-59",
+    "seoul.txt#0-17",
+    "seoul.txt#19-52",
+]
 PORT_CITY = "가장 큰 항구 도시는 어디인가?"  # shares 5 bigrams with seoul.txt#19-52, one (시는) with seoul.txt#0-17
 ASK_ARGS = ["--passages", "2", "--max_passages", "4"]
 
@@ -315,16 +367,23 @@ def index_dir(corpus_dir, tmp_path_factory) -> Path:
     from kqa.retrieval import PassageSettings, Retriever, RetrieverSettings, load_corpus
 
     documents, report = load_corpus(corpus_dir)
-    retriever = Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="bigrams"),
-                                passage_settings=PassageSettings(max_chars=50, overlap_chars=0), corpus_report=report)
+    retriever = Retriever.build(
+        documents,
+        RetrieverSettings(method="sparse", analyzer="bigrams"),
+        passage_settings=PassageSettings(max_chars=50, overlap_chars=0),
+        corpus_report=report,
+    )
     assert [p.id for p in sorted(retriever.passages, key=lambda p: p.id)] == PASSAGE_IDS
     return retriever.save(tmp_path_factory.mktemp("index") / "index")
 
 
 @pytest.fixture(scope="module")
 def ask_server(model_dir, index_dir, tmp_path_factory):
-    process = ServerProcess(model_dir, ["--index", index_dir, "--device", "cpu", *LIMITS, *ASK_ARGS],
-                            log_path=tmp_path_factory.mktemp("ask_server") / "server.log")
+    process = ServerProcess(
+        model_dir,
+        ["--index", index_dir, "--device", "cpu", *LIMITS, *ASK_ARGS],
+        log_path=tmp_path_factory.mktemp("ask_server") / "server.log",
+    )
     process.start()
     yield process
     code = process.stop()
@@ -340,7 +399,7 @@ def ask_index(server, question: str, **options) -> dict:
 
 def assert_in_its_document(corpus_dir: Path, answer: dict) -> None:
     text = (corpus_dir / answer["doc_id"]).read_text(encoding="utf-8")
-    assert text[answer["start"]:answer["end"]] == answer["text"]
+    assert text[answer["start"] : answer["end"]] == answer["text"]
     assert answer["passage_start"] <= answer["start"] < answer["end"] <= answer["passage_end"]
     assert answer["passage_id"] == f"{answer['doc_id']}#{answer['passage_start']}-{answer['passage_end']}"
 
@@ -349,23 +408,31 @@ def test_health_shows_the_index(ask_server, index_dir):
     status, health = call(ask_server, "/health")
     assert status == 200
     index = health["index"]
-    assert (index["path"], index["documents"], index["passages"], index["method"], index["analyzer"]) == \
-        (str(index_dir), 4, 6, "sparse", "bigrams")
+    assert (index["path"], index["documents"], index["passages"], index["method"], index["analyzer"]) == (
+        str(index_dir),
+        4,
+        6,
+        "sparse",
+        "bigrams",
+    )
     assert index["default_passages"] == 2 and index["embedder"] is None
     assert health["limits"]["max_passages"] == 4
 
 
-@pytest.mark.parametrize("question, text, doc_id, passage_id", [
-    (PORT_CITY, "부산", "seoul.txt", "seoul.txt#19-52"),
-    ("훈민정음은 언제 반포되었는가?", "반포", "sejong.txt", "sejong.txt#0-42"),
-    ("뉴턴은 어느 나라 사람인가?", "영국", "newton.txt", "newton.txt#0-50"),
-])
+@pytest.mark.parametrize(
+    "question, text, doc_id, passage_id",
+    [
+        (PORT_CITY, "부산", "seoul.txt", "seoul.txt#19-52"),
+        ("훈민정음은 언제 반포되었는가?", "반포", "sejong.txt", "sejong.txt#0-42"),
+        ("뉴턴은 어느 나라 사람인가?", "영국", "newton.txt", "newton.txt#0-50"),
+    ],
+)
 def test_ask_finds_the_answer_in_its_document(ask_server, corpus_dir, question, text, doc_id, passage_id):
     body = ask_index(ask_server, question)
     (answer,) = body["answers"]
     document = CORPUS[doc_id]
     start = document.index(text)
-    assert (answer["text"], answer["doc_id"], answer["title"]) == (text, doc_id, doc_id[:-len(".txt")])
+    assert (answer["text"], answer["doc_id"], answer["title"]) == (text, doc_id, doc_id[: -len(".txt")])
     assert (answer["start"], answer["end"]) == (start, start + len(text))
     assert (answer["passage_id"], answer["retrieval_rank"]) == (passage_id, 1)
     assert answer["score"] == pytest.approx(2 * MARK, abs=1e-4)
@@ -393,7 +460,7 @@ def test_ask_lists_the_passages_read_best_first(ask_server):
     assert passages[0]["score"] > passages[1]["score"] > 0
     assert passages[0]["sparse_score"] == passages[0]["score"] and passages[0]["dense_score"] is None
     for p in passages:
-        assert CORPUS[p["doc_id"]][p["start"]:p["end"]] == p["text"]
+        assert CORPUS[p["doc_id"]][p["start"] : p["end"]] == p["text"]
 
 
 def test_ask_reads_as_many_passages_as_asked(ask_server, corpus_dir):
@@ -409,8 +476,9 @@ def test_ask_reads_as_many_passages_as_asked(ask_server, corpus_dir):
     assert_in_its_document(corpus_dir, answer)
     one = ask_index(ask_server, question, passages=1)
     assert [p["passage_id"] for p in one["passages"]] == ["seoul.txt#0-17"]
-    assert {a["passage_id"] for a in ask_index(ask_server, question, passages=1, top_k=3)["answers"]} == \
-        {"seoul.txt#0-17"}
+    assert {a["passage_id"] for a in ask_index(ask_server, question, passages=1, top_k=3)["answers"]} == {
+        "seoul.txt#0-17"
+    }
     # null is the server's default too
     assert ask_index(ask_server, question, passages=None)["passages"] == default["passages"]
 
@@ -508,16 +576,53 @@ def test_ask_without_index_is_a_404_that_says_so(server):
 
 def test_serve_with_a_missing_index_exits_naming_it(model_dir, tmp_path):
     missing = tmp_path / "no_index"
-    proc = subprocess.run([sys.executable, "-m", "kqa", "serve", "--model", str(model_dir), "--index", str(missing),
-                           "--device", "cpu", "--port", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kqa",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--index",
+            str(missing),
+            "--device",
+            "cpu",
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert str(missing) in proc.stderr and "index.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_serve_refuses_passages_over_max_passages(model_dir, index_dir):
-    proc = subprocess.run([sys.executable, "-m", "kqa", "serve", "--model", str(model_dir), "--index", str(index_dir),
-                           "--passages", "5", "--max_passages", "4", "--port", "1"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kqa",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--index",
+            str(index_dir),
+            "--passages",
+            "5",
+            "--max_passages",
+            "4",
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--passages" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -525,6 +630,7 @@ def test_serve_refuses_passages_over_max_passages(model_dir, index_dir):
 # --------------------------------------------------------------------------------------------------
 # In process: an internal error is a 500 with an id that is also logged
 # --------------------------------------------------------------------------------------------------
+
 
 def test_an_internal_error_is_a_500_with_a_logged_id(caplog):
     from fastapi.testclient import TestClient
@@ -545,16 +651,20 @@ def test_an_internal_error_is_a_500_with_a_logged_id(caplog):
         error = response.json()["error"]
         assert error["type"] == "internal" and error["id"] in error["message"]
         assert "the model fell over" not in error["message"]  # details go to the log only
-        assert any(error["id"] in r.getMessage() and "the model fell over" in r.getMessage()
-                   for r in caplog.records)
+        assert any(error["id"] in r.getMessage() and "the model fell over" in r.getMessage() for r in caplog.records)
         assert client.get("/health").status_code == 200
 
 
 def test_serve_passes_backend_through_and_names_a_bad_one(model_dir):
     # Where QuestionAnswerer.from_pretrained has a backend option it judges the name; where it has
     # none, `kqa serve` says so. Either way: exit code 2 and a message naming the backend, no server.
-    proc = subprocess.run([sys.executable, "-m", "kqa", "serve", "--model", str(model_dir), "--backend", "nonsense",
-                           "--port", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kqa", "serve", "--model", str(model_dir), "--backend", "nonsense", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "backend" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -563,13 +673,39 @@ def test_serve_passes_backend_through_and_names_a_bad_one(model_dir):
 # The load test, in its smallest form
 # --------------------------------------------------------------------------------------------------
 
+
 def test_bench_server_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_server.py"), "--tiny", "--requests", "24",
-                           "--concurrency", "1", "4", "--warmup", "2", "--max-seconds", "30", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_server.py"),
+            "--tiny",
+            "--requests",
+            "24",
+            "--concurrency",
+            "1",
+            "4",
+            "--warmup",
+            "2",
+            "--max-seconds",
+            "30",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text(encoding="utf-8"))
     rows = result["results"]

@@ -22,6 +22,7 @@ def nfc(text: str) -> str:
 
 # --- hand-checked alignments -----------------------------------------------------------------------
 
+
 def test_hangul_with_final_consonant_composes_and_points_at_each_syllable_start():
     # 한 = ᄒ ᅡ ᆫ, 국 = ᄀ ᅮ ᆨ: three conjoining jamo per syllable.
     text = "\u1112\u1161\u11ab\u1100\u116e\u11a8"
@@ -112,6 +113,7 @@ def test_to_nfc_matches_unicodedata(text):
 
 # --- property tests over seeded random mixes ------------------------------------------------------
 
+
 def _random_hangul(rng: random.Random, with_final: bool | None = None) -> str:
     initial, medial = rng.randrange(19), rng.randrange(21)
     if with_final is None:
@@ -169,7 +171,7 @@ def test_every_nfc_span_maps_to_an_original_span_with_the_same_nfc():
         _check_alignment_shape(text, nfc_text, origin)
         for a in range(len(nfc_text) + 1):
             for b in range(a, len(nfc_text) + 1):
-                original_span = text[origin[a]:origin[b]]
+                original_span = text[origin[a] : origin[b]]
                 assert nfc(original_span) == nfc_text[a:b], (text, a, b)
 
 
@@ -191,14 +193,18 @@ def test_unit_boundaries_map_exactly_even_when_marks_are_reordered():
 
 # --- check_text and reading UTF-8 files --------------------------------------------------------------
 
+
 def test_check_text_returns_valid_strings_unchanged():
-    for value in ["", "서울", nfd("한국"), "emoji \U0001F600", "\ufeffbom inside"]:
+    for value in ["", "서울", nfd("한국"), "emoji \U0001f600", "\ufeffbom inside"]:
         assert check_text(value, "somewhere") is value
 
 
 def test_check_text_names_the_place_and_the_lone_surrogate():
-    with pytest.raises(ValueError, match=r"^data\.json: question 3: holds a lone surrogate '\\ud800' at "
-                                         r"character 3, which is not valid Unicode text"):
+    with pytest.raises(
+        ValueError,
+        match=r"^data\.json: question 3: holds a lone surrogate '\\ud800' at "
+        r"character 3, which is not valid Unicode text",
+    ):
         check_text("abc\ud800def", "data.json: question 3")
     with pytest.raises(ValueError, match=r"lone surrogate '\\udfff' at character 0"):
         check_text("\udfff", "x")
@@ -220,13 +226,19 @@ def test_decode_utf8_strips_one_byte_order_mark():
     assert decode_utf8(b"\xef\xbb\xbf\xef\xbb\xbfx", "f") == "\ufeffx"
 
 
-@pytest.mark.parametrize(("data", "where"), [
-    (b"\xff", "line 1, column 1, byte offset 0"),
-    (b"ab\ncd\xc3(", "line 2, column 3, byte offset 5"),
-    ("가\n나다".encode() + b"\xed\xa0\x80", "line 2, column 3, byte offset 10"),  # an encoded surrogate is not UTF-8
-    (b"\xef\xbb\xbfa\n\xe4b", "line 2, column 1, byte offset 5"),  # offsets count the byte-order mark
-    ("서울".encode("cp949"), "line 1, column 1, byte offset 0"),
-])
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"\xff", "line 1, column 1, byte offset 0"),
+        (b"ab\ncd\xc3(", "line 2, column 3, byte offset 5"),
+        (
+            "가\n나다".encode() + b"\xed\xa0\x80",
+            "line 2, column 3, byte offset 10",
+        ),  # an encoded surrogate is not UTF-8
+        (b"\xef\xbb\xbfa\n\xe4b", "line 2, column 1, byte offset 5"),  # offsets count the byte-order mark
+        ("서울".encode("cp949"), "line 1, column 1, byte offset 0"),
+    ],
+)
 def test_decode_utf8_names_source_line_column_and_byte(data, where):
     with pytest.raises(ValueError) as err:
         decode_utf8(data, "in.json")

@@ -54,18 +54,37 @@ def examples_table(rows: Sequence[dict]):
     from kqa.data import EXAMPLE_FEATURES
 
     table = InMemoryTable.from_pylist(
-        [{"id": r["id"], "title": r.get("title") or "", "context": r["context"], "question": r["question"],
-          "answers": {"text": [], "answer_start": []}, "is_impossible": False} for r in rows],
-        schema=EXAMPLE_FEATURES.arrow_schema)
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=EXAMPLE_FEATURES.copy()),
-                            fingerprint=uuid.uuid4().hex)
+        [
+            {
+                "id": r["id"],
+                "title": r.get("title") or "",
+                "context": r["context"],
+                "question": r["question"],
+                "answers": {"text": [], "answer_start": []},
+                "is_impossible": False,
+            }
+            for r in rows
+        ],
+        schema=EXAMPLE_FEATURES.arrow_schema,
+    )
+    return datasets.Dataset(
+        table, info=datasets.DatasetInfo(features=EXAMPLE_FEATURES.copy()), fingerprint=uuid.uuid4().hex
+    )
 
 
 class QuestionAnswerer:
     """Extractive QA over contexts of any length (long contexts are split into strided windows)."""
 
-    def __init__(self, model, tokenizer, *, settings: PredictionSettings | None = None,
-                 device: str | torch.device | None = None, batch_size: int = PREDICT_BATCH_SIZE, backend: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        settings: PredictionSettings | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        backend: str | None = None,
+    ):
         from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -79,10 +98,19 @@ class QuestionAnswerer:
         self.backend = backend or ("onnx" if isinstance(model, OnnxQuestionAnsweringModel) else "torch")
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, backend: str | None = None, dtype: torch.dtype | str | None = None,
-                        device: str | torch.device | None = None, batch_size: int = PREDICT_BATCH_SIZE, num_threads: int | None = None,
-                        trust_remote_code: bool = False, int8_drift: str = "warn",
-                        **overrides) -> QuestionAnswerer:
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        backend: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        num_threads: int | None = None,
+        trust_remote_code: bool = False,
+        int8_drift: str = "warn",
+        **overrides,
+    ) -> QuestionAnswerer:
         """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).
         Feature and post-processing settings are those saved with it (kqa_config.json); flat keyword
         overrides such as `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is
@@ -103,14 +131,26 @@ class QuestionAnswerer:
         if backend in ("onnx", "torch-int8") and device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"backend {backend!r} runs on the CPU; got device {device!r}")
         settings = load_settings(model_dir, **overrides)
-        model = load_model(model_dir, backend=backend, dtype=dtype, num_threads=num_threads,
-                           trust_remote_code=trust_remote_code, int8_drift=int8_drift)
+        model = load_model(
+            model_dir,
+            backend=backend,
+            dtype=dtype,
+            num_threads=num_threads,
+            trust_remote_code=trust_remote_code,
+            int8_drift=int8_drift,
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, settings=settings, device=device, batch_size=batch_size, backend=backend)
 
-    def __call__(self, question: Union[str, Sequence[str]], context: Union[str, Sequence[str]], *,
-                 top_k: int = 1, handle_impossible_answer: Optional[bool] = None,
-                 null_score_diff_threshold: Optional[float] = None):
+    def __call__(
+        self,
+        question: Union[str, Sequence[str]],
+        context: Union[str, Sequence[str]],
+        *,
+        top_k: int = 1,
+        handle_impossible_answer: Optional[bool] = None,
+        null_score_diff_threshold: Optional[float] = None,
+    ):
         """One question → an `Answer` (or a list of `top_k` answers); lists of questions and contexts
         (same length, or one context for all questions) → a list of those.
 
@@ -125,14 +165,23 @@ class QuestionAnswerer:
         if len(contexts) != len(questions):
             raise ValueError(f"got {len(questions)} questions and {len(contexts)} contexts")
         rows = [{"id": str(i), "question": q, "context": c} for i, (q, c) in enumerate(zip(questions, contexts))]
-        predictions = self.predict_rows(rows, top_k=top_k, handle_impossible_answer=handle_impossible_answer,
-                                        null_score_diff_threshold=null_score_diff_threshold)
+        predictions = self.predict_rows(
+            rows,
+            top_k=top_k,
+            handle_impossible_answer=handle_impossible_answer,
+            null_score_diff_threshold=null_score_diff_threshold,
+        )
         answers = [self.answers_of(predictions[r["id"]], top_k) for r in rows]
         return answers[0] if single else answers
 
-    def predict_rows(self, rows: Sequence[dict], *, top_k: int | None = None,
-                     handle_impossible_answer: Optional[bool] = None,
-                     null_score_diff_threshold: Optional[float] = None) -> dict[str, ExamplePrediction]:
+    def predict_rows(
+        self,
+        rows: Sequence[dict],
+        *,
+        top_k: int | None = None,
+        handle_impossible_answer: Optional[bool] = None,
+        null_score_diff_threshold: Optional[float] = None,
+    ) -> dict[str, ExamplePrediction]:
         """Rows with id, question, context (e.g. a loaded SQuAD file) → predictions keyed by id."""
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
@@ -159,9 +208,11 @@ class QuestionAnswerer:
         grows to hold `top_k` answers."""
         grow_nbest = top_k if top_k is not None and top_k > self.settings.postprocess.n_best_size else None
         return self.settings.with_overrides(
-            "this call", n_best_size=grow_nbest,
+            "this call",
+            n_best_size=grow_nbest,
             version_2_with_negative=None if handle_impossible_answer is None else bool(handle_impossible_answer),
-            null_score_diff_threshold=None if null_score_diff_threshold is None else float(null_score_diff_threshold))
+            null_score_diff_threshold=None if null_score_diff_threshold is None else float(null_score_diff_threshold),
+        )
 
     @staticmethod
     def answers_of(prediction: ExamplePrediction, top_k: int):
@@ -170,8 +221,7 @@ class QuestionAnswerer:
         answers = [Answer(s.text, s.start, s.end, float(s.score), float(s.probability)) for s in prediction.nbest]
         if prediction.null_score is not None:
             # The null answer's probability is the softmax mass the n-best spans leave.
-            null = Answer("", 0, 0, float(prediction.null_score),
-                          max(0.0, 1.0 - sum(a.probability for a in answers)))
+            null = Answer("", 0, 0, float(prediction.null_score), max(0.0, 1.0 - sum(a.probability for a in answers)))
             if not answers or prediction.text == "":  # the null answer won
                 answers.insert(0, null)
             else:  # it ranks by score below the winning span

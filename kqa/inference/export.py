@@ -79,8 +79,9 @@ class Int8Settings:
         if unknown:
             raise ValueError(f"int8 keep_fp32: unknown layer kinds {unknown}; choose from {', '.join(LAYER_KINDS)}")
         if self.weight_type not in INT8_WEIGHT_TYPES:
-            raise ValueError(f"int8 weight_type must be one of {', '.join(INT8_WEIGHT_TYPES)}, "
-                             f"got {self.weight_type!r}")
+            raise ValueError(
+                f"int8 weight_type must be one of {', '.join(INT8_WEIGHT_TYPES)}, got {self.weight_type!r}"
+            )
 
 
 def write_probes(path: Path, batches, reference) -> None:
@@ -147,10 +148,10 @@ def _check_batches(vocab_size: int, names: tuple[str, ...], width: int, seed: in
         ids = torch.randint(5, max(6, vocab_size), (batch_size, length), generator=generator)
         mask = torch.ones_like(ids)
         types = torch.zeros_like(ids)
-        types[:, length // 3:] = 1
+        types[:, length // 3 :] = 1
         if batch_size > 1:
-            mask[-1, length // 2:] = 0
-            types[-1, length // 2:] = 0
+            mask[-1, length // 2 :] = 0
+            types[-1, length // 2 :] = 0
         batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         batches.append({k: v for k, v in batch.items() if k in names})
     return batches
@@ -164,9 +165,13 @@ def _fuse(path: Path, out: Path, config) -> dict[str, int]:
     level = optimizer_logger.level
     optimizer_logger.setLevel(logging.ERROR)
     try:
-        optimized = optimize_model(str(path), model_type=FUSABLE_MODEL_TYPES[config.model_type],
-                                   num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
-                                   opt_level=0)
+        optimized = optimize_model(
+            str(path),
+            model_type=FUSABLE_MODEL_TYPES[config.model_type],
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=0,
+        )
         optimized.save_model_to_file(str(out))
         stats = optimized.get_fused_operator_statistics()
     finally:
@@ -211,11 +216,17 @@ def quantize_int8(fp32: Path, out: Path, settings: Int8Settings) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantisation
     try:
-        quantize_dynamic(str(fp32), str(out), weight_type=weight_type, per_channel=settings.per_channel,
-                         reduce_range=settings.reduce_range, op_types_to_quantize=["MatMul", "Attention"],
-                         nodes_to_exclude=(span_head_nodes(fp32) if settings.span_head_fp32 else [])
-                         + layer_nodes(fp32, settings.keep_fp32),
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1: float
+        quantize_dynamic(
+            str(fp32),
+            str(out),
+            weight_type=weight_type,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_exclude=(span_head_nodes(fp32) if settings.span_head_fp32 else [])
+            + layer_nodes(fp32, settings.keep_fp32),
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},
+        )  # 1: float
     finally:
         root.setLevel(level)
 
@@ -226,21 +237,31 @@ def _check_export_arguments(model_dir: Path, out_dir: Path, quantize: Optional[s
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a directory; export takes a saved kqa model directory")
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json; not a saved model directory (export takes the "
-                                f"best/ or final/ directory of a training run)")
+        raise FileNotFoundError(
+            f"{model_dir}: no config.json; not a saved model directory (export takes the "
+            f"best/ or final/ directory of a training run)"
+        )
     if (model_dir / ONNX_FILE).is_file() and not any(model_dir.glob("model*.safetensors*")):
         raise ValueError(f"{model_dir} is already an ONNX export; export from the PyTorch model directory")
     if out_dir.resolve() == model_dir.resolve():
         raise ValueError("--out must be a new directory, not the model directory")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
-                                                      and not (out_dir / ONNX_EXPORT_INFO_FILE).is_file())):
-        raise ValueError(f"{out_dir} exists and is not an empty directory or an earlier export; "
-                              "choose a new directory")
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / ONNX_EXPORT_INFO_FILE).is_file())
+    ):
+        raise ValueError(f"{out_dir} exists and is not an empty directory or an earlier export; choose a new directory")
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optional[str] = None, opset: int = ONNX_OPSET,
-                optimize: bool = True, trust_remote_code: bool = False, tolerance: float = FP32_TOLERANCE,
-                int8: Optional[Int8Settings] = None) -> ExportReport:
+def export_onnx(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    quantize: Optional[str] = None,
+    opset: int = ONNX_OPSET,
+    optimize: bool = True,
+    trust_remote_code: bool = False,
+    tolerance: float = FP32_TOLERANCE,
+    int8: Optional[Int8Settings] = None,
+) -> ExportReport:
     """Export a saved kqa model to `out_dir/model.onnx` (dynamic batch and sequence axes; inputs
     `input_ids`, `attention_mask`[, `token_type_ids`], outputs `start_logits`, `end_logits`), with
     the tokenizer files, `config.json` and `kqa_config.json` beside it, so that
@@ -269,23 +290,32 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: Optiona
     model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     names, batches, reference = _probe_reference(model, tokenizer, model_dir)
-    report = ExportReport(out_dir=str(out_dir), source=str(model_dir), quantize=quantize, opset=opset,
-                          int8=asdict(int8) if int8 else None, inputs=list(names),
-                          checked_shapes=[list(b["input_ids"].shape) for b in batches])
+    report = ExportReport(
+        out_dir=str(out_dir),
+        source=str(model_dir),
+        quantize=quantize,
+        opset=opset,
+        int8=asdict(int8) if int8 else None,
+        inputs=list(names),
+        checked_shapes=[list(b["input_ids"].shape) for b in batches],
+    )
 
     with tempfile.TemporaryDirectory(prefix="kqa-export-") as tmp:
         tmp = Path(tmp)
         # 2. the fp32 graph (fused where that keeps the logits), checked against PyTorch
-        fp32 = _export_fp32_graph(model, names, batches, reference, tmp, opset=opset, optimize=optimize,
-                                  tolerance=tolerance, report=report)
+        fp32 = _export_fp32_graph(
+            model, names, batches, reference, tmp, opset=opset, optimize=optimize, tolerance=tolerance, report=report
+        )
         # 3. int8, measured the same way
         final = fp32
         if int8 is not None:
             final = tmp / "int8.onnx"
             quantize_int8(fp32, final, int8)
-        report.max_abs_diff = (report.max_abs_diff_fp32 if final is fp32 else
-                               max_logit_difference(OnnxQuestionAnsweringModel(final, num_threads=1), reference,
-                                                    batches))
+        report.max_abs_diff = (
+            report.max_abs_diff_fp32
+            if final is fp32
+            else max_logit_difference(OnnxQuestionAnsweringModel(final, num_threads=1), reference, batches)
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(final, out_dir / ONNX_FILE)
     # 4. what a model directory needs beside the graph, the probes, and how it was made
@@ -310,8 +340,9 @@ def _probe_reference(model, tokenizer, model_dir: Path):
     return names, batches, reference
 
 
-def _export_fp32_graph(model, names, batches, reference, tmp: Path, *, opset: int, optimize: bool, tolerance: float,
-                       report: ExportReport) -> Path:
+def _export_fp32_graph(
+    model, names, batches, reference, tmp: Path, *, opset: int, optimize: bool, tolerance: float, report: ExportReport
+) -> Path:
     """torch.onnx.export, then ONNX Runtime's fusions where they keep the logits within `tolerance`;
     raises RuntimeError (nothing written) when even the plain graph does not."""
     config = model.config
@@ -320,9 +351,17 @@ def _export_fp32_graph(model, names, batches, reference, tmp: Path, *, opset: in
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes about Python branches on shapes (checked below)
         # The TorchScript exporter: its graph is the one ONNX Runtime's BERT fusions match.
-        torch.onnx.export(_SpanGraph(model, names), tuple(batches[1].values()), str(raw),
-                          input_names=list(names), output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            _SpanGraph(model, names),
+            tuple(batches[1].values()),
+            str(raw),
+            input_names=list(names),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     fp32 = raw
     if optimize and getattr(config, "model_type", None) in FUSABLE_MODEL_TYPES:
         fused = tmp / "fused.onnx"
@@ -332,23 +371,29 @@ def _export_fp32_graph(model, names, batches, reference, tmp: Path, *, opset: in
             if diff <= tolerance:
                 fp32 = fused
             else:
-                logger.warning("%s: the fused graph's logits differ by %.2g from PyTorch's; exporting the "
-                               "unfused graph", report.source, diff)
+                logger.warning(
+                    "%s: the fused graph's logits differ by %.2g from PyTorch's; exporting the unfused graph",
+                    report.source,
+                    diff,
+                )
                 report.fused = {}
         except Exception as err:  # noqa: BLE001 - a fusion failure leaves the plain export usable
-            logger.warning("%s: ONNX Runtime's transformer fusions failed (%s); exporting the unfused graph",
-                           report.source, err)
+            logger.warning(
+                "%s: ONNX Runtime's transformer fusions failed (%s); exporting the unfused graph", report.source, err
+            )
             report.fused = {}
-    report.max_abs_diff_fp32 = max_logit_difference(OnnxQuestionAnsweringModel(fp32, num_threads=1), reference,
-                                                    batches)
+    report.max_abs_diff_fp32 = max_logit_difference(OnnxQuestionAnsweringModel(fp32, num_threads=1), reference, batches)
     if not report.max_abs_diff_fp32 <= tolerance:
-        raise RuntimeError(f"{report.source}: the exported graph's logits differ by {report.max_abs_diff_fp32:.3g} "
-                           f"from the PyTorch model's (tolerance {tolerance}); not writing {report.out_dir}")
+        raise RuntimeError(
+            f"{report.source}: the exported graph's logits differ by {report.max_abs_diff_fp32:.3g} "
+            f"from the PyTorch model's (tolerance {tolerance}); not writing {report.out_dir}"
+        )
     return fp32
 
 
-def _write_export_directory(out_dir: Path, model_dir: Path, tokenizer, batches, reference, report: ExportReport,
-                            t0: float) -> None:
+def _write_export_directory(
+    out_dir: Path, model_dir: Path, tokenizer, batches, reference, report: ExportReport, t0: float
+) -> None:
     from kqa import __version__
     from kqa.modeling import KQA_CONFIG_FILE
 

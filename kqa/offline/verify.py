@@ -178,8 +178,11 @@ def verify_backbone(
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, add_pooling_layer=False)
     outside = _outside_trimmed_vocabulary(model_dir / "tokenizer.json", tokenizer_file, texts)
     report = compare_with_engine(
-        model, tokenizer, [t for i, t in enumerate(texts) if i not in outside],
-        model_file=model_file, threshold=threshold,
+        model,
+        tokenizer,
+        [t for i, t in enumerate(texts) if i not in outside],
+        model_file=model_file,
+        threshold=threshold,
     )
     report.skipped_outside_vocabulary = [texts[i][0] for i in sorted(outside)]
     return report

@@ -123,8 +123,13 @@ def _is_korean_or_common(ch: str) -> bool:
     """Hangul (syllables, jamo, compatibility jamo), ASCII, and script-less characters (digits,
     punctuation, symbols, spaces) — what Korean text is written with, whatever its topic."""
     cp = ord(ch)
-    if (0xAC00 <= cp <= 0xD7A3 or 0x1100 <= cp <= 0x11FF or 0x3130 <= cp <= 0x318F
-            or 0xA960 <= cp <= 0xA97F or 0xD7B0 <= cp <= 0xD7FF):
+    if (
+        0xAC00 <= cp <= 0xD7A3
+        or 0x1100 <= cp <= 0x11FF
+        or 0x3130 <= cp <= 0x318F
+        or 0xA960 <= cp <= 0xA97F
+        or 0xD7B0 <= cp <= 0xD7FF
+    ):
         return True
     return ch.isascii() or unicodedata.category(ch)[0] in "PSNZ"
 

@@ -91,17 +91,21 @@ class CorpusReport:
         return text
 
     def to_dict(self) -> dict:
-        return {"files_read": self.files_read, "documents": self.documents,
-                "merged_duplicate_contexts": self.merged_duplicate_contexts,
-                "skipped": [{"source": s, "reason": r} for s, r in self.skipped]}
+        return {
+            "files_read": self.files_read,
+            "documents": self.documents,
+            "merged_duplicate_contexts": self.merged_duplicate_contexts,
+            "skipped": [{"source": s, "reason": r} for s, r in self.skipped],
+        }
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading
 
 
-def load_corpus(paths: str | Path | Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                strict: bool = False) -> tuple[list[Document], CorpusReport]:
+def load_corpus(
+    paths: str | Path | Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, strict: bool = False
+) -> tuple[list[Document], CorpusReport]:
     """Every document under `paths` (folders and files), in a stable order, with a report of what was
     skipped and why. Document ids are unique across all paths (a duplicate is a `CorpusError`)."""
     if isinstance(paths, (str, Path)):
@@ -116,8 +120,9 @@ def load_corpus(paths: str | Path | Sequence[str | Path], *, max_file_bytes: int
         for file, doc_id_prefix in _files_under(path, report, strict):
             for doc in _read_file(file, doc_id_prefix, report, max_file_bytes, strict, seen_contexts):
                 if doc.id in first_source:
-                    raise CorpusError(f"{doc.source}: duplicate document id {doc.id!r} "
-                                      f"(first seen at {first_source[doc.id]})")
+                    raise CorpusError(
+                        f"{doc.source}: duplicate document id {doc.id!r} (first seen at {first_source[doc.id]})"
+                    )
                 first_source[doc.id] = doc.source
                 documents.append(doc)
     report.documents = len(documents)
@@ -137,18 +142,26 @@ def _files_under(path: Path, report: CorpusReport, strict: bool) -> Iterator[tup
             report.skip(str(file), "hidden: a dot file or folder", strict=False)  # .git and the like
             continue
         if file.suffix.lower() not in (*TEXT_SUFFIXES, JSONL_SUFFIX, SQUAD_SUFFIX):
-            report.skip(str(file), f"unsupported suffix: {file.suffix or '(none)'} "
-                                   f"(read: {', '.join((*TEXT_SUFFIXES, JSONL_SUFFIX, SQUAD_SUFFIX))})", strict)
+            report.skip(
+                str(file),
+                f"unsupported suffix: {file.suffix or '(none)'} "
+                f"(read: {', '.join((*TEXT_SUFFIXES, JSONL_SUFFIX, SQUAD_SUFFIX))})",
+                strict,
+            )
             continue
         yield file, relative.as_posix()
 
 
-def _read_file(file: Path, doc_id: str, report: CorpusReport, max_file_bytes: int, strict: bool,
-               seen_contexts: set[str]) -> Iterator[Document]:
+def _read_file(
+    file: Path, doc_id: str, report: CorpusReport, max_file_bytes: int, strict: bool, seen_contexts: set[str]
+) -> Iterator[Document]:
     size = file.stat().st_size
     if size > max_file_bytes:
-        report.skip(str(file), f"too large: {size:,} bytes > {max_file_bytes:,} (raise max_file_bytes "
-                               "or split the file)", strict)
+        report.skip(
+            str(file),
+            f"too large: {size:,} bytes > {max_file_bytes:,} (raise max_file_bytes or split the file)",
+            strict,
+        )
         return
     data = file.read_bytes()
     if b"\x00" in data[:BINARY_SNIFF_BYTES]:
@@ -173,8 +186,9 @@ def _read_file(file: Path, doc_id: str, report: CorpusReport, max_file_bytes: in
 
 
 def _jsonl_documents(file: Path, file_id: str, text: str, report: CorpusReport, strict: bool) -> Iterator[Document]:
-    for line_no, where, row in iter_jsonl_objects(text, str(file), "an object with 'text' (and 'id', 'title')",
-                                                  CorpusError):
+    for line_no, where, row in iter_jsonl_objects(
+        text, str(file), "an object with 'text' (and 'id', 'title')", CorpusError
+    ):
         if "text" not in row:
             raise CorpusError(f"{where}: missing field 'text'")
         body = check_text(row["text"], f"{where}: field 'text'")
@@ -192,8 +206,9 @@ def _jsonl_documents(file: Path, file_id: str, text: str, report: CorpusReport, 
         yield Document(id=doc_id, title=title, text=body, source=where)
 
 
-def _squad_documents(file: Path, file_id: str, text: str, report: CorpusReport, seen: set[str],
-                     strict: bool = False) -> Iterator[Document]:
+def _squad_documents(
+    file: Path, file_id: str, text: str, report: CorpusReport, seen: set[str], strict: bool = False
+) -> Iterator[Document]:
     """One document per paragraph context; a context seen before (in any file) is indexed once."""
     try:
         data = json.loads(text)
@@ -292,8 +307,9 @@ def _cut_long(text: str, start: int, end: int, settings: PassageSettings) -> lis
         start = next_start
 
 
-def split_passages(document: Document, settings: PassageSettings = PassageSettings(),
-                   first_index: int = 0) -> list[Passage]:
+def split_passages(
+    document: Document, settings: PassageSettings = PassageSettings(), first_index: int = 0
+) -> list[Passage]:
     """The passages of one document, in order; `document.text[p.start:p.end] == p.text`."""
     text, spans = document.text, []
     group_start = group_end = None
@@ -311,8 +327,11 @@ def split_passages(document: Document, settings: PassageSettings = PassageSettin
             group_start, group_end = start, end
     if group_start is not None:
         spans.append((group_start, group_end))
-    return [Passage(index=first_index + i, doc_id=document.id, title=document.title, text=text[s:e], start=s, end=e)
-            for i, (s, e) in enumerate(spans) if e > s]
+    return [
+        Passage(index=first_index + i, doc_id=document.id, title=document.title, text=text[s:e], start=s, end=e)
+        for i, (s, e) in enumerate(spans)
+        if e > s
+    ]
 
 
 def split_corpus(documents: Iterable[Document], settings: PassageSettings = PassageSettings()) -> list[Passage]:

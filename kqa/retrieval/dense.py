@@ -44,8 +44,9 @@ class EmbedderSettings:
             raise ValueError(f"max_length must be an int >= 8, got {self.max_length!r}")
 
 
-def pooled_embeddings(model, tokenizer, texts: Sequence[str], *, pooling: str = "mean",
-                      max_length: int = 512) -> np.ndarray:
+def pooled_embeddings(
+    model, tokenizer, texts: Sequence[str], *, pooling: str = "mean", max_length: int = 512
+) -> np.ndarray:
     """L2-normalised sentence embeddings [len(texts), hidden] of texts given as they are (prefixes
     included), in one padded batch."""
     import torch
@@ -53,8 +54,9 @@ def pooled_embeddings(model, tokenizer, texts: Sequence[str], *, pooling: str = 
     batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     device = next(model.parameters()).device
     with torch.inference_mode():
-        hidden = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).last_hidden_state.float()
+        hidden = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).last_hidden_state.float()
     if pooling == "cls":
         pooled = hidden[:, 0]
     else:
@@ -86,8 +88,9 @@ def model_fingerprint(model, tokenizer) -> str:
 class Embedder:
     """Queries and passages → unit vectors with one encoder (batched by length, with a progress bar)."""
 
-    def __init__(self, model, tokenizer, *, name: str, settings: EmbedderSettings = EmbedderSettings(),
-                 batch_size: int = 32):
+    def __init__(
+        self, model, tokenizer, *, name: str, settings: EmbedderSettings = EmbedderSettings(), batch_size: int = 32
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -96,9 +99,15 @@ class Embedder:
         self._fingerprint: str | None = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, settings: EmbedderSettings = EmbedderSettings(),
-                        device: str | None = None, batch_size: int = 32,
-                        trust_remote_code: bool = False) -> Embedder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        settings: EmbedderSettings = EmbedderSettings(),
+        device: str | None = None,
+        batch_size: int = 32,
+        trust_remote_code: bool = False,
+    ) -> Embedder:
         """A local directory or a hub name. Local directories are recorded by absolute path so an index
         finds its model from any working directory."""
         import torch
@@ -112,11 +121,14 @@ class Embedder:
             tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
             config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
             # e5 checkpoints have no pooler: without this a randomly initialised one would be built
-            model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
-                                              **encoder_init_kwargs(config))
+            model = AutoModel.from_pretrained(
+                name, config=config, trust_remote_code=trust_remote_code, **encoder_init_kwargs(config)
+            )
         except OSError as err:
-            raise OSError(f"cannot load the embedding model {str(name_or_path)!r}: {err}\n(offline, pass a local "
-                          "directory such as models/e5-small, built by README command 1)") from None
+            raise OSError(
+                f"cannot load the embedding model {str(name_or_path)!r}: {err}\n(offline, pass a local "
+                "directory such as models/e5-small, built by README command 1)"
+            ) from None
         model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         return cls(model, tokenizer, name=name, settings=settings, batch_size=batch_size)
 
@@ -132,8 +144,12 @@ class Embedder:
 
     def identity(self) -> dict:
         """What an index records of its embedder (and checks on load)."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "dimension": self.dimension,
-                "settings": asdict(self.settings)}
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "dimension": self.dimension,
+            "settings": asdict(self.settings),
+        }
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         return self._embed([self.settings.query_prefix + q for q in queries], show_progress=False, what="queries")
@@ -149,9 +165,14 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with tqdm(total=len(texts), desc=f"embedding {what}", unit=what[:-1], disable=not show_progress) as bar:
             for begin in range(0, len(order), self.batch_size):
-                chunk = order[begin:begin + self.batch_size]
-                out[chunk] = pooled_embeddings(self.model, self.tokenizer, [texts[i] for i in chunk],
-                                               pooling=self.settings.pooling, max_length=self.settings.max_length)
+                chunk = order[begin : begin + self.batch_size]
+                out[chunk] = pooled_embeddings(
+                    self.model,
+                    self.tokenizer,
+                    [texts[i] for i in chunk],
+                    pooling=self.settings.pooling,
+                    max_length=self.settings.max_length,
+                )
                 bar.update(len(chunk))
         return out
 

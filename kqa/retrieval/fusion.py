@@ -33,7 +33,9 @@ def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], k: int = DEFAULT_RRF_
     return _sorted(fused)
 
 
-def score_fusion(candidates: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def score_fusion(
+    candidates: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sum of min-max normalised scores over each method's candidates: (indices, scores) of
     each method → (indices, fused scores), best first. A passage a method did not return gets 0 from it."""
     fused: dict[int, float] = {}

@@ -70,8 +70,14 @@ def _check_positive_int(name: str, value) -> int:
 
 
 class RetrieveAndRead:
-    def __init__(self, retriever: Retriever, reader, *, passages: int = DEFAULT_PASSAGES,
-                 passage_temperature: float = E5_TEMPERATURE):
+    def __init__(
+        self,
+        retriever: Retriever,
+        reader,
+        *,
+        passages: int = DEFAULT_PASSAGES,
+        passage_temperature: float = E5_TEMPERATURE,
+    ):
         _check_positive_int("passages", passages)
         if not isinstance(passage_temperature, (int, float)) or not passage_temperature > 0:
             raise ValueError(f"passage_temperature must be > 0, got {passage_temperature!r}")
@@ -82,8 +88,10 @@ class RetrieveAndRead:
 
     def passage_probabilities(self, found: Sequence[RetrievedPassage]) -> list[float]:
         """P(passage | question) over the passages read: a softmax of cosine / temperature, or of BM25."""
-        logits = [h.dense_score / self.passage_temperature if h.dense_score is not None else h.sparse_score or 0.0
-                  for h in found]
+        logits = [
+            h.dense_score / self.passage_temperature if h.dense_score is not None else h.sparse_score or 0.0
+            for h in found
+        ]
         top = max(logits, default=0.0)
         weights = [math.exp(x - top) for x in logits]
         total = sum(weights)
@@ -96,18 +104,24 @@ class RetrieveAndRead:
             return answers[0] if answers else None
         return answers
 
-    def ask(self, question: str, *, top_k: int = 1, passages: int | None = None, method: str | None = None) -> OpenResult:
+    def ask(
+        self, question: str, *, top_k: int = 1, passages: int | None = None, method: str | None = None
+    ) -> OpenResult:
         return self.ask_many([question], top_k=top_k, passages=passages, method=method)[0]
 
-    def ask_many(self, questions: Sequence[str], *, top_k: int = 1, passages: int | None = None,
-                 method: str | None = None) -> list[OpenResult]:
+    def ask_many(
+        self, questions: Sequence[str], *, top_k: int = 1, passages: int | None = None, method: str | None = None
+    ) -> list[OpenResult]:
         """Retrieve `passages` passages per question, read them all in one reader call, rank each
         question's answers by P(passage) × P(span | passage)."""
         _check_positive_int("top_k", top_k)
         passages = self.passages if passages is None else _check_positive_int("passages", passages)
         hits = self.retriever.retrieve_many(questions, passages, method=method)
-        rows = [{"id": f"{q}/{h}", "question": question, "context": hit.passage.text}
-                for q, (question, found) in enumerate(zip(questions, hits)) for h, hit in enumerate(found)]
+        rows = [
+            {"id": f"{q}/{h}", "question": question, "context": hit.passage.text}
+            for q, (question, found) in enumerate(zip(questions, hits))
+            for h, hit in enumerate(found)
+        ]
         # n-best spans of every passage: a passage's second span may outrank another passage's first.
         predictions = self.reader.predict_rows(rows, top_k=top_k) if rows else {}
         results = []
@@ -124,9 +138,19 @@ class RetrieveAndRead:
                         answers[key].probability += probability
                         continue
                     answers[key] = OpenAnswer(
-                        text=span.text, score=float(span.score), probability=probability, doc_id=p.doc_id,
-                        title=p.title, start=key[1], end=key[2], passage_id=p.id, passage_start=p.start,
-                        passage_end=p.end, retrieval_rank=hit.rank, retrieval_score=hit.score)
+                        text=span.text,
+                        score=float(span.score),
+                        probability=probability,
+                        doc_id=p.doc_id,
+                        title=p.title,
+                        start=key[1],
+                        end=key[2],
+                        passage_id=p.id,
+                        passage_start=p.start,
+                        passage_end=p.end,
+                        retrieval_rank=hit.rank,
+                        retrieval_score=hit.score,
+                    )
             ranked = sorted(answers.values(), key=lambda a: (-a.probability, a.retrieval_rank, a.start))
             results.append(OpenResult(question=question, answers=ranked[:top_k], passages=found))
         return results

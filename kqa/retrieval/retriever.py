@@ -79,9 +79,18 @@ class RetrievedPassage:
 
     def to_dict(self) -> dict:
         p = self.passage
-        return {"rank": self.rank, "score": self.score, "sparse_score": self.sparse_score,
-                "dense_score": self.dense_score, "doc_id": p.doc_id, "title": p.title, "passage_id": p.id,
-                "start": p.start, "end": p.end, "text": p.text}
+        return {
+            "rank": self.rank,
+            "score": self.score,
+            "sparse_score": self.sparse_score,
+            "dense_score": self.dense_score,
+            "doc_id": p.doc_id,
+            "title": p.title,
+            "passage_id": p.id,
+            "start": p.start,
+            "end": p.end,
+            "text": p.text,
+        }
 
 
 @dataclass
@@ -95,9 +104,18 @@ class IndexInfo:
 
 
 class Retriever:
-    def __init__(self, documents: Sequence[Document], passages: Sequence[Passage], settings: RetrieverSettings, *,
-                 analyzer=None, sparse: BM25Index | None = None, embedder: Embedder | None = None,
-                 dense: DenseIndex | None = None, info: IndexInfo | None = None):
+    def __init__(
+        self,
+        documents: Sequence[Document],
+        passages: Sequence[Passage],
+        settings: RetrieverSettings,
+        *,
+        analyzer=None,
+        sparse: BM25Index | None = None,
+        embedder: Embedder | None = None,
+        dense: DenseIndex | None = None,
+        info: IndexInfo | None = None,
+    ):
         if settings.analyzer is not None and (analyzer is None or sparse is None):
             raise ValueError("settings name an analyzer, but no analyzer / BM25 index was given")
         if settings.uses_dense and (embedder is None or dense is None):
@@ -116,16 +134,25 @@ class Retriever:
     # -- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, documents: Sequence[Document], settings: RetrieverSettings = RetrieverSettings(), *,
-              embedder: Embedder | None = None, passage_settings: PassageSettings = PassageSettings(),
-              corpus_report: CorpusReport | None = None, show_progress: bool = False) -> Retriever:
+    def build(
+        cls,
+        documents: Sequence[Document],
+        settings: RetrieverSettings = RetrieverSettings(),
+        *,
+        embedder: Embedder | None = None,
+        passage_settings: PassageSettings = PassageSettings(),  # noqa: B008 - frozen, never mutated
+        corpus_report: CorpusReport | None = None,
+        show_progress: bool = False,
+    ) -> Retriever:
         """Split the documents into passages and index them (BM25 over the analyzer's terms, embeddings
         for dense / hybrid). Embeddings are computed here, once; queries are embedded at search time."""
         if not documents:
             raise ValueError("no documents to index")
         if settings.uses_dense and embedder is None:
-            raise ValueError(f"method {settings.method!r} needs an embedder (e.g. Embedder.from_pretrained"
-                             "('models/e5-small')); or use method='sparse'")
+            raise ValueError(
+                f"method {settings.method!r} needs an embedder (e.g. Embedder.from_pretrained"
+                "('models/e5-small')); or use method='sparse'"
+            )
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         passages = split_corpus(documents, passage_settings)
@@ -145,11 +172,21 @@ class Retriever:
             t = time.perf_counter()
             dense = DenseIndex(embedder.embed_passages([p.text for p in passages], show_progress=show_progress))
             seconds["embed"] = time.perf_counter() - t
-        info = IndexInfo(passage_settings=passage_settings,
-                         corpus_report=corpus_report.to_dict() if corpus_report else {},
-                         build_seconds={k: round(v, 3) for k, v in seconds.items()})
-        return cls(documents, passages, settings, analyzer=analyzer, sparse=sparse,
-                   embedder=embedder if dense is not None else None, dense=dense, info=info)
+        info = IndexInfo(
+            passage_settings=passage_settings,
+            corpus_report=corpus_report.to_dict() if corpus_report else {},
+            build_seconds={k: round(v, 3) for k, v in seconds.items()},
+        )
+        return cls(
+            documents,
+            passages,
+            settings,
+            analyzer=analyzer,
+            sparse=sparse,
+            embedder=embedder if dense is not None else None,
+            dense=dense,
+            info=info,
+        )
 
     # -- searching --------------------------------------------------------------------------------
 
@@ -159,7 +196,9 @@ class Retriever:
     def retrieve(self, query: str, k: int = 5, *, method: str | None = None) -> list[RetrievedPassage]:
         return self.retrieve_many([query], k, method=method)[0]
 
-    def retrieve_many(self, queries: Sequence[str], k: int = 5, *, method: str | None = None) -> list[list[RetrievedPassage]]:
+    def retrieve_many(
+        self, queries: Sequence[str], k: int = 5, *, method: str | None = None
+    ) -> list[list[RetrievedPassage]]:
         """The k best passages of each query (fewer when the method finds fewer: BM25 returns only
         passages that share a term with the query)."""
         method = method or self.settings.method
@@ -187,11 +226,18 @@ class Retriever:
             else:
                 ranked, fused = self._fuse(sparse_scores, dense_scores[i])
                 ranked, fused = ranked[:k], fused[:k]
-            results.append([
-                RetrievedPassage(self.passages[p], rank=r, score=float(s),
-                                 sparse_score=None if sparse_scores is None else float(sparse_scores[p]),
-                                 dense_score=None if dense_scores is None else float(dense_scores[i][p]))
-                for r, (p, s) in enumerate(zip(ranked.tolist(), fused.tolist()), 1)])
+            results.append(
+                [
+                    RetrievedPassage(
+                        self.passages[p],
+                        rank=r,
+                        score=float(s),
+                        sparse_score=None if sparse_scores is None else float(sparse_scores[p]),
+                        dense_score=None if dense_scores is None else float(dense_scores[i][p]),
+                    )
+                    for r, (p, s) in enumerate(zip(ranked.tolist(), fused.tolist()), 1)
+                ]
+            )
         return results
 
     def _fuse(self, sparse_scores: np.ndarray, dense_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,8 +247,9 @@ class Retriever:
         if self.settings.fusion == "rrf":
             return reciprocal_rank_fusion([sparse_top, dense_top], k=self.settings.rrf_k)
         w = self.settings.dense_weight
-        return score_fusion([(sparse_top, sparse_scores[sparse_top]), (dense_top, dense_scores[dense_top])],
-                            [1.0 - w, w])
+        return score_fusion(
+            [(sparse_top, sparse_scores[sparse_top]), (dense_top, dense_scores[dense_top])], [1.0 - w, w]
+        )
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -214,34 +261,50 @@ class Retriever:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         doc_index = {d.id: i for i, d in enumerate(self.documents)}
-        arrays = {"doc": np.array([doc_index[p.doc_id] for p in self.passages], dtype=np.int64),
-                  "start": np.array([p.start for p in self.passages], dtype=np.int64),
-                  "end": np.array([p.end for p in self.passages], dtype=np.int64)}
+        arrays = {
+            "doc": np.array([doc_index[p.doc_id] for p in self.passages], dtype=np.int64),
+            "start": np.array([p.start for p in self.passages], dtype=np.int64),
+            "end": np.array([p.end for p in self.passages], dtype=np.int64),
+        }
         if self.dense is not None:
             arrays["embeddings"] = self.dense.embeddings
         save_file(arrays, str(directory / "passages.safetensors"))
         with open(directory / "documents.jsonl", "w", encoding="utf-8") as f:
             for d in self.documents:
-                f.write(json.dumps({"id": d.id, "title": d.title, "source": d.source, "text": d.text},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps({"id": d.id, "title": d.title, "source": d.source, "text": d.text}, ensure_ascii=False)
+                    + "\n"
+                )
         if self.sparse is not None:
             self.sparse.save(directory / "bm25")
         manifest = {
-            "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "kqa_version": __version__,
-            "settings": asdict(self.settings), "passage_settings": asdict(self.info.passage_settings),
-            "documents": len(self.documents), "passages": len(self.passages),
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "kqa_version": __version__,
+            "settings": asdict(self.settings),
+            "passage_settings": asdict(self.info.passage_settings),
+            "documents": len(self.documents),
+            "passages": len(self.passages),
             # identities of the parts themselves (a Retriever assembled by hand records them too)
             "analyzer": None if self.sparse is None else {"name": self.analyzer.name, "version": self.analyzer.version},
             "embedder": None if self.dense is None else self.embedder.identity(),
             "corpus_report": self.info.corpus_report,
             "build_seconds": self.info.build_seconds,
         }
-        (directory / "index.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (directory / "index.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, embedder: Embedder | str | Path | None = None,
-             method: str | None = None, device: str | None = None) -> Retriever:
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        embedder: Embedder | str | Path | None = None,
+        method: str | None = None,
+        device: str | None = None,
+    ) -> Retriever:
         """Load a saved index. With embeddings, the embedding model is the one recorded in the index
         (or `embedder`: an `Embedder`, or a name / path to load); it must be the model the passages were
         embedded with (same weights and vocabulary), else `IndexMismatchError`. So must the analyzer's
@@ -259,8 +322,10 @@ class Retriever:
         if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
             raise ValueError(f"{manifest_path}: not a kqa retrieval index manifest")
         if manifest.get("format_version") != INDEX_FORMAT_VERSION:
-            raise ValueError(f"{manifest_path}: index format version {manifest.get('format_version')!r}, "
-                             f"this kqa reads {INDEX_FORMAT_VERSION}: rebuild it with kqa index")
+            raise ValueError(
+                f"{manifest_path}: index format version {manifest.get('format_version')!r}, "
+                f"this kqa reads {INDEX_FORMAT_VERSION}: rebuild it with kqa index"
+            )
         settings = RetrieverSettings(**manifest["settings"])
         if method is not None:
             settings = RetrieverSettings(**{**asdict(settings), "method": method})
@@ -272,8 +337,10 @@ class Retriever:
                     row = json.loads(line)
                     documents.append(Document(id=row["id"], title=row["title"], text=row["text"], source=row["source"]))
                 except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise ValueError(f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
-                                     f"({type(err).__name__}: {err}); rebuild the index with kqa index") from None
+                    raise ValueError(
+                        f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
+                        f"({type(err).__name__}: {err}); rebuild the index with kqa index"
+                    ) from None
         arrays = load_file(str(directory / "passages.safetensors"))
         passages = []
         for i, (d, s, e) in enumerate(zip(arrays["doc"].tolist(), arrays["start"].tolist(), arrays["end"].tolist())):
@@ -288,27 +355,44 @@ class Retriever:
             if analyzer.version != manifest["analyzer"]["version"]:
                 raise IndexMismatchError(
                     f"{directory}: built with the {analyzer.name} analyzer of {manifest['analyzer']['version']}, "
-                    f"this machine has {analyzer.version}: its terms may differ; rebuild the index with kqa index")
+                    f"this machine has {analyzer.version}: its terms may differ; rebuild the index with kqa index"
+                )
             sparse = BM25Index.load(directory / "bm25")
         dense_index = None
         if "embeddings" in arrays:
             recorded = manifest.get("embedder") or {}
             if not isinstance(embedder, Embedder):
-                embedder = Embedder.from_pretrained(embedder or recorded["name"], device=device,
-                                                    settings=EmbedderSettings(**recorded.get("settings", {})))
+                embedder = Embedder.from_pretrained(
+                    embedder or recorded["name"],
+                    device=device,
+                    settings=EmbedderSettings(**recorded.get("settings", {})),
+                )
             if embedder.fingerprint != recorded.get("fingerprint"):
                 raise IndexMismatchError(
                     f"{directory}: the passages were embedded with {recorded.get('name')!r} (fingerprint "
                     f"{str(recorded.get('fingerprint'))[:12]}…), not with {embedder.name!r} (fingerprint "
-                    f"{embedder.fingerprint[:12]}…): query vectors of another model cannot be compared with them")
+                    f"{embedder.fingerprint[:12]}…): query vectors of another model cannot be compared with them"
+                )
             if asdict(embedder.settings) != recorded.get("settings", asdict(embedder.settings)):
-                raise IndexMismatchError(f"{directory}: embedder settings {asdict(embedder.settings)} differ from "
-                                         f"those the index was built with, {recorded.get('settings')}")
+                raise IndexMismatchError(
+                    f"{directory}: embedder settings {asdict(embedder.settings)} differ from "
+                    f"those the index was built with, {recorded.get('settings')}"
+                )
             dense_index = DenseIndex(arrays["embeddings"])
         elif settings.uses_dense:
             raise ValueError(f"{directory}: method {settings.method!r} needs embeddings, and this index has none")
-        info = IndexInfo(passage_settings=PassageSettings(**manifest["passage_settings"]),
-                         corpus_report=manifest.get("corpus_report", {}),
-                         build_seconds=manifest.get("build_seconds", {}))
-        return cls(documents, passages, settings, analyzer=analyzer, sparse=sparse,
-                   embedder=embedder if dense_index is not None else None, dense=dense_index, info=info)
+        info = IndexInfo(
+            passage_settings=PassageSettings(**manifest["passage_settings"]),
+            corpus_report=manifest.get("corpus_report", {}),
+            build_seconds=manifest.get("build_seconds", {}),
+        )
+        return cls(
+            documents,
+            passages,
+            settings,
+            analyzer=analyzer,
+            sparse=sparse,
+            embedder=embedder if dense_index is not None else None,
+            dense=dense_index,
+            info=info,
+        )

@@ -17,13 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-MORPHEME_TAGS = frozenset({
-    "NNG", "NNP", "NNB", "NR",  # nouns, bound nouns (년, 월), numerals
-    "VV", "VA",  # verb / adjective stems
-    "XR",  # roots
-    "SL", "SH", "SN",  # foreign words, hanja, numbers
-    "MAG",  # general adverbs (가장, 처음)
-})
+MORPHEME_TAGS = frozenset(
+    {
+        "NNG",
+        "NNP",
+        "NNB",
+        "NR",  # nouns, bound nouns (년, 월), numerals
+        "VV",
+        "VA",  # verb / adjective stems
+        "XR",  # roots
+        "SL",
+        "SH",
+        "SN",  # foreign words, hanja, numbers
+        "MAG",  # general adverbs (가장, 처음)
+    }
+)
 
 
 def _normalise(text: str) -> str:
@@ -45,7 +53,7 @@ class CharBigramAnalyzer:
             word = "".join(ch for ch in word if ch.isalnum())
             if len(word) == 1:
                 terms.append(word)
-            terms.extend(word[i:i + 2] for i in range(len(word) - 1))
+            terms.extend(word[i : i + 2] for i in range(len(word) - 1))
         return terms
 
     def analyze_many(self, texts: Sequence[str], show_progress: bool = False) -> list[list[str]]:
@@ -63,8 +71,9 @@ class MorphemeAnalyzer:
         try:
             from kiwipiepy import Kiwi
         except ImportError as err:
-            raise ImportError(f"the morpheme analyzer needs kiwipiepy ({err}): pip install kiwipiepy, "
-                              "or use the 'bigrams' analyzer") from None
+            raise ImportError(
+                f"the morpheme analyzer needs kiwipiepy ({err}): pip install kiwipiepy, or use the 'bigrams' analyzer"
+            ) from None
         # num_workers None: Kiwi's default (every core) for lists of texts.
         self._kiwi = Kiwi() if num_workers is None else Kiwi(num_workers=num_workers)
 
@@ -92,8 +101,10 @@ class MorphemeAnalyzer:
 
         normalised = [_normalise(t) for t in texts]
         results = self._kiwi.tokenize(normalised)  # a lazy iterator, analysed on Kiwi's threads
-        return [self._terms(tokens) for tokens in
-                tqdm(results, total=len(texts), desc="morphemes", unit="passage", disable=not show_progress)]
+        return [
+            self._terms(tokens)
+            for tokens in tqdm(results, total=len(texts), desc="morphemes", unit="passage", disable=not show_progress)
+        ]
 
 
 ANALYZERS = {"morphemes": MorphemeAnalyzer, "bigrams": CharBigramAnalyzer}

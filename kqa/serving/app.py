@@ -63,6 +63,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The application
 # --------------------------------------------------------------------------------------------------
 
+
 class _BodyLimit:
     """ASGI middleware: a request whose Content-Length exceeds `max_bytes` is a 413 before its body is
     read (the per-field limits come after parsing; this keeps a huge body from being parsed at all)."""
@@ -74,8 +75,14 @@ class _BodyLimit:
         if scope["type"] == "http":
             for name, value in scope.get("headers", ()):
                 if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    error = ApiError(413, "invalid_request", f"the request body has {int(value)} bytes (the limit "
-                                     f"is {self.max_bytes})", "body", problem="too_large", limit=self.max_bytes)
+                    error = ApiError(
+                        413,
+                        "invalid_request",
+                        f"the request body has {int(value)} bytes (the limit is {self.max_bytes})",
+                        "body",
+                        problem="too_large",
+                        limit=self.max_bytes,
+                    )
                     await error.response()(scope, receive, send)
                     return
         await self.app(scope, receive, send)
@@ -106,11 +113,22 @@ def _check_text(value: str, where: str, limit: int) -> None:
     from kqa.text import check_text
 
     if not value.strip():
-        raise ApiError(422, "invalid_request", f"field '{where}' is {'only whitespace' if value else 'empty'}",
-                       where, problem="empty")
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' is {'only whitespace' if value else 'empty'}",
+            where,
+            problem="empty",
+        )
     if len(value) > limit:
-        raise ApiError(422, "invalid_request", f"field '{where}' is too long: {len(value)} characters "
-                       f"(the limit is {limit})", where, problem="too_long", limit=limit)
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' is too long: {len(value)} characters (the limit is {limit})",
+            where,
+            problem="too_long",
+            limit=limit,
+        )
     try:
         check_text(value, f"field '{where}'")
     except ValueError as err:
@@ -119,8 +137,14 @@ def _check_text(value: str, where: str, limit: int) -> None:
 
 def _check_range(value: int, where: str, limit: int) -> None:
     if not 1 <= value <= limit:
-        raise ApiError(422, "invalid_request", f"field '{where}' must be between 1 and {limit}, got {value}",
-                       where, problem="out_of_range", limit=limit)
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' must be between 1 and {limit}, got {value}",
+            where,
+            problem="out_of_range",
+            limit=limit,
+        )
 
 
 def _check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
@@ -129,8 +153,13 @@ def _check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
     _check_text(q.context, f"{prefix}context", limits.max_context_chars)
     _check_range(q.top_k, f"{prefix}top_k", limits.max_top_k)
     if q.null_score_diff_threshold is not None and not math.isfinite(q.null_score_diff_threshold):
-        raise ApiError(422, "invalid_request", f"field '{prefix}null_score_diff_threshold' must be a finite number",
-                       f"{prefix}null_score_diff_threshold", problem="not_finite")
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{prefix}null_score_diff_threshold' must be a finite number",
+            f"{prefix}null_score_diff_threshold",
+            problem="not_finite",
+        )
 
 
 def _check_ask(body: AskIn, limits: ServerLimits) -> None:
@@ -147,21 +176,34 @@ class AskStats:
 
 
 def _index_summary(retriever, index_dir) -> dict:
-    return {"path": str(index_dir) if index_dir is not None else None, "documents": len(retriever.documents),
-            "passages": len(retriever.passages), "method": retriever.settings.method,
-            "analyzer": retriever.settings.analyzer,
-            "embedder": retriever.embedder.name if retriever.dense is not None else None}
+    return {
+        "path": str(index_dir) if index_dir is not None else None,
+        "documents": len(retriever.documents),
+        "passages": len(retriever.passages),
+        "method": retriever.settings.method,
+        "analyzer": retriever.settings.analyzer,
+        "embedder": retriever.embedder.name if retriever.dense is not None else None,
+    }
 
 
-ERROR_RESPONSES = {400: {"model": ErrorOut, "description": "the body is not valid JSON"},
-                   422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
-                   500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
-                   503: {"model": ErrorOut, "description": "too many questions waiting"}}
+ERROR_RESPONSES = {
+    400: {"model": ErrorOut, "description": "the body is not valid JSON"},
+    422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
+    500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
+    503: {"model": ErrorOut, "description": "too many questions waiting"},
+}
 
 
-def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits | None = None,
-               batching: BatchingSettings | None = None, retriever=None, index_dir: str | Path | None = None,
-               passages: int | None = None) -> FastAPI:
+def create_app(
+    qa,
+    *,
+    model_dir: str | Path | None = None,
+    limits: ServerLimits | None = None,
+    batching: BatchingSettings | None = None,
+    retriever=None,
+    index_dir: str | Path | None = None,
+    passages: int | None = None,
+) -> FastAPI:
     """The FastAPI application around a loaded `QuestionAnswerer` (or anything with its
     `settings.postprocess.n_best_size`, `predict_rows` and `answers_of`). With a `retriever`
     (`kqa.retrieval.Retriever`), `POST /v1/ask` retrieves `passages` passages (default 5) per question
@@ -170,9 +212,13 @@ def create_app(qa, *, model_dir: str | Path | None = None, limits: ServerLimits 
     batching = batching or BatchingSettings()
     batcher = MicroBatcher(qa, batching)
     pipeline = _ask_pipeline(qa, retriever, passages, limits)
-    app = FastAPI(title="kqa", version=_version(), lifespan=_lifespan(batcher, pipeline, model_dir, index_dir),
-                  description="Korean extractive question answering. Offsets are character offsets "
-                              "(Unicode code points) into the context as sent.")
+    app = FastAPI(
+        title="kqa",
+        version=_version(),
+        lifespan=_lifespan(batcher, pipeline, model_dir, index_dir),
+        description="Korean extractive question answering. Offsets are character offsets "
+        "(Unicode code points) into the context as sent.",
+    )
     app.state.batcher = batcher
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes(limits))
     _add_error_handlers(app)
@@ -201,12 +247,21 @@ def _lifespan(batcher: MicroBatcher, pipeline, model_dir, index_dir):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
-        logger.info("serving %s (batch_size %d, max_wait_ms %g)", model_dir, batcher.settings.batch_size,
-                    batcher.settings.max_wait_ms)
+        logger.info(
+            "serving %s (batch_size %d, max_wait_ms %g)",
+            model_dir,
+            batcher.settings.batch_size,
+            batcher.settings.max_wait_ms,
+        )
         if pipeline is not None:
-            logger.info("POST /v1/ask over index %s: %d documents, %d passages, method %s, %d passages read per "
-                        "question", index_dir, len(pipeline.retriever.documents), len(pipeline.retriever.passages),
-                        pipeline.retriever.settings.method, pipeline.passages)
+            logger.info(
+                "POST /v1/ask over index %s: %d documents, %d passages, method %s, %d passages read per question",
+                index_dir,
+                len(pipeline.retriever.documents),
+                len(pipeline.retriever.passages),
+                pipeline.retriever.settings.method,
+                pipeline.passages,
+            )
         yield
         await batcher.stop()
 
@@ -228,8 +283,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400:  # Starlette could not read the body (e.g. bytes that are not UTF-8)
-            return ApiError(400, "invalid_request", f"the request body could not be read as JSON: {exc.detail}",
-                            "body", problem="json_invalid").response()
+            return ApiError(
+                400,
+                "invalid_request",
+                f"the request body could not be read as JSON: {exc.detail}",
+                "body",
+                problem="json_invalid",
+            ).response()
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return ApiError(exc.status_code, kind, str(exc.detail)).response()
 
@@ -250,23 +310,41 @@ def _add_answer_routes(app: FastAPI, batcher: MicroBatcher, limits: ServerLimits
             batcher.stats.errors += 1
             raise _internal_error(err, "model call") from None
 
-    @app.post("/v1/answer", response_model=AnswersOut, responses=ERROR_RESPONSES,
-              summary="answer one question from its context")
+    @app.post(
+        "/v1/answer",
+        response_model=AnswersOut,
+        responses=ERROR_RESPONSES,
+        summary="answer one question from its context",
+    )
     async def answer(body: QuestionIn) -> dict:
         _check_question(body, "", limits)
         (answers,) = await _answer([body])
         return {"answers": answers}
 
-    @app.post("/v1/answer/batch", response_model=BatchOut, responses=ERROR_RESPONSES,
-              summary="answer several questions, each with its own context, in order")
+    @app.post(
+        "/v1/answer/batch",
+        response_model=BatchOut,
+        responses=ERROR_RESPONSES,
+        summary="answer several questions, each with its own context, in order",
+    )
     async def answer_batch(body: BatchIn) -> dict:
         if not body.questions:
-            raise ApiError(422, "invalid_request", "field 'questions' is empty: give at least one question",
-                           "questions", problem="empty")
+            raise ApiError(
+                422,
+                "invalid_request",
+                "field 'questions' is empty: give at least one question",
+                "questions",
+                problem="empty",
+            )
         if len(body.questions) > limits.max_batch_questions:
-            raise ApiError(422, "invalid_request", f"field 'questions' has {len(body.questions)} questions "
-                           f"(the limit is {limits.max_batch_questions})", "questions", problem="too_long",
-                           limit=limits.max_batch_questions)
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"field 'questions' has {len(body.questions)} questions (the limit is {limits.max_batch_questions})",
+                "questions",
+                problem="too_long",
+                limit=limits.max_batch_questions,
+            )
         for i, q in enumerate(body.questions):
             _check_question(q, f"questions[{i}].", limits)
         results = await _answer(body.questions)
@@ -277,20 +355,28 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
     """`POST /v1/ask`: retrieve, then read, on the batcher's model thread; a 404 without an index."""
     ask_stats = AskStats()
 
-    @app.post("/v1/ask", response_model=AskOut,
-              responses={**ERROR_RESPONSES, 404: {"model": ErrorOut, "description": "started without --index"}},
-              summary="answer a question from the documents of the index (kqa serve --index)")
+    @app.post(
+        "/v1/ask",
+        response_model=AskOut,
+        responses={**ERROR_RESPONSES, 404: {"model": ErrorOut, "description": "started without --index"}},
+        summary="answer a question from the documents of the index (kqa serve --index)",
+    )
     async def ask(body: AskIn) -> dict:
         if pipeline is None:
-            raise ApiError(404, "no_index", "this server was started without --index: /v1/ask needs a retrieval "
-                           "index (kqa index …, then kqa serve --model MODEL --index INDEX)")
+            raise ApiError(
+                404,
+                "no_index",
+                "this server was started without --index: /v1/ask needs a retrieval "
+                "index (kqa index …, then kqa serve --model MODEL --index INDEX)",
+            )
         _check_ask(body, limits)
         ask_stats.requests += 1
         loop = asyncio.get_running_loop()
         try:
             # On the batcher's model thread: one model call at a time, the event loop stays free.
             result = await loop.run_in_executor(
-                batcher._executor, lambda: pipeline.ask(body.question, top_k=body.top_k, passages=body.passages))
+                batcher._executor, lambda: pipeline.ask(body.question, top_k=body.top_k, passages=body.passages)
+            )
         except Exception as err:  # noqa: BLE001
             ask_stats.errors += 1
             raise _internal_error(err, "retrieve and read") from None
@@ -299,8 +385,9 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
     return ask_stats
 
 
-def _add_health_and_page(app: FastAPI, qa, model_dir, batcher: MicroBatcher, limits: ServerLimits, pipeline,
-                         index_dir, ask_stats: AskStats) -> None:
+def _add_health_and_page(
+    app: FastAPI, qa, model_dir, batcher: MicroBatcher, limits: ServerLimits, pipeline, index_dir, ask_stats: AskStats
+) -> None:
     """`GET /health` (model, uptime, queue and batching counters, limits, memory) and the page at `/`."""
     started = time.time()
 
@@ -316,8 +403,13 @@ def _add_health_and_page(app: FastAPI, qa, model_dir, batcher: MicroBatcher, lim
             "queue": {"waiting": batcher.waiting, "in_flight": batcher.in_flight, **asdict(batcher.stats)},
             "batching": asdict(batcher.settings),
             "limits": {**asdict(limits), "max_body_bytes": max_body_bytes(limits)},
-            "index": None if pipeline is None else {**_index_summary(pipeline.retriever, index_dir),
-                                                    "default_passages": pipeline.passages, "ask": asdict(ask_stats)},
+            "index": None
+            if pipeline is None
+            else {
+                **_index_summary(pipeline.retriever, index_dir),
+                "default_passages": pipeline.passages,
+                "ask": asdict(ask_stats),
+            },
             "memory": _rss_kib(),
         }
 
@@ -329,8 +421,7 @@ def _add_health_and_page(app: FastAPI, qa, model_dir, batcher: MicroBatcher, lim
 def _internal_error(err: BaseException, where: str) -> ApiError:
     error_id = uuid.uuid4().hex[:12]
     logger.error("internal error %s in %s: %s", error_id, where, err, exc_info=(type(err), err, err.__traceback__))
-    return ApiError(500, "internal", f"internal error (id {error_id}); the server log has the details",
-                    id=error_id)
+    return ApiError(500, "internal", f"internal error (id {error_id}); the server log has the details", id=error_id)
 
 
 def _version() -> str:
@@ -339,19 +430,36 @@ def _version() -> str:
     return __version__
 
 
-def serve(qa, *, model_dir, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None,
-          batching: BatchingSettings | None = None, log_level: str = "info", retriever=None,
-          index_dir: str | Path | None = None, passages: int | None = None) -> None:
+def serve(
+    qa,
+    *,
+    model_dir,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServerLimits | None = None,
+    batching: BatchingSettings | None = None,
+    log_level: str = "info",
+    retriever=None,
+    index_dir: str | Path | None = None,
+    passages: int | None = None,
+) -> None:
     """Run the server in this process until it is stopped (Ctrl-C / SIGTERM)."""
     import uvicorn
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # no "Building eval features" bar per request in the server log
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(qa, model_dir=model_dir, limits=limits, batching=batching, retriever=retriever,
-                     index_dir=index_dir, passages=passages)
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(
+        qa,
+        model_dir=model_dir,
+        limits=limits,
+        batching=batching,
+        retriever=retriever,
+        index_dir=index_dir,
+        passages=passages,
+    )
     # One process, one event loop: the model lives once in memory and the batcher sees every request.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, workers=1)
-
-

@@ -14,11 +14,10 @@ from kqa.serving.settings import BatchingSettings
 logger = logging.getLogger(__name__)
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Micro-batching
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Item:
@@ -74,11 +73,23 @@ class MicroBatcher:
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         if self.waiting + len(questions) > self.settings.max_queue:
-            raise ApiError(503, "overloaded", f"{self.waiting} questions are waiting (limit "
-                           f"{self.settings.max_queue}); try again shortly")
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{self.waiting} questions are waiting (limit {self.settings.max_queue}); try again shortly",
+            )
         loop = asyncio.get_running_loop()
-        items = [_Item(q.question, q.context, q.top_k, q.handle_impossible_answer, q.null_score_diff_threshold,
-                       loop.create_future()) for q in questions]
+        items = [
+            _Item(
+                q.question,
+                q.context,
+                q.top_k,
+                q.handle_impossible_answer,
+                q.null_score_diff_threshold,
+                loop.create_future(),
+            )
+            for q in questions
+        ]
         self.stats.requests += 1
         for item in items:
             self._queue.put_nowait(item)
@@ -126,8 +137,11 @@ class MicroBatcher:
         """Questions that may share a predict_rows call: same null-answer settings, and the same n-best
         size (a top_k above the model's n_best_size raises it for the call)."""
         n_best = self.qa.settings.postprocess.n_best_size
-        return (item.top_k if item.top_k > n_best else None, item.handle_impossible_answer,
-                item.null_score_diff_threshold)
+        return (
+            item.top_k if item.top_k > n_best else None,
+            item.handle_impossible_answer,
+            item.null_score_diff_threshold,
+        )
 
     def _run_batch(self, batch: list[_Item]) -> list[Any]:
         """On the worker thread: answers (lists of dicts) or exceptions, one per item."""
@@ -153,13 +167,13 @@ class MicroBatcher:
         first = batch[indexes[0]]
         rows = [{"id": str(i), "question": batch[i].question, "context": batch[i].context} for i in indexes]
         predictions = self.qa.predict_rows(
-            rows, top_k=max(batch[i].top_k for i in indexes),
+            rows,
+            top_k=max(batch[i].top_k for i in indexes),
             handle_impossible_answer=first.handle_impossible_answer,
-            null_score_diff_threshold=first.null_score_diff_threshold)
+            null_score_diff_threshold=first.null_score_diff_threshold,
+        )
         self.stats.model_calls += 1
         for i in indexes:
             answers = self.qa.answers_of(predictions[str(i)], batch[i].top_k)
             answers = [answers] if batch[i].top_k == 1 else answers
             outcomes[i] = [_answer_dict(a) for a in answers]
-
-

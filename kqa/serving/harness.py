@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 # A server in a child process (tests, benchmarks/bench_server.py)
 # --------------------------------------------------------------------------------------------------
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free now (another process may take it before it is used: `ServerProcess`
     retries on another port when its server cannot bind)."""
@@ -32,13 +33,27 @@ class ServerProcess:
             urllib.request.urlopen(server.url + "/health")
     """
 
-    def __init__(self, model_dir: str | Path, args: list[str] | tuple = (), *, host: str = "127.0.0.1",
-                 log_path: str | Path | None = None, ready_timeout_s: float = 180.0, env: dict | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        args: list[str] | tuple = (),
+        *,
+        host: str = "127.0.0.1",
+        log_path: str | Path | None = None,
+        ready_timeout_s: float = 180.0,
+        env: dict | None = None,
+    ):
         self.model_dir, self.args, self.host = str(model_dir), [str(a) for a in args], host
         self.log_path = Path(log_path) if log_path else None
         self.ready_timeout_s = ready_timeout_s
-        self.env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-                    "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
+        self.env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "WANDB_MODE": "disabled",
+            **(env or {}),
+        }
         self.proc = None
         self.port: int | None = None
         self._log = None
@@ -66,16 +81,28 @@ class ServerProcess:
         for attempt in range(attempts):
             self.port = free_port(self.host)
             self._log = open(self.log_path, "a", encoding="utf-8")
-            command = [sys.executable, "-m", "kqa", "serve", "--model", self.model_dir, "--host", self.host,
-                       "--port", str(self.port), *self.args]
+            command = [
+                sys.executable,
+                "-m",
+                "kqa",
+                "serve",
+                "--model",
+                self.model_dir,
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                *self.args,
+            ]
             self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
             if self._wait_ready():
                 return self
             code = self.proc.poll()
             self.stop()
             if code is None or attempt == attempts - 1 or "address already in use" not in self.log_tail().lower():
-                raise RuntimeError(f"kqa serve did not become ready (exit code {code}); log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"kqa serve did not become ready (exit code {code}); log {self.log_path}:\n{self.log_tail()}"
+                )
         raise AssertionError("unreachable")
 
     def _wait_ready(self) -> bool:
@@ -117,4 +144,3 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-

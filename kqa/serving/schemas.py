@@ -19,10 +19,10 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
+
 
 class ApiError(Exception):
     """An error the client gets as `{"error": {"type", "field", "message", ...}}` with `status`."""
@@ -70,8 +70,13 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         name = _field_name(tuple(err.get("loc", ())))
         if kind == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", "")
-            errors.append({"field": "body", "problem": "json_invalid",
-                           "message": f"the request body is not valid JSON{': ' + detail if detail else ''}"})
+            errors.append(
+                {
+                    "field": "body",
+                    "problem": "json_invalid",
+                    "message": f"the request body is not valid JSON{': ' + detail if detail else ''}",
+                }
+            )
             continue
         wording = _PROBLEMS.get(kind)
         message = f"field '{name}' {wording}" if wording else f"field '{name}': {err.get('msg', 'invalid value')}"
@@ -82,29 +87,42 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         errors.append({"field": "body", "problem": "invalid", "message": "invalid request"})
     first = errors[0]
     status = 400 if first["problem"] == "json_invalid" else 422
-    return ApiError(status, "invalid_request", first["message"], first["field"], problem=first["problem"],
-                    errors=errors)
+    return ApiError(
+        status, "invalid_request", first["message"], first["field"], problem=first["problem"], errors=errors
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Request and response bodies
 # --------------------------------------------------------------------------------------------------
 
+
 class QuestionIn(BaseModel):
     """One question about one context. Strings are taken as they are (no coercion of numbers)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
-        "question": "가장 큰 항구 도시는 어디인가?",
-        "context": "대한민국의 수도는 서울이며, 가장 큰 항구 도시는 부산이다.",
-        "top_k": 3}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "가장 큰 항구 도시는 어디인가?",
+                    "context": "대한민국의 수도는 서울이며, 가장 큰 항구 도시는 부산이다.",
+                    "top_k": 3,
+                }
+            ]
+        },
+    )
 
     question: str = Field(description="the question (non-empty; at most max_question_chars characters)")
     context: str = Field(description="the passage to take the answer from (non-empty; at most max_context_chars)")
     top_k: int = Field(1, description="how many answers, best first (1 … max_top_k)")
     handle_impossible_answer: Optional[bool] = Field(
-        None, description="let the null answer \"\" compete (default: as the model was trained)")
+        None, description='let the null answer "" compete (default: as the model was trained)'
+    )
     null_score_diff_threshold: Optional[float] = Field(
-        None, description="answer \"\" when null score − best span score exceeds this (default: the saved one)")
+        None, description='answer "" when null score − best span score exceeds this (default: the saved one)'
+    )
 
 
 class BatchIn(BaseModel):
@@ -116,17 +134,21 @@ class BatchIn(BaseModel):
 class AskIn(BaseModel):
     """One question about the documents of the server's index (`kqa serve --index`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
-        "question": "가장 큰 항구 도시는 어디인가?", "top_k": 1, "passages": 5}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"question": "가장 큰 항구 도시는 어디인가?", "top_k": 1, "passages": 5}]},
+    )
 
     question: str = Field(description="the question (non-empty; at most max_question_chars characters)")
     top_k: int = Field(1, description="how many answers, best first (1 … max_top_k)")
     passages: Optional[int] = Field(
-        None, description="how many retrieved passages to read (1 … max_passages; default: the server's --passages)")
+        None, description="how many retrieved passages to read (1 … max_passages; default: the server's --passages)"
+    )
 
 
 class AnswerOut(BaseModel):
-    text: str = Field(description="the answer; \"\" is the null answer (no answer in this context)")
+    text: str = Field(description='the answer; "" is the null answer (no answer in this context)')
     start: int = Field(description="character offset of the answer in the given context")
     end: int = Field(description="end offset (exclusive): context[start:end] == text")
     score: Optional[float] = Field(description="start logit + end logit (null when there is no span at all)")
@@ -144,8 +166,10 @@ class BatchOut(BaseModel):
 class OpenAnswerOut(BaseModel):
     text: str = Field(description="the answer (a span of a document)")
     score: float = Field(description="the reader's span score, start logit + end logit")
-    probability: float = Field(description="P(passage | question) × P(span | passage): what answers are ranked by, "
-                                           "comparable across passages (docs/retrieval.md)")
+    probability: float = Field(
+        description="P(passage | question) × P(span | passage): what answers are ranked by, "
+        "comparable across passages (docs/retrieval.md)"
+    )
     doc_id: str = Field(description="the document the answer is in")
     title: str
     start: int = Field(description="character offset of the answer in its document")
@@ -192,7 +216,10 @@ class ErrorOut(BaseModel):
 
 def _answer_dict(answer) -> dict:
     score = float(answer.score)
-    return {"text": answer.text, "start": int(answer.start), "end": int(answer.end),
-            "score": score if math.isfinite(score) else None, "probability": float(answer.probability)}
-
-
+    return {
+        "text": answer.text,
+        "start": int(answer.start),
+        "end": int(answer.end),
+        "score": score if math.isfinite(score) else None,
+        "probability": float(answer.probability),
+    }

@@ -151,8 +151,12 @@ class TrainConfig:
             raise ValueError("eval_strategy=steps needs eval_steps")
         if self.save_strategy == "steps" and not self.save_steps:
             raise ValueError("save_strategy=steps needs save_steps")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.attention_dropout = str(self.attention_dropout)  # YAML gives 0.1 as a number
@@ -162,7 +166,9 @@ class TrainConfig:
             except ValueError:
                 value = -1.0
             if not 0 <= value < 1:
-                raise ValueError(f"attention_dropout={self.attention_dropout!r}: expected auto, model or a number in [0, 1)")
+                raise ValueError(
+                    f"attention_dropout={self.attention_dropout!r}: expected auto, model or a number in [0, 1)"
+                )
         if not 0 < self.layer_lr_decay <= 1:
             raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if not 0 <= self.warmup_ratio < 1:
@@ -232,6 +238,7 @@ class TrainConfig:
 
 
 # --- YAML + CLI -----------------------------------------------------------------------------------
+
 
 def _field_kind(tp: Any) -> tuple[type, bool, bool]:
     """(scalar type, is_optional, is_list) of a dataclass field annotation."""

@@ -71,12 +71,19 @@ def evaluate_model(
     logger.info("%s", report.summary())
 
     pad_multiple = pad_multiple_for(accelerator.mixed_precision)
-    loader = make_eval_dataloader(features, QACollator.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple),
-                                  batch_size)
+    loader = make_eval_dataloader(
+        features, QACollator.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple), batch_size
+    )
     model, loader = accelerator.prepare(model, loader)
     prediction_set = PredictionSet(name=Path(data_file).stem, examples=examples, features=features, dataloader=loader)
-    evaluation = predict_and_score(model, prediction_set, settings, accelerator=accelerator,
-                                   decode=decode or decode_answers, disable_tqdm=disable_tqdm)
+    evaluation = predict_and_score(
+        model,
+        prediction_set,
+        settings,
+        accelerator=accelerator,
+        decode=decode or decode_answers,
+        disable_tqdm=disable_tqdm,
+    )
 
     predictions_file = nbest_file = None
     if output_dir is not None and accelerator.is_main_process:
@@ -85,5 +92,10 @@ def evaluate_model(
         (Path(output_dir) / "eval_results.json").write_text(
             json.dumps(evaluation.result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8"
         )
-    return ModelEvaluation(result=evaluation.result, loss=evaluation.loss, predictions_file=predictions_file,
-                           nbest_file=nbest_file, num_features=len(features))
+    return ModelEvaluation(
+        result=evaluation.result,
+        loss=evaluation.loss,
+        predictions_file=predictions_file,
+        nbest_file=nbest_file,
+        num_features=len(features),
+    )

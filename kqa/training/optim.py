@@ -1,4 +1,5 @@
-"""The optimizer and the learning-rate schedule of the recipe: AdamW with weight-decay groups and\noptional layer-wise learning-rate decay; warmup then linear, cosine or constant."""
+"""The optimizer and the learning-rate schedule of the recipe: AdamW with weight-decay groups
+and optional layer-wise learning-rate decay; warmup then linear, cosine or constant."""
 
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
         depth = layer_depth(name, num_layers) if config.layer_lr_decay != 1.0 else num_layers + 1
         groups.setdefault((depth, name.endswith(".bias") or is_norm), []).append(param)
     param_groups = [
-        {"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
-         "lr": config.learning_rate * config.layer_lr_decay ** (num_layers + 1 - depth)}
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+            "lr": config.learning_rate * config.layer_lr_decay ** (num_layers + 1 - depth),
+        }
         for (depth, no_decay), params in sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))
     ]
     kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)

@@ -2,10 +2,10 @@
 
 `QATrainingRecipe` reads top to bottom: `setup()` assigns what each `_setup_*` builds (data →
 features → dataloaders → model → optimizer), `train()` shows one optimizer step inline (forward,
-backward, clip, step, zero, then log / evaluate / checkpoint), and `evaluate()` / `save_checkpoint()`
-/ `save_best()` are plain methods a research script can call on its own. The same code runs on CPU, one GPU or many through
-`accelerate launch`. Evaluation is `kqa.prediction`'s, the same path `evaluate.py` and
-`QuestionAnswerer` take.
+backward, clip, step, zero, then log / evaluate / checkpoint), and `evaluate()` /
+`save_checkpoint()` / `save_best()` are plain methods a research script can call on its own. The same
+code runs on CPU, one GPU or many through `accelerate launch`. Evaluation is `kqa.prediction`'s, the
+same path `evaluate.py` and `QuestionAnswerer` take.
 
 The host waits for the device only where a number must be read: at logging steps (loss, throughput,
 the non-finite guard), evaluation and checkpoints. Between them a step only queues work.
@@ -88,7 +88,8 @@ class QATrainingRecipe:
         self.train_features, self.train_feature_report, self.eval_sets = self._setup_features()
         self.collator, self.train_dataloader = self._setup_dataloaders()  # and each eval set's loader
         self.optimizer, self.scheduler, self.steps_per_epoch, self.total_steps, self.num_epochs = (
-            self._setup_optimization())
+            self._setup_optimization()
+        )
         self.model, self.optimizer, self.train_dataloader, self.scheduler = self._prepare()
         resumed = self._maybe_resume()
         self._start_metrics_log(resumed)
@@ -130,8 +131,12 @@ class QATrainingRecipe:
             if cfg.attention_dropout != "auto":
                 raise
             model = self._load_model(None)  # auto on an encoder without the setting: keep it as it is
-        logger.info("attention dropout %s (attention_dropout: %s, on %s)",
-                    attention_dropout_of(model.config), cfg.attention_dropout, self.accelerator.device.type)
+        logger.info(
+            "attention dropout %s (attention_dropout: %s, on %s)",
+            attention_dropout_of(model.config),
+            cfg.attention_dropout,
+            self.accelerator.device.type,
+        )
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, model.num_parameters() / 1e6)
@@ -140,10 +145,12 @@ class QATrainingRecipe:
     def _load_model(self, attention_dropout: Optional[float]):
         cfg = self.config
         if (Path(cfg.model_name_or_path) / KQA_CONFIG_FILE).is_file():  # continue training a kqa model
-            return self.model_class.from_pretrained(cfg.model_name_or_path, attention_dropout=attention_dropout,
-                                                    trust_remote_code=cfg.trust_remote_code)
-        return self.model_class.from_backbone(cfg.model_name_or_path, attention_dropout=attention_dropout,
-                                              trust_remote_code=cfg.trust_remote_code)
+            return self.model_class.from_pretrained(
+                cfg.model_name_or_path, attention_dropout=attention_dropout, trust_remote_code=cfg.trust_remote_code
+            )
+        return self.model_class.from_backbone(
+            cfg.model_name_or_path, attention_dropout=attention_dropout, trust_remote_code=cfg.trust_remote_code
+        )
 
     def _load_train_examples(self):
         import datasets
@@ -163,8 +170,11 @@ class QATrainingRecipe:
         if cfg.validation_files:
             sets = {name: load_squad_json(path)[0] for name, path in cfg.named_validation_files().items()}
         elif cfg.dataset_name:
-            sets = {"validation": load_hf_dataset(cfg.dataset_name, cfg.validation_split,
-                                                  config_name=cfg.dataset_config_name)[0]}
+            sets = {
+                "validation": load_hf_dataset(
+                    cfg.dataset_name, cfg.validation_split, config_name=cfg.dataset_config_name
+                )[0]
+            }
         else:
             sets = {}
         if cfg.max_eval_samples is not None:
@@ -183,8 +193,13 @@ class QATrainingRecipe:
             if cfg.eval_strategy != "no":
                 for name, examples in self._load_validation_examples().items():
                     # Offsets (to decode answers) and labels (for the evaluation loss) in one pass.
-                    features, _ = self.build_eval_features(examples, self.tokenizer, features_config,
-                                                           with_labels=True, num_proc=cfg.preprocessing_num_workers)
+                    features, _ = self.build_eval_features(
+                        examples,
+                        self.tokenizer,
+                        features_config,
+                        with_labels=True,
+                        num_proc=cfg.preprocessing_num_workers,
+                    )
                     features = sort_by_length(features)  # batches of similar lengths: about half the padding
                     eval_sets.append(PredictionSet(name=name, examples=examples, features=features))
         if cfg.eval_strategy != "no" and not eval_sets:
@@ -197,8 +212,12 @@ class QATrainingRecipe:
         pad_multiple = pad_multiple_for(self.accelerator.mixed_precision)
         collator = self.collator_class.from_tokenizer(self.tokenizer, pad_to_multiple_of=pad_multiple)
         train_dataloader = make_train_dataloader(
-            self.train_features, collator, cfg.per_device_train_batch_size, seed=cfg.seed,
-            group_by_length=cfg.group_by_length, num_workers=cfg.dataloader_num_workers,
+            self.train_features,
+            collator,
+            cfg.per_device_train_batch_size,
+            seed=cfg.seed,
+            group_by_length=cfg.group_by_length,
+            num_workers=cfg.dataloader_num_workers,
         )
         for eval_set in self.eval_sets:
             eval_set.dataloader = make_eval_dataloader(
@@ -246,16 +265,22 @@ class QATrainingRecipe:
         if source == "latest":
             path = find_latest_checkpoint(self.checkpoint_root)
             if path is None:
-                logger.warning("resume_from_checkpoint=latest: no complete checkpoint in %s; starting fresh",
-                               self.checkpoint_root)
+                logger.warning(
+                    "resume_from_checkpoint=latest: no complete checkpoint in %s; starting fresh", self.checkpoint_root
+                )
                 return False
         else:
             path = Path(source)
             if not (path / STATE_MARKER).is_file():
                 raise FileNotFoundError(f"{path}: not a complete kqa checkpoint (missing {STATE_MARKER})")
         self.accelerator.load_state(str(path))
-        logger.info("resumed from %s at step %d (epoch %d, %d batches into it)", path, self.state.global_step,
-                    self.state.epoch, self.state.batches_seen_in_epoch)
+        logger.info(
+            "resumed from %s at step %d (epoch %d, %d batches into it)",
+            path,
+            self.state.global_step,
+            self.state.epoch,
+            self.state.batches_seen_in_epoch,
+        )
         return True
 
     def _start_metrics_log(self, resumed: bool) -> None:
@@ -295,7 +320,9 @@ class QATrainingRecipe:
                 with acc.accumulate(model):
                     loss = model(**batch).loss
                     acc.backward(loss)
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if acc.sync_gradients else None
+                    grad_norm = (
+                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if acc.sync_gradients else None
+                    )
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -330,8 +357,13 @@ class QATrainingRecipe:
         return Run(
             stop_at=min(self.total_steps, state.global_step + (max_steps_this_run or self.total_steps)),
             window=StepWindow(acc.device),
-            progress=tqdm(total=self.total_steps, initial=state.global_step, desc="train",
-                          disable=self.config.disable_tqdm or not acc.is_local_main_process, dynamic_ncols=True),
+            progress=tqdm(
+                total=self.total_steps,
+                initial=state.global_step,
+                desc="train",
+                disable=self.config.disable_tqdm or not acc.is_local_main_process,
+                dynamic_ncols=True,
+            ),
             first_bad_step=torch.full((), -1, dtype=torch.long, device=acc.device),
             device_step=torch.full((), state.global_step, dtype=torch.long, device=acc.device),
         )
@@ -364,8 +396,13 @@ class QATrainingRecipe:
         acc, window, state = self.accelerator, self.run.window, self.state
         self._raise_if_not_finite()
         host_counts = [window.micro_batches, window.samples, window.padded_tokens]
-        totals = torch.stack([window.loss_sum, window.real_tokens.float(),
-                              *torch.tensor(host_counts, dtype=torch.float32, device=acc.device)])
+        totals = torch.stack(
+            [
+                window.loss_sum,
+                window.real_tokens.float(),
+                *torch.tensor(host_counts, dtype=torch.float32, device=acc.device),
+            ]
+        )
         loss_sum, real_tokens, micro_batches, samples, padded_tokens = acc.reduce(totals, "sum").tolist()  # sync
         elapsed = max(time.perf_counter() - window.started, 1e-9)
         logs = {
@@ -379,8 +416,9 @@ class QATrainingRecipe:
             "epoch": state.epoch + state.batches_seen_in_epoch / max(1, len(self.train_dataloader)),
         }
         self._log(logs)
-        self.run.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}",
-                                  sps=f"{logs['samples_per_second']:.1f}")
+        self.run.progress.set_postfix(
+            loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}", sps=f"{logs['samples_per_second']:.1f}"
+        )
         window.reset()
 
     def _evaluate_and_select(self) -> None:
@@ -399,8 +437,12 @@ class QATrainingRecipe:
         elif cfg.save_strategy != "no" and self.last_checkpoint_step != state.global_step:
             self.save_checkpoint()  # a time-sliced run always leaves a checkpoint to resume from
         return TrainResult(
-            global_step=state.global_step, best_metric=state.best_metric, best_step=state.best_step,
-            final_metrics=run.last_metrics, stopped_early=run.stopped_early, interrupted=not finished,
+            global_step=state.global_step,
+            best_metric=state.best_metric,
+            best_step=state.best_step,
+            final_metrics=run.last_metrics,
+            stopped_early=run.stopped_early,
+            interrupted=not finished,
         )
 
     # ---- evaluation -------------------------------------------------------------------------------
@@ -413,9 +455,15 @@ class QATrainingRecipe:
         total_questions, em_sum, f1_sum = 0, 0.0, 0.0
         self.last_predictions = {}
         for eval_set in self.eval_sets:
-            evaluation = predict_and_score(self.model, eval_set, self.settings, accelerator=self.accelerator,
-                                           decode=self.decode_answers, metric=self.score_predictions,
-                                           disable_tqdm=self.config.disable_tqdm)
+            evaluation = predict_and_score(
+                self.model,
+                eval_set,
+                self.settings,
+                accelerator=self.accelerator,
+                decode=self.decode_answers,
+                metric=self.score_predictions,
+                disable_tqdm=self.config.disable_tqdm,
+            )
             result = evaluation.result
             self.last_predictions[eval_set.name] = evaluation.predictions
             metrics[f"{eval_set.name}/exact_match"] = result.exact_match
@@ -457,8 +505,13 @@ class QATrainingRecipe:
         state.evals_without_improvement += 1
         patience = cfg.early_stopping_patience
         if patience is not None and state.evals_without_improvement >= patience:
-            logger.info("early stopping: %s did not improve for %d evaluations (best %.4f at step %d)",
-                        key, patience, state.best_metric, state.best_step)
+            logger.info(
+                "early stopping: %s did not improve for %d evaluations (best %.4f at step %d)",
+                key,
+                patience,
+                state.best_metric,
+                state.best_step,
+            )
             return True
         return False
 
@@ -467,16 +520,22 @@ class QATrainingRecipe:
         """The current model → output_dir/best, with its metrics and predictions."""
         self._save_model(self.best_dir, metrics, self.last_predictions)
         if self.accelerator.is_main_process:
-            logger.info("new best %s=%.4f at step %d → %s", self.config.metric_for_best_model,
-                        metrics[self.config.metric_for_best_model], self.state.global_step, self.best_dir)
+            logger.info(
+                "new best %s=%.4f at step %d → %s",
+                self.config.metric_for_best_model,
+                metrics[self.config.metric_for_best_model],
+                self.state.global_step,
+                self.best_dir,
+            )
 
     def save_final(self) -> None:
         """The model at the end of training → output_dir/final, loadable like best/ (also when the run
         never evaluated, eval_strategy=no)."""
         last_metrics = self.run.last_metrics if self.run else {}
         evaluated_now = last_metrics.get("step") == self.state.global_step
-        self._save_model(self.final_dir, last_metrics if evaluated_now else None,
-                         self.last_predictions if evaluated_now else {})
+        self._save_model(
+            self.final_dir, last_metrics if evaluated_now else None, self.last_predictions if evaluated_now else {}
+        )
 
     def _save_model(self, directory: Path, metrics: Optional[dict[str, float]], predictions: dict) -> None:
         """The save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, replaced atomically.
@@ -490,8 +549,9 @@ class QATrainingRecipe:
         if acc.is_main_process:
             tmp = directory.with_name(f".{directory.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            acc.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.tokenizer,
-                                                         kqa_config=self.settings.to_dict(), state_dict=state_dict)
+            acc.unwrap_model(self.model).save_pretrained(
+                tmp, tokenizer=self.tokenizer, kqa_config=self.settings.to_dict(), state_dict=state_dict
+            )
             if metrics is not None:
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
             for name, set_predictions in predictions.items():
@@ -546,5 +606,3 @@ class QATrainingRecipe:
         if acc.is_main_process:
             with open(self.metrics_file, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
