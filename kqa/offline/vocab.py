@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-E5_PREFIXES = ("query: ", "passage: ")
+from kqa.retrieval.corpus import CorpusError  # one error for a corpus that cannot be read
+from kqa.retrieval.dense import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
 
-
-class CorpusError(ValueError):
-    """A corpus file cannot be read (the message names the file and the record)."""
+E5_PREFIXES = (E5_QUERY_PREFIX, E5_PASSAGE_PREFIX)
 
 
 def read_corpus_texts(paths: Sequence[str | Path]) -> list[str]:
