@@ -48,13 +48,13 @@ def _question_id(value: object, default: str, where: str) -> str:
 
 def _question_text(container: dict, name: str, where: str) -> str:
     """A required, non-blank text field (question, context) that tokenizers can encode."""
-    from kqa.text import check_text
+    from kqa.text import blank_problem, check_text
 
     if name not in container:
         raise ValueError(f"{where}: missing field '{name}'")
     value = check_text(container[name], f"{where}: field '{name}'")
-    if not value.strip():
-        raise ValueError(f"{where}: field '{name}' is {'only whitespace' if value else 'empty'}")
+    if problem := blank_problem(value):
+        raise ValueError(f"{where}: field '{name}' is {problem}")
     return value
 
 

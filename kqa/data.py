@@ -30,7 +30,7 @@ from typing import Any
 
 import datasets
 
-from kqa.text import NotUtf8Error, check_text, nfc_with_alignment, read_utf8_text, to_nfc
+from kqa.text import NotUtf8Error, blank_problem, check_text, nfc_with_alignment, read_utf8_text, to_nfc
 
 logger = logging.getLogger("kqa.data")
 
@@ -294,8 +294,8 @@ def _check_text_field(location: Location, name: str, value: Any, qid: Any = MISS
         raise _fail(location, f"missing field '{name}'", qid)
     if not isinstance(value, str):
         raise _fail(location, f"field '{name}' must be a string, got {type(value).__name__}", qid)
-    if not value.strip():
-        raise _fail(location, f"field '{name}' is empty" if not value else f"field '{name}' is only whitespace", qid)
+    if problem := blank_problem(value):
+        raise _fail(location, f"field '{name}' is {problem}", qid)
     return _check_unicode(location, f"field '{name}'", value, qid)
 
 
@@ -394,8 +394,8 @@ class _ExampleValidator:
         self.columns["answers"].append({"text": [t for t, _ in kept], "answer_start": [s for _, s in kept]})
 
     def _align(self, loc: Location, qid: str, context: str, text: str, start: int) -> tuple[str, int] | None:
-        if not text.strip():
-            reason = "answer text is empty" if not text else "answer text is only whitespace"
+        if problem := blank_problem(text):
+            reason = f"answer text is {problem}"
             self.report.rejected_answers.append(RejectedAnswer(loc, qid, text, start, reason))
             return None
         aligned = align_answer(context, text, start)

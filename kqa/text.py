@@ -136,6 +136,14 @@ def check_text(value: object, where: str) -> str:
     return value
 
 
+def blank_problem(value: str) -> str | None:
+    """How a required text is blank, in the words every kqa error uses: "empty", "only whitespace",
+    or None when it holds text."""
+    if value.strip():
+        return None
+    return "only whitespace" if value else "empty"
+
+
 UTF8_BOM = b"\xef\xbb\xbf"
 
 

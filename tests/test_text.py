@@ -261,3 +261,11 @@ def test_read_utf8_text_names_the_file(tmp_path):
     assert read_utf8_text(path) == "ok"
     with pytest.raises(FileNotFoundError):
         read_utf8_text(tmp_path / "missing.txt")
+
+
+def test_blank_problem_names_how_a_text_is_blank():
+    from kqa.text import blank_problem
+
+    assert blank_problem("") == "empty"
+    assert blank_problem(" \t\n\u3000") == "only whitespace"  # the ideographic space too
+    assert blank_problem(" 서울 ") is None

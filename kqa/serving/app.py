@@ -110,13 +110,13 @@ def _rss_kib(pid: int | str = "self") -> dict[str, int | None]:
 
 def _check_text(value: str, where: str, limit: int) -> None:
     """A string field: not blank, at most `limit` characters, encodable as UTF-8 (no lone surrogates)."""
-    from kqa.text import check_text
+    from kqa.text import blank_problem, check_text
 
-    if not value.strip():
+    if problem := blank_problem(value):
         raise ApiError(
             422,
             "invalid_request",
-            f"field '{where}' is {'only whitespace' if value else 'empty'}",
+            f"field '{where}' is {problem}",
             where,
             problem="empty",
         )
