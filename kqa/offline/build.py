@@ -27,9 +27,10 @@ from kqa.offline.e5s1 import DTYPE_Q4_0, E5S1File, read_e5s1
 from kqa.offline.sources import default_model_file, default_tokenizer_file
 from kqa.offline.verify import VERIFICATION_TEXTS, require_passed, verify_backbone
 from kqa.offline.vocab import VocabTrim, compare_tokenizations, read_corpus_texts, trim_vocabulary
+from kqa.retrieval.dense import E5_MAX_POSITIONS
 
 BUILD_REPORT_NAME = "build_report.json"
-MODEL_MAX_LENGTH = 512
+MODEL_MAX_LENGTH = E5_MAX_POSITIONS
 SPECIAL_TOKENS = dict(
     bos_token="<s>",
     cls_token="<s>",

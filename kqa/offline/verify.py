@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kqa.offline.sources import default_model_file
-from kqa.retrieval.dense import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
+from kqa.retrieval.dense import E5_MAX_POSITIONS, E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
 
 DEFAULT_MIN_COSINE = 0.999
 MIN_COMPARED_TEXTS = 4
@@ -99,7 +99,9 @@ def model_embeddings(model, tokenizer, texts: Sequence[str], is_query: bool) -> 
     from kqa.retrieval.dense import pooled_embeddings
 
     model.eval()
-    return pooled_embeddings(model, tokenizer, [e5_input(t, is_query) for t in texts], pooling="mean", max_length=512)
+    return pooled_embeddings(
+        model, tokenizer, [e5_input(t, is_query) for t in texts], pooling="mean", max_length=E5_MAX_POSITIONS
+    )
 
 
 class Engine:

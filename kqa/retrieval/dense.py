@@ -24,6 +24,8 @@ import numpy as np
 # e5 models embed "query: …" and "passage: …" differently; the offline check of the backbone uses them too.
 E5_QUERY_PREFIX = "query: "
 E5_PASSAGE_PREFIX = "passage: "
+# Position embeddings of BERT-size encoders, multilingual-e5 among them: the longest input embedded.
+E5_MAX_POSITIONS = 512
 
 
 POOLINGS = ("mean", "cls")
@@ -35,7 +37,7 @@ class EmbedderSettings:
     query_prefix: str = E5_QUERY_PREFIX
     passage_prefix: str = E5_PASSAGE_PREFIX
     pooling: str = "mean"
-    max_length: int = 512
+    max_length: int = E5_MAX_POSITIONS
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -45,7 +47,7 @@ class EmbedderSettings:
 
 
 def pooled_embeddings(
-    model, tokenizer, texts: Sequence[str], *, pooling: str = "mean", max_length: int = 512
+    model, tokenizer, texts: Sequence[str], *, pooling: str = "mean", max_length: int = E5_MAX_POSITIONS
 ) -> np.ndarray:
     """L2-normalised sentence embeddings [len(texts), hidden] of texts given as they are (prefixes
     included), in one padded batch."""
