@@ -312,72 +312,17 @@ class Retriever:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        manifest_path = directory / "index.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{directory}: not a kqa index (no index.json); build one with kqa index")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{manifest_path}: not a readable index manifest: {err}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{manifest_path}: not a kqa retrieval index manifest")
-        if manifest.get("format_version") != INDEX_FORMAT_VERSION:
-            raise ValueError(
-                f"{manifest_path}: index format version {manifest.get('format_version')!r}, "
-                f"this kqa reads {INDEX_FORMAT_VERSION}: rebuild it with kqa index"
-            )
+        manifest = _read_manifest(directory)
         settings = RetrieverSettings(**manifest["settings"])
         if method is not None:
             settings = RetrieverSettings(**{**asdict(settings), "method": method})
-
-        documents = []
-        with open(directory / "documents.jsonl", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line)
-                    documents.append(Document(id=row["id"], title=row["title"], text=row["text"], source=row["source"]))
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise ValueError(
-                        f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
-                        f"({type(err).__name__}: {err}); rebuild the index with kqa index"
-                    ) from None
+        documents = _read_documents(directory)
         arrays = load_file(str(directory / "passages.safetensors"))
-        passages = []
-        for i, (d, s, e) in enumerate(zip(arrays["doc"].tolist(), arrays["start"].tolist(), arrays["end"].tolist())):
-            if not (0 <= d < len(documents) and 0 <= s < e <= len(documents[d].text)):
-                raise ValueError(f"{directory}: passage {i} points outside its document (doc {d}, {s}:{e})")
-            doc = documents[d]
-            passages.append(Passage(index=i, doc_id=doc.id, title=doc.title, text=doc.text[s:e], start=s, end=e))
-
-        analyzer = sparse = None
-        if manifest.get("analyzer"):
-            analyzer = make_analyzer(manifest["analyzer"]["name"])
-            if analyzer.version != manifest["analyzer"]["version"]:
-                raise IndexMismatchError(
-                    f"{directory}: built with the {analyzer.name} analyzer of {manifest['analyzer']['version']}, "
-                    f"this machine has {analyzer.version}: its terms may differ; rebuild the index with kqa index"
-                )
-            sparse = BM25Index.load(directory / "bm25")
+        passages = _passages_of(directory, documents, arrays)
+        analyzer, sparse = _load_sparse(directory, manifest)
         dense_index = None
         if "embeddings" in arrays:
-            recorded = manifest.get("embedder") or {}
-            if not isinstance(embedder, Embedder):
-                embedder = Embedder.from_pretrained(
-                    embedder or recorded["name"],
-                    device=device,
-                    settings=EmbedderSettings(**recorded.get("settings", {})),
-                )
-            if embedder.fingerprint != recorded.get("fingerprint"):
-                raise IndexMismatchError(
-                    f"{directory}: the passages were embedded with {recorded.get('name')!r} (fingerprint "
-                    f"{str(recorded.get('fingerprint'))[:12]}…), not with {embedder.name!r} (fingerprint "
-                    f"{embedder.fingerprint[:12]}…): query vectors of another model cannot be compared with them"
-                )
-            if asdict(embedder.settings) != recorded.get("settings", asdict(embedder.settings)):
-                raise IndexMismatchError(
-                    f"{directory}: embedder settings {asdict(embedder.settings)} differ from "
-                    f"those the index was built with, {recorded.get('settings')}"
-                )
+            embedder = _matching_embedder(directory, manifest.get("embedder") or {}, embedder, device)
             dense_index = DenseIndex(arrays["embeddings"])
         elif settings.uses_dense:
             raise ValueError(f"{directory}: method {settings.method!r} needs embeddings, and this index has none")
@@ -396,3 +341,85 @@ class Retriever:
             dense=dense_index,
             info=info,
         )
+
+
+# ---- reading a saved index (Retriever.load) --------------------------------------------------------
+
+
+def _read_manifest(directory: Path) -> dict:
+    manifest_path = directory / "index.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a kqa index (no index.json); build one with kqa index")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{manifest_path}: not a readable index manifest: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{manifest_path}: not a kqa retrieval index manifest")
+    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path}: index format version {manifest.get('format_version')!r}, "
+            f"this kqa reads {INDEX_FORMAT_VERSION}: rebuild it with kqa index"
+        )
+    return manifest
+
+
+def _read_documents(directory: Path) -> list[Document]:
+    documents = []
+    with open(directory / "documents.jsonl", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                documents.append(Document(id=row["id"], title=row["title"], text=row["text"], source=row["source"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
+                    f"({type(err).__name__}: {err}); rebuild the index with kqa index"
+                ) from None
+    return documents
+
+
+def _passages_of(directory: Path, documents: list[Document], arrays: dict) -> list[Passage]:
+    """The passages as (document, start, end) offsets, each checked to lie inside its document."""
+    passages = []
+    for i, (d, s, e) in enumerate(zip(arrays["doc"].tolist(), arrays["start"].tolist(), arrays["end"].tolist())):
+        if not (0 <= d < len(documents) and 0 <= s < e <= len(documents[d].text)):
+            raise ValueError(f"{directory}: passage {i} points outside its document (doc {d}, {s}:{e})")
+        doc = documents[d]
+        passages.append(Passage(index=i, doc_id=doc.id, title=doc.title, text=doc.text[s:e], start=s, end=e))
+    return passages
+
+
+def _load_sparse(directory: Path, manifest: dict):
+    """The analyzer and the BM25 index (None, None without them); the analyzer must be the version the
+    index was built with, else its terms may differ."""
+    if not manifest.get("analyzer"):
+        return None, None
+    analyzer = make_analyzer(manifest["analyzer"]["name"])
+    if analyzer.version != manifest["analyzer"]["version"]:
+        raise IndexMismatchError(
+            f"{directory}: built with the {analyzer.name} analyzer of {manifest['analyzer']['version']}, "
+            f"this machine has {analyzer.version}: its terms may differ; rebuild the index with kqa index"
+        )
+    return analyzer, BM25Index.load(directory / "bm25")
+
+
+def _matching_embedder(directory: Path, recorded: dict, embedder, device: str | None) -> Embedder:
+    """The embedder of the index (or the one given), which must be the model and settings the passages
+    were embedded with."""
+    if not isinstance(embedder, Embedder):
+        embedder = Embedder.from_pretrained(
+            embedder or recorded["name"], device=device, settings=EmbedderSettings(**recorded.get("settings", {}))
+        )
+    if embedder.fingerprint != recorded.get("fingerprint"):
+        raise IndexMismatchError(
+            f"{directory}: the passages were embedded with {recorded.get('name')!r} (fingerprint "
+            f"{str(recorded.get('fingerprint'))[:12]}…), not with {embedder.name!r} (fingerprint "
+            f"{embedder.fingerprint[:12]}…): query vectors of another model cannot be compared with them"
+        )
+    if asdict(embedder.settings) != recorded.get("settings", asdict(embedder.settings)):
+        raise IndexMismatchError(
+            f"{directory}: embedder settings {asdict(embedder.settings)} differ from "
+            f"those the index was built with, {recorded.get('settings')}"
+        )
+    return embedder
