@@ -177,15 +177,7 @@ def decode_answers_with_report(
 ) -> tuple[dict[str, ExamplePrediction], PostprocessReport]:
     """`decode_answers` that also returns the `PostprocessReport`."""
     config = config or PostprocessConfig()
-    columns = _read_columns(examples, ["id", "context"], "examples")
-    ids, contexts = [str(i) for i in columns["id"]], columns["context"]
-    example_index: dict[str, int] = {}
-    for i, (example_id, context) in enumerate(zip(ids, contexts)):
-        if example_id in example_index:
-            raise ValueError(f"examples: id {example_id!r} appears twice (rows {example_index[example_id]} and {i})")
-        if not isinstance(context, str):
-            raise ValueError(f"examples: row {i} (id {example_id!r}) has a context of type {type(context).__name__}")
-        example_index[example_id] = i
+    ids, contexts, example_index = _example_columns(examples)
     num_examples = len(ids)
 
     names = ["example_id", "offset_mapping"] + (["cls_index"] if config.version_2_with_negative else [])
@@ -225,9 +217,29 @@ def decode_answers_with_report(
     ]
     candidates = [np.concatenate(column) for column in zip(*parts)]
     bounds, spans = _nbest(*candidates, feature_example, context_lengths, contexts, null_scores, config.n_best_size)
-
-    report = PostprocessReport(num_examples=num_examples, num_features=num_features)
     has_window = np.bincount(feature_example, minlength=num_examples) > 0
+    return _choose_answers(ids, bounds, spans, null_scores, has_window, num_features, config)
+
+
+def _example_columns(examples: Any) -> tuple[list[str], list, dict[str, int]]:
+    """Example ids (as strings), contexts, and each id's row; a repeated id or a context that is not a
+    string is an error naming the rows."""
+    columns = _read_columns(examples, ["id", "context"], "examples")
+    ids, contexts = [str(i) for i in columns["id"]], columns["context"]
+    example_index: dict[str, int] = {}
+    for i, (example_id, context) in enumerate(zip(ids, contexts)):
+        if example_id in example_index:
+            raise ValueError(f"examples: id {example_id!r} appears twice (rows {example_index[example_id]} and {i})")
+        if not isinstance(context, str):
+            raise ValueError(f"examples: row {i} (id {example_id!r}) has a context of type {type(context).__name__}")
+        example_index[example_id] = i
+    return ids, contexts, example_index
+
+
+def _choose_answers(ids, bounds, spans, null_scores, has_window, num_features: int, config: PostprocessConfig):
+    """Each example's answer from its n-best list (or the null answer); the report counts the examples
+    answered "" and why."""
+    report = PostprocessReport(num_examples=len(ids), num_features=num_features)
     predictions: dict[str, ExamplePrediction] = {}
     for e, example_id in enumerate(ids):
         nbest = spans[bounds[e] : bounds[e + 1]]
