@@ -206,23 +206,10 @@ def build_backbone(
     started = time.perf_counter()
     corpus_texts = _corpus_texts(trim_vocab_corpus) if trim_vocab_corpus else None  # fail before the slow part
 
-    t = time.perf_counter()
-    e5 = read_e5s1(model_file)
-    full_tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    check_vocab_matches(e5, full_tokenizer_json, tokenizer_file)
-    seconds["read"] = time.perf_counter() - t
-    say(
-        f"read {model_file} ({model_file.stat().st_size / 1e6:.1f} MB, {len(e5.tensors)} tensors) "
-        f"and {tokenizer_file} in {seconds['read']:.1f}s"
-    )
-
-    t = time.perf_counter()
-    state = bert_state_dict(e5, show_progress=show_progress)
-    seconds["dequantise"] = time.perf_counter() - t
-    say(f"dequantised {sum(v.size for v in state.values()) / 1e6:.1f}M values in {seconds['dequantise']:.1f}s")
+    e5, full_tokenizer_json, state = _read_and_dequantise(model_file, tokenizer_file, seconds, say, show_progress)
 
     tokenizer_json, pad_id = full_tokenizer_json, e5.vocab.pad_id
-    trim, trim_info, verification_texts = None, None, list(VERIFICATION_TEXTS)
+    trim_info, verification_texts = None, list(VERIFICATION_TEXTS)
     if corpus_texts is not None or trim_korean_script:
         t = time.perf_counter()
         corpus_texts = corpus_texts or []
@@ -266,11 +253,31 @@ def build_backbone(
         trim=trim_info,
         verification=verification,
     )
-    (out_dir / BUILD_REPORT_NAME).write_text(
-        json.dumps(asdict(build_report), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    _write_json(out_dir / BUILD_REPORT_NAME, asdict(build_report))
     say(f"done in {seconds['total']:.1f}s")
     return out_dir
+
+
+def _read_and_dequantise(model_file: Path, tokenizer_file: Path, seconds: dict, say, show_progress: bool):
+    """The E5S1 file, the full tokenizer.json (checked to match it) and the dequantised BERT weights."""
+    t = time.perf_counter()
+    e5 = read_e5s1(model_file)
+    full_tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    check_vocab_matches(e5, full_tokenizer_json, tokenizer_file)
+    seconds["read"] = time.perf_counter() - t
+    say(
+        f"read {model_file} ({model_file.stat().st_size / 1e6:.1f} MB, {len(e5.tensors)} tensors) "
+        f"and {tokenizer_file} in {seconds['read']:.1f}s"
+    )
+    t = time.perf_counter()
+    state = bert_state_dict(e5, show_progress=show_progress)
+    seconds["dequantise"] = time.perf_counter() - t
+    say(f"dequantised {sum(v.size for v in state.values()) / 1e6:.1f}M values in {seconds['dequantise']:.1f}s")
+    return e5, full_tokenizer_json, state
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def _bert_model(e5: E5S1File, state: dict[str, np.ndarray], pad_id: int):
