@@ -145,23 +145,29 @@ def _read_questions(path: Path) -> list[dict]:
     return rows
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _load_answerer(args: argparse.Namespace, **settings):
+    """The QuestionAnswerer the flags of `kqa.flags.add_model_flags` name (model, device, backend,
+    trust_remote_code, int8_drift), with `settings` such as batch_size and prediction overrides."""
     from kqa.inference import QuestionAnswerer
+
+    return QuestionAnswerer.from_pretrained(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        trust_remote_code=args.trust_remote_code,
+        int8_drift=args.int8_drift,
+        **settings,
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     from kqa.prediction import OVERRIDABLE_SETTINGS
 
     if not args.input and not (args.question and args.context):
         raise SystemExit("predict: give --question and --context, or --input FILE")
     rows = _read_questions(Path(args.input)) if args.input else None  # a bad file fails before the model loads
     overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
-    qa = QuestionAnswerer.from_pretrained(
-        args.model,
-        device=args.device,
-        batch_size=args.model_batch_size,
-        backend=args.backend,
-        trust_remote_code=args.trust_remote_code,
-        int8_drift=args.int8_drift,
-        **overrides,
-    )
+    qa = _load_answerer(args, batch_size=args.model_batch_size, **overrides)
     null_options = {
         "handle_impossible_answer": args.handle_impossible_answer,
         "null_score_diff_threshold": args.null_score_diff_threshold,
@@ -220,7 +226,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from kqa.serving.app import serve
     except ImportError as err:
         raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
-    from kqa.inference import QuestionAnswerer
 
     limits = ServerLimits(
         max_context_chars=args.max_context_chars,
@@ -236,14 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     batching = BatchingSettings(
         batch_size=args.micro_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
     )
-    qa = QuestionAnswerer.from_pretrained(
-        args.model,
-        device=args.device,
-        batch_size=args.model_batch_size,
-        backend=args.backend,
-        trust_remote_code=args.trust_remote_code,
-        int8_drift=args.int8_drift,
-    )
+    qa = _load_answerer(args, batch_size=args.model_batch_size)
     retriever = None
     if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
         from kqa.retrieval import Retriever
@@ -364,20 +362,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Retrieve passages from an index and read them with a saved model."""
-    from kqa.inference import QuestionAnswerer
     from kqa.retrieval import RetrieveAndRead, Retriever
 
     question = " ".join(args.question).strip()
     if not question:
         raise ValueError("the question is empty")
     retriever = Retriever.load(args.index, method=args.method, device=args.device)
-    qa = QuestionAnswerer.from_pretrained(
-        args.model,
-        device=args.device,
-        backend=args.backend,
-        trust_remote_code=args.trust_remote_code,
-        int8_drift=args.int8_drift,
-    )
+    qa = _load_answerer(args)
     result = RetrieveAndRead(retriever, qa, passages=args.passages).ask(question, top_k=args.top_k)
     if args.json:
         print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
