@@ -269,6 +269,52 @@ def test_bench_int8(tmp_path, data_dir):
     assert "int8 exports against the fp32 export" in result["stdout"]
 
 
+def test_bench_int8_scores_logits_computed_elsewhere(tmp_path, data_dir, monkeypatch):
+    """record the dev-set batches → ort_replay.py computes their logits in a numpy + onnxruntime process →
+    bench_int8.py scores those: the same EM/F1 as the live export, and the replaying CPU is named."""
+    pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
+    common = ("--smoke", "--data-dir", str(data_dir), "--exports", str(tmp_path / "e"), "--variants", "default")
+    live = run_script("bench_int8.py", *common, "--record-feeds", str(tmp_path / "feeds"), out=tmp_path / "live.json")
+    assert {p.parent.name for p in (tmp_path / "feeds").glob("*/*.npz")} == {"korquad-1.0-sample", "tydiqa-goldp-ko"}
+    replay = [sys.executable, str(BENCHMARKS / "ort_replay.py"), "--feeds", str(tmp_path / "feeds")]
+    replay += ["--onnx", str(tmp_path / "e" / "default" / "model.onnx"), "--out", str(tmp_path / "logits" / "default")]
+    proc = subprocess.run(replay, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = run_script(
+        "bench_int8.py",
+        *common,
+        "--feeds",
+        str(tmp_path / "feeds"),
+        "--replay-logits",
+        str(tmp_path / "logits"),
+        out=tmp_path / "replayed.json",
+    )
+    live_rows = {r["variant"]: r for r in live["results"]}
+    for row in scored["results"]:
+        for name in ("korquad-1.0-sample", "tydiqa-goldp-ko"):
+            assert row[f"{name}_f1"] == live_rows[row["variant"]][f"{name}_f1"]
+    # The replayed logits are the export's own, batch by batch, and an unrecorded batch is refused.
+    import numpy as np
+    import onnxruntime as ort
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_int8 import ReplaySession
+
+    replayed = ReplaySession(tmp_path / "feeds", tmp_path / "logits" / "default")
+    session = ort.InferenceSession(str(tmp_path / "e" / "default" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for path in sorted((tmp_path / "feeds").glob("*/*.npz")):
+        with np.load(path) as recorded:
+            feeds = {name: recorded[name] for name in recorded.files}
+        for got, expected in zip(replayed.run(["start_logits", "end_logits"], feeds), session.run(None, feeds)):
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+    feeds["input_ids"] = feeds["input_ids"][:, ::-1].copy()
+    with pytest.raises(KeyError, match="not recorded"):
+        replayed.run(["start_logits", "end_logits"], feeds)
+    replay_info = json.loads((tmp_path / "logits" / "default" / "replay.json").read_text(encoding="utf-8"))
+    assert scored["results"][1]["logits_cpu_features"] == replay_info["cpu_features"]
+    assert "AVX2" in replay_info["cpu_features"] and "logits computed with" in scored["stdout"]
+
+
 def test_bench_inference(tmp_path, data_dir):
     pytest.importorskip("onnxruntime", reason="the onnx backends need requirements-serve.txt")
     result = run_script("bench_inference.py", "--smoke", "--data-dir", str(data_dir), out=tmp_path / "inference.json")
