@@ -56,25 +56,26 @@ def dir_mib(path: Path) -> float:
 
 
 def load_questions(dev_file: Path, doc_id_of_context: dict[str, str], limit: int | None) -> list[dict]:
+    from kqa.squad import squad_questions
+
     data = json.loads(dev_file.read_text(encoding="utf-8-sig"))
     rows = []
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                answers = qa["answers"]
-                rows.append(
-                    {
-                        "id": str(qa["id"]),
-                        "question": qa["question"],
-                        "context": paragraph["context"],
-                        "doc_id": doc_id_of_context.get(paragraph["context"], ""),  # "" outside a smoke corpus
-                        "spans": [(a["answer_start"], a["answer_start"] + len(a["text"])) for a in answers],
-                        "answers": {
-                            "text": [a["text"] for a in answers],
-                            "answer_start": [a["answer_start"] for a in answers],
-                        },
-                    }
-                )
+    for item in squad_questions(data, str(dev_file)):
+        qa, context = item.qa, item.paragraph["context"]
+        answers = qa["answers"]
+        rows.append(
+            {
+                "id": str(qa["id"]),
+                "question": qa["question"],
+                "context": context,
+                "doc_id": doc_id_of_context.get(context, ""),  # "" outside a smoke corpus
+                "spans": [(a["answer_start"], a["answer_start"] + len(a["text"])) for a in answers],
+                "answers": {
+                    "text": [a["text"] for a in answers],
+                    "answer_start": [a["answer_start"] for a in answers],
+                },
+            }
+        )
     return rows[:limit] if limit else rows
 
 

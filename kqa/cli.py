@@ -27,6 +27,7 @@ from kqa.flags import (
     parse_bool,
 )
 from kqa.prediction import PREDICT_BATCH_SIZE
+from kqa.squad import paragraph_questions, squad_paragraphs
 
 _ABSENT = object()  # a field not given (distinct from an explicit null)
 
@@ -89,16 +90,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _squad_list(container: object, key: str, where: str, what: str) -> list:
-    """`container[key]`, which must be a list, from `container`, which must be an object."""
-    if not isinstance(container, dict):
-        raise ValueError(f"{where}: {what} must be an object, got {type(container).__name__}")
-    value = container.get(key)
-    if not isinstance(value, list):
-        raise ValueError(f"{where}: has no '{key}' list")
-    return value
-
-
 def _read_questions(path: Path) -> list[dict]:
     """JSONL (one {id?, question, context} per line) or a SQuAD/KorQuAD JSON file (answers optional).
 
@@ -116,30 +107,27 @@ def _read_questions(path: Path) -> list[dict]:
         document = json.loads(read_utf8_text(path))  # a NotUtf8Error names file, line, column and byte
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise ValueError(f"{path}: expected SQuAD layout ({{'data': [{{'paragraphs': [...]}}]}}) or a .jsonl file")
     rows = []
     first_seen: dict[str, str] = {}
-    for a, article in enumerate(document["data"]):
-        for p, paragraph in enumerate(_squad_list(article, "paragraphs", f"{path}: data[{a}]", "an article")):
-            p_where = f"{path}: data[{a}].paragraphs[{p}]"
-            qas = _squad_list(paragraph, "qas", p_where, "a paragraph")
-            context = _question_text(paragraph, "context", p_where)
-            for q, qa in enumerate(qas):
-                record = f"data[{a}].paragraphs[{p}].qas[{q}]"
-                where = f"{path}: {record}"
-                if not isinstance(qa, dict):
-                    raise ValueError(f"{where}: a question must be an object, got {type(qa).__name__}")
-                qid = _question_id(qa.get("id", _ABSENT), f"{a}-{p}-{q}", where)
-                where = f"{where} (id {qid!r})"
-                question = _question_text(qa, "question", where)
-                if qid in first_seen:
-                    raise ValueError(
-                        f"{where}: duplicate id {qid!r} (first at {first_seen[qid]}); "
-                        "each question needs its own id, or one answer would overwrite the other"
-                    )
-                first_seen[qid] = record
-                rows.append({"id": qid, "question": question, "context": context})
+    for paragraph in squad_paragraphs(document, str(path)):
+        context = _question_text(paragraph.paragraph, "context", f"{path}: {paragraph.path}")
+        for item in paragraph_questions(paragraph, str(path)):
+            path_in_file = item.path
+            where = f"{path}: {path_in_file}"
+            qid = _question_id(
+                item.qa.get("id", _ABSENT),
+                f"{path_in_file.article}-{path_in_file.paragraph}-{path_in_file.question}",
+                where,
+            )
+            where = f"{where} (id {qid!r})"
+            question = _question_text(item.qa, "question", where)
+            if qid in first_seen:
+                raise ValueError(
+                    f"{where}: duplicate id {qid!r} (first at {first_seen[qid]}); "
+                    "each question needs its own id, or one answer would overwrite the other"
+                )
+            first_seen[qid] = str(path_in_file)
+            rows.append({"id": qid, "question": question, "context": context})
     if not rows:
         raise ValueError(f"{path}: contains no questions")
     return rows
@@ -198,11 +186,9 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
     texts: list[str] = []
     for path in args.text_from:
-        data = json.loads(read_utf8_text(path))
-        for article in data["data"]:
-            for paragraph in article["paragraphs"]:
-                texts.append(paragraph["context"])
-                texts.extend(qa["question"] for qa in paragraph["qas"])
+        for paragraph in squad_paragraphs(json.loads(read_utf8_text(path)), str(path)):
+            texts.append(paragraph.paragraph["context"])
+            texts.extend(item.qa["question"] for item in paragraph_questions(paragraph, str(path)))
     tokenizer = build_wordpiece_tokenizer(texts, vocab_size=args.vocab_size)
     config = tiny_bert_config(
         len(tokenizer),

@@ -24,12 +24,13 @@ import logging
 import numbers
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from kqa.squad import SquadPath, article_paragraphs, paragraph_questions, squad_articles
 from kqa.text import NotUtf8Error, blank_problem, check_text, nfc_with_alignment, read_utf8_text, to_nfc
 
 logger = logging.getLogger("kqa.data")
@@ -81,16 +82,10 @@ class Location:
     row_index: int | None = None
 
     def describe(self) -> str:
-        parts = []
+        """`data[0].paragraphs[1].qas[2]` (the JSON path, as `kqa.squad` writes it) or `row 5`."""
         if self.article_index is not None:
-            parts.append(f"article {self.article_index}")
-        if self.paragraph_index is not None:
-            parts.append(f"paragraph {self.paragraph_index}")
-        if self.question_index is not None:
-            parts.append(f"question {self.question_index}")
-        if self.row_index is not None:
-            parts.append(f"row {self.row_index}")
-        return ", ".join(parts) or "top level"
+            return str(SquadPath(self.article_index, self.paragraph_index, self.question_index))
+        return "top level" if self.row_index is None else f"row {self.row_index}"
 
 
 @dataclass(frozen=True)
@@ -458,19 +453,6 @@ def read_json_file(path: Path) -> Any:
         ) from err
 
 
-def _expect(location: Location, container: Any, key: str, kind: type, what: str) -> Any:
-    """`container[key]`, which must exist and be of `kind` (a layout check)."""
-    if key not in container:
-        raise _fail(location, f"{what} has no '{key}' field")
-    value = container[key]
-    if not isinstance(value, kind):
-        raise _fail(
-            location,
-            f"{what}'s '{key}' must be a {'list' if kind is list else kind.__name__}, got {type(value).__name__}",
-        )
-    return value
-
-
 def _raw_answers(location: Location, qa: dict) -> list[tuple[Any, Any]] | Any:
     answers = qa.get("answers", MISSING)
     if answers is MISSING:
@@ -488,32 +470,22 @@ def _raw_answers(location: Location, qa: dict) -> list[tuple[Any, Any]] | Any:
 
 
 def _iter_squad_questions(document: Any, source: str, report: LoadReport) -> Iterator[_RawQuestion]:
-    """Walk data → paragraphs → qas, checking the layout and counting articles and paragraphs.
+    """Walk data → paragraphs → qas (`kqa.squad`: the layout checks), counting articles and paragraphs.
 
     `plausible_answers` (SQuAD 2.0) and any other extra field are not part of the schema and are ignored.
     """
-    top = Location(source)
-    if not isinstance(document, dict):
-        raise _fail(top, f"expected a JSON object with a 'data' list, got a {type(document).__name__}")
-    articles = _expect(top, document, "data", list, "the file")
-    version = document.get("version")
+    version = document.get("version") if isinstance(document, dict) else None
     report.version = None if version is None else str(version)
-    for a_index, article in enumerate(articles):
-        a_loc = Location(source, a_index)
-        if not isinstance(article, dict):
-            raise _fail(a_loc, f"an article must be an object, got {type(article).__name__}")
-        title = article.get("title", MISSING)
+    for article in squad_articles(document, source, DataValidationError):
         report.num_articles += 1
-        for p_index, paragraph in enumerate(_expect(a_loc, article, "paragraphs", list, "article")):
-            p_loc = Location(source, a_index, p_index)
-            if not isinstance(paragraph, dict):
-                raise _fail(p_loc, f"a paragraph must be an object, got {type(paragraph).__name__}")
-            context = _check_text_field(p_loc, "context", paragraph.get("context", MISSING))
+        title = article.article.get("title", MISSING)
+        for paragraph in article_paragraphs(article, source, DataValidationError):
+            p_loc = Location(source, paragraph.path.article, paragraph.path.paragraph)
+            context = _check_text_field(p_loc, "context", paragraph.paragraph.get("context", MISSING))
             report.num_paragraphs += 1
-            for q_index, qa in enumerate(_expect(p_loc, paragraph, "qas", list, "paragraph")):
-                q_loc = Location(source, a_index, p_index, q_index)
-                if not isinstance(qa, dict):
-                    raise _fail(q_loc, f"a question must be an object, got {type(qa).__name__}")
+            for question in paragraph_questions(paragraph, source, DataValidationError):
+                q_loc = Location(source, *astuple(question.path))
+                qa = question.qa
                 yield _RawQuestion(
                     location=q_loc,
                     id=qa.get("id", MISSING),

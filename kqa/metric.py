@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kqa.squad import squad_questions
 from kqa.text import read_utf8_text, to_nfc
 
 logger = logging.getLogger("kqa.metric")
@@ -264,24 +265,15 @@ def _read_json(path: Path, what: str, *, unique_keys: bool = False) -> Any:
 
 def _official_questions(dataset: Any, path: Path):
     """(id, gold texts) for every question of an official SQuAD/KorQuAD JSON file, in file order."""
-    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("data"), list):
-        raise ValueError(f"{path}: expected a JSON object with a 'data' list (SQuAD/KorQuAD layout)")
-    for a, article in enumerate(dataset["data"]):
-        paragraphs = article.get("paragraphs") if isinstance(article, Mapping) else None
-        if not isinstance(paragraphs, list):
-            raise ValueError(f"{path}: data[{a}] has no 'paragraphs' list")
-        for p, paragraph in enumerate(paragraphs):
-            qas = paragraph.get("qas") if isinstance(paragraph, Mapping) else None
-            if not isinstance(qas, list):
-                raise ValueError(f"{path}: data[{a}].paragraphs[{p}] has no 'qas' list")
-            for q, qa in enumerate(qas):
-                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
-                if not isinstance(qa, Mapping) or "id" not in qa:
-                    raise ValueError(f"{where} has no 'id'")
-                answers = qa.get("answers", [])
-                if not isinstance(answers, list):
-                    raise ValueError(f"{where} (id {qa['id']!r}): 'answers' is not a list")
-                yield str(qa["id"]), _answer_texts(answers, f"{where} (id {qa['id']!r})")
+    for item in squad_questions(dataset, str(path)):
+        where = f"{path}: {item.path}"
+        if "id" not in item.qa:
+            raise ValueError(f"{where} has no 'id'")
+        qid = item.qa["id"]
+        answers = item.qa.get("answers", [])
+        if not isinstance(answers, list):
+            raise ValueError(f"{where} (id {qid!r}): 'answers' is not a list")
+        yield str(qid), _answer_texts(answers, f"{where} (id {qid!r})")
 
 
 def score_files(dataset_json: str | Path, predictions_json: str | Path) -> EvalResult:

@@ -186,7 +186,7 @@ def test_squad_file_byte_order_mark_is_accepted(tmp_path):
     ("doc", "where", "problem"),
     [
         ("{not json", "", "not valid JSON"),
-        ([{"question": "q", "context": "c"}], "", r"expected SQuAD layout"),
+        ([{"question": "q", "context": "c"}], "", r"not a SQuAD-format file"),
         ({"data": ["x"]}, "data[0]", "an article must be an object, got str"),
         ({"data": [{"title": "t"}]}, "data[0]", "has no 'paragraphs' list"),
         ({"data": [{"paragraphs": {"context": "c"}}]}, "data[0]", "has no 'paragraphs' list"),

@@ -332,11 +332,11 @@ LONE = "\ud800"  # valid as a JSON escape, yet no Unicode character: Arrow and t
 @pytest.mark.parametrize(
     ("where", "expected"),
     [
-        ("context", r"article 0, paragraph 0: field 'context': holds a lone surrogate '\\ud800' at character 13"),
-        ("question", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'question': holds a lone surrogate"),
-        ("id", r"article 0, paragraph 0, question 0: field 'id': holds a lone surrogate"),
-        ("title", r"article 0, paragraph 0, question 0 \(id 'q1'\): field 'title': holds a lone surrogate"),
-        ("answer", r"question 0 \(id 'q1'\): answer 0: field 'text': holds a lone surrogate"),
+        ("context", r"data\[0\]\.paragraphs\[0\]: field 'context': holds a lone surrogate '\\ud800' at character 13"),
+        ("question", r"data\[0\]\.paragraphs\[0\]\.qas\[0\] \(id 'q1'\): field 'question': holds a lone surrogate"),
+        ("id", r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: field 'id': holds a lone surrogate"),
+        ("title", r"data\[0\]\.paragraphs\[0\]\.qas\[0\] \(id 'q1'\): field 'title': holds a lone surrogate"),
+        ("answer", r"qas\[0\] \(id 'q1'\): answer 0: field 'text': holds a lone surrogate"),
     ],
 )
 def test_lone_surrogate_names_the_file_record_and_field(tmp_path, where, expected):
@@ -366,29 +366,29 @@ GOOD_QA = qa("q1", "수도는?", [("서울", 10)])
     ("doc", "expected"),
     [
         ([], r"expected a JSON object with a 'data' list"),
-        ({"version": "1"}, r"top level: the file has no 'data' field"),
-        ({"data": {"title": "x"}}, r"the file's 'data' must be a list, got dict"),
-        ({"data": ["x"]}, r"article 0: an article must be an object"),
-        ({"data": [{"title": "x"}]}, r"article 0: article has no 'paragraphs' field"),
+        ({"version": "1"}, r"without 'data' \(keys: 'version'\)"),
+        ({"data": {"title": "x"}}, r"got 'data' as a dict"),
+        ({"data": ["x"]}, r"data\[0\]: an article must be an object"),
+        ({"data": [{"title": "x"}]}, r"data\[0\]: an article has no 'paragraphs' list \(got none\)"),
         (
             {"data": [article("x", paragraph(CONTEXT, GOOD_QA), {"context": CONTEXT})]},
-            r"article 0, paragraph 1: paragraph has no 'qas' field",
+            r"data\[0\]\.paragraphs\[1\]: a paragraph has no 'qas' list \(got none\)",
         ),
         (
             {"data": [article("x", {"context": CONTEXT, "qas": {"id": "q"}})]},
-            r"article 0, paragraph 0: paragraph's 'qas' must be a list",
+            r"data\[0\]\.paragraphs\[0\]: a paragraph has no 'qas' list \(got a ",
         ),
         (
             {"data": [article("x", paragraph(CONTEXT, GOOD_QA, "q2"))]},
-            r"article 0, paragraph 0, question 1: a question must be an object",
+            r"data\[0\]\.paragraphs\[0\]\.qas\[1\]: a question must be an object",
         ),
         (
             {"data": [article("x", paragraph(CONTEXT, {"id": "q", "question": "?", "answers": "서울"}))]},
-            r"question 0 \(id 'q'\): 'answers' must be a list",
+            r"qas\[0\] \(id 'q'\): 'answers' must be a list",
         ),
         (
             {"data": [article("x", paragraph(CONTEXT, {"id": "q", "question": "?", "answers": ["서울"]}))]},
-            r"question 0 \(id 'q'\): answer 0 must be an object",
+            r"qas\[0\] \(id 'q'\): answer 0 must be an object",
         ),
     ],
 )
@@ -421,23 +421,23 @@ def test_wrong_layout_raises_with_location(tmp_path, doc, expected):
 )
 def test_missing_or_ill_typed_fields_raise_with_location(tmp_path, qa_fields, expected):
     path = write(tmp_path, squad(article("t", paragraph(CONTEXT, qa_fields))))
-    with pytest.raises(DataValidationError, match=r"article 0, paragraph 0, question 0.*" + expected):
+    with pytest.raises(DataValidationError, match=r"data\[0\]\.paragraphs\[0\]\.qas\[0\].*" + expected):
         load_squad_json(path)
 
 
 def test_missing_context_names_the_paragraph(tmp_path):
     path = write(tmp_path, squad(article("t", paragraph(CONTEXT, GOOD_QA), {"qas": [GOOD_QA]})))
-    with pytest.raises(DataValidationError, match=r"article 0, paragraph 1: missing field 'context'"):
+    with pytest.raises(DataValidationError, match=r"data\[0\]\.paragraphs\[1\]: missing field 'context'"):
         load_squad_json(path)
 
 
 @pytest.mark.parametrize(
     ("context", "question", "expected"),
     [
-        ("", "수도는?", r"paragraph 0: field 'context' is empty"),
-        (" \n\t", "수도는?", r"paragraph 0: field 'context' is only whitespace"),
-        (CONTEXT, "", r"question 0 \(id 'q1'\): field 'question' is empty"),
-        (CONTEXT, "   ", r"question 0 \(id 'q1'\): field 'question' is only whitespace"),
+        ("", "수도는?", r"paragraphs\[0\]: field 'context' is empty"),
+        (" \n\t", "수도는?", r"paragraphs\[0\]: field 'context' is only whitespace"),
+        (CONTEXT, "", r"qas\[0\] \(id 'q1'\): field 'question' is empty"),
+        (CONTEXT, "   ", r"qas\[0\] \(id 'q1'\): field 'question' is only whitespace"),
     ],
 )
 def test_empty_question_or_context_raises(tmp_path, context, question, expected):
@@ -470,8 +470,8 @@ def test_duplicate_ids_name_both_locations(tmp_path):
         load_squad_json(write(tmp_path, doc))
     message = str(err.value)
     assert "duplicate id 'dup'" in message
-    assert "article 0, paragraph 0, question 0" in message
-    assert "article 1, paragraph 0, question 1" in message
+    assert "data[0].paragraphs[0].qas[0]" in message
+    assert "data[1].paragraphs[0].qas[1]" in message
 
 
 # --- logging ---------------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ def test_wrong_squad_files_are_errors(tmp_path):
     with pytest.raises(CorpusError, match=r"broken\.json: not valid JSON"):
         load_corpus(tmp_path / "broken.json")
     _write(tmp_path / "nocontext.json", json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}))
-    with pytest.raises(CorpusError, match=r"nocontext\.json: article 0, paragraph 0"):
+    with pytest.raises(CorpusError, match=r"nocontext\.json: data\[0\]\.paragraphs\[0\]"):
         load_corpus(tmp_path / "nocontext.json")
 
 
@@ -249,8 +249,8 @@ def test_blank_records_are_skipped_and_a_blank_corpus_cannot_be_indexed(tmp_path
         ("a.json", "empty"),
         ("b.jsonl", "empty"),
     ]
-    assert "article 0, paragraph 0" in report.skipped[0][0] and report.skipped[1][0].endswith("b.jsonl:1")
-    with pytest.raises(CorpusError, match=r"a\.json: article 0, paragraph 0: empty"):
+    assert "data[0].paragraphs[0]" in report.skipped[0][0] and report.skipped[1][0].endswith("b.jsonl:1")
+    with pytest.raises(CorpusError, match=r"a\.json: data\[0\]\.paragraphs\[0\]: empty"):
         load_corpus(tmp_path, strict=True)
     with pytest.raises(ValueError, match="no text to index"):
         Retriever.build(_documents({"blank": "  \n\n  "}), RetrieverSettings(method="sparse", analyzer="bigrams"))

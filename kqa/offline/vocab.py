@@ -28,6 +28,7 @@ import numpy as np
 
 from kqa.retrieval.corpus import CorpusError  # one error for a corpus that cannot be read
 from kqa.retrieval.dense import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
+from kqa.squad import paragraph_questions, squad_paragraphs
 
 E5_PREFIXES = (E5_QUERY_PREFIX, E5_PASSAGE_PREFIX)
 
@@ -55,24 +56,19 @@ def _squad_texts(path: Path) -> list[str]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CorpusError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise CorpusError(f"{path}: expected SQuAD layout, a JSON object with a 'data' list")
     texts: list[str] = []
-    for a, article in enumerate(doc["data"]):
-        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
-        if not isinstance(paragraphs, list):
-            raise CorpusError(f"{path}: data[{a}] has no 'paragraphs' list")
-        for p, paragraph in enumerate(paragraphs):
-            where = f"data[{a}].paragraphs[{p}]"
-            context = paragraph.get("context") if isinstance(paragraph, dict) else None
-            if not isinstance(context, str):
-                raise CorpusError(f"{path}: {where} has no string 'context'")
-            texts.append(context)
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                question = qa.get("question") if isinstance(qa, dict) else None
-                if not isinstance(question, str):
-                    raise CorpusError(f"{path}: {where}.qas[{q}] has no string 'question'")
-                texts.append(question)
+    for paragraph in squad_paragraphs(doc, str(path), CorpusError):
+        context = paragraph.paragraph.get("context")
+        if not isinstance(context, str):
+            raise CorpusError(f"{path}: {paragraph.path} has no string 'context'")
+        texts.append(context)
+        if "qas" not in paragraph.paragraph:  # contexts alone are enough to trim a vocabulary
+            continue
+        for item in paragraph_questions(paragraph, str(path), CorpusError):
+            question = item.qa.get("question")
+            if not isinstance(question, str):
+                raise CorpusError(f"{path}: {item.path} has no string 'question'")
+            texts.append(question)
     return texts
 
 

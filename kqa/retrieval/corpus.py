@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kqa.squad import squad_paragraphs
 from kqa.text import NotUtf8Error, decode_utf8, iter_jsonl_objects
 from kqa.text import check_text as _check_text
 
@@ -214,26 +215,19 @@ def _squad_documents(
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise CorpusError(f"{file}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    articles = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(articles, list):
-        raise CorpusError(f"{file}: not a SQuAD-format file: expected an object with a 'data' list")
-    for a, article in enumerate(articles):
-        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
-        if not isinstance(paragraphs, list):
-            raise CorpusError(f"{file}: article {a}: expected a 'paragraphs' list")
-        title = article.get("title") or ""
-        for p, paragraph in enumerate(paragraphs):
-            where = f"{file}: article {a}, paragraph {p}"
-            context = paragraph.get("context") if isinstance(paragraph, dict) else None
-            check_text(context, f"{where}: 'context'")
-            if not context.strip():
-                report.skip(where, "empty: 'context' holds no text", strict)
-                continue
-            if context in seen:
-                report.merged_duplicate_contexts += 1
-                continue
-            seen.add(context)
-            yield Document(id=squad_document_id(file_id, a, p), title=str(title), text=context, source=where)
+    for item in squad_paragraphs(data, str(file), CorpusError):
+        where = f"{file}: {item.path}"
+        context = item.paragraph.get("context")
+        check_text(context, f"{where}: 'context'")
+        if not context.strip():
+            report.skip(where, "empty: 'context' holds no text", strict)
+            continue
+        if context in seen:
+            report.merged_duplicate_contexts += 1
+            continue
+        seen.add(context)
+        doc_id = squad_document_id(file_id, item.path.article, item.path.paragraph)
+        yield Document(id=doc_id, title=str(item.title or ""), text=context, source=where)
 
 
 def squad_document_id(file_id: str, article_index: int, paragraph_index: int) -> str:

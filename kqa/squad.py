@@ -1,0 +1,129 @@
+"""The SQuAD JSON layout (`data` → `paragraphs` → `qas`), walked in one place.
+
+Every reader of SQuAD-layout files — the training data loader (`kqa.data`), the official scorer
+(`kqa.metric`), `kqa predict`'s question reader, the document loader of retrieval and the vocabulary
+trimmer of the offline backbone — walks the file with these functions, so a layout problem reads the
+same everywhere and names its record by its JSON path:
+
+    corpus.json: data[1].paragraphs[0].qas[2]: a question must be an object, got str
+
+The walk checks the layout only (objects and lists where the format has them); what a record must hold
+(a non-blank context, an id, answers) is each reader's own business, and each raises its own error
+type (`error=`), a subclass of ValueError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+LAYOUT_HINT = "{'data': [{'paragraphs': [{'context': ..., 'qas': [...]}]}]}"
+
+
+@dataclass(frozen=True)
+class SquadPath:
+    """Where a record sits in a SQuAD-layout file, written as its JSON path."""
+
+    article: int
+    paragraph: int | None = None
+    question: int | None = None
+
+    def __str__(self) -> str:
+        path = f"data[{self.article}]"
+        if self.paragraph is not None:
+            path += f".paragraphs[{self.paragraph}]"
+        if self.question is not None:
+            path += f".qas[{self.question}]"
+        return path
+
+
+@dataclass(frozen=True)
+class SquadArticle:
+    path: SquadPath
+    article: dict[str, Any]
+
+    @property
+    def title(self) -> Any:
+        return self.article.get("title")
+
+
+@dataclass(frozen=True)
+class SquadParagraph:
+    path: SquadPath
+    title: Any  # the article's title, as found (None when absent)
+    paragraph: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SquadQuestion:
+    path: SquadPath
+    title: Any
+    paragraph: dict[str, Any]
+    qa: dict[str, Any]
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def squad_articles(document: Any, source: str, error: type[ValueError] = ValueError) -> Iterator[SquadArticle]:
+    """The articles of a parsed SQuAD-layout document, each checked to be an object."""
+    articles = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(articles, list):
+        if not isinstance(document, dict):
+            got = f"a {_kind(document)}"
+        elif "data" not in document:
+            got = f"an object without 'data' (keys: {', '.join(map(repr, sorted(document))) or 'none'})"
+        else:
+            got = f"'data' as a {_kind(articles)}"
+        raise error(
+            f"{source}: not a SQuAD-format file: expected a JSON object with a 'data' list ({LAYOUT_HINT}), got {got}"
+        )
+    for index, article in enumerate(articles):
+        path = SquadPath(index)
+        if not isinstance(article, dict):
+            raise error(f"{source}: {path}: an article must be an object, got {_kind(article)}")
+        yield SquadArticle(path, article)
+
+
+def article_paragraphs(
+    article: SquadArticle, source: str, error: type[ValueError] = ValueError
+) -> Iterator[SquadParagraph]:
+    """The paragraphs of one article, each checked to be an object."""
+    paragraphs = article.article.get("paragraphs")
+    if not isinstance(paragraphs, list):
+        got = "none" if paragraphs is None else f"a {_kind(paragraphs)}"
+        raise error(f"{source}: {article.path}: an article has no 'paragraphs' list (got {got})")
+    for index, paragraph in enumerate(paragraphs):
+        path = SquadPath(article.path.article, index)
+        if not isinstance(paragraph, dict):
+            raise error(f"{source}: {path}: a paragraph must be an object, got {_kind(paragraph)}")
+        yield SquadParagraph(path, article.title, paragraph)
+
+
+def paragraph_questions(
+    paragraph: SquadParagraph, source: str, error: type[ValueError] = ValueError
+) -> Iterator[SquadQuestion]:
+    """The questions of one paragraph, each checked to be an object."""
+    qas = paragraph.paragraph.get("qas")
+    if not isinstance(qas, list):
+        got = "none" if qas is None else f"a {_kind(qas)}"
+        raise error(f"{source}: {paragraph.path}: a paragraph has no 'qas' list (got {got})")
+    for index, qa in enumerate(qas):
+        path = SquadPath(paragraph.path.article, paragraph.path.paragraph, index)
+        if not isinstance(qa, dict):
+            raise error(f"{source}: {path}: a question must be an object, got {_kind(qa)}")
+        yield SquadQuestion(path, paragraph.title, paragraph.paragraph, qa)
+
+
+def squad_paragraphs(document: Any, source: str, error: type[ValueError] = ValueError) -> Iterator[SquadParagraph]:
+    """Every paragraph of a parsed SQuAD-layout document, in file order."""
+    for article in squad_articles(document, source, error):
+        yield from article_paragraphs(article, source, error)
+
+
+def squad_questions(document: Any, source: str, error: type[ValueError] = ValueError) -> Iterator[SquadQuestion]:
+    """Every question of a parsed SQuAD-layout document, in file order."""
+    for paragraph in squad_paragraphs(document, source, error):
+        yield from paragraph_questions(paragraph, source, error)
