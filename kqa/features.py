@@ -18,11 +18,7 @@ served from the cache.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
-import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +27,18 @@ from typing import Any, Optional
 
 import numpy as np
 
+from kqa.feature_cache import code_digest, in_memory_cache_file
+from kqa.spans import (
+    STATUS_EXACT,
+    STATUS_INEXACT,
+    STATUS_NO_ANSWER,
+    STATUS_NOT_IN_WINDOW,
+    cls_index_of,
+    context_offsets,
+    first_answer_span,
+    label_window,
+    whitespace_trim_tables,
+)
 from kqa.text import nfc_with_alignment
 
 logger = logging.getLogger("kqa.features")
@@ -38,12 +46,6 @@ logger = logging.getLogger("kqa.features")
 # Bookkeeping columns written by the map function and removed once the report is computed.
 _STATUS_COLUMN = "_kqa_answer_status"
 _TRUNCATED_COLUMN = "_kqa_question_truncated"
-
-# Per-window answer status (the first gold answer, the one used for labels).
-STATUS_NO_ANSWER = -1  # unanswerable question or no gold answer
-STATUS_NOT_IN_WINDOW = 0  # the window does not hold the whole answer: labelled CLS
-STATUS_EXACT = 1  # held; the labelled tokens decode to exactly the gold text
-STATUS_INEXACT = 2  # held; a token boundary falls inside the answer, so the tokens cover a little more
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def _prepare(
     cache_file_name, fingerprint = None, None
     if not examples.cache_files:
         if cache:
-            cache_file_name = _in_memory_cache_file(
+            cache_file_name = in_memory_cache_file(
                 examples, tokenizer, config, with_labels, with_offsets, keep_token_types
             )
             fingerprint = Path(cache_file_name).stem
@@ -231,7 +233,7 @@ def _prepare(
             "with_labels": with_labels,
             "with_offsets": with_offsets,
             "keep_token_types": keep_token_types,
-            "code_digest": _code_digest(),
+            "code_digest": code_digest(),
         },
         features=_output_schema(with_labels, with_offsets, keep_token_types),
         num_proc=num_proc,
@@ -248,72 +250,6 @@ def _prepare(
             "%d answers are held by no window: %s", report.num_lost_answers, ", ".join(report.lost_answer_ids[:20])
         )
     return features, report
-
-
-def feature_cache_dir() -> Path:
-    """Where features of in-memory examples are cached: $KQA_CACHE_DIR/features, else under the
-    `datasets` cache (HF_DATASETS_CACHE)."""
-    import datasets
-
-    root = os.environ.get("KQA_CACHE_DIR")
-    return Path(root) / "features" if root else Path(datasets.config.HF_DATASETS_CACHE) / "kqa" / "features"
-
-
-def _in_memory_cache_file(
-    examples, tokenizer, config: FeatureConfig, with_labels: bool, with_offsets: bool, keep_token_types: bool
-) -> str:
-    """A cache file named by the content of the examples, the tokenizer, the settings and the code.
-
-    Examples loaded from JSON live in memory, and `datasets` caches only maps over file-backed
-    datasets; naming the output file by a content digest gives in-memory examples the same
-    "tokenise once" behaviour across runs.
-    """
-    digest = hashlib.sha256()
-    columns = [c for c in ("id", "question", "context", "answers", "is_impossible") if c in examples.column_names]
-    table = examples.select_columns(columns).with_format("arrow")[:]
-    digest.update(json.dumps(table.to_pydict(), ensure_ascii=False).encode())
-    digest.update(type(tokenizer).__name__.encode())
-    digest.update(_tokenizer_digest(tokenizer.backend_tokenizer).encode())
-    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
-    digest.update(repr((config, with_labels, with_offsets, keep_token_types, _code_digest())).encode())
-    cache_dir = feature_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    kind = "eval" if with_offsets else "train"
-    return str(cache_dir / f"{kind}-{digest.hexdigest()[:40]}.arrow")
-
-
-def _tokenizer_digest(backend) -> str:
-    """A digest of a `tokenizers.Tokenizer`'s serialised form without its truncation and padding, which
-    are per-call state the backend keeps from the last call, not identity. The state is switched off
-    for the serialisation and put back: hashing the string is ~10x cheaper than parsing the JSON
-    (17 MB for an XLM-R vocabulary) to drop two keys."""
-    truncation, padding = backend.truncation, backend.padding
-    try:
-        backend.no_truncation()
-        backend.no_padding()
-        return hashlib.sha256(backend.to_str().encode()).hexdigest()
-    finally:
-        if truncation is not None:
-            backend.enable_truncation(**truncation)
-        if padding is not None:
-            backend.enable_padding(**padding)
-
-
-@functools.cache
-def _code_digest() -> str:
-    """A digest of the code that shapes features. `datasets` fingerprints a map function by its own
-    bytecode only, not the functions it calls; passing this digest as an argument makes any change to
-    this module, to `kqa.text` or to the tokenizer libraries a cache miss instead of stale features."""
-    import tokenizers
-    import transformers
-
-    from kqa import text
-
-    digest = hashlib.sha256()
-    for module_file in (__file__, text.__file__):
-        digest.update(Path(module_file).read_bytes())
-    digest.update(f"tokenizers={tokenizers.__version__} transformers={transformers.__version__}".encode())
-    return digest.hexdigest()
 
 
 def _check_tokenizer(tokenizer, config: FeatureConfig) -> None:
@@ -383,10 +319,10 @@ def _build_features(
         if not context or not context.strip():
             raise ValueError(f"example {example_id!r}: the context is empty")
     aligned = [nfc_with_alignment(c) for c in contexts]
-    trim_tables = [_whitespace_trim_tables(nfc) for nfc, _ in aligned]
+    trim_tables = [whitespace_trim_tables(nfc) for nfc, _ in aligned]
     answers = batch.get("answers") or [None] * len(ids)
     impossible = batch.get("is_impossible") or [False] * len(ids)
-    answer_spans = [_first_answer_span(*row) for row in zip(ids, contexts, answers, impossible)]
+    answer_spans = [first_answer_span(*row) for row in zip(ids, contexts, answers, impossible)]
 
     encoded = tokenizer(
         questions,
@@ -399,43 +335,37 @@ def _build_features(
         padding=False,
     )
 
-    out: dict[str, list] = {
-        "input_ids": [],
-        "attention_mask": [],
-        "example_id": [],
-        _STATUS_COLUMN: [],
-        _TRUNCATED_COLUMN: [],
-    }
-    if keep_token_types:
-        out["token_type_ids"] = []
-    if with_labels:
-        out["start_positions"], out["end_positions"] = [], []
-    if with_offsets:
-        out["cls_index"], out["offset_mapping"] = [], []
-
+    out = _empty_columns(with_labels, with_offsets, keep_token_types)
     for i, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
-        origin = aligned[example_index][1]
         input_ids = encoded["input_ids"][i]
-        offsets = _context_offsets(
-            encoded["offset_mapping"][i], encoded.sequence_ids(i), trim_tables[example_index], origin
+        offsets = context_offsets(
+            encoded["offset_mapping"][i], encoded.sequence_ids(i), trim_tables[example_index], aligned[example_index][1]
         )
-        cls_index = _cls_index(input_ids, tokenizer)
-        status, start, end = _label_window(offsets, answer_spans[example_index], contexts[example_index], cls_index)
-
-        out["input_ids"].append(input_ids)
-        out["attention_mask"].append(encoded["attention_mask"][i])
-        if keep_token_types:
-            out["token_type_ids"].append(encoded["token_type_ids"][i])
-        out["example_id"].append(ids[example_index])
-        out[_STATUS_COLUMN].append(status)
-        out[_TRUNCATED_COLUMN].append(truncated[example_index])
-        if with_labels:
-            out["start_positions"].append(start)
-            out["end_positions"].append(end)
-        if with_offsets:
-            out["cls_index"].append(cls_index)
-            out["offset_mapping"].append(offsets.tolist())
+        cls_index = cls_index_of(input_ids, tokenizer)
+        status, start, end = label_window(offsets, answer_spans[example_index], contexts[example_index], cls_index)
+        row = {
+            "input_ids": input_ids,
+            "attention_mask": encoded["attention_mask"][i],
+            "token_type_ids": encoded["token_type_ids"][i] if keep_token_types else None,
+            "example_id": ids[example_index],
+            _STATUS_COLUMN: status,
+            _TRUNCATED_COLUMN: truncated[example_index],
+            "start_positions": start,
+            "end_positions": end,
+            "cls_index": cls_index,
+            "offset_mapping": offsets.tolist() if with_offsets else None,
+        }
+        for name, column in out.items():  # only the columns this build keeps
+            column.append(row[name])
     return out
+
+
+def _empty_columns(with_labels: bool, with_offsets: bool, keep_token_types: bool) -> dict[str, list]:
+    """The columns one build fills, in `_output_schema`'s order."""
+    names = ["input_ids", "attention_mask", *(["token_type_ids"] if keep_token_types else [])]
+    names += ["start_positions", "end_positions"] if with_labels else []
+    names += ["example_id", *(["cls_index", "offset_mapping"] if with_offsets else [])]
+    return {name: [] for name in [*names, _STATUS_COLUMN, _TRUNCATED_COLUMN]}
 
 
 def _prepare_questions(questions: list[str], ids: list[str], tokenizer, max_query_length: int):
@@ -464,105 +394,6 @@ def _cut_question(text: str, offsets, tokenizer, max_query_length: int) -> str:
             return cut
         keep -= 1
     raise ValueError(f"cannot cut question {text[:40]!r}... to {max_query_length} tokens")
-
-
-def _first_answer_span(example_id, context: str, answers, is_impossible):
-    """`(start, end)` of the first gold answer in original-context characters, or None."""
-    if is_impossible or not answers or not answers.get("text"):
-        return None
-    text, start = answers["text"][0], answers["answer_start"][0]
-    if not text:
-        raise ValueError(f"example {example_id!r}: the first answer is an empty string")
-    end = start + len(text)
-    if start < 0 or context[start:end] != text:
-        raise ValueError(
-            f"example {example_id!r}: answer {text!r} does not match the context at answer_start {start} "
-            f"(found {context[start:end]!r})"
-        )
-    return start, end
-
-
-# str.isspace() as a lookup table up to U+3001: the last whitespace code point is U+3000 (tested), and
-# U+3001 (not whitespace) stands for every code point above it.
-_IS_SPACE = np.array([chr(cp).isspace() for cp in range(0x3002)], dtype=bool)
-
-
-def _whitespace_trim_tables(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """For every boundary `i` in `0..len(text)`: `skip[i]`, the first non-whitespace position at or after
-    `i`, and `back[i]`, the end of the last non-whitespace character at or before `i`. Computed once per
-    context with array scans and shared by all its windows, so trimming a token's span is two lookups."""
-    n = len(text)
-    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    is_space = _IS_SPACE[np.minimum(code_points, len(_IS_SPACE) - 1)]
-    positions = np.arange(n, dtype=np.int64)
-    next_solid = np.append(np.where(is_space, n, positions), n)
-    skip = np.minimum.accumulate(next_solid[::-1])[::-1]
-    solid_end = np.where(is_space, 0, positions + 1)
-    back = np.concatenate(([0], np.maximum.accumulate(solid_end)))
-    return skip, back
-
-
-def _context_offsets(offset_mapping, sequence_ids, trim_tables, origin: np.ndarray) -> np.ndarray:
-    """Per token `[start, end)` in the ORIGINAL context, whitespace trimmed; -1 for anything that is
-    not context (question, special tokens) and for whitespace-only tokens."""
-    result = np.full((len(sequence_ids), 2), -1, dtype=np.int64)
-    rows = _context_rows(sequence_ids)
-    if len(rows) == 0:
-        return result
-    # Convert only the offsets from the first to the last context token (the whole context, in a pair).
-    first, stop = rows[0], rows[-1] + 1
-    offsets = np.asarray(offset_mapping[first:stop], dtype=np.int64).reshape(-1, 2)[rows - first]
-    skip, back = trim_tables
-    start = np.minimum(skip[offsets[:, 0]], offsets[:, 1])  # leading whitespace, never past the token's end
-    end = back[offsets[:, 1]]  # trailing whitespace; a whitespace-only token ends at or before its start
-    kept = start < end
-    rows = rows[kept]
-    result[rows, 0] = origin[start[kept]]
-    result[rows, 1] = origin[end[kept]]
-    return result
-
-
-def _context_rows(sequence_ids: list) -> np.ndarray:
-    """Positions of the context's tokens (sequence id 1). They are contiguous in a pair encoding, which
-    list methods (running in C) confirm without a Python loop over every token."""
-    count = sequence_ids.count(1)
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    first = sequence_ids.index(1)
-    if sequence_ids[first : first + count].count(1) == count:
-        return np.arange(first, first + count)
-    return np.flatnonzero(np.fromiter((s == 1 for s in sequence_ids), dtype=bool, count=len(sequence_ids)))
-
-
-def _cls_index(input_ids: list[int], tokenizer) -> int:
-    cls_id = tokenizer.cls_token_id
-    if cls_id is not None and cls_id in input_ids:
-        return input_ids.index(cls_id)
-    return 0  # tokenizers without a CLS token: position 0, as is conventional
-
-
-def _label_window(offsets: np.ndarray, span, context: str, cls_index: int) -> tuple[int, int, int]:
-    """Return `(status, start_token, end_token)` for one window."""
-    if span is None:
-        return STATUS_NO_ANSWER, cls_index, cls_index
-    answer_start, answer_end = span
-    context_tokens = np.flatnonzero(offsets[:, 0] >= 0)
-    if len(context_tokens) == 0:
-        return STATUS_NOT_IN_WINDOW, cls_index, cls_index
-    # The answer's characters without surrounding whitespace, which no trimmed token covers.
-    while answer_start < answer_end and context[answer_start].isspace():
-        answer_start += 1
-    while answer_end > answer_start and context[answer_end - 1].isspace():
-        answer_end -= 1
-    starts, ends = offsets[context_tokens, 0], offsets[context_tokens, 1]
-    if starts[0] > answer_start or ends[-1] < answer_end:
-        return STATUS_NOT_IN_WINDOW, cls_index, cls_index
-    overlapping = context_tokens[(starts < answer_end) & (ends > answer_start)]
-    if len(overlapping) == 0:  # the answer's characters fall in no token (e.g. dropped by the normaliser)
-        return STATUS_NOT_IN_WINDOW, cls_index, cls_index
-    first, last = int(overlapping[0]), int(overlapping[-1])
-    exact = offsets[first, 0] == span[0] and offsets[last, 1] == span[1]
-    return (STATUS_EXACT if exact else STATUS_INEXACT), first, last
 
 
 # ---- the report --------------------------------------------------------------------------------------

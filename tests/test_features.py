@@ -665,7 +665,7 @@ def test_the_tokenizers_call_state_neither_misses_the_cache_nor_is_lost(tiny_tok
 
 
 def _context_offsets_per_token(offset_mapping, sequence_ids, nfc_context, origin):
-    """The plain per-token reference for kqa.features._context_offsets."""
+    """The plain per-token reference for kqa.spans.context_offsets."""
     result = []
     for (a, b), seq in zip(offset_mapping, sequence_ids):
         if seq != 1:
@@ -682,7 +682,7 @@ def _context_offsets_per_token(offset_mapping, sequence_ids, nfc_context, origin
 def test_the_whitespace_table_is_str_isspace_on_every_code_point():
     import sys
 
-    from kqa.features import _whitespace_trim_tables
+    from kqa.spans import whitespace_trim_tables as _whitespace_trim_tables
 
     text = "".join(chr(cp) for cp in range(sys.maxunicode + 1) if not 0xD800 <= cp <= 0xDFFF)  # no surrogates
     skip, _ = _whitespace_trim_tables(text)
@@ -694,7 +694,8 @@ def test_the_whitespace_table_is_str_isspace_on_every_code_point():
 def test_vectorised_context_offsets_equal_the_per_token_loop(seed):
     import numpy as np
 
-    from kqa.features import _context_offsets, _whitespace_trim_tables
+    from kqa.spans import context_offsets as _context_offsets
+    from kqa.spans import whitespace_trim_tables as _whitespace_trim_tables
     from kqa.text import nfc_with_alignment
 
     rng = np.random.default_rng(seed)
