@@ -1,5 +1,5 @@
 """Bad input files for the readers that have no test module of their own: `kqa predict --input`
-(`kqa.cli._read_questions`) and, for the byte-order mark, `kqa.training.config.load_yaml`.
+(`kqa.cli.read_questions`) and, for the byte-order mark, `kqa.training.config.load_yaml`.
 
 The rule: every reader either reads a file or raises a ValueError that names the file, the record
 (line or data[a].paragraphs[p].qas[q]) and the problem; nothing is dropped silently. Every reader
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kqa.cli import _read_questions
+from kqa.cli import read_questions as _read_questions
 from kqa.training.config import load_yaml
 
 BOM = b"\xef\xbb\xbf"

@@ -1,0 +1,39 @@
+"""`python -m kqa …` / `kqa …`: predict with a saved model, make a tiny smoke-test model.
+
+kqa predict --model outputs/kqa/best --question "대한민국의 수도는 어디인가?" --context "대한민국의 수도는 서울이며, …"
+kqa predict --model outputs/kqa/best --input questions.jsonl --output answers.json --top_k 3
+kqa predict --model outputs/kqa/best --input dev.json --output predictions.json   # SQuAD file
+kqa make-tiny-model --out models/tiny-bert --text_from ../shared/data/korquad-1.0-sample/KorQuAD_v1.0_train.json
+kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.inference.export
+kqa build-backbone --out models/e5-small                                            # see kqa.offline
+kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.serving
+kqa index --corpus my_docs/ --out my_index --embedding_model models/e5-small       # see kqa.retrieval
+kqa ask --index my_index --model outputs/kqa/best "훈민정음은 언제 반포되었는가?"
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kqa.cli.parser import build_parser
+from kqa.cli.questions import read_questions
+
+__all__ = ["build_parser", "main", "read_questions"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "build-backbone":
+        from kqa.offline.__main__ import main as offline_main
+
+        return offline_main(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # bad input: the message names the file, record and problem
+        print(f"kqa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""What each `kqa` command does, given its parsed flags (`kqa.cli.parser` builds them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kqa.cli.questions import read_questions
+from kqa.squad import paragraph_questions, squad_paragraphs
+
+
+def _load_answerer(args: argparse.Namespace, **settings):
+    """The QuestionAnswerer the flags of `kqa.flags.add_model_flags` name (model, device, backend,
+    trust_remote_code, int8_drift), with `settings` such as batch_size and prediction overrides."""
+    from kqa.inference import QuestionAnswerer
+
+    return QuestionAnswerer.from_pretrained(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        trust_remote_code=args.trust_remote_code,
+        int8_drift=args.int8_drift,
+        **settings,
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kqa.prediction import OVERRIDABLE_SETTINGS
+
+    if not args.input and not (args.question and args.context):
+        raise SystemExit("predict: give --question and --context, or --input FILE")
+    rows = read_questions(Path(args.input)) if args.input else None  # a bad file fails before the model loads
+    overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
+    qa = _load_answerer(args, batch_size=args.model_batch_size, **overrides)
+    null_options = {
+        "handle_impossible_answer": args.handle_impossible_answer,
+        "null_score_diff_threshold": args.null_score_diff_threshold,
+    }
+    if rows is not None:
+        predictions = qa.predict_rows(rows, top_k=args.top_k, **null_options)
+        if args.top_k == 1:
+            result = {k: p.text for k, p in predictions.items()}  # the official submission format ("" = null)
+        else:
+            result = {k: [a.to_dict() for a in qa.answers_of(p, args.top_k)] for k, p in predictions.items()}
+    else:
+        answers = qa(args.question, args.context, top_k=args.top_k, **null_options)
+        result = answers.to_dict() if args.top_k == 1 else [a.to_dict() for a in answers]
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    if args.output_file:
+        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.output_file}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    """A random-init small BERT + WordPiece tokenizer trained on local text: for smoke runs and tests."""
+    from kqa.modeling import QuestionAnsweringModel
+    from kqa.testing import build_wordpiece_tokenizer, tiny_bert_config
+    from kqa.text import read_utf8_text
+
+    texts: list[str] = []
+    for path in args.text_from:
+        for paragraph in squad_paragraphs(json.loads(read_utf8_text(path)), str(path)):
+            texts.append(paragraph.paragraph["context"])
+            texts.extend(item.qa["question"] for item in paragraph_questions(paragraph, str(path)))
+    tokenizer = build_wordpiece_tokenizer(texts, vocab_size=args.vocab_size)
+    config = tiny_bert_config(
+        len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=max(1, args.hidden_size // 32),
+        intermediate_size=4 * args.hidden_size,
+    )
+    model = QuestionAnsweringModel.from_config(config)
+    model.backbone.save_pretrained(args.output_dir, safe_serialization=True)  # an encoder, like a hub backbone
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"wrote a {model.num_parameters() / 1e6:.2f}M-parameter random BERT and its tokenizer to {args.output_dir}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.serving, docs/serving.md."""
+    from kqa.serving.settings import BatchingSettings, ServerLimits
+
+    try:
+        from kqa.serving.app import serve
+    except ImportError as err:
+        raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
+
+    limits = ServerLimits(
+        max_context_chars=args.max_context_chars,
+        max_question_chars=args.max_question_chars,
+        max_batch_questions=args.max_batch_questions,
+        max_top_k=args.max_top_k,
+        max_passages=args.max_passages,
+    )
+    if not 1 <= args.passages <= limits.max_passages:
+        raise ValueError(
+            f"--passages must be between 1 and --max_passages ({limits.max_passages}), got {args.passages}"
+        )
+    batching = BatchingSettings(
+        batch_size=args.micro_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
+    )
+    qa = _load_answerer(args, batch_size=args.model_batch_size)
+    retriever = None
+    if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
+        from kqa.retrieval import Retriever
+
+        retriever = Retriever.load(args.index, device=args.device)
+    serve(
+        qa,
+        model_dir=args.model,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        batching=batching,
+        log_level=args.log_level,
+        retriever=retriever,
+        index_dir=args.index,
+        passages=args.passages,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A saved model → an ONNX directory (model.onnx, tokenizer, config.json, kqa_config.json) that
+    QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
+    PyTorch model's."""
+    from kqa.inference.export import Int8Settings, export_onnx
+    from kqa.inference.runtimes import ONNX_FILE
+
+    int8 = None
+    if args.quantize == "int8":
+        int8 = Int8Settings(
+            weight_type=args.int8_weight_type, reduce_range=args.int8_reduce_range, keep_fp32=tuple(args.int8_keep_fp32)
+        )
+    try:
+        report = export_onnx(
+            args.model,
+            args.output_dir,
+            quantize=args.quantize,
+            opset=args.opset,
+            int8=int8,
+            optimize=args.optimize,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except RuntimeError as err:  # the exported logits are off: nothing was written
+        raise ValueError(str(err)) from err
+    fused = ", ".join(f"{k} {v}" for k, v in report.fused.items()) or "none"
+    print(
+        f"wrote {Path(args.output_dir) / ONNX_FILE} ({report.onnx_bytes / 2**20:.1f} MiB, "
+        f"{report.quantize or 'fp32'}, inputs {', '.join(report.inputs)}; fused: {fused}) in {report.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(
+        f"max |logit difference| vs the PyTorch model: fp32 graph {report.max_abs_diff_fp32:.2e}"
+        + (
+            f", {report.quantize} graph {report.max_abs_diff:.2e} ({report.int8['weight_type']} weights"
+            f"{', 7-bit' if report.int8['reduce_range'] else ''}; float: "
+            f"{', '.join(report.int8['keep_fp32']) or 'nothing'} and the span head)"
+            if report.quantize
+            else ""
+        )
+        + f", measured on a CPU with {', '.join(report.cpu) or 'no AVX2'}",
+        file=sys.stderr,
+    )
+    if report.quantize:
+        print(
+            "int8 moves the logits: check EM/F1 on your dev set (benchmarks/bench_int8.py) before serving it; "
+            "the fp32 export is exact. The export keeps probe inputs with their fp32 logits: loading it on "
+            "another CPU measures the difference again and warns if it grew (--int8_drift)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """A corpus (folders and files) → a saved retrieval index (kqa.retrieval, docs/retrieval.md)."""
+    import time
+
+    from kqa.retrieval import Embedder, PassageSettings, Retriever, RetrieverSettings, load_corpus
+
+    settings = RetrieverSettings(
+        method=args.method, analyzer=None if args.method == "dense" else args.analyzer, fusion=args.fusion
+    )
+    passage_settings = PassageSettings(max_chars=args.passage_chars, overlap_chars=args.overlap_chars)
+    start = time.perf_counter()
+    documents, report = load_corpus(args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict)
+    print(f"corpus: {report.summary()}", file=sys.stderr)
+    for source, reason in report.skipped[:20]:
+        print(f"  skipped {source}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(
+            f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.output_dir) / 'index.json'})",
+            file=sys.stderr,
+        )
+    embedder = None
+    if settings.uses_dense:  # the model loads before the long analysis, so a wrong name fails at once
+        embedder = Embedder.from_pretrained(
+            args.embedding_model,
+            device=args.device,
+            batch_size=args.embedding_batch_size,
+            trust_remote_code=args.trust_remote_code,
+        )
+    retriever = Retriever.build(
+        documents,
+        settings,
+        embedder=embedder,
+        passage_settings=passage_settings,
+        corpus_report=report,
+        show_progress=not args.disable_tqdm,
+    )
+    out = retriever.save(args.output_dir)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(
+        f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
+        f"{settings.method}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Retrieve passages from an index and read them with a saved model."""
+    from kqa.retrieval import RetrieveAndRead, Retriever
+
+    question = " ".join(args.question).strip()
+    if not question:
+        raise ValueError("the question is empty")
+    retriever = Retriever.load(args.index, method=args.method, device=args.device)
+    qa = _load_answerer(args)
+    result = RetrieveAndRead(retriever, qa, passages=args.passages).ask(question, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
+        return 0
+    if not result.answers:
+        print("no answer: no passage of the index matches the question")
+    for i, a in enumerate(result.answers, 1):
+        text = retriever.document(a.doc_id).text
+        left, right = text[max(a.passage_start, a.start - 60) : a.start], text[a.end : min(a.passage_end, a.end + 60)]
+        shown = " ".join(a.text.split())  # one line on the terminal (--json keeps the text as it is)
+        print(f"{i}. {shown}  (p={a.probability:.2f}, span score {a.score:.2f})")
+        print(f"   {a.doc_id}{' — ' + a.title if a.title else ''} [{a.start}:{a.end}], passage rank {a.retrieval_rank}")
+        print(f"   …{left}【{a.text}】{right}…".replace("\n", " "))
+    if args.show_passages:
+        print("passages:")
+        for hit in result.passages:
+            print(f"  {hit.rank}. {hit.passage.id} score {hit.score:.4f}: {hit.passage.text[:80]!r}")
+    return 0
