@@ -300,13 +300,21 @@ def export_onnx(
         checked_shapes=[list(b["input_ids"].shape) for b in batches],
     )
 
+    # 2. the fp32 graph (fused where that keeps the logits), checked against PyTorch; 3. int8, measured
+    _write_graph(model, names, batches, reference, out_dir, opset, optimize, tolerance, int8, report)
+    # 4. what a model directory needs beside the graph, the probes, and how it was made
+    _write_export_directory(out_dir, model_dir, tokenizer, batches, reference, report, t0)
+    return report
+
+
+def _write_graph(model, names, batches, reference, out_dir: Path, opset, optimize, tolerance, int8, report) -> None:
+    """`out_dir/model.onnx`: the fp32 graph checked against PyTorch (its difference in the report) and,
+    with `int8` settings, quantised and measured the same way."""
     with tempfile.TemporaryDirectory(prefix="kqa-export-") as tmp:
         tmp = Path(tmp)
-        # 2. the fp32 graph (fused where that keeps the logits), checked against PyTorch
         fp32 = _export_fp32_graph(
             model, names, batches, reference, tmp, opset=opset, optimize=optimize, tolerance=tolerance, report=report
         )
-        # 3. int8, measured the same way
         final = fp32
         if int8 is not None:
             final = tmp / "int8.onnx"
@@ -318,9 +326,6 @@ def export_onnx(
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(final, out_dir / ONNX_FILE)
-    # 4. what a model directory needs beside the graph, the probes, and how it was made
-    _write_export_directory(out_dir, model_dir, tokenizer, batches, reference, report, t0)
-    return report
 
 
 def _probe_reference(model, tokenizer, model_dir: Path):

