@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feeds", type=Path, required=True, help="recorded batches (bench_int8.py --record-feeds)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the logits")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--limit", type=int, default=None, help="the first N batches only (for a slow emulated CPU)")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(args.onnx), options, providers=["CPUExecutionProvider"])
-    batches = sorted(args.feeds.glob("*/*.npz"))
+    batches = sorted(args.feeds.glob("*/*.npz"))[: args.limit]
     if not batches:
         parser.error(f"--feeds {args.feeds}: no recorded batches (<set>/<n>.npz)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -310,6 +310,19 @@ def test_bench_int8_scores_logits_computed_elsewhere(tmp_path, data_dir, monkeyp
     feeds["input_ids"] = feeds["input_ids"][:, ::-1].copy()
     with pytest.raises(KeyError, match="not recorded"):
         replayed.run(["start_logits", "end_logits"], feeds)
+    # compare_logits.py: the same logits agree everywhere; another export's do not.
+    replay[replay.index("--onnx") + 1] = str(tmp_path / "e" / "fp32" / "model.onnx")
+    replay[replay.index("--out") + 1] = str(tmp_path / "logits" / "fp32")
+    assert subprocess.run([*replay, "--limit", "1"], cwd=ROOT, capture_output=True, timeout=120).returncode == 0
+    assert len(list((tmp_path / "logits" / "fp32").glob("*/*.npz"))) == 1
+    compare = [sys.executable, str(BENCHMARKS / "compare_logits.py"), str(tmp_path / "logits" / "default")]
+    for reference, same in (("default", True), ("fp32", False)):
+        out = tmp_path / f"compare-{reference}.json"
+        proc = subprocess.run([*compare, str(tmp_path / "logits" / reference), "--out", str(out)], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(out.read_text(encoding="utf-8"))["summary"]
+        assert (summary["max_abs_diff"] == 0.0) == same
+        assert summary["batches"] == len(list((tmp_path / "logits" / reference).glob("*/*.npz")))
     replay_info = json.loads((tmp_path / "logits" / "default" / "replay.json").read_text(encoding="utf-8"))
     assert scored["results"][1]["logits_cpu_features"] == replay_info["cpu_features"]
     assert "AVX2" in replay_info["cpu_features"] and "logits computed with" in scored["stdout"]
