@@ -721,7 +721,9 @@ def test_train_py_runs_under_accelerate_launch_with_two_processes(backbone_dir, 
     summary = _json_tail(stdout)
     assert summary["global_step"] == 3
     assert (out / "best" / "model.safetensors").is_file()
-    assert find_latest_checkpoint(out / "checkpoints").name == "checkpoint-3"
+    checkpoint = find_latest_checkpoint(out / "checkpoints")  # verified: every file against the marker
+    assert checkpoint.name == "checkpoint-3"
+    assert {"rng_state_0.json", "rng_state_1.json"} <= {p.name for p in checkpoint.iterdir()}  # one per process
 
 
 REMOTE_CONFIG = """from transformers import BertConfig

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -43,7 +42,14 @@ from kqa.metric import score_predictions
 from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
 from kqa.postprocess import decode_answers, write_predictions
 from kqa.prediction import PredictionSet, predict_and_score
-from kqa.training.checkpoints import CHECKPOINT_PREFIX, STATE_MARKER, find_latest_checkpoint, list_checkpoints
+from kqa.training.checkpoints import (
+    CHECKPOINT_PREFIX,
+    Checkpointed,
+    load_checkpoint,
+    replace_directory,
+    resolve_checkpoint,
+    write_checkpoint,
+)
 from kqa.training.config import TrainConfig, resolve_mixed_precision
 from kqa.training.optim import build_optimizer, build_scheduler
 from kqa.training.state import NonFiniteLossError, Run, StepWindow, TrainingState, TrainResult, is_improvement
@@ -243,13 +249,12 @@ class QATrainingRecipe:
 
     def _prepare(self):
         """`accelerator.prepare` of the model, optimizer, dataloaders and schedule (the validation loaders
-        are replaced in their sets); the loop state is registered for checkpointing, trackers started."""
+        are replaced in their sets); trackers started."""
         acc = self.accelerator
         eval_loaders = [s.dataloader for s in self.eval_sets]
         prepared = acc.prepare(self.model, self.optimizer, self.train_dataloader, self.scheduler, *eval_loaders)
         for eval_set, loader in zip(self.eval_sets, prepared[4:]):
             eval_set.dataloader = loader
-        acc.register_for_checkpointing(self.state)
         if self.config.report_to != "none":
             acc.init_trackers(
                 self.config.project_name,
@@ -259,29 +264,22 @@ class QATrainingRecipe:
         return prepared[:4]
 
     def _maybe_resume(self) -> bool:
-        source = self.config.resume_from_checkpoint
-        if not source:
+        path = resolve_checkpoint(self.config.resume_from_checkpoint, self.checkpoint_root)
+        if path is None:
             return False
-        if source == "latest":
-            path = find_latest_checkpoint(self.checkpoint_root)
-            if path is None:
-                logger.warning(
-                    "resume_from_checkpoint=latest: no complete checkpoint in %s; starting fresh", self.checkpoint_root
-                )
-                return False
-        else:
-            path = Path(source)
-            if not (path / STATE_MARKER).is_file():
-                raise FileNotFoundError(f"{path}: not a complete kqa checkpoint (missing {STATE_MARKER})")
-        self.accelerator.load_state(str(path))
+        load_checkpoint(self._checkpointed(), path, allow_pickle=self.config.allow_pickled_checkpoint)
+        state = self.state
         logger.info(
             "resumed from %s at step %d (epoch %d, %d batches into it)",
             path,
-            self.state.global_step,
-            self.state.epoch,
-            self.state.batches_seen_in_epoch,
+            state.global_step,
+            state.epoch,
+            state.batches_seen_in_epoch,
         )
         return True
+
+    def _checkpointed(self) -> Checkpointed:
+        return Checkpointed(self.accelerator, self.model, self.optimizer, self.scheduler, self.state)
 
     def _start_metrics_log(self, resumed: bool) -> None:
         """metrics.jsonl holds each step of this run once. A resumed run keeps the records up to its
@@ -538,7 +536,8 @@ class QATrainingRecipe:
         )
 
     def _save_model(self, directory: Path, metrics: Optional[dict[str, float]], predictions: dict) -> None:
-        """The save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, replaced atomically.
+        """The save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, replaced atomically
+        (`CheckpointWriteError` when it cannot be written, the previous one intact).
 
         Every process takes part in gathering the state dict: under FSDP or DeepSpeed ZeRO-3 each holds
         only a shard, and `get_state_dict` assembles the full weights; the main process writes them."""
@@ -546,9 +545,8 @@ class QATrainingRecipe:
         self._raise_if_not_finite()
         acc.wait_for_everyone()
         state_dict = acc.get_state_dict(self.model)
-        if acc.is_main_process:
-            tmp = directory.with_name(f".{directory.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        def write(tmp: Path) -> None:
             acc.unwrap_model(self.model).save_pretrained(
                 tmp, tokenizer=self.tokenizer, kqa_config=self.settings.to_dict(), state_dict=state_dict
             )
@@ -556,45 +554,18 @@ class QATrainingRecipe:
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
             for name, set_predictions in predictions.items():
                 write_predictions(set_predictions, tmp / "predictions" / name)
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if directory.exists():
-                directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
 
-    def _checkpoint_path(self) -> Path:
-        return self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        replace_directory(acc, directory, write)
+        acc.wait_for_everyone()
 
     def save_checkpoint(self) -> Path:
-        """`accelerator.save_state` into a temporary directory, then rename: a crash mid-write never
-        leaves a directory that `latest` would pick."""
-        acc = self.accelerator
+        """The training state → checkpoints/checkpoint-<step> (kqa.training.checkpoints: written into a
+        temporary directory, verified on resume)."""
         self._raise_if_not_finite()
-        final = self._checkpoint_path()
-        tmp = final.with_name(f".tmp-{final.name}")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            (tmp / STATE_MARKER).write_text(json.dumps(self.state.state_dict(), indent=2), encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            self._rotate_checkpoints()
-        acc.wait_for_everyone()
+        final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        write_checkpoint(self._checkpointed(), final, keep=self.config.save_total_limit)
         self.last_checkpoint_step = self.state.global_step
         return final
-
-    def _rotate_checkpoints(self) -> None:
-        limit = self.config.save_total_limit
-        if not limit:
-            return
-        for old in list_checkpoints(self.checkpoint_root)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
 
     # ---- logging ----------------------------------------------------------------------------------
     def _log(self, values: dict[str, Any]) -> None:

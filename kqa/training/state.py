@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 import torch
@@ -17,7 +17,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainingState:
-    """Loop counters saved with `accelerator.save_state` (registered for checkpointing)."""
+    """The loop counters a checkpoint keeps (as JSON, in its marker: kqa.training.checkpoints)."""
 
     global_step: int = 0
     epoch: int = 0
@@ -30,6 +30,9 @@ class TrainingState:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        unknown = sorted(set(state) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown training state field(s) {unknown}")
         for key, value in state.items():
             setattr(self, key, value)
 
