@@ -321,7 +321,9 @@ def _load_kqa_files(parts: Checkpointed, path: Path, marker: dict) -> None:
     from safetensors.torch import load_model
 
     acc = parts.accelerator
-    load_model(acc.unwrap_model(parts.model), str(path / MODEL_FILE), device=str(acc.device))
+    # Read on the host, copied into the parameters wherever they live (safetensors rejects "cpu:0", the
+    # device of a CPU process under DDP).
+    load_model(acc.unwrap_model(parts.model), str(path / MODEL_FILE), device="cpu")
     parts.optimizer.load_state_dict(_read_tree(path, OPTIMIZER_STEM))
     parts.scheduler.load_state_dict(_read_tree(path, SCHEDULER_STEM))
     if acc.scaler is not None:
