@@ -301,6 +301,38 @@ def replace_directory(accelerator, directory: Path, write: Callable[[Path], None
     _raise_together(accelerator, error, directory, lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
+def save_model_directory(
+    accelerator,
+    model: torch.nn.Module,
+    directory: Path,
+    tokenizer,
+    kqa_config: dict,
+    metrics: Optional[dict[str, float]],
+    predictions: dict,
+) -> None:
+    """best/ or final/: the save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, with the
+    metrics and predictions, replaced whole (`replace_directory`).
+
+    Every process takes part in gathering the state dict: under FSDP or DeepSpeed ZeRO-3 each holds only a
+    shard, and `get_state_dict` assembles the full weights; the main process writes them."""
+    from kqa.postprocess import write_predictions
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+
+    def write(tmp: Path) -> None:
+        accelerator.unwrap_model(model).save_pretrained(
+            tmp, tokenizer=tokenizer, kqa_config=kqa_config, state_dict=state_dict
+        )
+        if metrics is not None:
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        for name, set_predictions in predictions.items():
+            write_predictions(set_predictions, tmp / "predictions" / name)
+
+    replace_directory(accelerator, directory, write)
+    accelerator.wait_for_everyone()
+
+
 # ---- loading ---------------------------------------------------------------------------------------------
 
 
@@ -314,7 +346,15 @@ def load_checkpoint(parts: Checkpointed, path: Path, allow_pickle: bool = False)
         _load_kqa_files(parts, path, marker)
     else:
         raise CorruptCheckpointError(f"{path / STATE_MARKER}: unknown checkpoint format {marker['format']!r}")
-    parts.state.load_state_dict(marker["training_state"])
+    state = parts.state
+    state.load_state_dict(marker["training_state"])
+    logger.info(
+        "resumed from %s at step %d (epoch %d, %d batches into it)",
+        path,
+        state.global_step,
+        state.epoch,
+        state.batches_seen_in_epoch,
+    )
 
 
 def _load_kqa_files(parts: Checkpointed, path: Path, marker: dict) -> None:
