@@ -107,7 +107,7 @@ def find_latest_checkpoint(checkpoint_root: Path) -> Optional[Path]:
             problems.append(str(err))
             continue
         if problems:
-            logger.warning("falling back to %s: %s", path, "; ".join(problems))
+            logger.warning("falling back to %s, the newest checkpoint that verifies: %s", path, "; ".join(problems))
         return path
     if problems:
         raise CorruptCheckpointError(f"no usable checkpoint in {checkpoint_root}: {'; '.join(problems)}")
@@ -181,7 +181,7 @@ def verify_checkpoint(checkpoint: Path) -> dict:
             raise CorruptCheckpointError(f"{path}: missing")
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise CorruptCheckpointError(f"{path}: {size} bytes, {expected['bytes']} when it was written")
+            raise CorruptCheckpointError(f"{path}: {size} bytes where {expected['bytes']} were written")
         if _sha256(path) != expected["sha256"]:
             raise CorruptCheckpointError(f"{path}: its content changed since it was written (sha256 differs)")
     return marker
