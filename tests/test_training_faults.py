@@ -490,8 +490,13 @@ def test_state_trees_round_trip_bit_for_bit_and_refuse_objects(tmp_path):
     assert loaded["tricky"] == tree["tricky"]
     for key, value in tree["state"][0].items():
         assert loaded["state"][0][key].dtype == value.dtype and torch.equal(loaded["state"][0][key], value)
-    rng = capture_rng_state()
+    rng = capture_rng_state(torch.device("cpu"))
     save_state_tree(rng, tmp_path, "rng")
     assert load_state_tree(tmp_path, "rng")["python"] == rng["python"]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # fp16's loss scale: floats and ints
+    save_state_tree(scaler.state_dict(), tmp_path, "grad_scaler")
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(load_state_tree(tmp_path, "grad_scaler"))
+    assert restored.state_dict() == scaler.state_dict()
     with pytest.raises(TypeError, match="a object cannot be stored without pickle"):
         save_state_tree({"lambda": [object()]}, tmp_path, "bad")

@@ -202,8 +202,8 @@ def _write_failure() -> tuple[type[Exception], ...]:
 
 
 def _raise_together(accelerator, error: Optional[Exception], what: Path, cleanup: Callable[[], None]) -> None:
-    """Every process learns whether any failed (so none waits at a barrier for one that gave up); then the
-    temporary files are removed and all raise `CheckpointWriteError`."""
+    """A barrier that also tells every process whether any failed (so none waits for one that gave up):
+    then the temporary files are removed and all raise `CheckpointWriteError`."""
     failed = torch.tensor(float(error is not None), device=accelerator.device)
     if accelerator.reduce(failed, "sum").item() == 0:
         return
@@ -232,7 +232,7 @@ def _write_kqa_files(parts: Checkpointed, tmp: Path) -> None:
         save_state_tree(parts.scheduler.state_dict(), tmp, SCHEDULER_STEM)
         if acc.scaler is not None:
             save_state_tree(acc.scaler.state_dict(), tmp, SCALER_STEM)
-    save_state_tree(capture_rng_state(), tmp, RNG_STEM.format(process=acc.process_index))
+    save_state_tree(capture_rng_state(acc.device), tmp, RNG_STEM.format(process=acc.process_index))
 
 
 def write_checkpoint(parts: Checkpointed, final: Path, keep: Optional[int] = None) -> None:
@@ -249,8 +249,9 @@ def write_checkpoint(parts: Checkpointed, final: Path, keep: Optional[int] = Non
     def cleanup() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    # Each _raise_together is the barrier between the phases: the directory exists, every process wrote
+    # its files, the main process renamed the checkpoint.
     _raise_together(acc, _attempt(prepare) if acc.is_main_process else None, final, cleanup)
-    acc.wait_for_everyone()
     if layout == ACCELERATE_FORMAT:
         error = _attempt(lambda: acc.save_state(str(tmp), safe_serialization=True))
     else:
@@ -271,7 +272,6 @@ def write_checkpoint(parts: Checkpointed, final: Path, keep: Optional[int] = Non
         rotate_checkpoints(final.parent, keep)
 
     _raise_together(acc, _attempt(commit) if acc.is_main_process else None, final, cleanup)
-    acc.wait_for_everyone()
 
 
 def rotate_checkpoints(checkpoint_root: Path, keep: Optional[int]) -> None:
@@ -370,7 +370,7 @@ def _load_kqa_files(parts: Checkpointed, path: Path, marker: dict) -> None:
         acc.scaler.load_state_dict(_read_tree(path, SCALER_STEM))
     rng_stem = RNG_STEM.format(process=acc.process_index)
     if f"{rng_stem}.json" in marker["files"]:
-        restore_rng_state(_read_tree(path, rng_stem))
+        restore_rng_state(_read_tree(path, rng_stem), acc.device)
     else:
         logger.warning(
             "%s holds no random state for process %d (written by %d processes): it keeps its seeded generators, "

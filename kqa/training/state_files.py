@@ -7,8 +7,8 @@ states: nested dicts, lists, tuples, numbers, strings and tensors) as `<stem>.js
 whose keys are not all strings (the optimizer's per-parameter state) `{"__items__": [[key, value], ...]}`.
 Anything else (an arbitrary object) is refused when saving: it could only be stored as a pickle.
 
-`capture_rng_state()` / `restore_rng_state()`: this process's Python, NumPy, torch CPU and CUDA
-generators as such a tree.
+`capture_rng_state(device)` / `restore_rng_state(state, device)`: this process's Python, NumPy, torch CPU
+and CUDA device generators as such a tree.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def load_state_tree(directory: Path, stem: str) -> Any:
         raise ValueError(f"{structure_file}: does not match {tensors_name} ({err!r})") from err
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """This process's random generators: Python's, NumPy's, torch's CPU one and every CUDA device's."""
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random generators: Python's, NumPy's, torch's CPU one and, on a CUDA `device`, that
+    device's (the only one the process draws from; other accelerators' generators are not kept)."""
     algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -115,12 +116,12 @@ def capture_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
     numpy_state = state["numpy"]
     random.setstate(state["python"])
     np.random.set_state(
@@ -133,5 +134,5 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
