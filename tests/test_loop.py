@@ -721,7 +721,62 @@ def test_train_py_runs_under_accelerate_launch_with_two_processes(backbone_dir, 
     summary = _json_tail(stdout)
     assert summary["global_step"] == 3
     assert (out / "best" / "model.safetensors").is_file()
-    assert find_latest_checkpoint(out / "checkpoints").name == "checkpoint-3"
+    checkpoint = find_latest_checkpoint(out / "checkpoints")  # verified: every file against the marker
+    assert checkpoint.name == "checkpoint-3"
+    processes = json.loads((checkpoint / STATE_MARKER).read_text())["num_processes"]
+    assert len(list(checkpoint.glob("rng_state_*.json"))) == processes  # each process's own random state
+
+
+def test_two_processes_resume_exactly_each_from_its_own_random_state(dropout_backbone_dir, korean_squad_file, tmp_path):
+    """Two CPU processes under torchrun (gloo; `ACCELERATE_USE_CPU` makes Accelerate use it): each writes
+    its own RNG state into the checkpoint, and a run resumed from checkpoint-2 ends as the uninterrupted
+    one did (metrics and bit-identical weights)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    flags = {
+        "model_name_or_path": str(dropout_backbone_dir),
+        "train_files": str(korean_squad_file),
+        "validation_files": f"ko={korean_squad_file}",
+        "dataset_name": "none",
+        "max_seq_length": "64",
+        "doc_stride": "16",
+        "max_query_length": "16",
+        "per_device_train_batch_size": "1",
+        "max_train_steps": "4",
+        "eval_strategy": "steps",
+        "eval_steps": "2",
+        "save_strategy": "steps",
+        "save_steps": "2",
+        "logging_steps": "1",
+        "attention_dropout": "model",
+        "mixed_precision": "no",
+    }
+    argv = [item for key, value in flags.items() for item in (f"--{key}", value)] + ["--disable_tqdm"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "train.py")]
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    try:
+        _run([*torchrun, *argv, "--output_dir", str(tmp_path / "full")], tmp_path)
+        checkpoint = tmp_path / "full" / "checkpoints" / "checkpoint-2"
+        assert json.loads((checkpoint / STATE_MARKER).read_text())["num_processes"] == 2
+        assert {"rng_state_0.json", "rng_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
+        split = tmp_path / "split"
+        shutil.copytree(tmp_path / "full", split)
+        shutil.rmtree(split / "checkpoints" / "checkpoint-4")
+        shutil.rmtree(split / "final")
+        _run([*torchrun, *argv, "--output_dir", str(split), "--resume_from_checkpoint", "latest"], tmp_path)
+    finally:
+        del os.environ["ACCELERATE_USE_CPU"]
+    timing = {"samples_per_second", "tokens_per_second", "padded_tokens_per_second", "peak_memory_mb"}
+    records = {
+        run: [{k: v for k, v in r.items() if k not in timing} for r in _read_jsonl(tmp_path / run / "metrics.jsonl")]
+        for run in ("full", "split")
+    }
+    assert records["split"] == records["full"]
+    for name in ("best", "final"):
+        full, resumed = (load_file(str(tmp_path / run / name / "model.safetensors")) for run in ("full", "split"))
+        assert all(torch.equal(resumed[key], value) for key, value in full.items()), name
 
 
 REMOTE_CONFIG = """from transformers import BertConfig

@@ -120,7 +120,12 @@ class TrainConfig:
     eval_before_training: bool = False
     """Evaluate once at step 0 (the untrained head) as a baseline in metrics.jsonl."""
     resume_from_checkpoint: Optional[str] = None
-    """A checkpoint directory, or `latest` for the newest complete one in output_dir/checkpoints."""
+    """A checkpoint directory, or `latest` for the newest one in output_dir/checkpoints whose files all
+    verify (a newer damaged one is skipped with a warning)."""
+    allow_pickled_checkpoint: bool = False
+    """Resume from a checkpoint in Accelerate's save_state format (written by kqa before checkpoints became
+    safetensors + JSON, or under FSDP / DeepSpeed): loading it unpickles files, which can run code. Only
+    for checkpoints you wrote."""
 
     # --- logging ---------------------------------------------------------------------------------
     logging_steps: int = 10

@@ -76,3 +76,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, num_t
         return 1.0 - progress
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def schedule_length(train_batches: int, num_processes: int, config: TrainConfig) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, epochs) for a train loader of `train_batches` batches,
+    counted as each process sees it after sharding."""
+    batches_per_epoch = math.ceil(train_batches / num_processes)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.gradient_accumulation_steps))
+    if config.max_train_steps is not None:
+        total_steps = config.max_train_steps
+    else:
+        total_steps = math.ceil(config.num_train_epochs * steps_per_epoch)
+    return steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch)

@@ -10,27 +10,23 @@ same path `evaluate.py` and `QuestionAnswerer` take.
 The host waits for the device only where a number must be read: at logging steps (loss, throughput,
 the non-finite guard), evaluation and checkpoints. Between them a step only queues work.
 
-The pieces that are useful outside the recipe live beside it: `kqa.training.optim` (`build_optimizer`,
-`build_scheduler`), `kqa.training.checkpoints` (`find_latest_checkpoint`), `kqa.training.tracking`
-(`default_wandb_to_offline`), `kqa.training.state` (`TrainingState`, `Run`).
+The pieces that are useful outside the recipe live beside it: `kqa.training.optim` (the optimizer, the
+schedule and its length), `kqa.training.checkpoints` (writing, verifying and loading checkpoints, best/
+and final/), `kqa.training.inputs` (the examples a config names), `kqa.training.tracking` (wandb,
+metrics.jsonl, evaluation metrics), `kqa.training.state` (`TrainingState`, `Run`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from kqa.data import load_hf_dataset, load_squad_json
 from kqa.dataloaders import (
     QACollator,
     make_eval_dataloader,
@@ -43,11 +39,26 @@ from kqa.metric import score_predictions
 from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
 from kqa.postprocess import decode_answers, write_predictions
 from kqa.prediction import PredictionSet, predict_and_score
-from kqa.training.checkpoints import CHECKPOINT_PREFIX, STATE_MARKER, find_latest_checkpoint, list_checkpoints
+from kqa.training.checkpoints import (
+    CHECKPOINT_PREFIX,
+    Checkpointed,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_model_directory,
+    write_checkpoint,
+)
 from kqa.training.config import TrainConfig, resolve_mixed_precision
-from kqa.training.optim import build_optimizer, build_scheduler
-from kqa.training.state import NonFiniteLossError, Run, StepWindow, TrainingState, TrainResult, is_improvement
-from kqa.training.tracking import METRICS_FILE, _read_records, default_wandb_to_offline, peak_memory_mb
+from kqa.training.inputs import load_train_examples, load_validation_examples
+from kqa.training.optim import build_optimizer, build_scheduler, schedule_length
+from kqa.training.state import NonFiniteLossError, Run, TrainingState, TrainResult  # noqa: F401 (NonFiniteLossError: imported from here too)
+from kqa.training.tracking import (
+    METRICS_FILE,
+    default_wandb_to_offline,
+    evaluation_metrics,
+    peak_memory_mb,
+    start_metrics_log,
+    start_trackers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,46 +163,17 @@ class QATrainingRecipe:
             cfg.model_name_or_path, attention_dropout=attention_dropout, trust_remote_code=cfg.trust_remote_code
         )
 
-    def _load_train_examples(self):
-        import datasets
-
-        cfg = self.config
-        if cfg.train_files:
-            parts = [load_squad_json(cfg.resolve_data_path(path))[0] for path in cfg.train_files]
-            examples = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-        else:
-            examples, _ = load_hf_dataset(cfg.dataset_name, cfg.train_split, config_name=cfg.dataset_config_name)
-        if cfg.max_train_samples is not None:
-            examples = examples.select(range(min(cfg.max_train_samples, len(examples))))
-        return examples
-
-    def _load_validation_examples(self) -> dict[str, Any]:
-        cfg = self.config
-        if cfg.validation_files:
-            sets = {name: load_squad_json(path)[0] for name, path in cfg.named_validation_files().items()}
-        elif cfg.dataset_name:
-            sets = {
-                "validation": load_hf_dataset(
-                    cfg.dataset_name, cfg.validation_split, config_name=cfg.dataset_config_name
-                )[0]
-            }
-        else:
-            sets = {}
-        if cfg.max_eval_samples is not None:
-            sets = {k: v.select(range(min(cfg.max_eval_samples, len(v)))) for k, v in sets.items()}
-        return sets
-
     def _setup_features(self):
         """Train features, their report, and the validation sets (features with offsets and labels)."""
         cfg, features_config = self.config, self.settings.features
         with self.accelerator.main_process_first():  # the main process fills the datasets cache first
-            train_examples = self._load_train_examples()
+            train_examples = load_train_examples(cfg)
             train_features, train_report = self.build_train_features(
                 train_examples, self.tokenizer, features_config, num_proc=cfg.preprocessing_num_workers
             )
             eval_sets: list[PredictionSet] = []
             if cfg.eval_strategy != "no":
-                for name, examples in self._load_validation_examples().items():
+                for name, examples in load_validation_examples(cfg).items():
                     # Offsets (to decode answers) and labels (for the evaluation loss) in one pass.
                     features, _ = self.build_eval_features(
                         examples,
@@ -229,82 +211,45 @@ class QATrainingRecipe:
         """The optimizer, the schedule and its length: steps per epoch, total steps, epochs."""
         cfg = self.config
         optimizer = build_optimizer(self.model, cfg)
-        # Optimizer steps per epoch as each process will see them after sharding.
-        batches_per_epoch = math.ceil(len(self.train_dataloader) / self.accelerator.num_processes)
-        steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
-        if cfg.max_train_steps is not None:
-            total_steps = cfg.max_train_steps
-        else:
-            total_steps = math.ceil(cfg.num_train_epochs * steps_per_epoch)
-        num_epochs = math.ceil(total_steps / steps_per_epoch)
+        num_processes = self.accelerator.num_processes
+        steps_per_epoch, total_steps, num_epochs = schedule_length(len(self.train_dataloader), num_processes, cfg)
         # A prepared scheduler steps once per process per optimizer step, so it counts in those units.
-        scheduler = build_scheduler(optimizer, cfg, total_steps * self.accelerator.num_processes)
+        scheduler = build_scheduler(optimizer, cfg, total_steps * num_processes)
         return optimizer, scheduler, steps_per_epoch, total_steps, num_epochs
 
     def _prepare(self):
         """`accelerator.prepare` of the model, optimizer, dataloaders and schedule (the validation loaders
-        are replaced in their sets); the loop state is registered for checkpointing, trackers started."""
+        are replaced in their sets); trackers started."""
         acc = self.accelerator
         eval_loaders = [s.dataloader for s in self.eval_sets]
         prepared = acc.prepare(self.model, self.optimizer, self.train_dataloader, self.scheduler, *eval_loaders)
         for eval_set, loader in zip(self.eval_sets, prepared[4:]):
             eval_set.dataloader = loader
-        acc.register_for_checkpointing(self.state)
         if self.config.report_to != "none":
-            acc.init_trackers(
-                self.config.project_name,
-                config={k: v for k, v in self.config.to_flat_dict().items() if isinstance(v, (int, float, str, bool))},
-                init_kwargs={"wandb": {"name": self.config.run_name, "dir": str(self.output_dir)}},
-            )
+            start_trackers(acc, self.config)
         return prepared[:4]
 
     def _maybe_resume(self) -> bool:
-        source = self.config.resume_from_checkpoint
-        if not source:
+        path = resolve_checkpoint(self.config.resume_from_checkpoint, self.checkpoint_root)
+        if path is None:
             return False
-        if source == "latest":
-            path = find_latest_checkpoint(self.checkpoint_root)
-            if path is None:
-                logger.warning(
-                    "resume_from_checkpoint=latest: no complete checkpoint in %s; starting fresh", self.checkpoint_root
-                )
-                return False
-        else:
-            path = Path(source)
-            if not (path / STATE_MARKER).is_file():
-                raise FileNotFoundError(f"{path}: not a complete kqa checkpoint (missing {STATE_MARKER})")
-        self.accelerator.load_state(str(path))
-        logger.info(
-            "resumed from %s at step %d (epoch %d, %d batches into it)",
-            path,
-            self.state.global_step,
-            self.state.epoch,
-            self.state.batches_seen_in_epoch,
-        )
+        load_checkpoint(self._checkpointed(), path, allow_pickle=self.config.allow_pickled_checkpoint)
         return True
 
+    def _checkpointed(self) -> Checkpointed:
+        return Checkpointed(self.accelerator, self.model, self.optimizer, self.scheduler, self.state)
+
     def _start_metrics_log(self, resumed: bool) -> None:
-        """metrics.jsonl holds each step of this run once. A resumed run keeps the records up to its
-        checkpoint's step (those after it are logged again); a new run moves an older log aside."""
-        if self.accelerator.is_main_process and self.metrics_file.exists():
-            if resumed:
-                kept = [r for r in _read_records(self.metrics_file) if r.get("step", 0) <= self.state.global_step]
-                tmp = self.metrics_file.with_suffix(".tmp")
-                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-                tmp.replace(self.metrics_file)
-            else:
-                number = 1
-                while (old := self.output_dir / f"metrics.previous-{number}.jsonl").exists():
-                    number += 1
-                self.metrics_file.rename(old)
-                logger.warning("%s held the log of an earlier run; moved it to %s", self.metrics_file, old)
+        if self.accelerator.is_main_process:
+            start_metrics_log(self.metrics_file, self.state.global_step if resumed else None)
         self.accelerator.wait_for_everyone()
 
     # ---- training ---------------------------------------------------------------------------------
     def train(self, max_steps_this_run: Optional[int] = None) -> TrainResult:
         """Run the schedule to its end (or `max_steps_this_run` more optimizer steps, for time-sliced jobs)."""
         cfg, acc, state, model = self.config, self.accelerator, self.state, self.model
-        run = self.run = self._start_run(max_steps_this_run)
+        show_progress = not cfg.disable_tqdm and acc.is_local_main_process
+        run = self.run = Run.start(state, self.total_steps, max_steps_this_run, acc.device, show_progress)
         if cfg.eval_before_training and state.global_step == 0 and self.eval_sets:
             self.evaluate()  # a baseline only: the untrained head never becomes the best model
 
@@ -342,9 +287,9 @@ class QATrainingRecipe:
                 if state.global_step % cfg.logging_steps == 0 or state.global_step == run.stop_at:
                     self._log_training()
                 with run.window.paused():  # throughput counts training time only
-                    if self._evaluation_due(epoch_ended):
+                    if self._due(cfg.eval_strategy, cfg.eval_steps, epoch_ended):
                         self._evaluate_and_select()
-                    if self._checkpoint_due(epoch_ended):
+                    if self._due(cfg.save_strategy, cfg.save_steps, epoch_ended):
                         self.save_checkpoint()
                 if run.done(state):
                     break
@@ -352,74 +297,32 @@ class QATrainingRecipe:
         run.progress.close()
         return self._finish()
 
-    def _start_run(self, max_steps_this_run: Optional[int]) -> Run:
-        acc, state = self.accelerator, self.state
-        return Run(
-            stop_at=min(self.total_steps, state.global_step + (max_steps_this_run or self.total_steps)),
-            window=StepWindow(acc.device),
-            progress=tqdm(
-                total=self.total_steps,
-                initial=state.global_step,
-                desc="train",
-                disable=self.config.disable_tqdm or not acc.is_local_main_process,
-                dynamic_ncols=True,
-            ),
-            first_bad_step=torch.full((), -1, dtype=torch.long, device=acc.device),
-            device_step=torch.full((), state.global_step, dtype=torch.long, device=acc.device),
-        )
-
     def _raise_if_not_finite(self) -> None:
-        if self.run is None:
-            return  # nothing trained yet
-        bad_steps = [s for s in self.accelerator.gather(self.run.first_bad_step.reshape(1)).tolist() if s >= 0]
-        if bad_steps:
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient norm at optimizer step {min(bad_steps)}; lower the learning "
-                f"rate, use bf16 instead of fp16, or check the data. The last good checkpoint is in "
-                f"{self.checkpoint_root}"
-            )
+        if self.run is not None:  # else nothing was trained yet
+            self.run.raise_if_not_finite(self.accelerator, self.checkpoint_root)
 
-    def _evaluation_due(self, epoch_ended: bool) -> bool:
-        cfg = self.config
-        if cfg.eval_strategy == "steps":
-            return self.state.global_step % cfg.eval_steps == 0
-        return cfg.eval_strategy == "epoch" and epoch_ended
-
-    def _checkpoint_due(self, epoch_ended: bool) -> bool:
-        cfg = self.config
-        if cfg.save_strategy == "steps":
-            return self.state.global_step % cfg.save_steps == 0
-        return cfg.save_strategy == "epoch" and epoch_ended
+    def _due(self, strategy: str, every: Optional[int], epoch_ended: bool) -> bool:
+        """Whether an evaluation or checkpoint under `strategy` falls on the optimizer step just taken."""
+        if strategy == "steps":
+            return self.state.global_step % every == 0
+        return strategy == "epoch" and epoch_ended
 
     def _log_training(self) -> None:
         """Loss and throughput since the last logging step, summed over processes."""
-        acc, window, state = self.accelerator, self.run.window, self.state
+        run, state = self.run, self.state
         self._raise_if_not_finite()
-        host_counts = [window.micro_batches, window.samples, window.padded_tokens]
-        totals = torch.stack(
-            [
-                window.loss_sum,
-                window.real_tokens.float(),
-                *torch.tensor(host_counts, dtype=torch.float32, device=acc.device),
-            ]
-        )
-        loss_sum, real_tokens, micro_batches, samples, padded_tokens = acc.reduce(totals, "sum").tolist()  # sync
-        elapsed = max(time.perf_counter() - window.started, 1e-9)
         logs = {
-            "loss": loss_sum / max(micro_batches, 1),
+            **run.window.reduce(self.accelerator),  # loss, samples / tokens / padded tokens per second
             "learning_rate": self.scheduler.get_last_lr()[0],
-            "grad_norm": float(self.run.last_grad_norm) if self.run.last_grad_norm is not None else float("nan"),
-            "samples_per_second": samples / elapsed,
-            "tokens_per_second": real_tokens / elapsed,  # non-padding tokens
-            "padded_tokens_per_second": padded_tokens / elapsed,
-            "peak_memory_mb": peak_memory_mb(acc.device),
+            "grad_norm": float(run.last_grad_norm) if run.last_grad_norm is not None else float("nan"),
+            "peak_memory_mb": peak_memory_mb(self.accelerator.device),
             "epoch": state.epoch + state.batches_seen_in_epoch / max(1, len(self.train_dataloader)),
         }
         self._log(logs)
-        self.run.progress.set_postfix(
+        run.progress.set_postfix(
             loss=f"{logs['loss']:.4f}", lr=f"{logs['learning_rate']:.2e}", sps=f"{logs['samples_per_second']:.1f}"
         )
-        window.reset()
+        run.window.reset()
 
     def _evaluate_and_select(self) -> None:
         self.run.last_metrics = self.evaluate()
@@ -451,11 +354,8 @@ class QATrainingRecipe:
         and question-weighted overall `exact_match` / `f1`."""
         self._raise_if_not_finite()
         was_training = self.model.training
-        metrics: dict[str, float] = {}
-        total_questions, em_sum, f1_sum = 0, 0.0, 0.0
-        self.last_predictions = {}
-        for eval_set in self.eval_sets:
-            evaluation = predict_and_score(
+        evaluations = {
+            eval_set.name: predict_and_score(
                 self.model,
                 eval_set,
                 self.settings,
@@ -464,26 +364,16 @@ class QATrainingRecipe:
                 metric=self.score_predictions,
                 disable_tqdm=self.config.disable_tqdm,
             )
-            result = evaluation.result
-            self.last_predictions[eval_set.name] = evaluation.predictions
-            metrics[f"{eval_set.name}/exact_match"] = result.exact_match
-            metrics[f"{eval_set.name}/f1"] = result.f1
-            metrics[f"{eval_set.name}/unanswered"] = result.unanswered
-            if evaluation.loss is not None:
-                metrics[f"{eval_set.name}/loss"] = evaluation.loss
-            total_questions += result.total
-            em_sum += result.exact_match * result.total
-            f1_sum += result.f1 * result.total
-        if total_questions:
-            metrics["exact_match"] = em_sum / total_questions
-            metrics["f1"] = f1_sum / total_questions
-        metrics["step"] = self.state.global_step
+            for eval_set in self.eval_sets
+        }
+        self.last_predictions = {name: evaluation.predictions for name, evaluation in evaluations.items()}
+        metrics = {**evaluation_metrics(evaluations), "step": self.state.global_step}
         self.model.train(was_training)
         self._log({f"eval/{k}" if k != "step" else k: v for k, v in metrics.items()})
         if self.accelerator.is_main_process:
             summary = " | ".join(
-                f"{s.name}: EM {metrics[f'{s.name}/exact_match']:.2f} F1 {metrics[f'{s.name}/f1']:.2f}"
-                for s in self.eval_sets
+                f"{name}: EM {metrics[f'{name}/exact_match']:.2f} F1 {metrics[f'{name}/f1']:.2f}"
+                for name in evaluations
             )
             tqdm.write(f"[eval step {self.state.global_step}] {summary}")
             for name, predictions in self.last_predictions.items():
@@ -493,18 +383,14 @@ class QATrainingRecipe:
     def _select_best(self, metrics: dict[str, float]) -> bool:
         """Keep the best model by the configured metric; return True when early stopping triggers."""
         cfg, state = self.config, self.state
-        key = cfg.metric_for_best_model
+        key, patience = cfg.metric_for_best_model, cfg.early_stopping_patience
         if key not in metrics:
             raise KeyError(f"metric_for_best_model={key!r} is not among the evaluation metrics: {sorted(metrics)}")
-        value = metrics[key]
-        if is_improvement(value, state.best_metric, cfg.greater_is_better):
-            state.best_metric, state.best_step = value, state.global_step
-            state.evals_without_improvement = 0
+        if state.record_evaluation(metrics[key], cfg.greater_is_better):
             self.save_best(metrics)
             return False
-        state.evals_without_improvement += 1
-        patience = cfg.early_stopping_patience
-        if patience is not None and state.evals_without_improvement >= patience:
+        stop = patience is not None and state.evals_without_improvement >= patience
+        if stop:
             logger.info(
                 "early stopping: %s did not improve for %d evaluations (best %.4f at step %d)",
                 key,
@@ -512,21 +398,15 @@ class QATrainingRecipe:
                 state.best_metric,
                 state.best_step,
             )
-            return True
-        return False
+        return stop
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def save_best(self, metrics: dict[str, float]) -> None:
         """The current model → output_dir/best, with its metrics and predictions."""
         self._save_model(self.best_dir, metrics, self.last_predictions)
         if self.accelerator.is_main_process:
-            logger.info(
-                "new best %s=%.4f at step %d → %s",
-                self.config.metric_for_best_model,
-                metrics[self.config.metric_for_best_model],
-                self.state.global_step,
-                self.best_dir,
-            )
+            key = self.config.metric_for_best_model
+            logger.info("new best %s=%.4f at step %d → %s", key, metrics[key], self.state.global_step, self.best_dir)
 
     def save_final(self) -> None:
         """The model at the end of training → output_dir/final, loadable like best/ (also when the run
@@ -538,63 +418,19 @@ class QATrainingRecipe:
         )
 
     def _save_model(self, directory: Path, metrics: Optional[dict[str, float]], predictions: dict) -> None:
-        """The save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, replaced atomically.
-
-        Every process takes part in gathering the state dict: under FSDP or DeepSpeed ZeRO-3 each holds
-        only a shard, and `get_state_dict` assembles the full weights; the main process writes them."""
-        acc = self.accelerator
         self._raise_if_not_finite()
-        acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)
-        if acc.is_main_process:
-            tmp = directory.with_name(f".{directory.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            acc.unwrap_model(self.model).save_pretrained(
-                tmp, tokenizer=self.tokenizer, kqa_config=self.settings.to_dict(), state_dict=state_dict
-            )
-            if metrics is not None:
-                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-            for name, set_predictions in predictions.items():
-                write_predictions(set_predictions, tmp / "predictions" / name)
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if directory.exists():
-                directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-
-    def _checkpoint_path(self) -> Path:
-        return self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        save_model_directory(
+            self.accelerator, self.model, directory, self.tokenizer, self.settings.to_dict(), metrics, predictions
+        )
 
     def save_checkpoint(self) -> Path:
-        """`accelerator.save_state` into a temporary directory, then rename: a crash mid-write never
-        leaves a directory that `latest` would pick."""
-        acc = self.accelerator
+        """The training state → checkpoints/checkpoint-<step> (kqa.training.checkpoints: written into a
+        temporary directory, verified on resume)."""
         self._raise_if_not_finite()
-        final = self._checkpoint_path()
-        tmp = final.with_name(f".tmp-{final.name}")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            (tmp / STATE_MARKER).write_text(json.dumps(self.state.state_dict(), indent=2), encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            self._rotate_checkpoints()
-        acc.wait_for_everyone()
+        final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        write_checkpoint(self._checkpointed(), final, keep=self.config.save_total_limit)
         self.last_checkpoint_step = self.state.global_step
         return final
-
-    def _rotate_checkpoints(self) -> None:
-        limit = self.config.save_total_limit
-        if not limit:
-            return
-        for old in list_checkpoints(self.checkpoint_root)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
 
     # ---- logging ----------------------------------------------------------------------------------
     def _log(self, values: dict[str, Any]) -> None:

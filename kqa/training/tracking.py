@@ -1,4 +1,4 @@
-"""What a run reports: wandb that never needs a login, metrics.jsonl records, peak memory."""
+"""What a run reports: wandb that never needs a login, metrics.jsonl records, evaluation metrics, peak memory."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import netrc
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlparse
 
 import torch
@@ -58,3 +59,51 @@ def _read_records(path: Path) -> list[dict]:
                 raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
             logger.warning("%s:%d: dropping a record cut short (%s)", path, number, err)
     return records
+
+
+def start_metrics_log(metrics_file: Path, resumed_step: Optional[int]) -> None:
+    """metrics.jsonl holds each step of this run once. A run resumed at `resumed_step` keeps the records up
+    to it (those after it are logged again); a new run (None) moves an older log aside."""
+    if not metrics_file.exists():
+        return
+    if resumed_step is not None:
+        kept = [r for r in _read_records(metrics_file) if r.get("step", 0) <= resumed_step]
+        tmp = metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(metrics_file)
+        return
+    number = 1
+    while (old := metrics_file.with_name(f"metrics.previous-{number}.jsonl")).exists():
+        number += 1
+    metrics_file.rename(old)
+    logger.warning("%s held the log of an earlier run; moved it to %s", metrics_file, old)
+
+
+def evaluation_metrics(evaluations: dict) -> dict[str, float]:
+    """`<set>/exact_match`, `<set>/f1`, `<set>/unanswered`, `<set>/loss` of each set's `SetEvaluation`,
+    and `exact_match` / `f1` over all sets, weighted by their questions."""
+    metrics: dict[str, float] = {}
+    for name, evaluation in evaluations.items():
+        result = evaluation.result
+        metrics[f"{name}/exact_match"] = result.exact_match
+        metrics[f"{name}/f1"] = result.f1
+        metrics[f"{name}/unanswered"] = result.unanswered
+        if evaluation.loss is not None:
+            metrics[f"{name}/loss"] = evaluation.loss
+    total_questions = sum(e.result.total for e in evaluations.values())
+    if total_questions:
+        metrics["exact_match"] = (
+            sum(e.result.exact_match * e.result.total for e in evaluations.values()) / total_questions
+        )
+        metrics["f1"] = sum(e.result.f1 * e.result.total for e in evaluations.values()) / total_questions
+    return metrics
+
+
+def start_trackers(accelerator, config) -> None:
+    """Accelerate's trackers (`report_to`), given the scalar settings of the run (a `TrainConfig`)."""
+    flat = {k: v for k, v in config.to_flat_dict().items() if isinstance(v, (int, float, str, bool))}
+    accelerator.init_trackers(
+        config.project_name,
+        config=flat,
+        init_kwargs={"wandb": {"name": config.run_name, "dir": str(config.output_dir)}},
+    )
