@@ -24,20 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kqa.weights import (  # the file names are part of this module's API
+    KQA_CONFIG_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+    find_weight_files,
+    load_kqa_config,
+    load_state,
+    read_safetensors,
+    remove_stale_weights,
+    write_weights,
+)
+
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-KQA_CONFIG_FILE = "kqa_config.json"
-# Weight files another writer may have left in a directory we save into; a loader could pick them up
-# instead of (or besides) ours, so they are removed before saving.
-STALE_WEIGHT_PATTERNS = (
-    "pytorch_model*.bin",
-    "pytorch_model.bin.index.json",
-    WEIGHTS_INDEX_FILE,
-    "model-*-of-*.safetensors",
-)
-PICKLE_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+__all__ = [
+    "KQA_CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "WEIGHTS_INDEX_FILE",
+    "QAModelOutput",
+    "QuestionAnsweringModel",
+    "load_kqa_config",
+    "span_cross_entropy",
+]
 
 
 @dataclass
@@ -273,13 +282,13 @@ class QuestionAnsweringModel(nn.Module):
             )
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: no config.json; not a saved model directory")
-        weight_files = _find_weight_files(model_dir)
+        weight_files = find_weight_files(model_dir)
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
         if attention_dropout is not None:  # e.g. to continue training a saved model with another setting
             set_attention_dropout(config, attention_dropout, str(model_dir))
         model = cls.from_config(config, trust_remote_code=trust_remote_code, head_dropout=head_dropout)
-        state, aliases = _read_safetensors(weight_files)
-        _load_state(model, state, aliases, source=model_dir)
+        state, aliases = read_safetensors(weight_files)
+        load_state(model, state, aliases, source=model_dir)
         return model.to(dtype)
 
     # ---- properties -----------------------------------------------------------------------------------
@@ -396,8 +405,6 @@ class QuestionAnsweringModel(nn.Module):
         `state_dict` replaces the module's own tensors: under FSDP or DeepSpeed ZeRO-3 a process holds
         only a shard, so the full state dict is gathered first (`accelerator.get_state_dict`).
         Returns the directory."""
-        from safetensors.torch import save_file, save_model
-
         from kqa import __version__
 
         out = Path(save_directory)
@@ -407,16 +414,10 @@ class QuestionAnsweringModel(nn.Module):
             kqa_json = json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True)
         except (TypeError, ValueError) as err:
             raise ValueError(f"kqa_config for {out} is not JSON-serialisable: {err}") from err
-        _remove_stale_weights(out)
+        remove_stale_weights(out)
         self.export_config().save_pretrained(str(out))
         self._save_remote_code(out)
-        # save_model drops duplicate names of shared tensors (safetensors stores each tensor once) and
-        # records them in the metadata; "format": "pt" is what transformers' loader requires.
-        if state_dict is None:
-            save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-        else:
-            tensors, aliases = _distinct_tensors(state_dict, expected=self.state_dict().keys(), source=out)
-            save_file(tensors, str(out / WEIGHTS_FILE), metadata={**aliases, "format": "pt"})
+        write_weights(self, out / WEIGHTS_FILE, state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
         (out / KQA_CONFIG_FILE).write_text(kqa_json + "\n", encoding="utf-8")
@@ -438,156 +439,9 @@ def _is_remote_code(obj) -> bool:
     return type(obj).__module__.startswith("transformers_modules.")
 
 
-def _distinct_tensors(
-    state_dict: dict[str, torch.Tensor],
-    expected,
-    source: Path,
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A gathered state dict as safetensors stores it: every name of this model present, each storage once
-    (a shared tensor keeps its first name and the others are recorded as aliases, as `save_model` does),
-    contiguous, on the CPU."""
-    missing = sorted(set(expected) - set(state_dict))
-    if missing:
-        raise ValueError(
-            f"{source}: the state dict to save lacks {_preview(missing)} (was it gathered from every shard?)"
-        )
-    kept_by_storage: dict[tuple[int, int], str] = {}
-    tensors, aliases = {}, {}
-    for name in sorted(state_dict):
-        tensor = state_dict[name]
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else (id(tensor), 0)
-        if key in kept_by_storage:
-            aliases[name] = kept_by_storage[key]
-            continue
-        kept_by_storage[key] = name
-        tensors[name] = tensor.detach().to("cpu").contiguous()
-    return tensors, aliases
-
-
 def _apply_config_overrides(config, overrides: dict[str, Any], source: str) -> None:
     unknown = sorted(k for k in overrides if not hasattr(config, k))
     if unknown:
         raise ValueError(f"{source}: {type(config).__name__} has no attribute(s) {unknown}; cannot override them")
     for key, value in overrides.items():
         setattr(config, key, value)
-
-
-# ---- loading ----------------------------------------------------------------------------------------
-
-
-def load_kqa_config(model_dir: str | Path) -> dict[str, Any]:
-    """The settings saved with a model (`kqa_config.json`), or `{}` for a directory without one (e.g. a
-    `transformers` QA checkpoint): callers fall back to their defaults."""
-    path = Path(model_dir) / KQA_CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _find_weight_files(model_dir: Path) -> list[Path]:
-    """`model.safetensors`, or the shards a `model.safetensors.index.json` lists."""
-    single = model_dir / WEIGHTS_FILE
-    if single.is_file():
-        return [single]
-    index = model_dir / WEIGHTS_INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index}: not a safetensors index (expected a 'weight_map' object): {err}") from err
-        shards = [model_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [s.name for s in shards if not s.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shard(s) that do not exist: {missing}")
-        return shards
-    pickles = sorted({p.name for pattern in PICKLE_WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
-    if pickles:
-        raise ValueError(
-            f"{model_dir}: found only pickle-based weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}. "
-            f"Only safetensors weights are loaded, because unpickling can run arbitrary code. If you trust "
-            f"the files, convert them once, e.g. "
-            f"transformers.AutoModelForQuestionAnswering.from_pretrained(dir).save_pretrained(dir)"
-        )
-    raise FileNotFoundError(f"{model_dir}: no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE})")
-
-
-def _read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of `files`, plus the names save_model dropped for shared tensors → the name it kept."""
-    from safetensors import SafetensorError, safe_open
-
-    state: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                for key in handle.keys():
-                    state[key] = handle.get_tensor(key)
-        except SafetensorError as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-        aliases.update({k: v for k, v in metadata.items() if k != "format"})
-    return state, aliases
-
-
-def _load_state(
-    model: QuestionAnsweringModel, state: dict[str, torch.Tensor], aliases: dict[str, str], source: Path
-) -> None:
-    """Copy `state` into `model`, accepting only a complete, exact match (up to shared tensors)."""
-    expected = model.state_dict()
-    if not any(key.startswith("qa_outputs.") for key in state):
-        raise ValueError(
-            f"{source}: the weights have no qa_outputs.* (span head) tensors; this looks like an encoder "
-            f"checkpoint. Start from it with QuestionAnsweringModel.from_backbone({str(source)!r})"
-        )
-    prefix = model.backbone_prefix
-    non_persistent = {name for name, _ in model.named_buffers()} - set(expected)
-    pooler = sorted(k for k in state if k not in expected and k.startswith(f"{prefix}.pooler."))
-    unexpected = sorted(k for k in state if k not in expected and k not in pooler and k not in non_persistent)
-    if unexpected:
-        raise ValueError(
-            f"{source}: weights that {type(model.backbone).__name__} has no place for: {_preview(unexpected)}"
-        )
-    if pooler:
-        # Older checkpoints carry an encoder pooler; a span head never uses it.
-        logger.warning("%s: ignoring %d unused pooler tensor(s): %s", source, len(pooler), _preview(pooler))
-    state = {k: v for k, v in state.items() if k in expected}
-    for name in expected:
-        if name not in state and aliases.get(name) in state:
-            state[name] = state[aliases[name]]  # a shared tensor stored once under another name
-    missing = set(expected) - set(state)
-    loaded_storage = {expected[k].data_ptr() for k in state}
-    # Tensors the architecture itself ties to a loaded one are filled by loading that one.
-    missing = sorted(k for k in missing if expected[k].data_ptr() not in loaded_storage)
-    if missing:
-        raise ValueError(f"{source}: weights missing for {_preview(missing)}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ValueError(
-                f"{source}: {name} has shape {list(tensor.shape)}, the model built from config.json "
-                f"expects {list(expected[name].shape)}"
-            )
-    model.load_state_dict(state, strict=False)
-
-
-def _preview(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _remove_stale_weights(directory: Path) -> None:
-    stale = sorted({p for pattern in STALE_WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()})
-    for path in stale:
-        path.unlink()
-    if stale:
-        logger.warning(
-            "%s: removed old weight file(s) that would shadow the new %s: %s",
-            directory,
-            WEIGHTS_FILE,
-            ", ".join(p.name for p in stale),
-        )
