@@ -11,12 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from kqa.serving.settings import ServerLimits
+
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,3 +220,69 @@ def _answer_dict(answer) -> dict:
         "score": score if math.isfinite(score) else None,
         "probability": float(answer.probability),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# What the JSON schema cannot say: non-blank, encodable text, the configured limits
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_text(value: str, where: str, limit: int) -> None:
+    """A string field: not blank, at most `limit` characters, encodable as UTF-8 (no lone surrogates)."""
+    from kqa.text import blank_problem, check_text
+
+    if problem := blank_problem(value):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' is {problem}",
+            where,
+            problem="empty",
+        )
+    if len(value) > limit:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' is too long: {len(value)} characters (the limit is {limit})",
+            where,
+            problem="too_long",
+            limit=limit,
+        )
+    try:
+        check_text(value, f"field '{where}'")
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", str(err), where, problem="not_encodable") from None
+
+
+def _check_range(value: int, where: str, limit: int) -> None:
+    if not 1 <= value <= limit:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' must be between 1 and {limit}, got {value}",
+            where,
+            problem="out_of_range",
+            limit=limit,
+        )
+
+
+def check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
+    """What the JSON schema cannot say: non-blank text, encodable text, the configured limits."""
+    _check_text(q.question, f"{prefix}question", limits.max_question_chars)
+    _check_text(q.context, f"{prefix}context", limits.max_context_chars)
+    _check_range(q.top_k, f"{prefix}top_k", limits.max_top_k)
+    if q.null_score_diff_threshold is not None and not math.isfinite(q.null_score_diff_threshold):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{prefix}null_score_diff_threshold' must be a finite number",
+            f"{prefix}null_score_diff_threshold",
+            problem="not_finite",
+        )
+
+
+def check_ask(body: AskIn, limits: ServerLimits) -> None:
+    _check_text(body.question, "question", limits.max_question_chars)
+    _check_range(body.top_k, "top_k", limits.max_top_k)
+    if body.passages is not None:
+        _check_range(body.passages, "passages", limits.max_passages)
