@@ -21,9 +21,10 @@ change the post-processing (`handle_impossible_answer`, `null_score_diff_thresho
 the model's `n_best_size`) run in the same batch only with questions that share those settings, so an
 answer is exactly what the same question alone would get.
 
-Bad input is a 4xx with `{"error": {"type", "field", "message", ...}}` (kqa.serving.errors); a
-Content-Length over `max_body_bytes` is a 413 (kqa.serving.limits); an unexpected failure is a 500
-whose `error.id` is also in the server log. Nothing a client sends stops the server."""
+Bad input is a 4xx with `{"error": {"type", "field", "message", ...}}` (kqa.serving.errors); a body
+over `max_body_bytes` is a 413 as soon as it passes the limit, chunked or not (kqa.serving.limits);
+an unexpected failure is a 500 whose `error.id` is also in the server log. Nothing a client sends
+stops the server."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 ERROR_RESPONSES = {
     400: {"model": ErrorOut, "description": "the body is not valid JSON"},
-    413: {"model": ErrorOut, "description": "the body is over max_body_bytes"},
+    413: {"model": ErrorOut, "description": "the body is over max_body_bytes (chunked or not)"},
     422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
     500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
     503: {"model": ErrorOut, "description": "too many questions waiting"},
