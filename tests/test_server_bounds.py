@@ -1,7 +1,10 @@
 """`kqa serve` bounds what it reads and what it writes: a real server process, over real HTTP.
 
 - a body over `max_body_bytes` is a 413 as soon as the limit is passed, also when it is sent chunked
-  (no Content-Length to check up front), and the server does not wait for the rest.
+  (no Content-Length to check up front), and the server does not wait for the rest;
+- an error reply lists at most `MAX_LISTED_ERRORS` problems and counts all of them (`errors_total`),
+  and a batch over `max_batch_questions` is refused before its entries are validated;
+- a lone surrogate in a field *name* is `not_encodable`, like one in a value; `HEAD /health` is a 200.
 
 The server is the marked-span model of tests/test_server.py with the default character limits and
 at most 8 questions per batch: `max_body_bytes` = 4 × 8 × (10,000 + 1,000) + 64 KiB = 417,536 bytes.
@@ -21,9 +24,11 @@ pytest.importorskip("uvicorn", reason="kqa serve needs uvicorn (pip install -r r
 from test_server import CAPITAL, GOOD, ask, build_marked_model, call  # noqa: E402
 
 from kqa.serving.harness import ServerProcess  # noqa: E402
+from kqa.serving.schemas import MAX_LISTED_ERRORS  # noqa: E402
 
 MAX_BATCH = 8
 MAX_BODY = 4 * MAX_BATCH * (10_000 + 1_000) + 65_536
+SMALL_REPLY = 10_000  # bytes: what a bounded error reply stays under
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +136,115 @@ def test_a_content_length_over_the_limit_is_a_413_without_reading_the_body(serve
         status, headers, body = read_reply(sock)
     assert status == 413 and json.loads(body)["error"]["limit"] == MAX_BODY
     assert headers.get("connection") == "close"
+
+
+# --------------------------------------------------------------------------------------------------
+# What the server writes: bounded error replies
+# --------------------------------------------------------------------------------------------------
+
+
+def post_raw(server, path: str, body: bytes) -> tuple[int, int, dict]:
+    """(status, reply size in bytes, reply) of a POST sent with a Content-Length."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        payload = response.read()
+    finally:
+        conn.close()
+    return response.status, len(payload), json.loads(payload)
+
+
+def test_a_batch_of_100000_empty_rows_is_refused_with_a_small_reply(server):
+    body = json.dumps({"questions": [{}] * 100_000}, separators=(",", ":")).encode()
+    assert len(body) < MAX_BODY
+    status, size, reply = post_raw(server, "/v1/answer/batch", body)
+    assert status == 422 and size < SMALL_REPLY, (status, size)
+    error = reply["error"]
+    # Refused for its length before any row is validated: one problem, not 200,000.
+    assert (error["field"], error["problem"], error["limit"]) == ("questions", "too_long", MAX_BATCH)
+    assert "100000" in error["message"] and str(MAX_BATCH) in error["message"]
+    assert error["errors_total"] == 1 and len(error["errors"]) == 1
+    assert ask(server, CAPITAL)[0]["text"] == "부산"
+
+
+def test_an_error_reply_lists_the_first_problems_and_counts_them_all(server):
+    status, size, reply = post_raw(server, "/v1/answer/batch", json.dumps({"questions": [{}] * MAX_BATCH}).encode())
+    assert status == 422 and size < SMALL_REPLY
+    error = reply["error"]
+    assert error["errors_total"] == 2 * MAX_BATCH  # question and context missing in each row
+    assert len(error["errors"]) == MAX_LISTED_ERRORS < 2 * MAX_BATCH
+    assert [e["field"] for e in error["errors"][:3]] == [
+        "questions[0].question",
+        "questions[0].context",
+        "questions[1].question",
+    ]
+    assert (error["field"], error["problem"]) == ("questions[0].question", "missing")
+
+
+def test_20000_unknown_fields_get_a_small_reply(server):
+    fields = {f"f{i}": 0 for i in range(20_000)}
+    body = json.dumps({**GOOD, **fields}, ensure_ascii=False, separators=(",", ":")).encode()
+    assert len(body) < MAX_BODY
+    status, size, reply = post_raw(server, "/v1/answer", body)
+    assert status == 422 and size < SMALL_REPLY, (status, size)
+    error = reply["error"]
+    assert error["errors_total"] == 20_000 and len(error["errors"]) == MAX_LISTED_ERRORS
+    assert (error["field"], error["problem"]) == ("f0", "extra_forbidden")
+    assert ask(server, CAPITAL)[0]["text"] == "부산"
+
+
+def test_a_long_unknown_field_name_is_cut_in_the_reply(server):
+    name = "x" * 300_000
+    status, size, reply = post_raw(server, "/v1/answer", json.dumps({**GOOD, name: 1}).encode())
+    assert status == 422 and size < SMALL_REPLY, (status, size)
+    error = reply["error"]
+    assert error["problem"] == "extra_forbidden" and error["field"].startswith("xxx") and error["field"].endswith("…")
+
+
+def test_a_single_problem_is_counted_too(server):
+    status, reply = call(server, "/v1/answer", {"question": "x"})
+    assert status == 422
+    assert reply["error"]["errors_total"] == 1 and len(reply["error"]["errors"]) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# A lone surrogate in a field name, HEAD /health
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, raw, field",
+    [
+        ("/v1/answer", b'{"question": "q", "context": "c", "\\ud800x": 1}', "\\ud800x"),
+        (
+            "/v1/answer/batch",
+            b'{"questions": [{"question": "q", "context": "c"}, {"\\udc00": 1}]}',
+            "questions[1].\\udc00",
+        ),
+        ("/v1/answer", b'{"\\ud83d": 1}', "\\ud83d"),
+    ],
+    ids=["top level", "in a batch entry", "the only field"],
+)
+def test_a_lone_surrogate_in_a_field_name_is_not_encodable(server, path, raw, field):
+    status, _, reply = post_raw(server, path, raw)
+    assert status == 422, reply
+    error = reply["error"]
+    # Named as it was written in the JSON (the escape, since the character itself cannot be sent back).
+    assert (error["type"], error["field"], error["problem"]) == ("invalid_request", field, "not_encodable"), error
+    assert field in error["message"] and "lone surrogate" in error["message"], error["message"]
+    assert ask(server, CAPITAL)[0]["text"] == "부산"
+
+
+def test_head_health_is_a_200_without_a_body(server):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request("HEAD", "/health")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read() == b""
+        # ... and the connection stays usable.
+        conn.request("GET", "/health")
+        assert json.loads(conn.getresponse().read())["status"] == "ok"
+    finally:
+        conn.close()
