@@ -4,7 +4,8 @@
   (no Content-Length to check up front), and the server does not wait for the rest;
 - an error reply lists at most `MAX_LISTED_ERRORS` problems and counts all of them (`errors_total`),
   and a batch over `max_batch_questions` is refused before its entries are validated;
-- a lone surrogate in a field *name* is `not_encodable`, like one in a value; `HEAD /health` is a 200.
+- a lone surrogate in a field *name* is `not_encodable`, like one in a value; `HEAD /health` is a 200;
+- a rejected body is not kept alive after its reply (server memory stays flat).
 
 The server is the marked-span model of tests/test_server.py with the default character limits and
 at most 8 questions per batch: `max_body_bytes` = 4 × 8 × (10,000 + 1,000) + 64 KiB = 417,536 bytes.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,13 @@ def server(tiny_tokenizer_dir, tmp_path_factory):
     yield process
     code = process.stop()
     assert code in (0, -15), f"the server exited with {code}:\n{process.log_tail()}"
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/PID/status")
 
 
 def open_chunked(server, path: str = "/v1/answer", timeout: float = 10.0) -> socket.socket:
@@ -136,6 +145,24 @@ def test_a_content_length_over_the_limit_is_a_413_without_reading_the_body(serve
         status, headers, body = read_reply(sock)
     assert status == 413 and json.loads(body)["error"]["limit"] == MAX_BODY
     assert headers.get("connection") == "close"
+
+
+def test_big_rejected_bodies_do_not_pile_up_in_server_memory(server):
+    # Each of these bodies used to be read to the end (20 MB), decoded (another 20 MB) and then kept
+    # by a reference cycle of the JSON error until a full garbage collection: +38 MiB per request.
+    before = rss_mib(server.pid)
+    for _ in range(8):
+        sock = open_chunked(server)
+        with sock:
+            try:
+                send_chunks(sock, b'{"question": "' + b"a" * 20_000_000, chunk=262_144)
+                sock.sendall(b"0\r\n\r\n")
+                read_reply(sock)
+            except OSError:  # the server closed the connection after its 413
+                pass
+    grown = rss_mib(server.pid) - before
+    assert grown < 64, f"server RSS grew by {grown:.0f} MiB over 8 rejected 20 MB bodies"
+    assert ask(server, CAPITAL)[0]["text"] == "부산"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,3 +275,43 @@ def test_head_health_is_a_200_without_a_body(server):
         assert json.loads(conn.getresponse().read())["status"] == "ok"
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# In process: a rejected body is not kept alive by a reference cycle
+# --------------------------------------------------------------------------------------------------
+
+
+class _NoModel:
+    class settings:  # noqa: N801 - mimics QuestionAnswerer.settings
+        class postprocess:  # noqa: N801
+            n_best_size = 20
+
+
+def test_a_rejected_body_is_not_left_in_a_reference_cycle():
+    """FastAPI raises its JSON and body-reading errors from a frame that also holds the error: a
+    reference cycle through the traceback that keeps the body (and the decoded text) alive until the
+    next full garbage collection, which a server with a model loaded runs rarely."""
+    import gc
+
+    from fastapi.testclient import TestClient
+    from starlette.requests import Request
+
+    from kqa.serving.app import create_app
+
+    bodies = [b'{"question": "' + b"a" * 200_000, b'{"question": "\xff' + b"a" * 200_000 + b'"}']
+    with TestClient(create_app(_NoModel())) as client:
+        gc.collect()
+        gc.disable()
+        try:
+            for body in bodies:
+                response = client.post("/v1/answer", content=body, headers={"Content-Type": "application/json"})
+                assert response.status_code == 400, response.text
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            kept = [type(o).__name__ for o in gc.garbage if isinstance(o, (Request, ValueError))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert not kept, f"left in reference cycles after the reply: {kept}"

@@ -1,5 +1,6 @@
 """The error handlers of `kqa serve`: every error is `{"error": {"type", "field", "message", ...}}`
-(schemas.ApiError), a 4xx naming the field or a 500 whose id is in the server log."""
+(schemas.ApiError), a 4xx naming the field or a 500 whose id is in the server log; and an error leaves
+nothing behind once it is answered."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ ERROR_RESPONSES = {
     500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
     503: {"model": ErrorOut, "description": "too many questions waiting"},
 }
+
+
+def forget_tracebacks(exc: BaseException) -> None:
+    """Drop the tracebacks of `exc` and of the exceptions chained to it, once it is answered.
+
+    FastAPI raises its JSON and body-reading errors from a frame that holds the error in a local
+    variable (`raise validation_error from e`): error → traceback → frame → error is a reference
+    cycle, and that frame also holds the body and its decoded text. Only a full garbage collection
+    frees a cycle, and with a model loaded (millions of long-lived objects) Python runs one rarely:
+    before this, each rejected 20 MB body kept ~38 MiB until then (docs/serving.md, Memory)."""
+    pending, seen = [exc], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        pending += [error.__cause__, error.__context__]
 
 
 def internal_error(err: BaseException, where: str) -> ApiError:
@@ -45,18 +64,23 @@ def _http_error(exc: StarletteHTTPException) -> ApiError:
 
 def add_error_handlers(app: FastAPI) -> None:
     """Ours, pydantic's (422 naming the field), Starlette's, and any other exception (a 500 whose id
-    is in the log)."""
+    is in the log). The 4xx handlers forget the error's tracebacks (see `forget_tracebacks`); a 500
+    keeps its traceback, which Starlette re-raises for uvicorn to log."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
+        forget_tracebacks(exc)
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return _validation_error(exc).response()
+        error = _validation_error(exc)
+        forget_tracebacks(exc)
+        return error.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _starlette_error(request: Request, exc: StarletteHTTPException):
+        forget_tracebacks(exc)
         return _http_error(exc).response()
 
     @app.exception_handler(Exception)
