@@ -23,8 +23,8 @@ Soak (`--soak-seconds S`): one micro-batched server, `--concurrency` (default 8)
 seconds sending a mix of good requests (questions, batches of four) and every kind of bad or tricky
 one (not JSON, lone surrogates, 20,000 unknown fields, 100,000 empty rows, a 20 MB chunked body, a
 body just under the limit, …), each of which must get its documented status; the server's RSS is
-sampled every `--sample-seconds`, and it has levelled off when it grew at most `--level-off-mib`
-over the last half of the run.
+sampled every `--sample-seconds`; it has levelled off when its median over the last quarter of the
+run is at most `--level-off-mib` above its median over the second quarter.
 
     python benchmarks/bench_server.py --soak-seconds 600 --concurrency 8 --out soak.json
 """
@@ -351,17 +351,37 @@ def run_soak(url: str, pid: int | None, pairs: list[dict], args) -> dict:
     return {"concurrency": concurrency, **tally, **level_off(samples, args)}
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _window(samples: list[dict], start: float, end: float) -> list[float]:
+    """RSS of the samples taken between `start` and `end` seconds (the nearest one when none was)."""
+    inside = [s["rss_mib"] for s in samples if start <= s["t_s"] <= end]
+    return inside or [min(samples, key=lambda s: abs(s["t_s"] - (start + end) / 2))["rss_mib"]]
+
+
 def level_off(samples: list[dict], args) -> dict:
-    """Did RSS level off? Its growth from the middle of the run to the end, against `--level-off-mib`."""
-    half = samples[-1]["t_s"] / 2
-    middle = next(s for s in samples if s["t_s"] >= half)
-    growth = samples[-1]["rss_mib"] - middle["rss_mib"]
+    """Did RSS level off? It moves by tens of MiB as micro-batches come and go (their activations), so
+    one sample against another says little: the median of the last quarter of the run is compared
+    with the median of the second quarter (the growth over the last half, against `--level-off-mib`),
+    and the least-squares slope over the last half is reported beside it."""
+    end = samples[-1]["t_s"]
+    growth = _median(_window(samples, 0.75 * end, end)) - _median(_window(samples, 0.25 * end, 0.5 * end))
+    late = [s for s in samples if s["t_s"] >= end / 2]
+    mean_t = sum(s["t_s"] for s in late) / len(late)
+    mean_rss = sum(s["rss_mib"] for s in late) / len(late)
+    spread = sum((s["t_s"] - mean_t) ** 2 for s in late)
+    slope = sum((s["t_s"] - mean_t) * (s["rss_mib"] - mean_rss) for s in late) / spread if spread else 0.0
     return {
         "samples": samples,
         "rss_first_mib": samples[0]["rss_mib"],
         "rss_last_mib": samples[-1]["rss_mib"],
         "rss_max_mib": max(s["rss_mib"] for s in samples),
         "growth_last_half_mib": growth,
+        "slope_last_half_mib_per_min": 60 * slope,
         "level_off_mib": args.level_off_mib,
         "levelled_off": growth <= args.level_off_mib,
     }
@@ -389,7 +409,8 @@ def print_soak(result: dict) -> None:
     print(
         f"RSS {verdict}: {result['rss_first_mib']:.1f} → {result['rss_last_mib']:.1f} MiB (max "
         f"{result['rss_max_mib']:.1f}); {result['growth_last_half_mib']:+.1f} MiB over the last half "
-        f"(bound {result['level_off_mib']:g} MiB)"
+        f"(median of the last quarter against the second; bound {result['level_off_mib']:g} MiB), slope "
+        f"{result['slope_last_half_mib_per_min']:+.2f} MiB/min over the last half"
     )
 
 
@@ -437,7 +458,8 @@ def parse_args(argv=None):
         "--level-off-mib",
         type=float,
         default=32.0,
-        help="soak: RSS has levelled off when it grew at most this much over the last half of the run",
+        help="soak: RSS has levelled off when its median over the last quarter of the run is at most this "
+        "much above its median over the second quarter",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

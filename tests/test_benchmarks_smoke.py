@@ -405,9 +405,10 @@ def test_bench_server_soak(tmp_path):
     samples = soak["samples"]
     assert len(samples) >= 4 and all(s["rss_mib"] > 0 for s in samples)
     assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples) and samples[-1]["t_s"] >= 4
-    middle = next(s for s in samples if s["t_s"] >= samples[-1]["t_s"] / 2)
-    assert soak["growth_last_half_mib"] == pytest.approx(samples[-1]["rss_mib"] - middle["rss_mib"])
+    rss = [s["rss_mib"] for s in samples]
+    assert abs(soak["growth_last_half_mib"]) <= max(rss) - min(rss)  # medians of two windows of these samples
     assert soak["levelled_off"] == (soak["growth_last_half_mib"] <= soak["level_off_mib"])
+    assert isinstance(soak["slope_last_half_mib_per_min"], float)
     assert "RSS MiB" in result["stdout"] and "over the last half" in result["stdout"]
 
 
