@@ -18,6 +18,15 @@ Questions are real (question, short context) pairs from the data directory, cycl
     python benchmarks/bench_server.py --out results.json          # outputs/offline-e5-small/best
     python benchmarks/bench_server.py --tiny --requests 50 --concurrency 1 4
     python benchmarks/bench_server.py --url http://127.0.0.1:8000  # a running server: its own mode only
+
+Soak (`--soak-seconds S`): one micro-batched server, `--concurrency` (default 8) clients for S
+seconds sending a mix of good requests (questions, batches of four) and every kind of bad or tricky
+one (not JSON, lone surrogates, 20,000 unknown fields, 100,000 empty rows, a 20 MB chunked body, a
+body just under the limit, …), each of which must get its documented status; the server's RSS is
+sampled every `--sample-seconds`; it has levelled off when its median over the last quarter of the
+run is at most `--level-off-mib` above its median over the second quarter.
+
+    python benchmarks/bench_server.py --soak-seconds 600 --concurrency 8 --out soak.json
 """
 
 from __future__ import annotations
@@ -25,12 +34,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 # The benchmark folder (for `common`) and the repository root (for `kqa`, when it is not installed).
@@ -185,6 +196,225 @@ def run_cell(
 
 
 # --------------------------------------------------------------------------------------------------
+# Soak: good and bad requests for a bounded time, the server's memory sampled
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoakRequest:
+    """One request of the soak mix and the status it must get."""
+
+    kind: str
+    method: str
+    path: str
+    body: bytes | None
+    expected: int
+    send: str = "plain"  # "plain" (Content-Length), "chunked" (no Content-Length), "headers only"
+    repeat: int = 1  # "chunked": the body is sent this many times over (a big body, built once)
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def bad_requests(pair: dict, max_body_bytes: int) -> list[SoakRequest]:
+    """The bad and tricky requests of the soak: each kind of 4xx of docs/serving.md, and the big ones
+    that once cost the server memory (bodies read to the end and kept, error replies of megabytes)."""
+    good = {"question": pair["question"], "context": pair["context"]}
+    near_limit = b'{"question": "' + b"a" * (max_body_bytes - 1_024)  # under the limit, not JSON
+    return [
+        SoakRequest("not JSON", "POST", "/v1/answer", b'{"question": ', 400),
+        SoakRequest("not UTF-8", "POST", "/v1/answer", b'{"question": "\xff\xfe", "context": "x"}', 400),
+        SoakRequest("missing field", "POST", "/v1/answer", _json({"question": pair["question"]}), 422),
+        SoakRequest("empty question", "POST", "/v1/answer", _json({**good, "question": " "}), 422),
+        SoakRequest("top_k 0", "POST", "/v1/answer", _json({**good, "top_k": 0}), 422),
+        SoakRequest("long context", "POST", "/v1/answer", _json({**good, "context": "가" * 10_001}), 422),
+        SoakRequest("surrogate value", "POST", "/v1/answer", b'{"question": "\\ud800", "context": "x"}', 422),
+        SoakRequest("surrogate name", "POST", "/v1/answer", b'{"question": "q", "context": "c", "\\ud800": 1}', 422),
+        SoakRequest(
+            "20k unknown fields", "POST", "/v1/answer", _json({**good, **{f"f{i}": 0 for i in range(20_000)}}), 422
+        ),
+        SoakRequest("100k empty rows", "POST", "/v1/answer/batch", _json({"questions": [{}] * 100_000}), 422),
+        SoakRequest("near-limit non-JSON", "POST", "/v1/answer", near_limit, 400),
+        SoakRequest(
+            "Content-Length over limit", "POST", "/v1/answer", str(max_body_bytes + 1).encode(), 413, "headers only"
+        ),
+        SoakRequest("chunked 20 MB", "POST", "/v1/answer", b"a" * 262_144, 413, "chunked", repeat=80),
+        SoakRequest("HEAD /health", "HEAD", "/health", None, 200),
+    ]
+
+
+def soak_schedule(pairs: list[dict], max_body_bytes: int) -> list[SoakRequest]:
+    """Three good requests (two questions, one batch of four) before each bad one, so that the model
+    keeps working while every kind of bad request comes by again and again."""
+    questions = [_json({"question": p["question"], "context": p["context"]}) for p in pairs]
+    schedule = []
+    for i, bad in enumerate(bad_requests(pairs[0], max_body_bytes)):
+        batch = {"questions": [json.loads(questions[(4 * i + k) % len(questions)]) for k in range(4)]}
+        schedule += [
+            SoakRequest("question", "POST", "/v1/answer", questions[(2 * i) % len(questions)], 200),
+            SoakRequest("question", "POST", "/v1/answer", questions[(2 * i + 1) % len(questions)], 200),
+            SoakRequest("batch of 4", "POST", "/v1/answer/batch", _json(batch), 200),
+            bad,
+        ]
+    return schedule
+
+
+def _raw_request(host: str, port: int, request: SoakRequest) -> int:
+    """A request over a socket of its own: a chunked body (the server must cut it off at the limit) or
+    a Content-Length without the body. The status of the reply."""
+    with socket.create_connection((host, port), timeout=60) as sock:
+        framing = (
+            "Transfer-Encoding: chunked" if request.send == "chunked" else f"Content-Length: {request.body.decode()}"
+        )
+        sock.sendall(
+            f"{request.method} {request.path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"{framing}\r\n\r\n".encode()
+        )
+        if request.send == "chunked":
+            chunk = b"%x\r\n%s\r\n" % (len(request.body), request.body)
+            try:
+                for _ in range(request.repeat):
+                    sock.sendall(chunk)
+                sock.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass  # the server answered and closed the connection: the rest was not needed
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+        return response.status
+
+
+def _plain_request(conn: http.client.HTTPConnection, request: SoakRequest) -> int:
+    headers = {"Content-Type": "application/json"} if request.body is not None else {}
+    conn.request(request.method, request.path, body=request.body, headers=headers)
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status == 200 and request.method == "POST":
+        json.loads(payload)  # a 200 must carry JSON answers
+    return response.status
+
+
+def soak_worker(url: str, schedule: list[SoakRequest], offset: int, stop: threading.Event, tally: dict, lock) -> None:
+    """Requests of `schedule` in turn (from `offset`, so that workers do not march in step) until `stop`."""
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
+    i = offset
+    while not stop.is_set():
+        request = schedule[i % len(schedule)]
+        i += 1
+        try:
+            if request.send == "plain":
+                status = _plain_request(conn, request)
+            else:
+                status = _raw_request(parsed.hostname, parsed.port, request)
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            conn.close()
+            status = f"{type(err).__name__}"
+        with lock:
+            tally["requests"] += 1
+            tally["bad"] += request.expected != 200
+            tally["by_kind"][request.kind] = tally["by_kind"].get(request.kind, 0) + 1
+            if status != request.expected:
+                key = f"{request.kind}: {status} (expected {request.expected})"
+                tally["unexpected"][key] = tally["unexpected"].get(key, 0) + 1
+    conn.close()
+
+
+def run_soak(url: str, pid: int | None, pairs: list[dict], args) -> dict:
+    """`args.concurrency` workers for `args.soak_seconds`; the server's RSS every `args.sample_seconds`."""
+    max_body_bytes = get_json(url + "/health")["limits"]["max_body_bytes"]
+    schedule = soak_schedule(pairs, max_body_bytes)
+    (concurrency,) = args.concurrency
+    stop, lock = threading.Event(), threading.Lock()
+    tally = {"requests": 0, "bad": 0, "by_kind": {}, "unexpected": {}}
+    workers = [
+        threading.Thread(target=soak_worker, args=(url, schedule, n * 7, stop, tally, lock)) for n in range(concurrency)
+    ]
+    samples = []
+    t0 = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    while True:
+        elapsed = time.perf_counter() - t0
+        with lock:
+            done, bad = tally["requests"], tally["bad"]
+        rss_kib = proc_memory(pid, url).get("rss_kib")
+        samples.append({"t_s": round(elapsed, 1), "requests": done, "bad_requests": bad, "rss_mib": rss_kib / 1024})
+        print(f"  {elapsed:7.1f} s  {done:7d} requests  RSS {rss_kib / 1024:8.1f} MiB", flush=True)
+        if elapsed >= args.soak_seconds:
+            break
+        time.sleep(min(args.sample_seconds, max(args.soak_seconds - elapsed, 0.0)))
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return {"concurrency": concurrency, **tally, **level_off(samples, args)}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _window(samples: list[dict], start: float, end: float) -> list[float]:
+    """RSS of the samples taken between `start` and `end` seconds (the nearest one when none was)."""
+    inside = [s["rss_mib"] for s in samples if start <= s["t_s"] <= end]
+    return inside or [min(samples, key=lambda s: abs(s["t_s"] - (start + end) / 2))["rss_mib"]]
+
+
+def level_off(samples: list[dict], args) -> dict:
+    """Did RSS level off? It moves by tens of MiB as micro-batches come and go (their activations), so
+    one sample against another says little: the median of the last quarter of the run is compared
+    with the median of the second quarter (the growth over the last half, against `--level-off-mib`),
+    and the least-squares slope over the last half is reported beside it."""
+    end = samples[-1]["t_s"]
+    growth = _median(_window(samples, 0.75 * end, end)) - _median(_window(samples, 0.25 * end, 0.5 * end))
+    late = [s for s in samples if s["t_s"] >= end / 2]
+    mean_t = sum(s["t_s"] for s in late) / len(late)
+    mean_rss = sum(s["rss_mib"] for s in late) / len(late)
+    spread = sum((s["t_s"] - mean_t) ** 2 for s in late)
+    slope = sum((s["t_s"] - mean_t) * (s["rss_mib"] - mean_rss) for s in late) / spread if spread else 0.0
+    return {
+        "samples": samples,
+        "rss_first_mib": samples[0]["rss_mib"],
+        "rss_last_mib": samples[-1]["rss_mib"],
+        "rss_max_mib": max(s["rss_mib"] for s in samples),
+        "growth_last_half_mib": growth,
+        "slope_last_half_mib_per_min": 60 * slope,
+        "level_off_mib": args.level_off_mib,
+        "levelled_off": growth <= args.level_off_mib,
+    }
+
+
+def print_soak(result: dict) -> None:
+    common.print_table(
+        result["samples"],
+        [
+            ("t_s", "time s", ".0f"),
+            ("requests", "requests", "d"),
+            ("bad_requests", "bad", "d"),
+            ("rss_mib", "RSS MiB", ".1f"),
+        ],
+        title="soak: server memory (/proc/PID/status VmRSS)",
+    )
+    rate = result["requests"] / result["samples"][-1]["t_s"] if result["samples"][-1]["t_s"] else 0.0
+    print(
+        f"{result['requests']} requests ({result['bad']} bad or tricky, {rate:.1f}/s) at concurrency "
+        f"{result['concurrency']}; unexpected replies: {sum(result['unexpected'].values())}"
+    )
+    for key, count in sorted(result["unexpected"].items()):
+        print(f"  {count:5d} × {key}")
+    verdict = "levelled off" if result["levelled_off"] else "did NOT level off"
+    print(
+        f"RSS {verdict}: {result['rss_first_mib']:.1f} → {result['rss_last_mib']:.1f} MiB (max "
+        f"{result['rss_max_mib']:.1f}); {result['growth_last_half_mib']:+.1f} MiB over the last half "
+        f"(median of the last quarter against the second; bound {result['level_off_mib']:g} MiB), slope "
+        f"{result['slope_last_half_mib_per_min']:+.2f} MiB/min over the last half"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------
 
@@ -209,14 +439,34 @@ def parse_args(argv=None):
     )
     parser.add_argument("--pool", type=int, default=200, help="distinct questions, cycled")
     parser.add_argument("--requests", type=int, default=2000, help="requests per cell (concurrency × mode)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", help="client threads per cell (default 1 8 32); --soak-seconds: one (8)"
+    )
     parser.add_argument("--max-seconds", type=float, default=60.0, help="a cell stops after this many seconds")
     parser.add_argument("--warmup", type=int, default=20, help="requests per server before the first cell")
     parser.add_argument("--batch-size", type=int, default=16, help="micro-batch size of the batched server")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=0.0,
+        help="instead of the load test: a soak of good and bad requests for this long, server RSS sampled",
+    )
+    parser.add_argument("--sample-seconds", type=float, default=5.0, help="soak: seconds between RSS samples")
+    parser.add_argument(
+        "--level-off-mib",
+        type=float,
+        default=32.0,
+        help="soak: RSS has levelled off when its median over the last quarter of the run is at most this "
+        "much above its median over the second quarter",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.concurrency is None:
+        args.concurrency = [8] if args.soak_seconds else [1, 8, 32]
+    if args.soak_seconds and len(args.concurrency) != 1:
+        parser.error("--soak-seconds: give one --concurrency")
     if args.url and urllib.parse.urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url: loopback only (127.0.0.1 / localhost)")
     return args
@@ -243,6 +493,8 @@ def main(argv=None) -> int:
         f"mean context {sum(len(p['context']) for p in pairs) / len(pairs):.0f} characters"
     )
 
+    if args.soak_seconds:
+        return soak_main(args, machine, model_dir, model_label, pairs, work)
     servers: dict[str, dict] = {}
     processes = []
     try:
@@ -364,6 +616,34 @@ def main(argv=None) -> int:
         print(f"{failed} requests failed", file=sys.stderr)
         return 1
     return 0
+
+
+def soak_main(args, machine: dict, model_dir: Path, model_label: str, pairs: list[dict], work: Path) -> int:
+    """The soak against one micro-batched server (or `--url`); 1 when any reply was not the expected one."""
+    from kqa.serving.harness import ServerProcess
+
+    process = None
+    try:
+        if args.url:
+            url, pid = args.url.rstrip("/"), None
+        else:
+            process = ServerProcess(
+                model_dir,
+                ["--micro_batch_size", args.batch_size, "--max_wait_ms", args.max_wait_ms, "--device", args.device]
+                + ["--log_level", "warning"],
+                log_path=work / "server-soak.log",
+            ).start()
+            url, pid = process.url, process.pid
+        print(f"soak: {args.soak_seconds:g} s at concurrency {args.concurrency[0]} against {url}", flush=True)
+        result = run_soak(url, pid, pairs, args)
+    finally:
+        if process is not None:
+            process.stop()
+    print_soak(result)
+    common.write_json(
+        args.out, machine=machine, settings=common.settings_from_args(args), model=model_label, soak=result
+    )
+    return 1 if result["unexpected"] else 0
 
 
 if __name__ == "__main__":

@@ -452,6 +452,25 @@ def test_bench_accuracy_argmax_decoding(tiny_tokenizer, korean_examples):
     assert empty == {"end_before_start": 1, "outside_context": 1}
 
 
+def test_bench_server_soak(tmp_path):
+    # The soak mode of the server benchmark for a few seconds (its load test: tests/test_server.py).
+    result = run_script(
+        "bench_server.py", "--tiny", "--soak-seconds", "4", "--sample-seconds", "1", out=tmp_path / "soak.json"
+    )
+    soak = result["soak"]
+    assert soak["concurrency"] == 8 and soak["requests"] > soak["bad"] > 0
+    assert soak["unexpected"] == {}, soak["unexpected"]  # every reply had its documented status
+    assert sum(soak["by_kind"].values()) == soak["requests"] and soak["by_kind"]["question"] > 0
+    samples = soak["samples"]
+    assert len(samples) >= 4 and all(s["rss_mib"] > 0 for s in samples)
+    assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples) and samples[-1]["t_s"] >= 4
+    rss = [s["rss_mib"] for s in samples]
+    assert abs(soak["growth_last_half_mib"]) <= max(rss) - min(rss)  # medians of two windows of these samples
+    assert soak["levelled_off"] == (soak["growth_last_half_mib"] <= soak["level_off_mib"])
+    assert isinstance(soak["slope_last_half_mib_per_min"], float)
+    assert "RSS MiB" in result["stdout"] and "over the last half" in result["stdout"]
+
+
 def test_bench_optimizer_step(tmp_path):
     result = run_script(
         "bench_optimizer_step.py",

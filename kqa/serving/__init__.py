@@ -3,6 +3,8 @@
 - `kqa.serving.settings`: `ServerLimits` and `BatchingSettings`, plain dataclasses (the flags' defaults),
 - `kqa.serving.schemas`: request and response bodies, errors (a bounded 4xx naming the field),
 - `kqa.serving.batching`: the micro-batcher that gathers questions of concurrent requests,
+- `kqa.serving.limits`: the body cap (a 413 as soon as a body passes `max_body_bytes`, chunked or not),
+- `kqa.serving.errors`: the error handlers (every error is `{"error": {...}}`; nothing is kept after it),
 - `kqa.serving.app`: the FastAPI application and `serve`,
 - `kqa.serving.harness`: a server in a child process, for tests and benchmarks.
 
@@ -15,7 +17,7 @@ import importlib
 
 _EXPORTS = {
     "create_app": "kqa.serving.app",
-    "max_body_bytes": "kqa.serving.app",
+    "max_body_bytes": "kqa.serving.settings",
     "serve": "kqa.serving.app",
     "MicroBatcher": "kqa.serving.batching",
     "ServerProcess": "kqa.serving.harness",

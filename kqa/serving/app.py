@@ -9,7 +9,8 @@ Endpoints (docs/serving.md has examples):
 - `POST /v1/answer/batch` — `{"questions": [{question, context, ...}, ...]}` → `{"results": [...]}`,
 - `POST /v1/ask` — with `--index`: `{"question"}` → retrieve passages of the index, read them →
   `{"question", "answers": [...], "passages": [...]}` (kqa.retrieval.RetrieveAndRead),
-- `GET /health` — model directory, uptime, queue and batching counters, limits, server memory,
+- `GET /health` — model directory, uptime, queue and batching counters, limits, server memory
+  (`HEAD /health`: a 200 without a body, for health checkers),
 - `GET /` — a page to ask questions in the browser (kqa/serving/static/index.html, no CDN),
 - `GET /docs`, `GET /openapi.json` — FastAPI's Swagger UI and the OpenAPI schema.
 
@@ -21,26 +22,26 @@ change the post-processing (`handle_impossible_answer`, `null_score_diff_thresho
 the model's `n_best_size`) run in the same batch only with questions that share those settings, so an
 answer is exactly what the same question alone would get.
 
-Bad input is a 4xx with `{"error": {"type", "field", "message", ...}}`; an unexpected failure is a
-500 whose `error.id` is also in the server log. Nothing a client sends stops the server."""
+Bad input is a 4xx with `{"error": {"type", "field", "message", ...}}` (kqa.serving.errors); a body
+over `max_body_bytes` is a 413 as soon as it passes the limit, chunked or not (kqa.serving.limits);
+an unexpected failure is a 500 whose `error.id` is also in the server log. Nothing a client sends
+stops the server."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, Response
 
 from kqa.serving.batching import MicroBatcher
+from kqa.serving.errors import ERROR_RESPONSES, add_error_handlers, internal_error
+from kqa.serving.limits import BodyLimit
 from kqa.serving.schemas import (
     AnswersOut,
     ApiError,
@@ -50,7 +51,9 @@ from kqa.serving.schemas import (
     BatchOut,
     ErrorOut,
     QuestionIn,
-    _validation_error,
+    batch_model,
+    check_ask,
+    check_question,
 )
 from kqa.serving.settings import BatchingSettings, ServerLimits
 
@@ -62,36 +65,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # --------------------------------------------------------------------------------------------------
 # The application
 # --------------------------------------------------------------------------------------------------
-
-
-class _BodyLimit:
-    """ASGI middleware: a request whose Content-Length exceeds `max_bytes` is a 413 before its body is
-    read (the per-field limits come after parsing; this keeps a huge body from being parsed at all)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    error = ApiError(
-                        413,
-                        "invalid_request",
-                        f"the request body has {int(value)} bytes (the limit is {self.max_bytes})",
-                        "body",
-                        problem="too_large",
-                        limit=self.max_bytes,
-                    )
-                    await error.response()(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-def max_body_bytes(limits: ServerLimits) -> int:
-    """The largest body a valid request can need: every question and context at its limit, 4 bytes
-    per character (UTF-8), JSON escapes aside, plus 64 KiB for keys and numbers."""
-    return 4 * limits.max_batch_questions * (limits.max_context_chars + limits.max_question_chars) + 65_536
 
 
 def _rss_kib(pid: int | str = "self") -> dict[str, int | None]:
@@ -106,67 +79,6 @@ def _rss_kib(pid: int | str = "self") -> dict[str, int | None]:
     except OSError:
         pass
     return values
-
-
-def _check_text(value: str, where: str, limit: int) -> None:
-    """A string field: not blank, at most `limit` characters, encodable as UTF-8 (no lone surrogates)."""
-    from kqa.text import blank_problem, check_text
-
-    if problem := blank_problem(value):
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"field '{where}' is {problem}",
-            where,
-            problem="empty",
-        )
-    if len(value) > limit:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"field '{where}' is too long: {len(value)} characters (the limit is {limit})",
-            where,
-            problem="too_long",
-            limit=limit,
-        )
-    try:
-        check_text(value, f"field '{where}'")
-    except ValueError as err:
-        raise ApiError(422, "invalid_request", str(err), where, problem="not_encodable") from None
-
-
-def _check_range(value: int, where: str, limit: int) -> None:
-    if not 1 <= value <= limit:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"field '{where}' must be between 1 and {limit}, got {value}",
-            where,
-            problem="out_of_range",
-            limit=limit,
-        )
-
-
-def _check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
-    """What the JSON schema cannot say: non-blank text, encodable text, the configured limits."""
-    _check_text(q.question, f"{prefix}question", limits.max_question_chars)
-    _check_text(q.context, f"{prefix}context", limits.max_context_chars)
-    _check_range(q.top_k, f"{prefix}top_k", limits.max_top_k)
-    if q.null_score_diff_threshold is not None and not math.isfinite(q.null_score_diff_threshold):
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"field '{prefix}null_score_diff_threshold' must be a finite number",
-            f"{prefix}null_score_diff_threshold",
-            problem="not_finite",
-        )
-
-
-def _check_ask(body: AskIn, limits: ServerLimits) -> None:
-    _check_text(body.question, "question", limits.max_question_chars)
-    _check_range(body.top_k, "top_k", limits.max_top_k)
-    if body.passages is not None:
-        _check_range(body.passages, "passages", limits.max_passages)
 
 
 @dataclass
@@ -184,14 +96,6 @@ def _index_summary(retriever, index_dir) -> dict:
         "analyzer": retriever.settings.analyzer,
         "embedder": retriever.embedder.name if retriever.dense is not None else None,
     }
-
-
-ERROR_RESPONSES = {
-    400: {"model": ErrorOut, "description": "the body is not valid JSON"},
-    422: {"model": ErrorOut, "description": "a field is missing, of the wrong type, empty or over a limit"},
-    500: {"model": ErrorOut, "description": "internal error (its id is in the server log)"},
-    503: {"model": ErrorOut, "description": "too many questions waiting"},
-}
 
 
 def create_app(
@@ -220,8 +124,8 @@ def create_app(
         "(Unicode code points) into the context as sent.",
     )
     app.state.batcher = batcher
-    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes(limits))
-    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    add_error_handlers(app)
     _add_answer_routes(app, batcher, limits)
     ask_stats = _add_ask_route(app, batcher, pipeline, limits)
     _add_health_and_page(app, qa, model_dir, batcher, limits, pipeline, index_dir, ask_stats)
@@ -268,36 +172,6 @@ def _lifespan(batcher: MicroBatcher, pipeline, model_dir, index_dir):
     return lifespan
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error is `{"error": {...}}`: ours, pydantic's (422 naming the field), Starlette's, and any
-    other exception (a 500 whose id is in the log)."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        return _validation_error(exc).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400:  # Starlette could not read the body (e.g. bytes that are not UTF-8)
-            return ApiError(
-                400,
-                "invalid_request",
-                f"the request body could not be read as JSON: {exc.detail}",
-                "body",
-                problem="json_invalid",
-            ).response()
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ApiError(exc.status_code, kind, str(exc.detail)).response()
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        return _internal_error(exc, f"{request.method} {request.url.path}").response()
-
-
 def _add_answer_routes(app: FastAPI, batcher: MicroBatcher, limits: ServerLimits) -> None:
     """`POST /v1/answer` and `POST /v1/answer/batch`, both through the micro-batcher."""
 
@@ -308,7 +182,7 @@ def _add_answer_routes(app: FastAPI, batcher: MicroBatcher, limits: ServerLimits
             raise
         except Exception as err:  # noqa: BLE001
             batcher.stats.errors += 1
-            raise _internal_error(err, "model call") from None
+            raise internal_error(err, "model call") from None
 
     @app.post(
         "/v1/answer",
@@ -317,16 +191,10 @@ def _add_answer_routes(app: FastAPI, batcher: MicroBatcher, limits: ServerLimits
         summary="answer one question from its context",
     )
     async def answer(body: QuestionIn) -> dict:
-        _check_question(body, "", limits)
+        check_question(body, "", limits)
         (answers,) = await _answer([body])
         return {"answers": answers}
 
-    @app.post(
-        "/v1/answer/batch",
-        response_model=BatchOut,
-        responses=ERROR_RESPONSES,
-        summary="answer several questions, each with its own context, in order",
-    )
     async def answer_batch(body: BatchIn) -> dict:
         if not body.questions:
             raise ApiError(
@@ -336,19 +204,20 @@ def _add_answer_routes(app: FastAPI, batcher: MicroBatcher, limits: ServerLimits
                 "questions",
                 problem="empty",
             )
-        if len(body.questions) > limits.max_batch_questions:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"field 'questions' has {len(body.questions)} questions (the limit is {limits.max_batch_questions})",
-                "questions",
-                problem="too_long",
-                limit=limits.max_batch_questions,
-            )
         for i, q in enumerate(body.questions):
-            _check_question(q, f"questions[{i}].", limits)
+            check_question(q, f"questions[{i}].", limits)
         results = await _answer(body.questions)
         return {"results": [{"answers": a} for a in results]}
+
+    # This server's max_batch_questions is part of the body's model (max_length): a longer batch is
+    # refused before any of its entries is validated (100,000 entries: one problem, not 200,000).
+    answer_batch.__annotations__["body"] = batch_model(limits.max_batch_questions)
+    app.post(
+        "/v1/answer/batch",
+        response_model=BatchOut,
+        responses=ERROR_RESPONSES,
+        summary="answer several questions, each with its own context, in order",
+    )(answer_batch)
 
 
 def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: ServerLimits) -> AskStats:
@@ -369,7 +238,7 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
                 "this server was started without --index: /v1/ask needs a retrieval "
                 "index (kqa index …, then kqa serve --model MODEL --index INDEX)",
             )
-        _check_ask(body, limits)
+        check_ask(body, limits)
         ask_stats.requests += 1
         loop = asyncio.get_running_loop()
         try:
@@ -379,7 +248,7 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
             )
         except Exception as err:  # noqa: BLE001
             ask_stats.errors += 1
-            raise _internal_error(err, "retrieve and read") from None
+            raise internal_error(err, "retrieve and read") from None
         return result.to_dict(with_passages=True)
 
     return ask_stats
@@ -402,7 +271,7 @@ def _add_health_and_page(
             "pid": os.getpid(),
             "queue": {"waiting": batcher.waiting, "in_flight": batcher.in_flight, **asdict(batcher.stats)},
             "batching": asdict(batcher.settings),
-            "limits": {**asdict(limits), "max_body_bytes": max_body_bytes(limits)},
+            "limits": {**asdict(limits), "max_body_bytes": limits.max_body_bytes},
             "index": None
             if pipeline is None
             else {
@@ -413,15 +282,14 @@ def _add_health_and_page(
             "memory": _rss_kib(),
         }
 
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        # Health checkers (load balancers, uptime monitors) often ask with HEAD: alive, no body.
+        return Response(status_code=200, media_type="application/json")
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
-
-
-def _internal_error(err: BaseException, where: str) -> ApiError:
-    error_id = uuid.uuid4().hex[:12]
-    logger.error("internal error %s in %s: %s", error_id, where, err, exc_info=(type(err), err, err.__traceback__))
-    return ApiError(500, "internal", f"internal error (id {error_id}); the server log has the details", id=error_id)
 
 
 def _version() -> str:

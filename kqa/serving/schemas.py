@@ -9,19 +9,19 @@ from typing import Any, Optional
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from kqa.serving.settings import ServerLimits
 
 logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
+
+MAX_LISTED_ERRORS = 10  # problems an error reply lists; `errors_total` counts them all
+MAX_NAME_CHARS = 100  # a field name longer than this (an unknown field) is cut in the reply
 
 
 class ApiError(Exception):
@@ -36,12 +36,22 @@ class ApiError(Exception):
         return JSONResponse({"error": body}, status_code=self.status)
 
 
+def _printable_name(part: str) -> str:
+    """A key as the reply can show it: a lone surrogate as its JSON escape (it cannot be encoded as
+    UTF-8, so it cannot be sent back), at most MAX_NAME_CHARS characters."""
+    part = part.encode("utf-8", "backslashreplace").decode("utf-8")
+    return part if len(part) <= MAX_NAME_CHARS else part[:MAX_NAME_CHARS] + "…"
+
+
 def _field_name(loc: tuple) -> str:
     """("body", "questions", 3, "context") → "questions[3].context"; the body itself → "body"."""
     parts = list(loc[1:] if loc and loc[0] == "body" else loc)
     name = ""
     for part in parts:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{_printable_name(str(part))}" if name else _printable_name(str(part))
     return name or "body"
 
 
@@ -63,32 +73,54 @@ _PROBLEMS = {  # pydantic error type → wording of the problem
 }
 
 
+def _problem(err: dict) -> dict:
+    """One pydantic error as `{"field", "problem", "message"}` (and `limit` where one was passed)."""
+    from kqa.text import check_text
+
+    kind = err.get("type", "invalid")
+    loc, ctx = tuple(err.get("loc", ())), err.get("ctx") or {}
+    if kind == "json_invalid":
+        detail = f": {ctx['error']}" if ctx.get("error") else ""
+        return {"field": "body", "problem": "json_invalid", "message": f"the request body is not valid JSON{detail}"}
+    if kind == "string_unicode" and isinstance(err.get("input"), str):
+        # A key pydantic cannot read: its loc is the object, its input the key (values are checked
+        # after validation, by _check_text, with the same wording).
+        name = _field_name(loc + (err["input"],))
+        try:
+            check_text(err["input"], f"the name of field '{name}'")
+        except ValueError as problem:
+            return {"field": name, "problem": "not_encodable", "message": str(problem)}
+    name = _field_name(loc)
+    if name == "body" and kind in ("missing", "model_attributes_type", "model_type", "dict_type"):
+        message = "the request body must be a JSON object, sent with content-type: application/json"
+        return {"field": name, "problem": kind, "message": message}
+    if kind == "too_long" and "max_length" in ctx:
+        message = f"field '{name}' has {ctx.get('actual_length')} entries (the limit is {ctx['max_length']})"
+        return {"field": name, "problem": kind, "message": message, "limit": ctx["max_length"]}
+    wording = _PROBLEMS.get(kind)
+    message = f"field '{name}' {wording}" if wording else f"field '{name}': {err.get('msg', 'invalid value')}"
+    return {"field": name, "problem": kind, "message": message}
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
-    errors = []
-    for err in exc.errors():
-        kind = err.get("type", "invalid")
-        name = _field_name(tuple(err.get("loc", ())))
-        if kind == "json_invalid":
-            detail = (err.get("ctx") or {}).get("error", "")
-            errors.append(
-                {
-                    "field": "body",
-                    "problem": "json_invalid",
-                    "message": f"the request body is not valid JSON{': ' + detail if detail else ''}",
-                }
-            )
-            continue
-        wording = _PROBLEMS.get(kind)
-        message = f"field '{name}' {wording}" if wording else f"field '{name}': {err.get('msg', 'invalid value')}"
-        if name == "body" and kind in ("missing", "model_attributes_type", "model_type", "dict_type"):
-            message = "the request body must be a JSON object, sent with content-type: application/json"
-        errors.append({"field": name, "problem": kind, "message": message})
-    if not errors:
-        errors.append({"field": "body", "problem": "invalid", "message": "invalid request"})
+    """The first MAX_LISTED_ERRORS problems, the first of them at the top, and how many there are: a
+    small request can have many (20,000 unknown fields), its reply stays small."""
+    found = exc.errors()
+    errors = [_problem(err) for err in found[:MAX_LISTED_ERRORS]] or [
+        {"field": "body", "problem": "invalid", "message": "invalid request"}
+    ]
     first = errors[0]
     status = 400 if first["problem"] == "json_invalid" else 422
+    limit = {"limit": first["limit"]} if "limit" in first else {}
     return ApiError(
-        status, "invalid_request", first["message"], first["field"], problem=first["problem"], errors=errors
+        status,
+        "invalid_request",
+        first["message"],
+        first["field"],
+        problem=first["problem"],
+        **limit,
+        errors=errors,
+        errors_total=max(len(found), 1),
     )
 
 
@@ -129,6 +161,19 @@ class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     questions: list[QuestionIn] = Field(description="1 … max_batch_questions questions, answered in order")
+
+
+def batch_model(max_questions: int) -> type[BatchIn]:
+    """`BatchIn` with a server's `max_batch_questions` as the length limit of `questions`: pydantic
+    checks a list's length before its entries, and the OpenAPI schema shows the limit (maxItems)."""
+    return create_model(
+        "BatchIn",
+        __base__=BatchIn,
+        questions=(
+            list[QuestionIn],
+            Field(max_length=max_questions, description=f"1 … {max_questions} questions, answered in order"),
+        ),
+    )
 
 
 class AskIn(BaseModel):
@@ -205,7 +250,10 @@ class ErrorBody(BaseModel):
     field: Optional[str] = None
     message: str
     problem: Optional[str] = Field(None, description="missing, string_type, empty, too_long, json_invalid, …")
-    errors: Optional[list[dict]] = Field(None, description="every problem found, each with field and message")
+    errors: Optional[list[dict]] = Field(
+        None, description=f"the first {MAX_LISTED_ERRORS} problems found, each with field, problem and message"
+    )
+    errors_total: Optional[int] = Field(None, description="how many problems were found (errors lists the first)")
     limit: Optional[int] = Field(None, description="the limit that was exceeded")
     id: Optional[str] = Field(None, description="internal errors: the id under which the server logged it")
 
@@ -223,3 +271,69 @@ def _answer_dict(answer) -> dict:
         "score": score if math.isfinite(score) else None,
         "probability": float(answer.probability),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# What the JSON schema cannot say: non-blank, encodable text, the configured limits
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_text(value: str, where: str, limit: int) -> None:
+    """A string field: not blank, at most `limit` characters, encodable as UTF-8 (no lone surrogates)."""
+    from kqa.text import blank_problem, check_text
+
+    if problem := blank_problem(value):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' is {problem}",
+            where,
+            problem="empty",
+        )
+    if len(value) > limit:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' is too long: {len(value)} characters (the limit is {limit})",
+            where,
+            problem="too_long",
+            limit=limit,
+        )
+    try:
+        check_text(value, f"field '{where}'")
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", str(err), where, problem="not_encodable") from None
+
+
+def _check_range(value: int, where: str, limit: int) -> None:
+    if not 1 <= value <= limit:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{where}' must be between 1 and {limit}, got {value}",
+            where,
+            problem="out_of_range",
+            limit=limit,
+        )
+
+
+def check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
+    """What the JSON schema cannot say: non-blank text, encodable text, the configured limits."""
+    _check_text(q.question, f"{prefix}question", limits.max_question_chars)
+    _check_text(q.context, f"{prefix}context", limits.max_context_chars)
+    _check_range(q.top_k, f"{prefix}top_k", limits.max_top_k)
+    if q.null_score_diff_threshold is not None and not math.isfinite(q.null_score_diff_threshold):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field '{prefix}null_score_diff_threshold' must be a finite number",
+            f"{prefix}null_score_diff_threshold",
+            problem="not_finite",
+        )
+
+
+def check_ask(body: AskIn, limits: ServerLimits) -> None:
+    _check_text(body.question, "question", limits.max_question_chars)
+    _check_range(body.top_k, "top_k", limits.max_top_k)
+    if body.passages is not None:
+        _check_range(body.passages, "passages", limits.max_passages)

@@ -22,6 +22,18 @@ class ServerLimits:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body accepted (a larger one is a 413, also when it is sent chunked): what a
+        valid request can need, every question and context at its limit, 4 bytes per character (UTF-8),
+        JSON escapes aside, plus 64 KiB for keys and numbers."""
+        return 4 * self.max_batch_questions * (self.max_context_chars + self.max_question_chars) + 65_536
+
+
+def max_body_bytes(limits: ServerLimits) -> int:
+    """`limits.max_body_bytes` (the function form `kqa.serving` has always exported)."""
+    return limits.max_body_bytes
+
 
 @dataclass(frozen=True)
 class BatchingSettings:
