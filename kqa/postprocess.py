@@ -82,7 +82,10 @@ class PostprocessConfig:
         if int(self.max_answer_length) < 1:
             raise ValueError(f"max_answer_length must be >= 1, got {self.max_answer_length}")
         if self.answer_boundaries not in BOUNDARY_MODES:
-            raise ValueError(f"answer_boundaries must be one of {list(BOUNDARY_MODES)}, got {self.answer_boundaries!r}")
+            hint = ' (YAML reads a bare off as false: write "off")' if isinstance(self.answer_boundaries, bool) else ""
+            raise ValueError(
+                f"answer_boundaries must be one of {list(BOUNDARY_MODES)}, got {self.answer_boundaries!r}{hint}"
+            )
 
 
 @dataclass(slots=True)
