@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -341,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.inputs in ("both", "datasets"):
         inputs["datasets"] = as_datasets(examples, features, args.seed)
     setup_s = time.perf_counter() - t0
-    config = PostprocessConfig(n_best_size=args.n_best, max_answer_length=args.max_answer_length)
+    # Rules 1-6, which the reference implements (Korean answer boundaries: benchmarks/bench_boundaries.py).
+    settings = {"n_best_size": args.n_best, "max_answer_length": args.max_answer_length, "answer_boundaries": "off"}
+    config = PostprocessConfig(**settings)
 
     rows = []
     for kind, (ex_in, feat_in) in inputs.items():
@@ -361,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_reference:
             assert_same(ours, reference)
         for name, module in variants:
-            variant_config = module.PostprocessConfig(n_best_size=args.n_best, max_answer_length=args.max_answer_length)
+            known = {f.name for f in dataclasses.fields(module.PostprocessConfig)}  # a copy may predate a setting
+            variant_config = module.PostprocessConfig(**{k: v for k, v in settings.items() if k in known})
             times, theirs = common.time_calls(
                 lambda: module.decode_answers(ex_in, feat_in, start_logits, end_logits, variant_config), args.repeat
             )

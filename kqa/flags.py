@@ -86,14 +86,18 @@ def add_prediction_override_flags(parser: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
+    from kqa.boundaries import BOUNDARY_MODES
     from kqa.prediction import OVERRIDABLE_SETTINGS, SETTING_SECTIONS
 
     types = {}
     for section in SETTING_SECTIONS.values():
         hints = typing.get_type_hints(section)
         types.update({f.name: hints[f.name] for f in dataclasses.fields(section)})
+    choices = {"answer_boundaries": BOUNDARY_MODES}
     for name in OVERRIDABLE_SETTINGS:
-        parser.add_argument(f"--{name}", type=types[name], help="default: as saved with the model")
+        parser.add_argument(
+            f"--{name}", type=types[name], choices=choices.get(name), help="default: as saved with the model"
+        )
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:

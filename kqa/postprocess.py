@@ -20,6 +20,10 @@ Per example:
 4. Sort by score descending, equal scores by character start, then character end. The first
    `n_best_size` spans are the n-best list, the first of them the answer. `probability` is a softmax
    over the n-best scores.
+5. With `answer_boundaries="korean"` every n-best span's edges move off Korean particles
+   (`kqa.boundaries`: 「1446년에」 → 「1446년」, offsets still into the given context), and spans that
+   become identical merge into the first (best) of them, which keeps its score and logits and takes the
+   sum of their probabilities; the list may then be shorter than `n_best_size`.
 
 SQuAD 2.0 (``version_2_with_negative``): a window's null score is `start_logit[c] + end_logit[c]`, `c` its
 `cls_index` (a column the features must then have); the example's null score is the minimum over its
@@ -50,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from kqa.boundaries import BOUNDARY_MODES, adjust_spans
 from kqa.span_search import RankedSpans, rank_candidates, window_candidates
 
 logger = logging.getLogger("kqa.postprocess")
@@ -68,12 +73,19 @@ class PostprocessConfig:
     """SQuAD 2.0 style: the model may answer "" (no answer) via the CLS token's score."""
     null_score_diff_threshold: float = 0.0
     """Predict "" when null_score - best_span_score is greater than this."""
+    answer_boundaries: str = "korean"
+    """"korean": move every n-best span's edges off Korean particles (`kqa.boundaries`, rule 5); "off": not."""
 
     def __post_init__(self) -> None:
         if int(self.n_best_size) < 1:
             raise ValueError(f"n_best_size must be >= 1, got {self.n_best_size}")
         if int(self.max_answer_length) < 1:
             raise ValueError(f"max_answer_length must be >= 1, got {self.max_answer_length}")
+        if self.answer_boundaries not in BOUNDARY_MODES:
+            hint = ' (YAML reads a bare off as false: write "off")' if isinstance(self.answer_boundaries, bool) else ""
+            raise ValueError(
+                f"answer_boundaries must be one of {list(BOUNDARY_MODES)}, got {self.answer_boundaries!r}{hint}"
+            )
 
 
 @dataclass(slots=True)
@@ -221,6 +233,8 @@ def decode_answers_with_report(
     candidates = [np.concatenate(column) for column in zip(*parts)]
     bounds, ranked = rank_candidates(*candidates, feature_example, context_lengths, null_scores, config.n_best_size)
     spans = _span_predictions(ranked, contexts)
+    if config.answer_boundaries == "korean":
+        spans, bounds = adjust_spans(spans, bounds, contexts)
     has_window = np.bincount(feature_example, minlength=num_examples) > 0
     return _choose_answers(ids, bounds, spans, null_scores, has_window, num_features, config)
 

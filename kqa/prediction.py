@@ -34,7 +34,14 @@ LOGIT_PAD_VALUE = -1e4
 # The sections of the saved settings (kqa_config.json) and of TrainConfig: one dataclass each.
 SETTING_SECTIONS = {"features": FeatureConfig, "postprocess": PostprocessConfig}
 # The flat settings a user may override when loading a model (flags of `kqa predict`, `evaluate.py`).
-OVERRIDABLE_SETTINGS = ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
+OVERRIDABLE_SETTINGS = (
+    "max_seq_length",
+    "doc_stride",
+    "max_query_length",
+    "n_best_size",
+    "max_answer_length",
+    "answer_boundaries",
+)
 # Windows per forward pass: evaluation (training's, evaluate.py) and answering (QuestionAnswerer, kqa
 # predict / serve / ask). Evaluation has no latency to keep, so it batches more.
 EVAL_BATCH_SIZE = 64

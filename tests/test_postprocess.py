@@ -3,6 +3,7 @@ hand-made cases, awkward windows, error handling and the prediction files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -110,6 +111,8 @@ def assert_matches_reference(predictions: dict[str, ExamplePrediction], expected
 
 
 def check(examples, features, start, end, config, context=""):
+    """decode_answers against the reference of rules 1-4 (rule 5, answer_boundaries, is tests/test_boundaries.py's)."""
+    config = dataclasses.replace(config, answer_boundaries="off")
     predictions = decode_answers(examples, features, start, end, config)
     assert_matches_reference(predictions, reference_postprocess(examples, features, start, end, config), context)
     for prediction, example in zip(predictions.values(), examples):
@@ -447,7 +450,8 @@ def test_korean_text_comes_back_as_a_context_slice_without_wordpiece_artefacts(t
 def test_version_2_null_answer_follows_the_threshold():
     # CLS (position 0) scores 3 + 3 = 6; the best span 수도 scores 2.5 + 2.5 = 5.
     examples, features, start, end = one_window({0: 3.0, 8: 2.5}, {0: 3.0, 8: 2.5})
-    null_wins = decode_answers(examples, features, start, end, PostprocessConfig(version_2_with_negative=True))["a"]
+    config = PostprocessConfig(version_2_with_negative=True, answer_boundaries="off")  # rule 4's softmax as it is
+    null_wins = decode_answers(examples, features, start, end, config)["a"]
     assert (null_wins.text, null_wins.start, null_wins.end, null_wins.score) == ("", 0, 0, 6.0)
     assert null_wins.null_score == 6.0 and null_wins.nbest[0].text == "수도"
     assert null_wins.null_odds == pytest.approx(1.0)
@@ -577,7 +581,7 @@ def test_float16_logits_and_wide_padding_are_accepted():
 def test_equal_logits_give_a_deterministic_documented_order():
     # All logits equal: top-n keeps the lowest token indices; equal scores sort by character offsets.
     examples, features, start, end = one_window({}, {})
-    config = PostprocessConfig(n_best_size=3, max_answer_length=2)
+    config = PostprocessConfig(n_best_size=3, max_answer_length=2, answer_boundaries="off")
     prediction = decode_answers(examples, features, start, end, config)["a"]
     # Context tokens 4, 5, 6 (서울, 은, 한국) are the top 3 starts and ends.
     assert [(s.start, s.end) for s in prediction.nbest] == [(0, 2), (0, 3), (2, 3)]

@@ -96,6 +96,10 @@ class QuestionAnswerer:
         self.settings = settings or PredictionSettings()
         self.batch_size = batch_size
         self.backend = backend or ("onnx" if isinstance(model, OnnxQuestionAnsweringModel) else "torch")
+        if self.settings.postprocess.answer_boundaries == "korean":
+            from kqa.boundaries import warm_up
+
+            warm_up()  # Kiwi loads here, not on the first question
 
     @classmethod
     def from_pretrained(
