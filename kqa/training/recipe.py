@@ -226,11 +226,9 @@ class QATrainingRecipe:
         for eval_set, loader in zip(self.eval_sets, prepared[4:]):
             eval_set.dataloader = loader
         if self.config.compile:
-            # In place (nn.Module.compile), after prepare: the compiled graph holds Accelerate's autocast
-            # and, under DDP, the wrapper, so dynamo splits it at gradient buckets and all-reduce overlaps
-            # the backward. torch.compile(model) or Accelerate's dynamo_backend would instead return a
-            # wrapper whose state_dict keys start with `_orig_mod.` (unwrap_model keeps it by default),
-            # which checkpoints would then save.
+            # After prepare, so the graph holds Accelerate's autocast and the DDP wrapper (dynamo splits at gradient
+            # buckets: all-reduce overlaps the backward); in place, as torch.compile(model) and Accelerate's
+            # dynamo_backend return a wrapper whose `_orig_mod.` keys unwrap_model keeps and checkpoints would save.
             prepared[0].compile()
         if self.config.report_to != "none":
             start_trackers(acc, self.config)
