@@ -41,6 +41,7 @@ Run it on an otherwise idle machine: a concurrent CPU job slows the runs unevenl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -111,7 +112,9 @@ class BatchRecorder:
         self.padded: list[int] = []
         self.non_pad: list[int] = []
         self._cuda = torch.cuda.is_available()
-        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        # A compiled model traces its hooks: this one reads the clock and syncs, so it stays out of the graph
+        # (one graph break before the forward, which then compiles whole).
+        self._handle = module.register_forward_pre_hook(torch.compiler.disable(self._hook), with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         if not module.training:
@@ -140,6 +143,8 @@ class Run:
     attention_dropout: float | None  # read from the model the run trained
     sampler: str  # the class that ordered its training batches
     optim: str | None = None
+    peak_memory_mib: float | None = None  # the device's peak allocated memory during train() (CUDA only)
+    compiled: bool = False  # the model ran through torch.compile
 
 
 def non_embedding_parameters(model) -> int:
@@ -156,16 +161,18 @@ def summarise(
     steps: int,
     n_params: int,
     peak_tflops: float | None,
+    warmup_steps: int = 1,
 ) -> dict:
     recorder = run.recorder
     if len(recorder.times) != steps:
         raise RuntimeError(f"{name}: expected {steps} training forward passes, saw {len(recorder.times)}")
-    # Steady state: steps 2..N-1, from the start of step 2 to the start of step N. The first step warms
-    # up allocators and kernels; after the last one each loop does its end-of-training work.
-    steady_steps = steps - 2
-    steady_s = recorder.times[-1] - recorder.times[1]
-    padded = sum(recorder.padded[1:-1])
-    non_pad = sum(recorder.non_pad[1:-1])
+    # Steady state: steps W+1..N-1, from the start of step W+1 to the start of step N. The first W steps
+    # warm up allocators and kernels (and compile, with --compile); after the last one each loop does its
+    # end-of-training work.
+    steady_steps = steps - 1 - warmup_steps
+    steady_s = recorder.times[-1] - recorder.times[warmup_steps]
+    padded = sum(recorder.padded[warmup_steps:-1])
+    non_pad = sum(recorder.non_pad[warmup_steps:-1])
     flops = 6.0 * n_params * padded
     row = {
         "recipe": name,
@@ -184,6 +191,8 @@ def summarise(
         "tokens_non_pad_total": sum(recorder.non_pad),
         "tokens_padded_total": sum(recorder.padded),
         "model_tflops_per_s": flops / steady_s / 1e12,
+        "peak_memory_mib": run.peak_memory_mib,
+        "compiled": run.compiled,
     }
     row["mfu"] = row["model_tflops_per_s"] / peak_tflops if peak_tflops else None
     return row
@@ -342,6 +351,7 @@ def setup_kqa(args, model_dir: Path, train_files: list[Path], work: Path):
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
         mixed_precision="bf16" if args.bf16 else "no",
+        compile=args.compile,
         seed=args.seed,
         eval_strategy="no",
         save_strategy="no",
@@ -350,7 +360,8 @@ def setup_kqa(args, model_dir: Path, train_files: list[Path], work: Path):
         disable_tqdm=True,
         output_dir=str(work / "kqa-run"),
     )
-    recipe = QATrainingRecipe(config).setup()
+    with default_compile_backend(args.compile and args.compile_backend):  # setup() compiles
+        recipe = QATrainingRecipe(config).setup()
     model = recipe.accelerator.unwrap_model(recipe.model)
     initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return recipe, initial
@@ -371,12 +382,14 @@ def train_kqa(recipe) -> Run:
     model = recipe.accelerator.unwrap_model(recipe.model)
     sampler = type(prepared_sampler(recipe.train_dataloader)).__name__
     recorder = BatchRecorder(model)
+    reset_peak_memory()
     t0 = time.perf_counter()
     recipe.train()
     synchronize()
     end = time.perf_counter()
     recorder.remove()
-    return Run(recorder, end - t0, attention_dropout_of(model.config), sampler)
+    compiled = getattr(recipe.model, "_compiled_call_impl", None) is not None
+    return Run(recorder, end - t0, attention_dropout_of(model.config), sampler, None, peak_memory_mib(), compiled)
 
 
 def group_by_length_arguments(training_arguments_class) -> dict:
@@ -430,12 +443,15 @@ def run_trainer(
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        torch_compile=args.compile,
+        torch_compile_backend=args.compile_backend if args.compile else None,
         **(group_by_length_arguments(TrainingArguments) if grouped else {}),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     trainer.remove_callback(PrinterCallback)  # no metrics print-out in the middle of the table
     sampler = trainer_sampler(trainer, grouped)
     recorder = BatchRecorder(model)
+    reset_peak_memory()
     t0 = time.perf_counter()
     trainer.train()
     synchronize()
@@ -447,6 +463,8 @@ def run_trainer(
         attention_dropout_of(model.config),
         sampler,
         str(getattr(training_args.optim, "value", training_args.optim)),
+        peak_memory_mib(),
+        type(trainer.model_wrapped).__name__ == "OptimizedModule",  # what accelerate's dynamo plugin returns
     )
 
 
@@ -455,6 +473,42 @@ def synchronize() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+@contextlib.contextmanager
+def default_compile_backend(backend: str | bool):
+    """kqa's `compile: true` calls nn.Module.compile() with torch's default backend (inductor); a smoke run on
+    the CPU asks for a cheaper one (--compile-backend aot_eager: the same graph capture without inductor's
+    C++ code generation, which takes minutes there). A no-op for inductor or without --compile."""
+    import torch
+
+    if not backend or backend == "inductor":
+        yield
+        return
+    original = torch.nn.Module.compile
+
+    def compile_with_backend(self, *args, **kwargs):
+        kwargs.setdefault("backend", backend)
+        return original(self, *args, **kwargs)
+
+    torch.nn.Module.compile = compile_with_backend
+    try:
+        yield
+    finally:
+        torch.nn.Module.compile = original
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="klue/bert-base's shape (vocab 32000, hidden 768, 12 layers, 12 heads); random weights",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision in every run (a GPU)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every run: kqa's `compile: true`, Trainer's torch_compile (raise --warmup-steps)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend with --compile (aot_eager: graph capture only, for a CPU smoke run)",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=1,
+        help="untimed first steps of every run (warm-up; with --compile, the compilations)",
+    )
     parser.add_argument(
         "--peak-tflops",
         type=float,
@@ -584,7 +654,17 @@ def train_all(args, train_files: list[Path], work: Path) -> dict:
         run = run_trainer(args, model_dir, dataset, collator, initial, work, RECIPES[key], grouped=key == "grouped")
         optim = run.optim
         rows.append(
-            summarise(RECIPES[key], features, padding, run, args.batch_size, args.steps, n_params, args.peak_tflops)
+            summarise(
+                RECIPES[key],
+                features,
+                padding,
+                run,
+                args.batch_size,
+                args.steps,
+                n_params,
+                args.peak_tflops,
+                args.warmup_steps,
+            )
         )
     if "kqa" in args.recipes:
         rows.append(
@@ -597,6 +677,7 @@ def train_all(args, train_files: list[Path], work: Path) -> dict:
                 args.steps,
                 n_params,
                 args.peak_tflops,
+                args.warmup_steps,
             )
         )
     return {
@@ -718,8 +799,8 @@ def warn_unrepresentative(rows: list[dict], mean_window_tokens: float, tolerance
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.steps < 3:
-        parser.error("--steps must be at least 3 (throughput is measured over steps 2..N-1)")
+    if args.warmup_steps < 1 or args.steps < args.warmup_steps + 2:
+        parser.error("--steps must be at least --warmup-steps + 2 (>= 1): throughput is measured over steps W+1..N-1")
     main_config = resolve_settings(args, parser)
     train_files = training_files(args, main_config)
 

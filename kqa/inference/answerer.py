@@ -84,6 +84,7 @@ class QuestionAnswerer:
         device: str | torch.device | None = None,
         batch_size: int = PREDICT_BATCH_SIZE,
         backend: str | None = None,
+        compile: bool = False,
     ):
         from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
@@ -100,6 +101,12 @@ class QuestionAnswerer:
             from kqa.boundaries import warm_up
 
             warm_up()  # Kiwi loads here, not on the first question
+        if compile:
+            if self.backend != "torch":
+                raise ValueError(f"compile=True needs the torch backend, got {self.backend!r}")
+            # In place: self.model keeps its type and state_dict keys. Each new batch shape compiles once
+            # (dynamic shapes after the second), so the first calls are slow.
+            self.model.compile()
 
     @classmethod
     def from_pretrained(
@@ -113,6 +120,7 @@ class QuestionAnswerer:
         num_threads: int | None = None,
         trust_remote_code: bool = False,
         int8_drift: str = "warn",
+        compile: bool = False,
         **overrides,
     ) -> QuestionAnswerer:
         """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).
@@ -126,7 +134,8 @@ class QuestionAnswerer:
         a directory holding `model.onnx`). `num_threads` sets ONNX Runtime's intra-op threads (default:
         torch's) or, for the torch backends, torch's. `int8_drift`: what to do when an int8 export's probe
         logits differ on this CPU more than where it was exported ("warn", "error" or "ignore";
-        `kqa.inference.runtimes.check_int8_drift`)."""
+        `kqa.inference.runtimes.check_int8_drift`). `compile=True` runs the torch backend's model through
+        `torch.compile` (inductor): worth it for many calls on a GPU, not for a few."""
         from transformers import AutoTokenizer
 
         from kqa.inference.runtimes import check_backend, default_backend, load_model
@@ -144,7 +153,9 @@ class QuestionAnswerer:
             int8_drift=int8_drift,
         )
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, settings=settings, device=device, batch_size=batch_size, backend=backend)
+        return cls(
+            model, tokenizer, settings=settings, device=device, batch_size=batch_size, backend=backend, compile=compile
+        )
 
     def __call__(
         self,

@@ -40,6 +40,10 @@ class TrainConfig:
     """Defaults to model_name_or_path."""
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile the model (inductor) after `accelerator.prepare`, in place: the first steps and each
+    new window length compile (minutes on a GPU for BERT-base), later steps run fused kernels. Checkpoints
+    and best/ / final/ hold the same weights and keys as an eager run's."""
     attention_dropout: str = "auto"
     """Dropout on attention probabilities while training. auto: 0 on CPU, where torch's fused attention
     kernel has no dropout and the unfused path makes a training step up to ~4x slower

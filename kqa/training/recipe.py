@@ -225,6 +225,11 @@ class QATrainingRecipe:
         prepared = acc.prepare(self.model, self.optimizer, self.train_dataloader, self.scheduler, *eval_loaders)
         for eval_set, loader in zip(self.eval_sets, prepared[4:]):
             eval_set.dataloader = loader
+        if self.config.compile:
+            # After prepare, so the graph holds Accelerate's autocast and the DDP wrapper (dynamo splits at gradient
+            # buckets: all-reduce overlaps the backward); in place, as torch.compile(model) and Accelerate's
+            # dynamo_backend return a wrapper whose `_orig_mod.` keys unwrap_model keeps and checkpoints would save.
+            prepared[0].compile()
         if self.config.report_to != "none":
             start_trackers(acc, self.config)
         return prepared[:4]
