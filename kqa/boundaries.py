@@ -30,6 +30,7 @@ still sums to 1 - P(null). The order (score descending) and the chosen answer's 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -72,9 +73,11 @@ HOST_TAGS = frozenset(
 )
 
 
+_KIWI_LOCK = threading.Lock()  # two threads asking first would each load a Kiwi (2 s, 100 MB)
+
+
 @functools.cache
-def kiwi():
-    """The Kiwi analyzer (loaded once per process: about 2 s and 100 MB)."""
+def _load_kiwi():
     try:
         from kiwipiepy import Kiwi
     except ImportError as err:
@@ -82,6 +85,12 @@ def kiwi():
             f"answer_boundaries='korean' needs kiwipiepy ({err}): pip install kiwipiepy, or set answer_boundaries='off'"
         ) from None
     return Kiwi()
+
+
+def kiwi():
+    """The Kiwi analyzer (loaded once per process: about 2 s and 100 MB)."""
+    with _KIWI_LOCK:
+        return _load_kiwi()
 
 
 def warm_up() -> None:

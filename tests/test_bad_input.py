@@ -268,3 +268,16 @@ def test_entry_points_report_bad_input_in_one_line_and_exit_2(tmp_path, command)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert f"{bad}: not UTF-8 text" in proc.stderr
+
+
+def test_make_tiny_model_names_the_record_of_a_squad_file_without_a_context(tmp_path, capsys):
+    """`kqa make-tiny-model --text_from` reads SQuAD files through the corpus reader: a paragraph without
+    a context is an error naming the file and the record (was: a bare KeyError traceback)."""
+    from kqa.cli import main
+
+    doc = {"data": [{"paragraphs": [{"context": CONTEXT, "qas": []}, {"qas": []}]}]}
+    path = squad_file(tmp_path, doc)
+    assert main(["make-tiny-model", "--output_dir", str(tmp_path / "m"), "--text_from", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "kqa make-tiny-model: error:" in err and f"{path}: data[0].paragraphs[1]" in err and "'context'" in err
+    assert not (tmp_path / "m").exists()

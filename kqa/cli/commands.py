@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from kqa.cli.questions import read_questions
-from kqa.squad import paragraph_questions, squad_paragraphs
 
 
 def _load_answerer(args: argparse.Namespace, **settings):
@@ -59,14 +58,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     """A random-init small BERT + WordPiece tokenizer trained on local text: for smoke runs and tests."""
     from kqa.modeling import QuestionAnsweringModel
+    from kqa.offline.vocab import read_corpus_texts
     from kqa.testing import build_wordpiece_tokenizer, tiny_bert_config
-    from kqa.text import read_utf8_text
 
-    texts: list[str] = []
-    for path in args.text_from:
-        for paragraph in squad_paragraphs(json.loads(read_utf8_text(path)), str(path)):
-            texts.append(paragraph.paragraph["context"])
-            texts.extend(item.qa["question"] for item in paragraph_questions(paragraph, str(path)))
+    texts = read_corpus_texts(args.text_from)  # contexts and questions; errors name the file and record
     tokenizer = build_wordpiece_tokenizer(texts, vocab_size=args.vocab_size)
     config = tiny_bert_config(
         len(tokenizer),

@@ -29,6 +29,7 @@ import numpy as np
 from kqa.retrieval.corpus import CorpusError  # one error for a corpus that cannot be read
 from kqa.retrieval.dense import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX
 from kqa.squad import paragraph_questions, squad_paragraphs
+from kqa.text import read_utf8_text
 
 E5_PREFIXES = (E5_QUERY_PREFIX, E5_PASSAGE_PREFIX)
 
@@ -47,13 +48,13 @@ def read_corpus_texts(paths: Sequence[str | Path]) -> list[str]:
         if path.suffix.lower() == ".json":
             texts.extend(_squad_texts(path))
         else:
-            texts.extend(line for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            texts.extend(line for line in read_utf8_text(path).splitlines() if line.strip())
     return texts
 
 
 def _squad_texts(path: Path) -> list[str]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_utf8_text(path))  # a byte-order mark is accepted, as everywhere in kqa
     except json.JSONDecodeError as err:
         raise CorpusError(f"{path}: not valid JSON ({err})") from None
     texts: list[str] = []
