@@ -27,8 +27,10 @@ def compare_batch(path_a: Path, path_b: Path) -> dict:
         row = {"batch": f"{path_a.parent.name}/{path_a.name}", "windows": int(a["start_logits"].shape[0])}
         for name in OUTPUT_NAMES:
             x, y = a[name].astype(np.float64), b[name].astype(np.float64)
-            finite = np.isfinite(x) & np.isfinite(y)  # padding positions may hold -inf in both
-            row[f"{name}_max_abs_diff"] = float(np.abs(x - y)[finite].max(initial=0.0))
+            if x.shape != y.shape:
+                raise ValueError(f"{path_a} and {path_b}: {name} shapes differ ({x.shape} vs {y.shape})")
+            both_masked = np.isneginf(x) & np.isneginf(y)  # padding positions may hold -inf in both
+            row[f"{name}_max_abs_diff"] = float(np.abs(x - y)[~both_masked].max(initial=0.0))  # -inf on one side: inf
             row[f"{name}_same_argmax"] = int(np.sum(x.argmax(axis=1) == y.argmax(axis=1)))
     return row
 
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not shared:
         parser.error(f"no batch is in both {args.logits} and {args.reference}")
+    only_one = len(list(args.logits.glob("*/*.npz"))) - len(shared)
+    if only_one:
+        print(f"{only_one} batches of {args.logits} have no counterpart in {args.reference}: not compared")
     rows = [compare_batch(args.logits / rel, args.reference / rel) for rel in shared]
     infos = {}
     for name, folder in (("logits", args.logits), ("reference", args.reference)):
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     windows = sum(r["windows"] for r in rows)
     summary = {
         "batches": len(rows),
+        "batches_without_counterpart": only_one,
         "windows": windows,
         "max_abs_diff": max(max(r["start_logits_max_abs_diff"], r["end_logits_max_abs_diff"]) for r in rows),
         "same_start_argmax": sum(r["start_logits_same_argmax"] for r in rows),

@@ -74,7 +74,8 @@ class PostprocessConfig:
     null_score_diff_threshold: float = 0.0
     """Predict "" when null_score - best_span_score is greater than this."""
     answer_boundaries: str = "korean"
-    """"korean": move every n-best span's edges off Korean particles (`kqa.boundaries`, rule 5); "off": not."""
+    """"korean": move every n-best span's edges off Korean particles (`kqa.boundaries`; rule 5 of this
+    module's docstring, rule 7 of docs/postprocess_and_metric.md); "off": not."""
 
     def __post_init__(self) -> None:
         if int(self.n_best_size) < 1:
