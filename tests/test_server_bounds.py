@@ -8,7 +8,7 @@
 - a rejected body is not kept alive after its reply (server memory stays flat).
 
 The server is the marked-span model of tests/test_server.py with the default character limits and
-at most 8 questions per batch: `max_body_bytes` = 4 × 8 × (10,000 + 1,000) + 64 KiB = 417,536 bytes.
+at most 8 questions per batch: `max_body_bytes` = 6 × 8 × (10,000 + 1,000) + 64 KiB = 593,536 bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kqa.serving.harness import ServerProcess  # noqa: E402
 from kqa.serving.schemas import MAX_LISTED_ERRORS  # noqa: E402
 
 MAX_BATCH = 8
-MAX_BODY = 4 * MAX_BATCH * (10_000 + 1_000) + 65_536
+MAX_BODY = 6 * MAX_BATCH * (10_000 + 1_000) + 65_536
 SMALL_REPLY = 10_000  # bytes: what a bounded error reply stays under
 
 
@@ -180,6 +180,23 @@ def post_raw(server, path: str, body: bytes) -> tuple[int, int, dict]:
     finally:
         conn.close()
     return response.status, len(payload), json.loads(payload)
+
+
+def test_the_largest_valid_batch_sent_with_ascii_escapes_is_accepted(server):
+    # What `requests.post(json=...)` sends: json.dumps with ensure_ascii=True writes 가 as \\uac00, 6 bytes
+    # for one character. Every question and context at its limit must still fit under max_body_bytes.
+    row = {"question": "나" * 1_000, "context": "가" * 10_000}
+    body = json.dumps({"questions": [row] * MAX_BATCH}).encode()
+    assert len(body) > 4 * MAX_BATCH * (10_000 + 1_000)  # more than 4 bytes a character
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    try:
+        conn.request("POST", "/v1/answer/batch", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        reply = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200, (response.status, str(reply)[:300])
+    assert len(reply["results"]) == MAX_BATCH
 
 
 def test_a_batch_of_100000_empty_rows_is_refused_with_a_small_reply(server):
