@@ -236,9 +236,10 @@ def bad_requests(pair: dict, max_body_bytes: int) -> list[SoakRequest]:
         ),
         SoakRequest("100k empty rows", "POST", "/v1/answer/batch", _json({"questions": [{}] * 100_000}), 422),
         SoakRequest("near-limit non-JSON", "POST", "/v1/answer", near_limit, 400),
-        SoakRequest(
-            "Content-Length over limit", "POST", "/v1/answer", str(max_body_bytes + 1).encode(), 413, "headers only"
-        ),
+        # Sent whole, as ordinary clients do: the server drains it and the client reads the 413.
+        SoakRequest("body over limit", "POST", "/v1/answer", b"a" * (max_body_bytes + 1_000_000), 413),
+        # Over any drain bound (kqa.serving.limits): a 413 at once, without waiting for a body never sent.
+        SoakRequest("Content-Length far over limit", "POST", "/v1/answer", str(10**12).encode(), 413, "headers only"),
         SoakRequest("chunked 20 MB", "POST", "/v1/answer", b"a" * 262_144, 413, "chunked", repeat=80),
         SoakRequest("HEAD /health", "HEAD", "/health", None, 200),
     ]

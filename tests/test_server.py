@@ -128,7 +128,7 @@ def test_health_names_the_model_and_the_queue(server, model_dir):
         "max_batch_questions": 8,
         "max_top_k": 5,
         "max_passages": 20,
-        "max_body_bytes": 4 * 8 * 350 + 65_536,
+        "max_body_bytes": 6 * 8 * 350 + 65_536,
     }
     assert health["index"] is None  # started without --index
     assert health["memory"]["rss_kib"] > 0

@@ -1,14 +1,16 @@
 """`kqa serve` bounds what it reads and what it writes: a real server process, over real HTTP.
 
-- a body over `max_body_bytes` is a 413 as soon as the limit is passed, also when it is sent chunked
-  (no Content-Length to check up front), and the server does not wait for the rest;
+- a body over `max_body_bytes` is a 413, also when it is sent chunked (no Content-Length to check
+  up front), that an ordinary client (`http.client`) reads: the server drains the rest of the body
+  (reads and throws it away) up to a bound, then replies and keeps the connection; past the bound,
+  or for a declared size over it, it replies at once and closes, without waiting for the rest;
 - an error reply lists at most `MAX_LISTED_ERRORS` problems and counts all of them (`errors_total`),
   and a batch over `max_batch_questions` is refused before its entries are validated;
 - a lone surrogate in a field *name* is `not_encodable`, like one in a value; `HEAD /health` is a 200;
 - a rejected body is not kept alive after its reply (server memory stays flat).
 
 The server is the marked-span model of tests/test_server.py with the default character limits and
-at most 8 questions per batch: `max_body_bytes` = 4 × 8 × (10,000 + 1,000) + 64 KiB = 417,536 bytes.
+at most 8 questions per batch: `max_body_bytes` = 6 × 8 × (10,000 + 1,000) + 64 KiB = 593,536 bytes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ pytest.importorskip("uvicorn", reason="kqa serve needs uvicorn (pip install -r r
 from test_server import CAPITAL, GOOD, ask, build_marked_model, call  # noqa: E402
 
 from kqa.serving.harness import ServerProcess  # noqa: E402
+from kqa.serving.limits import BODY_DRAIN_FACTOR, BODY_DRAIN_SECONDS  # noqa: E402
 from kqa.serving.schemas import MAX_LISTED_ERRORS  # noqa: E402
 
 MAX_BATCH = 8
-MAX_BODY = 4 * MAX_BATCH * (10_000 + 1_000) + 65_536
+MAX_BODY = 6 * MAX_BATCH * (10_000 + 1_000) + 65_536
+DRAIN = BODY_DRAIN_FACTOR * MAX_BODY  # what the server reads of a body over the limit before it closes
 SMALL_REPLY = 10_000  # bytes: what a bounded error reply stays under
 
 
@@ -96,11 +100,11 @@ def test_health_reports_the_body_limit(server):
     assert call(server, "/health")[1]["limits"]["max_body_bytes"] == MAX_BODY
 
 
-def test_a_chunked_body_over_the_limit_is_a_413_before_the_rest_is_sent(server):
+def test_an_endless_chunked_body_is_a_413_at_the_drain_bound_before_the_rest_is_sent(server):
     sock = open_chunked(server)
     with sock:
-        # The limit and a bit more, and then nothing: not even the last (empty) chunk.
-        send_chunks(sock, b'{"question": "' + b"a" * (MAX_BODY + 16_384))
+        # Past the drain bound, and then nothing: not even the last (empty) chunk.
+        send_chunks(sock, b'{"question": "' + b"a" * (DRAIN + 16_384))
         status, headers, body = read_reply(sock)
         assert status == 413, body[:300]
         error = json.loads(body)["error"]
@@ -116,7 +120,7 @@ def test_a_chunked_body_over_the_limit_is_a_413_before_the_rest_is_sent(server):
     assert ask(server, CAPITAL)[0]["text"] == "부산"  # and the server keeps answering
 
 
-def test_a_20_mb_chunked_body_is_cut_off_at_the_limit(server):
+def test_a_20_mb_chunked_body_is_cut_off_at_the_drain_bound(server):
     sock = open_chunked(server)
     with sock:
         sent = send_chunks(sock, b"[" * 20_000_000)
@@ -136,15 +140,63 @@ def test_a_chunked_body_under_the_limit_is_answered(server):
     assert json.loads(body)["answers"][0]["text"] == "부산"
 
 
-def test_a_content_length_over_the_limit_is_a_413_without_reading_the_body(server):
-    with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.sendall(
-            f"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode()
-        )
-        status, headers, body = read_reply(sock)
+def head_only(server, headers: str) -> tuple[int, dict, bytes]:
+    """A POST whose head is sent and whose body is not; its reply, which must come before the server
+    would have given up waiting for the body (BODY_DRAIN_SECONDS)."""
+    with socket.create_connection((server.host, server.port), timeout=BODY_DRAIN_SECONDS / 2) as sock:
+        sock.sendall(f"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
+        first = sock.recv(12, socket.MSG_PEEK)  # http.client skips a "100 Continue": look before it does
+        assert first.startswith(b"HTTP/1.1 413"), first
+        return read_reply(sock)
+
+
+def test_a_content_length_over_the_drain_bound_is_a_413_without_reading_the_body(server):
+    status, headers, body = head_only(server, f"Content-Length: {DRAIN + 1}\r\n")
     assert status == 413 and json.loads(body)["error"]["limit"] == MAX_BODY
     assert headers.get("connection") == "close"
+
+
+def test_a_client_that_expects_100_continue_gets_the_413_at_once(server):
+    # Such a client (curl, for big bodies) sends no body until the server asks: nothing to drain.
+    status, headers, body = head_only(server, f"Content-Length: {MAX_BODY + 1}\r\nExpect: 100-continue\r\n")
+    assert status == 413 and json.loads(body)["error"]["limit"] == MAX_BODY
+    assert headers.get("connection") == "close"
+
+
+def post_over_http(conn: http.client.HTTPConnection, body) -> tuple[int, http.client.HTTPResponse, dict]:
+    """A POST through `http.client`, as an ordinary client sends it: the whole body first (bytes: with a
+    Content-Length; an iterator: chunked), then the reply."""
+    conn.request("POST", "/v1/answer", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, response, json.loads(response.read())
+
+
+def chunks_of(size: int, chunk: int = 65_536):
+    for start in range(0, size, chunk):
+        yield b"a" * min(chunk, size - start)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_ordinary_client_reads_the_413_of_a_body_a_megabyte_over_the_limit(server, framing):
+    # http.client sends the whole body before it reads the reply: a 413 sent (and the connection
+    # closed) while it is still sending was a ConnectionResetError, never a 413.
+    size = MAX_BODY + 1_000_000
+    body = b"a" * size if framing == "content-length" else chunks_of(size)
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        status, response, reply = post_over_http(conn, body)
+        assert status == 413, reply
+        assert (reply["error"]["problem"], reply["error"]["limit"]) == ("too_large", MAX_BODY)
+        # The body was read to its end (and thrown away): the connection stays usable.
+        assert not response.will_close, response.getheaders()
+        sock = conn.sock
+        conn.request("POST", "/v1/answer", body=json.dumps(GOOD).encode(), headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["answers"][0]["text"] == "부산"
+        assert conn.sock is sock  # the same connection
+    finally:
+        conn.close()
+    assert ask(server, CAPITAL)[0]["text"] == "부산"  # and on a new one
 
 
 def test_big_rejected_bodies_do_not_pile_up_in_server_memory(server):
@@ -180,6 +232,23 @@ def post_raw(server, path: str, body: bytes) -> tuple[int, int, dict]:
     finally:
         conn.close()
     return response.status, len(payload), json.loads(payload)
+
+
+def test_the_largest_valid_batch_sent_with_ascii_escapes_is_accepted(server):
+    # What `requests.post(json=...)` sends: json.dumps with ensure_ascii=True writes 가 as \\uac00, 6 bytes
+    # for one character. Every question and context at its limit must still fit under max_body_bytes.
+    row = {"question": "나" * 1_000, "context": "가" * 10_000}
+    body = json.dumps({"questions": [row] * MAX_BATCH}).encode()
+    assert len(body) > 4 * MAX_BATCH * (10_000 + 1_000)  # more than 4 bytes a character
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    try:
+        conn.request("POST", "/v1/answer/batch", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        reply = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200, (response.status, str(reply)[:300])
+    assert len(reply["results"]) == MAX_BATCH
 
 
 def test_a_batch_of_100000_empty_rows_is_refused_with_a_small_reply(server):

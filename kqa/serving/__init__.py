@@ -3,7 +3,7 @@
 - `kqa.serving.settings`: `ServerLimits` and `BatchingSettings`, plain dataclasses (the flags' defaults),
 - `kqa.serving.schemas`: request and response bodies, errors (a bounded 4xx naming the field),
 - `kqa.serving.batching`: the micro-batcher that gathers questions of concurrent requests,
-- `kqa.serving.limits`: the body cap (a 413 as soon as a body passes `max_body_bytes`, chunked or not),
+- `kqa.serving.limits`: the body cap (a body over `max_body_bytes` is a 413 after a bounded drain, chunked or not),
 - `kqa.serving.errors`: the error handlers (every error is `{"error": {...}}`; nothing is kept after it),
 - `kqa.serving.app`: the FastAPI application and `serve`,
 - `kqa.serving.harness`: a server in a child process, for tests and benchmarks.

@@ -23,7 +23,8 @@ the model's `n_best_size`) run in the same batch only with questions that share 
 answer is exactly what the same question alone would get.
 
 Bad input is a 4xx with `{"error": {"type", "field", "message", ...}}` (kqa.serving.errors); a body
-over `max_body_bytes` is a 413 as soon as it passes the limit, chunked or not (kqa.serving.limits);
+over `max_body_bytes` is a 413, chunked or not, sent once the rest of the body is drained (read and
+thrown away, within bounds) so that the client can read it (kqa.serving.limits);
 an unexpected failure is a 500 whose `error.id` is also in the server log. Nothing a client sends
 stops the server."""
 

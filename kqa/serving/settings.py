@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# 6, not 4 (UTF-8's most): json.dumps' default (ensure_ascii=True, what `requests.post(json=...)` and
+# most clients send) writes every non-ASCII character as a \uXXXX escape, so 가 is 6 bytes on the wire.
+# A character outside the BMP is a surrogate pair of escapes, 12 bytes: a request whose texts are all
+# such characters, every one at its limit, can still pass the cap (sent as UTF-8 it is 4 bytes each).
+JSON_BYTES_PER_CHAR = 6
+JSON_OVERHEAD_BYTES = 65_536  # keys, quotes, commas, top_k and the other numbers of up to max_batch_questions
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -25,9 +32,10 @@ class ServerLimits:
     @property
     def max_body_bytes(self) -> int:
         """The largest request body accepted (a larger one is a 413, also when it is sent chunked): what a
-        valid request can need, every question and context at its limit, 4 bytes per character (UTF-8),
-        JSON escapes aside, plus 64 KiB for keys and numbers."""
-        return 4 * self.max_batch_questions * (self.max_context_chars + self.max_question_chars) + 65_536
+        valid request can need, every question and context at its limit, `JSON_BYTES_PER_CHAR` bytes
+        per character, plus `JSON_OVERHEAD_BYTES` for keys, punctuation and numbers."""
+        chars = self.max_batch_questions * (self.max_context_chars + self.max_question_chars)
+        return JSON_BYTES_PER_CHAR * chars + JSON_OVERHEAD_BYTES
 
 
 def max_body_bytes(limits: ServerLimits) -> int:
