@@ -500,3 +500,116 @@ def test_state_trees_round_trip_bit_for_bit_and_refuse_objects(tmp_path):
     assert restored.state_dict() == scaler.state_dict()
     with pytest.raises(TypeError, match="a object cannot be stored without pickle"):
         save_state_tree({"lambda": [object()]}, tmp_path, "bad")
+
+
+# ---- one process fails, the power fails, a swap is cut short (no subprocess: a stand-in accelerator) ---------
+
+
+class _Ranks:
+    """Processes of a run played by threads: `reduce` is a real collective among them, so a rank that
+    leaves the protocol early leaves the others waiting (here until the barrier's timeout)."""
+
+    def __init__(self, size: int, timeout: float = 10.0):
+        import threading
+
+        self.size, self.values = size, [0.0] * size
+        self.barrier = threading.Barrier(size, timeout=timeout)
+
+    def accelerator(self, rank: int):
+        from types import SimpleNamespace
+
+        from accelerate.utils import DistributedType
+
+        def reduce(tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+            assert reduction == "sum"
+            self.values[rank] = float(tensor.item())
+            self.barrier.wait()
+            total = sum(self.values)
+            self.barrier.wait()  # everyone has read the sum before the next collective writes
+            return torch.tensor(total)
+
+        return SimpleNamespace(
+            is_main_process=rank == 0,
+            process_index=rank,
+            num_processes=self.size,
+            device=torch.device("cpu"),
+            distributed_type=DistributedType.MULTI_CPU if self.size > 1 else DistributedType.NO,
+            scaler=None,
+            step=0,
+            reduce=reduce,
+            unwrap_model=lambda model: model,
+        )
+
+    def run(self, work) -> list[BaseException | None]:
+        """`work(rank)` on every rank at once; what each raised (None when it returned)."""
+        import threading
+
+        outcomes: list[BaseException | None] = [None] * self.size
+
+        def target(rank: int) -> None:
+            try:
+                work(rank)
+            except BaseException as err:  # noqa: BLE001 (the test inspects whatever each rank raised)
+                outcomes[rank] = err
+
+        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        return outcomes
+
+
+def _checkpointed(accelerator, optimizer=None):
+    from types import SimpleNamespace
+
+    from kqa.training.checkpoints import Checkpointed
+    from kqa.training.state import TrainingState
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = SimpleNamespace(state_dict=lambda: {"last_epoch": 1})
+    return Checkpointed(accelerator, model, optimizer, scheduler, TrainingState(global_step=1))
+
+
+def test_any_error_on_one_process_fails_the_checkpoint_on_every_process(tmp_path):
+    """The main process cannot store the optimizer state (an object: a TypeError, not an I/O error) while
+    the other writes its RNG state: neither waits for the other, both raise CheckpointWriteError (the main
+    one naming the TypeError), nothing half-written is left and the previous checkpoint still verifies."""
+    from types import SimpleNamespace
+
+    from kqa.training.checkpoints import CheckpointWriteError, verify_checkpoint, write_checkpoint
+
+    root = tmp_path / "checkpoints"
+    write_checkpoint(_checkpointed(_Ranks(1).accelerator(0)), root / "checkpoint-1")
+    ranks = _Ranks(2, timeout=5.0)
+    unstorable = SimpleNamespace(state_dict=lambda: {"state": {0: {"momentum_buffer": object()}}})
+    outcomes = ranks.run(
+        lambda rank: write_checkpoint(_checkpointed(ranks.accelerator(rank), unstorable), root / "checkpoint-2")
+    )
+    assert all(isinstance(err, CheckpointWriteError) for err in outcomes), outcomes
+    assert "checkpoint-2" in str(outcomes[0]) and "TypeError" in str(outcomes[0]), outcomes[0]
+    assert "cannot be stored without pickle" in str(outcomes[0])
+    assert isinstance(outcomes[0].__cause__, TypeError)
+    assert "another process failed" in str(outcomes[1])
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-1"]
+    verify_checkpoint(root / "checkpoint-1")
+
+
+def test_any_error_while_best_is_written_fails_on_every_process(tmp_path):
+    from kqa.training.checkpoints import CheckpointWriteError, replace_directory
+
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "model.safetensors").write_bytes(b"the previous best")
+    ranks = _Ranks(2, timeout=5.0)
+
+    def write(tmp: Path) -> None:
+        (tmp / "model.safetensors").parent.mkdir(parents=True)
+        raise RuntimeError("the tokenizer could not be saved")
+
+    outcomes = ranks.run(lambda rank: replace_directory(ranks.accelerator(rank), best, write))
+    assert all(isinstance(err, CheckpointWriteError) for err in outcomes), outcomes
+    assert "RuntimeError: the tokenizer could not be saved" in str(outcomes[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert (best / "model.safetensors").read_bytes() == b"the previous best"

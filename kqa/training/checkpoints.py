@@ -12,9 +12,10 @@ A checkpoint (`checkpoints/checkpoint-<step>/`) loads without unpickling anythin
 
 It is written into `.tmp-checkpoint-<step>` (the main process writes the shared files, each process its
 RNG state), the marker last after a barrier, then renamed: a process killed while writing leaves no
-directory `latest` would consider. A write that fails (a full disk) raises `CheckpointWriteError` and
-removes the temporary directory. `verify_checkpoint` checks every file against the marker;
-`find_latest_checkpoint` skips a checkpoint that fails it with a warning naming the file.
+directory `latest` would consider. A write that fails (a full disk, or any error on any process)
+raises `CheckpointWriteError` on every process and removes the temporary directory. `verify_checkpoint`
+checks every file against the marker; `find_latest_checkpoint` skips a checkpoint that fails it with a
+warning naming the file.
 
 Under FSDP, DeepSpeed, Megatron-LM or XLA the weights and optimizer are sharded in ways only Accelerate
 knows how to gather, so there the checkpoint is Accelerate's `save_state` (pickles) with the same marker,
@@ -195,12 +196,6 @@ def checkpoint_format(accelerator) -> str:
     return ACCELERATE_FORMAT if accelerator.distributed_type.name in _SHARDING_TYPES else KQA_FORMAT
 
 
-def _write_failure() -> tuple[type[Exception], ...]:
-    from safetensors import SafetensorError  # its I/O errors (EFBIG, ENOSPC) are not OSErrors
-
-    return (OSError, SafetensorError)
-
-
 def _raise_together(accelerator, error: Optional[Exception], what: Path, cleanup: Callable[[], None]) -> None:
     """A barrier that also tells every process whether any failed (so none waits for one that gave up):
     then the temporary files are removed and all raise `CheckpointWriteError`."""
@@ -209,14 +204,20 @@ def _raise_together(accelerator, error: Optional[Exception], what: Path, cleanup
         return
     if accelerator.is_main_process:
         cleanup()
-    reason = (getattr(error, "strerror", None) or str(error)) if error else "another process failed to write"
+    if error is None:
+        reason = "another process failed to write"
+    else:  # an OSError's reason without the file name (the message names the checkpoint)
+        reason = f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
     raise CheckpointWriteError(f"could not write {what.name} in {what.parent}: {reason}") from error
 
 
 def _attempt(write: Callable[[], None]) -> Optional[Exception]:
+    """Run one process's part of a write; what it raised. Any exception, not only I/O errors (a full disk,
+    safetensors' EFBIG): one that escaped here would skip the collective in `_raise_together` and leave
+    the other processes waiting there until the distributed timeout."""
     try:
         write()
-    except _write_failure() as err:
+    except Exception as err:  # noqa: BLE001 (reported to every process, then raised on all)
         return err
     return None
 
