@@ -613,3 +613,73 @@ def test_any_error_while_best_is_written_fails_on_every_process(tmp_path):
     assert "RuntimeError: the tokenizer could not be saved" in str(outcomes[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
     assert (best / "model.safetensors").read_bytes() == b"the previous best"
+
+
+def _record_durability(monkeypatch) -> list[tuple[str, str]]:
+    """Every fsync (of what path), rename and removal, in order."""
+    import kqa.training.checkpoints as checkpoints
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_rmtree = os.fsync, Path.rename, shutil.rmtree
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(self: Path, target) -> Path:
+        events.append(("rename", f"{self} -> {target}"))
+        return real_rename(self, target)
+
+    def rmtree(path, *args, **kwargs) -> None:
+        if Path(path).exists():
+            events.append(("remove", str(path)))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "rename", rename)
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", rmtree)
+    return events
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fsync'd descriptor through /proc")
+def test_a_checkpoint_is_on_disk_before_older_ones_are_rotated_away(tmp_path, monkeypatch):
+    """After a power loss the renamed checkpoint must not be empty while rotation already deleted the older
+    ones: every file and the directory are synced, then renamed, then the parent synced, then rotated."""
+    from kqa.training.checkpoints import write_checkpoint
+
+    root = tmp_path / "checkpoints"
+    accelerator = _Ranks(1).accelerator(0)
+    write_checkpoint(_checkpointed(accelerator), root / "checkpoint-1")
+    events = _record_durability(monkeypatch)
+    write_checkpoint(_checkpointed(accelerator), root / "checkpoint-2", keep=1)
+    tmp, final = root / ".tmp-checkpoint-2", root / "checkpoint-2"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]
+    rename = events.index(("rename", f"{tmp} -> {final}"))
+    removal = events.index(("remove", str(root / "checkpoint-1")))
+    synced_before = {Path(path) for kind, path in events[:rename] if kind == "fsync"}
+    assert {tmp / p.name for p in final.iterdir()} | {tmp} <= synced_before, events
+    synced_after = [Path(path) for kind, path in events[rename:removal] if kind == "fsync"]
+    assert synced_after == [root], events  # the rename itself is durable before anything is deleted
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fsync'd descriptor through /proc")
+def test_best_is_on_disk_before_it_is_swapped_in(tmp_path, monkeypatch):
+    from kqa.training.checkpoints import replace_directory
+
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "old.txt").write_text("old")
+    events = _record_durability(monkeypatch)
+
+    def write(tmp: Path) -> None:
+        (tmp / "predictions").mkdir(parents=True)
+        (tmp / "predictions" / "ko.json").write_text("{}")
+        (tmp / "model.safetensors").write_bytes(b"new")
+
+    replace_directory(_Ranks(1).accelerator(0), best, write)
+    tmp, old = tmp_path / ".best.tmp", tmp_path / ".best.old"
+    swap = events.index(("rename", f"{tmp} -> {best}"))
+    synced_before = {Path(path) for kind, path in events[:swap] if kind == "fsync"}
+    assert {tmp / "model.safetensors", tmp / "predictions" / "ko.json", tmp / "predictions", tmp} <= synced_before
+    assert [Path(path) for kind, path in events[swap:] if kind == "fsync"] == [tmp_path], events
+    assert events[-1] == ("remove", str(old))  # the previous best/ goes only once the new one is durable

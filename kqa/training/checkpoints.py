@@ -11,8 +11,8 @@ A checkpoint (`checkpoints/checkpoint-<step>/`) loads without unpickling anythin
                                      accumulation step, and every other file's size and sha256
 
 It is written into `.tmp-checkpoint-<step>` (the main process writes the shared files, each process its
-RNG state), the marker last after a barrier, then renamed: a process killed while writing leaves no
-directory `latest` would consider. A write that fails (a full disk, or any error on any process)
+RNG state), the marker last after a barrier, fsync'd, then renamed: a process killed while writing (or a
+power loss) leaves no directory `latest` would consider. A write that fails (a full disk, or any error on any process)
 raises `CheckpointWriteError` on every process and removes the temporary directory. `verify_checkpoint`
 checks every file against the marker; `find_latest_checkpoint` skips a checkpoint that fails it with a
 warning naming the file.
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -222,6 +223,29 @@ def _attempt(write: Callable[[], None]) -> Optional[Exception]:
     return None
 
 
+def _fsync(path: Path) -> None:
+    if path.is_dir() and os.name == "nt":
+        return  # Windows has no directory handle to sync (NTFS journals the rename itself)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in_durably(tmp: Path, target: Path, aside: Optional[Path] = None) -> None:
+    """Rename the written directory `tmp` to `target` (moving an existing `target` to `aside` first) so that
+    a power loss cannot leave `target` empty or half-written: the rename reaches the disk before the data
+    unless both are synced. So every file and directory under `tmp` is fsync'd, then renamed, then the
+    parent fsync'd; only after that may the caller delete older copies (rotation, `aside`)."""
+    for path in [*tmp.rglob("*"), tmp]:
+        _fsync(path)
+    if aside is not None and target.exists():
+        target.rename(aside)
+    tmp.rename(target)
+    _fsync(target.parent)
+
+
 def _write_kqa_files(parts: Checkpointed, tmp: Path) -> None:
     """The main process writes the shared state, each process its own RNG state."""
     from safetensors.torch import save_model
@@ -268,8 +292,8 @@ def write_checkpoint(parts: Checkpointed, final: Path, keep: Optional[int] = Non
 
     def commit() -> None:
         write_marker(tmp, body)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        shutil.rmtree(final, ignore_errors=True)  # this step saved before (a resumed run), or a corrupt one
+        _swap_in_durably(tmp, final)
         rotate_checkpoints(final.parent, keep)
 
     _raise_together(acc, _attempt(commit) if acc.is_main_process else None, final, cleanup)
@@ -293,9 +317,7 @@ def replace_directory(accelerator, directory: Path, write: Callable[[Path], None
         shutil.rmtree(tmp, ignore_errors=True)
         write(tmp)
         shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
+        _swap_in_durably(tmp, directory, aside=old)
         shutil.rmtree(old, ignore_errors=True)
 
     error = _attempt(write_and_swap) if accelerator.is_main_process else None
