@@ -101,35 +101,40 @@ def find_latest_checkpoint(checkpoint_root: Path) -> Optional[Path]:
     """The newest checkpoint that verifies; a newer one that does not is skipped with a warning. None when
     there is no checkpoint; `CorruptCheckpointError` when there are some and none verifies (starting over
     would discard them)."""
+    found = _latest_verified(checkpoint_root)
+    return found[0] if found else None
+
+
+def _latest_verified(checkpoint_root: Path) -> Optional[tuple[Path, dict]]:
+    """`find_latest_checkpoint`'s checkpoint and its verified marker."""
     problems = []
     for path in reversed(list_checkpoints(checkpoint_root)):
         try:
-            verify_checkpoint(path)
+            marker = verify_checkpoint(path)
         except CorruptCheckpointError as err:
             problems.append(str(err))
             continue
         if problems:
             logger.warning("falling back to %s, the newest checkpoint that verifies: %s", path, "; ".join(problems))
-        return path
+        return path, marker
     if problems:
         raise CorruptCheckpointError(f"no usable checkpoint in {checkpoint_root}: {'; '.join(problems)}")
     return None
 
 
-def resolve_checkpoint(source: Optional[str], checkpoint_root: Path) -> Optional[Path]:
-    """`resume_from_checkpoint` → the checkpoint to load (verified), or None to start fresh."""
+def _resolve_checkpoint(source: Optional[str], checkpoint_root: Path) -> Optional[tuple[Path, dict]]:
+    """`resume_from_checkpoint` → the checkpoint to load and its verified marker, or None to start fresh."""
     if not source:
         return None
     if source == "latest":
-        path = find_latest_checkpoint(checkpoint_root)
-        if path is None:
+        found = _latest_verified(checkpoint_root)
+        if found is None:
             logger.warning("resume_from_checkpoint=latest: no checkpoint in %s; starting fresh", checkpoint_root)
-        return path
+        return found
     path = Path(source)
     if not (path / STATE_MARKER).is_file():
         raise FileNotFoundError(f"{path}: not a complete kqa checkpoint (missing {STATE_MARKER})")
-    verify_checkpoint(path)
-    return path
+    return path, verify_checkpoint(path)
 
 
 # ---- the marker: loop state and the manifest of every other file ---------------------------------------
@@ -359,10 +364,25 @@ def save_model_directory(
 # ---- loading ---------------------------------------------------------------------------------------------
 
 
+def resume_from_checkpoint(
+    parts: Checkpointed, source: Optional[str], checkpoint_root: Path, allow_pickle: bool = False
+) -> bool:
+    """`resume_from_checkpoint: PATH | latest` (`latest`: the newest in `checkpoint_root` that verifies):
+    restore `parts` from it; False when there is nothing to resume from. Each file is hashed once, when
+    the checkpoint is chosen."""
+    found = _resolve_checkpoint(source, checkpoint_root)
+    if found is not None:
+        _load_verified(parts, *found, allow_pickle)
+    return found is not None
+
+
 def load_checkpoint(parts: Checkpointed, path: Path, allow_pickle: bool = False) -> None:
-    """Restore `parts` from a verified checkpoint. kqa's format reads safetensors and JSON only; Accelerate's
-    (pickles) needs `allow_pickle`, else `PickledCheckpointError` says how to allow it."""
-    marker = verify_checkpoint(path)
+    """Restore `parts` from a checkpoint, verified first. kqa's format reads safetensors and JSON only;
+    Accelerate's (pickles) needs `allow_pickle`, else `PickledCheckpointError` says how to allow it."""
+    _load_verified(parts, path, verify_checkpoint(path), allow_pickle)
+
+
+def _load_verified(parts: Checkpointed, path: Path, marker: dict, allow_pickle: bool) -> None:
     if marker["format"] == ACCELERATE_FORMAT:
         _load_with_accelerate(parts, path, marker, allow_pickle)
     elif marker["format"] == KQA_FORMAT:

@@ -42,8 +42,7 @@ from kqa.prediction import PredictionSet, predict_and_score
 from kqa.training.checkpoints import (
     CHECKPOINT_PREFIX,
     Checkpointed,
-    load_checkpoint,
-    resolve_checkpoint,
+    resume_from_checkpoint,
     save_model_directory,
     write_checkpoint,
 )
@@ -235,11 +234,10 @@ class QATrainingRecipe:
         return prepared[:4]
 
     def _maybe_resume(self) -> bool:
-        path = resolve_checkpoint(self.config.resume_from_checkpoint, self.checkpoint_root)
-        if path is None:
-            return False
-        load_checkpoint(self._checkpointed(), path, allow_pickle=self.config.allow_pickled_checkpoint)
-        return True
+        cfg = self.config
+        return resume_from_checkpoint(
+            self._checkpointed(), cfg.resume_from_checkpoint, self.checkpoint_root, cfg.allow_pickled_checkpoint
+        )
 
     def _checkpointed(self) -> Checkpointed:
         return Checkpointed(self.accelerator, self.model, self.optimizer, self.scheduler, self.state)
