@@ -683,3 +683,24 @@ def test_best_is_on_disk_before_it_is_swapped_in(tmp_path, monkeypatch):
     assert {tmp / "model.safetensors", tmp / "predictions" / "ko.json", tmp / "predictions", tmp} <= synced_before
     assert [Path(path) for kind, path in events[swap:] if kind == "fsync"] == [tmp_path], events
     assert events[-1] == ("remove", str(old))  # the previous best/ goes only once the new one is durable
+
+
+def test_setup_restores_best_from_an_interrupted_swap_and_removes_stale_temporaries(tmp_path, caplog):
+    """Killed between `best → .best.old` and `.best.tmp → best`: only `.best.old` holds the best model. The
+    next run puts it back (and final/ likewise) and removes what killed writes left behind."""
+    from kqa.training.checkpoints import recover_interrupted_writes
+
+    run = tmp_path / "run"
+    old_best, old_final = run / ".best.old", run / ".final.old"
+    for directory in (old_best, old_final, run / ".best.tmp", run / "checkpoints" / ".tmp-checkpoint-6"):
+        directory.mkdir(parents=True)
+        (directory / "model.safetensors").write_bytes(directory.name.encode())
+    (run / "final").mkdir()  # final/ was swapped in, the old one not yet removed: that one is stale
+    (run / "checkpoints" / "checkpoint-3").mkdir()
+    with caplog.at_level("INFO", logger="kqa"):
+        recover_interrupted_writes(run / "checkpoints", [run / "best", run / "final"])
+    assert (run / "best" / "model.safetensors").read_bytes() == b".best.old"
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoints", "final"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-3"]
+    assert f"restored {run / 'best'} from {old_best}" in caplog.text, caplog.text
+    assert "removed 3 " in caplog.text, caplog.text

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -312,11 +312,16 @@ def rotate_checkpoints(checkpoint_root: Path, keep: Optional[int]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _swap_paths(directory: Path) -> tuple[Path, Path]:
+    """Where `replace_directory` writes the new `directory` and where it moves the previous one meanwhile."""
+    return directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
+
+
 def replace_directory(accelerator, directory: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` into `.<name>.tmp` on the main process, then swap it in for `directory` (best/, final/).
     On failure the temporary directory is removed, `directory` is left as it was and every process raises
     `CheckpointWriteError`."""
-    tmp, old = directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
+    tmp, old = _swap_paths(directory)
 
     def write_and_swap() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -327,6 +332,28 @@ def replace_directory(accelerator, directory: Path, write: Callable[[Path], None
 
     error = _attempt(write_and_swap) if accelerator.is_main_process else None
     _raise_together(accelerator, error, directory, lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def recover_interrupted_writes(checkpoint_root: Path, model_directories: Iterable[Path]) -> None:
+    """Undo what a process killed while saving left behind; for the main process, before the run writes.
+
+    Killed between moving `best/` aside and renaming the new one in, only `.best.old` holds the best model:
+    it is put back (so is `final/`), else the next swap would delete it. The temporary directories of
+    killed writes (`.tmp-checkpoint-<step>`, `.best.tmp`, a `.best.old` beside its `best/`) are removed."""
+    stale = []
+    for directory in model_directories:
+        tmp, old = _swap_paths(directory)
+        if old.is_dir() and not directory.exists():
+            old.rename(directory)
+            logger.warning("restored %s from %s: a run was killed while replacing it", directory, old)
+        stale += [path for path in (tmp, old) if path.exists()]
+    if checkpoint_root.is_dir():
+        stale += [path for path in checkpoint_root.iterdir() if path.name.startswith(TMP_PREFIX)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        names = ", ".join(path.name for path in stale)
+        logger.info("removed %d temporary directories an interrupted run left: %s", len(stale), names)
 
 
 def save_model_directory(

@@ -42,6 +42,7 @@ from kqa.prediction import PredictionSet, predict_and_score
 from kqa.training.checkpoints import (
     CHECKPOINT_PREFIX,
     Checkpointed,
+    recover_interrupted_writes,
     resume_from_checkpoint,
     save_model_directory,
     write_checkpoint,
@@ -125,6 +126,7 @@ class QATrainingRecipe:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output_dir / "train_config.yaml")
+            recover_interrupted_writes(self.checkpoint_root, (self.best_dir, self.final_dir))
         accelerator.wait_for_everyone()
         return accelerator
 
