@@ -77,20 +77,14 @@ if plan.get("pause_in") == "evaluation":
         return inner_predict(*args, **kwargs)
     recipe_module.predict_and_score = predict_and_score
 elif plan.get("pause_in") == "checkpoint_write":
-    import safetensors.torch, torch
+    import safetensors.torch  # save_model, a checkpoint's first file, writes through save_file
     inner_save_file = safetensors.torch.save_file
     def save_file(tensors, filename, *args, **kwargs):
         result = inner_save_file(tensors, filename, *args, **kwargs)
-        if ".tmp-checkpoint-" in str(filename):
-            time.sleep(0.2)  # a checkpoint write takes this long (a big model): the parent kills meanwhile
+        if ".tmp-checkpoint-" in str(filename) and str(filename).endswith("model.safetensors"):
+            pause_here()  # the pause_at-th checkpoint has its weights written, nothing else yet
         return result
     safetensors.torch.save_file = save_file
-    inner_torch_save = torch.save
-    def torch_save(obj, f, *args, **kwargs):
-        inner_torch_save(obj, f, *args, **kwargs)
-        if ".tmp-checkpoint-" in str(f):
-            time.sleep(0.5)
-    torch.save = torch_save
 elif plan.get("fsize_limit_in"):
     target = getattr(QATrainingRecipe, plan["fsize_limit_in"])
     def limited(self, *args, **kwargs):
@@ -258,15 +252,17 @@ def test_killed_during_evaluation_resumes_to_the_same_run(inputs, reference_run,
 
 
 def test_killed_while_a_checkpoint_is_written_resumes_from_the_previous_one(inputs, reference_run, tmp_path):
-    run = tmp_path / "run"
-    plan = {"pause_in": "checkpoint_write"}  # each file of a checkpoint takes 0.2 s more to write
+    run, signal_file = tmp_path / "run", tmp_path / "writing"
+    plan = {"pause_in": "checkpoint_write", "pause_at": 2, "signal_file": str(signal_file)}  # checkpoints 3, 6
     proc = _start(_argv(inputs, run), plan)
+    _kill_when(proc, signal_file.exists)
     half_written = run / "checkpoints" / ".tmp-checkpoint-6"
-    _kill_when(proc, lambda: half_written.is_dir() and any(half_written.iterdir()))
-    assert half_written.is_dir() and not (run / "checkpoints" / "checkpoint-6").exists()
+    assert sorted(p.name for p in half_written.iterdir()) == ["model.safetensors"]
+    assert not (run / "checkpoints" / "checkpoint-6").exists()
     assert _latest_name(run) == "checkpoint-3"  # the half-written checkpoint is never picked
     done = _resume_and_compare(inputs, run, reference_run)
     assert "resumed from" in done.stderr and "checkpoint-3" in done.stderr
+    assert "removed 1 temporary directories an interrupted run left: .tmp-checkpoint-6" in done.stderr
     assert not half_written.exists()  # step 6's checkpoint was written again, completely
 
 
