@@ -12,10 +12,11 @@ A checkpoint (`checkpoints/checkpoint-<step>/`) loads without unpickling anythin
 
 It is written into `.tmp-checkpoint-<step>` (the main process writes the shared files, each process its
 RNG state), the marker last after a barrier, fsync'd, then renamed: a process killed while writing (or a
-power loss) leaves no directory `latest` would consider. A write that fails (a full disk, or any error on any process)
-raises `CheckpointWriteError` on every process and removes the temporary directory. `verify_checkpoint`
-checks every file against the marker; `find_latest_checkpoint` skips a checkpoint that fails it with a
-warning naming the file.
+power loss) leaves no directory `latest` would consider. A write that fails (a full disk, or any error
+on any process) raises `CheckpointWriteError` on every process and removes the temporary directory.
+`verify_checkpoint` checks every file against the marker; `find_latest_checkpoint` skips a checkpoint
+that fails it with a warning naming the file. The next run's setup cleans up after a killed one
+(`recover_interrupted_writes`).
 
 Under FSDP, DeepSpeed, Megatron-LM or XLA the weights and optimizer are sharded in ways only Accelerate
 knows how to gather, so there the checkpoint is Accelerate's `save_state` (pickles) with the same marker,
