@@ -727,7 +727,9 @@ def test_train_py_runs_under_accelerate_launch_with_two_processes(backbone_dir, 
     assert len(list(checkpoint.glob("rng_state_*.json"))) == processes  # each process's own random state
 
 
-def test_two_processes_resume_exactly_each_from_its_own_random_state(dropout_backbone_dir, korean_squad_file, tmp_path):
+def test_two_processes_resume_exactly_each_from_its_own_random_state(
+    dropout_backbone_dir, korean_squad_file, tmp_path, monkeypatch
+):
     """Two CPU processes under torchrun (gloo; `ACCELERATE_USE_CPU` makes Accelerate use it): each writes
     its own RNG state into the checkpoint, and a run resumed from checkpoint-2 ends as the uninterrupted
     one did (metrics and bit-identical weights)."""
@@ -754,20 +756,19 @@ def test_two_processes_resume_exactly_each_from_its_own_random_state(dropout_bac
         "mixed_precision": "no",
     }
     argv = [item for key, value in flags.items() for item in (f"--{key}", value)] + ["--disable_tqdm"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "train.py")]
-    os.environ["ACCELERATE_USE_CPU"] = "true"
-    try:
-        _run([*torchrun, *argv, "--output_dir", str(tmp_path / "full")], tmp_path)
-        checkpoint = tmp_path / "full" / "checkpoints" / "checkpoint-2"
-        assert json.loads((checkpoint / STATE_MARKER).read_text())["num_processes"] == 2
-        assert {"rng_state_0.json", "rng_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
-        split = tmp_path / "split"
-        shutil.copytree(tmp_path / "full", split)
-        shutil.rmtree(split / "checkpoints" / "checkpoint-4")
-        shutil.rmtree(split / "final")
-        _run([*torchrun, *argv, "--output_dir", str(split), "--resume_from_checkpoint", "latest"], tmp_path)
-    finally:
-        del os.environ["ACCELERATE_USE_CPU"]
+    # --standalone: a rendezvous on a free local port, not the default 29500 another job may hold
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun.append(str(ROOT / "train.py"))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    _run([*torchrun, *argv, "--output_dir", str(tmp_path / "full")], tmp_path)
+    checkpoint = tmp_path / "full" / "checkpoints" / "checkpoint-2"
+    assert json.loads((checkpoint / STATE_MARKER).read_text())["num_processes"] == 2
+    assert {"rng_state_0.json", "rng_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
+    split = tmp_path / "split"
+    shutil.copytree(tmp_path / "full", split)
+    shutil.rmtree(split / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(split / "final")
+    _run([*torchrun, *argv, "--output_dir", str(split), "--resume_from_checkpoint", "latest"], tmp_path)
     timing = {"samples_per_second", "tokens_per_second", "padded_tokens_per_second", "peak_memory_mb"}
     records = {
         run: [{k: v for k, v in r.items() if k not in timing} for r in _read_jsonl(tmp_path / run / "metrics.jsonl")]

@@ -77,20 +77,14 @@ if plan.get("pause_in") == "evaluation":
         return inner_predict(*args, **kwargs)
     recipe_module.predict_and_score = predict_and_score
 elif plan.get("pause_in") == "checkpoint_write":
-    import safetensors.torch, torch
+    import safetensors.torch  # save_model, a checkpoint's first file, writes through save_file
     inner_save_file = safetensors.torch.save_file
     def save_file(tensors, filename, *args, **kwargs):
         result = inner_save_file(tensors, filename, *args, **kwargs)
-        if ".tmp-checkpoint-" in str(filename):
-            time.sleep(0.2)  # a checkpoint write takes this long (a big model): the parent kills meanwhile
+        if ".tmp-checkpoint-" in str(filename) and str(filename).endswith("model.safetensors"):
+            pause_here()  # the pause_at-th checkpoint has its weights written, nothing else yet
         return result
     safetensors.torch.save_file = save_file
-    inner_torch_save = torch.save
-    def torch_save(obj, f, *args, **kwargs):
-        inner_torch_save(obj, f, *args, **kwargs)
-        if ".tmp-checkpoint-" in str(f):
-            time.sleep(0.5)
-    torch.save = torch_save
 elif plan.get("fsize_limit_in"):
     target = getattr(QATrainingRecipe, plan["fsize_limit_in"])
     def limited(self, *args, **kwargs):
@@ -258,15 +252,17 @@ def test_killed_during_evaluation_resumes_to_the_same_run(inputs, reference_run,
 
 
 def test_killed_while_a_checkpoint_is_written_resumes_from_the_previous_one(inputs, reference_run, tmp_path):
-    run = tmp_path / "run"
-    plan = {"pause_in": "checkpoint_write"}  # each file of a checkpoint takes 0.2 s more to write
+    run, signal_file = tmp_path / "run", tmp_path / "writing"
+    plan = {"pause_in": "checkpoint_write", "pause_at": 2, "signal_file": str(signal_file)}  # checkpoints 3, 6
     proc = _start(_argv(inputs, run), plan)
+    _kill_when(proc, signal_file.exists)
     half_written = run / "checkpoints" / ".tmp-checkpoint-6"
-    _kill_when(proc, lambda: half_written.is_dir() and any(half_written.iterdir()))
-    assert half_written.is_dir() and not (run / "checkpoints" / "checkpoint-6").exists()
+    assert sorted(p.name for p in half_written.iterdir()) == ["model.safetensors"]
+    assert not (run / "checkpoints" / "checkpoint-6").exists()
     assert _latest_name(run) == "checkpoint-3"  # the half-written checkpoint is never picked
     done = _resume_and_compare(inputs, run, reference_run)
     assert "resumed from" in done.stderr and "checkpoint-3" in done.stderr
+    assert "removed 1 temporary directories an interrupted run left: .tmp-checkpoint-6" in done.stderr
     assert not half_written.exists()  # step 6's checkpoint was written again, completely
 
 
@@ -500,3 +496,207 @@ def test_state_trees_round_trip_bit_for_bit_and_refuse_objects(tmp_path):
     assert restored.state_dict() == scaler.state_dict()
     with pytest.raises(TypeError, match="a object cannot be stored without pickle"):
         save_state_tree({"lambda": [object()]}, tmp_path, "bad")
+
+
+# ---- one process fails, the power fails, a swap is cut short (no subprocess: a stand-in accelerator) ---------
+
+
+class _Ranks:
+    """Processes of a run played by threads: `reduce` is a real collective among them, so a rank that
+    leaves the protocol early leaves the others waiting (here until the barrier's timeout)."""
+
+    def __init__(self, size: int, timeout: float = 10.0):
+        import threading
+
+        self.size, self.values = size, [0.0] * size
+        self.barrier = threading.Barrier(size, timeout=timeout)
+
+    def accelerator(self, rank: int):
+        from types import SimpleNamespace
+
+        from accelerate.utils import DistributedType
+
+        def reduce(tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+            assert reduction == "sum"
+            self.values[rank] = float(tensor.item())
+            self.barrier.wait()
+            total = sum(self.values)
+            self.barrier.wait()  # everyone has read the sum before the next collective writes
+            return torch.tensor(total)
+
+        return SimpleNamespace(
+            is_main_process=rank == 0,
+            process_index=rank,
+            num_processes=self.size,
+            device=torch.device("cpu"),
+            distributed_type=DistributedType.MULTI_CPU if self.size > 1 else DistributedType.NO,
+            scaler=None,
+            step=0,
+            reduce=reduce,
+            unwrap_model=lambda model: model,
+        )
+
+    def run(self, work) -> list[BaseException | None]:
+        """`work(rank)` on every rank at once; what each raised (None when it returned)."""
+        import threading
+
+        outcomes: list[BaseException | None] = [None] * self.size
+
+        def target(rank: int) -> None:
+            try:
+                work(rank)
+            except BaseException as err:  # noqa: BLE001 (the test inspects whatever each rank raised)
+                outcomes[rank] = err
+
+        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        return outcomes
+
+
+def _checkpointed(accelerator, optimizer=None):
+    from types import SimpleNamespace
+
+    from kqa.training.checkpoints import Checkpointed
+    from kqa.training.state import TrainingState
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = SimpleNamespace(state_dict=lambda: {"last_epoch": 1})
+    return Checkpointed(accelerator, model, optimizer, scheduler, TrainingState(global_step=1))
+
+
+def test_any_error_on_one_process_fails_the_checkpoint_on_every_process(tmp_path):
+    """The main process cannot store the optimizer state (an object: a TypeError, not an I/O error) while
+    the other writes its RNG state: neither waits for the other, both raise CheckpointWriteError (the main
+    one naming the TypeError), nothing half-written is left and the previous checkpoint still verifies."""
+    from types import SimpleNamespace
+
+    from kqa.training.checkpoints import CheckpointWriteError, verify_checkpoint, write_checkpoint
+
+    root = tmp_path / "checkpoints"
+    write_checkpoint(_checkpointed(_Ranks(1).accelerator(0)), root / "checkpoint-1")
+    ranks = _Ranks(2, timeout=5.0)
+    unstorable = SimpleNamespace(state_dict=lambda: {"state": {0: {"momentum_buffer": object()}}})
+    outcomes = ranks.run(
+        lambda rank: write_checkpoint(_checkpointed(ranks.accelerator(rank), unstorable), root / "checkpoint-2")
+    )
+    assert all(isinstance(err, CheckpointWriteError) for err in outcomes), outcomes
+    assert "checkpoint-2" in str(outcomes[0]) and "TypeError" in str(outcomes[0]), outcomes[0]
+    assert "cannot be stored without pickle" in str(outcomes[0])
+    assert isinstance(outcomes[0].__cause__, TypeError)
+    assert "another process failed" in str(outcomes[1])
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-1"]
+    verify_checkpoint(root / "checkpoint-1")
+
+
+def test_any_error_while_best_is_written_fails_on_every_process(tmp_path):
+    from kqa.training.checkpoints import CheckpointWriteError, replace_directory
+
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "model.safetensors").write_bytes(b"the previous best")
+    ranks = _Ranks(2, timeout=5.0)
+
+    def write(tmp: Path) -> None:
+        (tmp / "model.safetensors").parent.mkdir(parents=True)
+        raise RuntimeError("the tokenizer could not be saved")
+
+    outcomes = ranks.run(lambda rank: replace_directory(ranks.accelerator(rank), best, write))
+    assert all(isinstance(err, CheckpointWriteError) for err in outcomes), outcomes
+    assert "RuntimeError: the tokenizer could not be saved" in str(outcomes[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert (best / "model.safetensors").read_bytes() == b"the previous best"
+
+
+def _record_durability(monkeypatch) -> list[tuple[str, str]]:
+    """Every fsync (of what path), rename and removal, in order."""
+    import kqa.training.checkpoints as checkpoints
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_rmtree = os.fsync, Path.rename, shutil.rmtree
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(self: Path, target) -> Path:
+        events.append(("rename", f"{self} -> {target}"))
+        return real_rename(self, target)
+
+    def rmtree(path, *args, **kwargs) -> None:
+        if Path(path).exists():
+            events.append(("remove", str(path)))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "rename", rename)
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", rmtree)
+    return events
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fsync'd descriptor through /proc")
+def test_a_checkpoint_is_on_disk_before_older_ones_are_rotated_away(tmp_path, monkeypatch):
+    """After a power loss the renamed checkpoint must not be empty while rotation already deleted the older
+    ones: every file and the directory are synced, then renamed, then the parent synced, then rotated."""
+    from kqa.training.checkpoints import write_checkpoint
+
+    root = tmp_path / "checkpoints"
+    accelerator = _Ranks(1).accelerator(0)
+    write_checkpoint(_checkpointed(accelerator), root / "checkpoint-1")
+    events = _record_durability(monkeypatch)
+    write_checkpoint(_checkpointed(accelerator), root / "checkpoint-2", keep=1)
+    tmp, final = root / ".tmp-checkpoint-2", root / "checkpoint-2"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]
+    rename = events.index(("rename", f"{tmp} -> {final}"))
+    removal = events.index(("remove", str(root / "checkpoint-1")))
+    synced_before = {Path(path) for kind, path in events[:rename] if kind == "fsync"}
+    assert {tmp / p.name for p in final.iterdir()} | {tmp} <= synced_before, events
+    synced_after = [Path(path) for kind, path in events[rename:removal] if kind == "fsync"]
+    assert synced_after == [root], events  # the rename itself is durable before anything is deleted
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fsync'd descriptor through /proc")
+def test_best_is_on_disk_before_it_is_swapped_in(tmp_path, monkeypatch):
+    from kqa.training.checkpoints import replace_directory
+
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "old.txt").write_text("old")
+    events = _record_durability(monkeypatch)
+
+    def write(tmp: Path) -> None:
+        (tmp / "predictions").mkdir(parents=True)
+        (tmp / "predictions" / "ko.json").write_text("{}")
+        (tmp / "model.safetensors").write_bytes(b"new")
+
+    replace_directory(_Ranks(1).accelerator(0), best, write)
+    tmp, old = tmp_path / ".best.tmp", tmp_path / ".best.old"
+    swap = events.index(("rename", f"{tmp} -> {best}"))
+    synced_before = {Path(path) for kind, path in events[:swap] if kind == "fsync"}
+    assert {tmp / "model.safetensors", tmp / "predictions" / "ko.json", tmp / "predictions", tmp} <= synced_before
+    assert [Path(path) for kind, path in events[swap:] if kind == "fsync"] == [tmp_path], events
+    assert events[-1] == ("remove", str(old))  # the previous best/ goes only once the new one is durable
+
+
+def test_setup_restores_best_from_an_interrupted_swap_and_removes_stale_temporaries(tmp_path, caplog):
+    """Killed between `best → .best.old` and `.best.tmp → best`: only `.best.old` holds the best model. The
+    next run puts it back (and final/ likewise) and removes what killed writes left behind."""
+    from kqa.training.checkpoints import recover_interrupted_writes
+
+    run = tmp_path / "run"
+    old_best, old_final = run / ".best.old", run / ".final.old"
+    for directory in (old_best, old_final, run / ".best.tmp", run / "checkpoints" / ".tmp-checkpoint-6"):
+        directory.mkdir(parents=True)
+        (directory / "model.safetensors").write_bytes(directory.name.encode())
+    (run / "final").mkdir()  # final/ was swapped in, the old one not yet removed: that one is stale
+    (run / "checkpoints" / "checkpoint-3").mkdir()
+    with caplog.at_level("INFO", logger="kqa"):
+        recover_interrupted_writes(run / "checkpoints", [run / "best", run / "final"])
+    assert (run / "best" / "model.safetensors").read_bytes() == b".best.old"
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoints", "final"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-3"]
+    assert f"restored {run / 'best'} from {old_best}" in caplog.text, caplog.text
+    assert "removed 3 " in caplog.text, caplog.text

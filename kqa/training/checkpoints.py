@@ -11,10 +11,12 @@ A checkpoint (`checkpoints/checkpoint-<step>/`) loads without unpickling anythin
                                      accumulation step, and every other file's size and sha256
 
 It is written into `.tmp-checkpoint-<step>` (the main process writes the shared files, each process its
-RNG state), the marker last after a barrier, then renamed: a process killed while writing leaves no
-directory `latest` would consider. A write that fails (a full disk) raises `CheckpointWriteError` and
-removes the temporary directory. `verify_checkpoint` checks every file against the marker;
-`find_latest_checkpoint` skips a checkpoint that fails it with a warning naming the file.
+RNG state), the marker last after a barrier, fsync'd, then renamed: a process killed while writing (or a
+power loss) leaves no directory `latest` would consider. A write that fails (a full disk, or any error
+on any process) raises `CheckpointWriteError` on every process and removes the temporary directory.
+`verify_checkpoint` checks every file against the marker; `find_latest_checkpoint` skips a checkpoint
+that fails it with a warning naming the file. The next run's setup cleans up after a killed one
+(`recover_interrupted_writes`).
 
 Under FSDP, DeepSpeed, Megatron-LM or XLA the weights and optimizer are sharded in ways only Accelerate
 knows how to gather, so there the checkpoint is Accelerate's `save_state` (pickles) with the same marker,
@@ -27,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -99,35 +102,40 @@ def find_latest_checkpoint(checkpoint_root: Path) -> Optional[Path]:
     """The newest checkpoint that verifies; a newer one that does not is skipped with a warning. None when
     there is no checkpoint; `CorruptCheckpointError` when there are some and none verifies (starting over
     would discard them)."""
+    found = _latest_verified(checkpoint_root)
+    return found[0] if found else None
+
+
+def _latest_verified(checkpoint_root: Path) -> Optional[tuple[Path, dict]]:
+    """`find_latest_checkpoint`'s checkpoint and its verified marker."""
     problems = []
     for path in reversed(list_checkpoints(checkpoint_root)):
         try:
-            verify_checkpoint(path)
+            marker = verify_checkpoint(path)
         except CorruptCheckpointError as err:
             problems.append(str(err))
             continue
         if problems:
             logger.warning("falling back to %s, the newest checkpoint that verifies: %s", path, "; ".join(problems))
-        return path
+        return path, marker
     if problems:
         raise CorruptCheckpointError(f"no usable checkpoint in {checkpoint_root}: {'; '.join(problems)}")
     return None
 
 
-def resolve_checkpoint(source: Optional[str], checkpoint_root: Path) -> Optional[Path]:
-    """`resume_from_checkpoint` → the checkpoint to load (verified), or None to start fresh."""
+def _resolve_checkpoint(source: Optional[str], checkpoint_root: Path) -> Optional[tuple[Path, dict]]:
+    """`resume_from_checkpoint` → the checkpoint to load and its verified marker, or None to start fresh."""
     if not source:
         return None
     if source == "latest":
-        path = find_latest_checkpoint(checkpoint_root)
-        if path is None:
+        found = _latest_verified(checkpoint_root)
+        if found is None:
             logger.warning("resume_from_checkpoint=latest: no checkpoint in %s; starting fresh", checkpoint_root)
-        return path
+        return found
     path = Path(source)
     if not (path / STATE_MARKER).is_file():
         raise FileNotFoundError(f"{path}: not a complete kqa checkpoint (missing {STATE_MARKER})")
-    verify_checkpoint(path)
-    return path
+    return path, verify_checkpoint(path)
 
 
 # ---- the marker: loop state and the manifest of every other file ---------------------------------------
@@ -195,12 +203,6 @@ def checkpoint_format(accelerator) -> str:
     return ACCELERATE_FORMAT if accelerator.distributed_type.name in _SHARDING_TYPES else KQA_FORMAT
 
 
-def _write_failure() -> tuple[type[Exception], ...]:
-    from safetensors import SafetensorError  # its I/O errors (EFBIG, ENOSPC) are not OSErrors
-
-    return (OSError, SafetensorError)
-
-
 def _raise_together(accelerator, error: Optional[Exception], what: Path, cleanup: Callable[[], None]) -> None:
     """A barrier that also tells every process whether any failed (so none waits for one that gave up):
     then the temporary files are removed and all raise `CheckpointWriteError`."""
@@ -209,16 +211,45 @@ def _raise_together(accelerator, error: Optional[Exception], what: Path, cleanup
         return
     if accelerator.is_main_process:
         cleanup()
-    reason = (getattr(error, "strerror", None) or str(error)) if error else "another process failed to write"
+    if error is None:
+        reason = "another process failed to write"
+    else:  # an OSError's reason without the file name (the message names the checkpoint)
+        reason = f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
     raise CheckpointWriteError(f"could not write {what.name} in {what.parent}: {reason}") from error
 
 
 def _attempt(write: Callable[[], None]) -> Optional[Exception]:
+    """Run one process's part of a write; what it raised. Any exception, not only I/O errors (a full disk,
+    safetensors' EFBIG): one that escaped here would skip the collective in `_raise_together` and leave
+    the other processes waiting there until the distributed timeout."""
     try:
         write()
-    except _write_failure() as err:
+    except Exception as err:  # noqa: BLE001 (reported to every process, then raised on all)
         return err
     return None
+
+
+def _fsync(path: Path) -> None:
+    if path.is_dir() and os.name == "nt":
+        return  # Windows has no directory handle to sync (NTFS journals the rename itself)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in_durably(tmp: Path, target: Path, aside: Optional[Path] = None) -> None:
+    """Rename the written directory `tmp` to `target` (moving an existing `target` to `aside` first) so that
+    a power loss cannot leave `target` empty or half-written: the rename reaches the disk before the data
+    unless both are synced. So every file and directory under `tmp` is fsync'd, then renamed, then the
+    parent fsync'd; only after that may the caller delete older copies (rotation, `aside`)."""
+    for path in [*tmp.rglob("*"), tmp]:
+        _fsync(path)
+    if aside is not None and target.exists():
+        target.rename(aside)
+    tmp.rename(target)
+    _fsync(target.parent)
 
 
 def _write_kqa_files(parts: Checkpointed, tmp: Path) -> None:
@@ -267,8 +298,8 @@ def write_checkpoint(parts: Checkpointed, final: Path, keep: Optional[int] = Non
 
     def commit() -> None:
         write_marker(tmp, body)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        shutil.rmtree(final, ignore_errors=True)  # this step saved before (a resumed run), or a corrupt one
+        _swap_in_durably(tmp, final)
         rotate_checkpoints(final.parent, keep)
 
     _raise_together(acc, _attempt(commit) if acc.is_main_process else None, final, cleanup)
@@ -282,23 +313,48 @@ def rotate_checkpoints(checkpoint_root: Path, keep: Optional[int]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _swap_paths(directory: Path) -> tuple[Path, Path]:
+    """Where `replace_directory` writes the new `directory` and where it moves the previous one meanwhile."""
+    return directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
+
+
 def replace_directory(accelerator, directory: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` into `.<name>.tmp` on the main process, then swap it in for `directory` (best/, final/).
     On failure the temporary directory is removed, `directory` is left as it was and every process raises
     `CheckpointWriteError`."""
-    tmp, old = directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
+    tmp, old = _swap_paths(directory)
 
     def write_and_swap() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         write(tmp)
         shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
+        _swap_in_durably(tmp, directory, aside=old)
         shutil.rmtree(old, ignore_errors=True)
 
     error = _attempt(write_and_swap) if accelerator.is_main_process else None
     _raise_together(accelerator, error, directory, lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def recover_interrupted_writes(checkpoint_root: Path, model_directories: Iterable[Path]) -> None:
+    """Undo what a process killed while saving left behind; for the main process, before the run writes.
+
+    Killed between moving `best/` aside and renaming the new one in, only `.best.old` holds the best model:
+    it is put back (so is `final/`), else the next swap would delete it. The temporary directories of
+    killed writes (`.tmp-checkpoint-<step>`, `.best.tmp`, a `.best.old` beside its `best/`) are removed."""
+    stale = []
+    for directory in model_directories:
+        tmp, old = _swap_paths(directory)
+        if old.is_dir() and not directory.exists():
+            old.rename(directory)
+            logger.warning("restored %s from %s: a run was killed while replacing it", directory, old)
+        stale += [path for path in (tmp, old) if path.exists()]
+    if checkpoint_root.is_dir():
+        stale += [path for path in checkpoint_root.iterdir() if path.name.startswith(TMP_PREFIX)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        names = ", ".join(path.name for path in stale)
+        logger.info("removed %d temporary directories an interrupted run left: %s", len(stale), names)
 
 
 def save_model_directory(
@@ -336,10 +392,25 @@ def save_model_directory(
 # ---- loading ---------------------------------------------------------------------------------------------
 
 
+def resume_from_checkpoint(
+    parts: Checkpointed, source: Optional[str], checkpoint_root: Path, allow_pickle: bool = False
+) -> bool:
+    """`resume_from_checkpoint: PATH | latest` (`latest`: the newest in `checkpoint_root` that verifies):
+    restore `parts` from it; False when there is nothing to resume from. Each file is hashed once, when
+    the checkpoint is chosen."""
+    found = _resolve_checkpoint(source, checkpoint_root)
+    if found is not None:
+        _load_verified(parts, *found, allow_pickle)
+    return found is not None
+
+
 def load_checkpoint(parts: Checkpointed, path: Path, allow_pickle: bool = False) -> None:
-    """Restore `parts` from a verified checkpoint. kqa's format reads safetensors and JSON only; Accelerate's
-    (pickles) needs `allow_pickle`, else `PickledCheckpointError` says how to allow it."""
-    marker = verify_checkpoint(path)
+    """Restore `parts` from a checkpoint, verified first. kqa's format reads safetensors and JSON only;
+    Accelerate's (pickles) needs `allow_pickle`, else `PickledCheckpointError` says how to allow it."""
+    _load_verified(parts, path, verify_checkpoint(path), allow_pickle)
+
+
+def _load_verified(parts: Checkpointed, path: Path, marker: dict, allow_pickle: bool) -> None:
     if marker["format"] == ACCELERATE_FORMAT:
         _load_with_accelerate(parts, path, marker, allow_pickle)
     elif marker["format"] == KQA_FORMAT:

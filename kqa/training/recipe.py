@@ -42,8 +42,8 @@ from kqa.prediction import PredictionSet, predict_and_score
 from kqa.training.checkpoints import (
     CHECKPOINT_PREFIX,
     Checkpointed,
-    load_checkpoint,
-    resolve_checkpoint,
+    recover_interrupted_writes,
+    resume_from_checkpoint,
     save_model_directory,
     write_checkpoint,
 )
@@ -126,6 +126,7 @@ class QATrainingRecipe:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output_dir / "train_config.yaml")
+            recover_interrupted_writes(self.checkpoint_root, (self.best_dir, self.final_dir))
         accelerator.wait_for_everyone()
         return accelerator
 
@@ -235,11 +236,10 @@ class QATrainingRecipe:
         return prepared[:4]
 
     def _maybe_resume(self) -> bool:
-        path = resolve_checkpoint(self.config.resume_from_checkpoint, self.checkpoint_root)
-        if path is None:
-            return False
-        load_checkpoint(self._checkpointed(), path, allow_pickle=self.config.allow_pickled_checkpoint)
-        return True
+        cfg = self.config
+        return resume_from_checkpoint(
+            self._checkpointed(), cfg.resume_from_checkpoint, self.checkpoint_root, cfg.allow_pickled_checkpoint
+        )
 
     def _checkpointed(self) -> Checkpointed:
         return Checkpointed(self.accelerator, self.model, self.optimizer, self.scheduler, self.state)
