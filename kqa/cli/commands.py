@@ -165,9 +165,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     if report.quantize:
         print(
-            "int8 moves the logits: check EM/F1 on your dev set (benchmarks/bench_int8.py) before serving it; "
-            "the fp32 export is exact. The export keeps probe inputs with their fp32 logits: loading it on "
-            "another CPU measures the difference again and warns if it grew (--int8_drift)",
+            "int8 moves the logits, and differently on CPUs with and without VNNI: check EM/F1 on your dev set "
+            "on the CPU you serve from (benchmarks/bench_int8.py) before serving it; where answers must not "
+            "depend on the CPU, serve the fp32 export (exact everywhere). The export keeps probe inputs with "
+            "their fp32 logits: loading it on another CPU measures the difference again and warns if it grew "
+            "(--int8_drift)",
             file=sys.stderr,
         )
     return 0
