@@ -29,6 +29,12 @@ class SquadPath:
     paragraph: int | None = None
     question: int | None = None
 
+    def child(self, index: int) -> SquadPath:
+        """The path of an article's paragraph, or of a paragraph's question."""
+        if self.paragraph is None:
+            return SquadPath(self.article, index)
+        return SquadPath(self.article, self.paragraph, index)
+
     def __str__(self) -> str:
         path = f"data[{self.article}]"
         if self.paragraph is not None:
@@ -87,18 +93,26 @@ def squad_articles(document: Any, source: str, error: type[ValueError] = ValueEr
         yield SquadArticle(path, article)
 
 
+def _children(owner: dict, key: str, where: SquadPath, names: tuple[str, str], source: str, error):
+    """`owner[key]`, which must be a list of objects: (path, object) pairs. `names`: what the owner and
+    each child are called in an error (an article / a paragraph, a paragraph / a question)."""
+    items = owner.get(key)
+    if not isinstance(items, list):
+        got = "none" if items is None else f"a {_kind(items)}"
+        raise error(f"{source}: {where}: {names[0]} has no '{key}' list (got {got})")
+    for index, item in enumerate(items):
+        path = where.child(index)
+        if not isinstance(item, dict):
+            raise error(f"{source}: {path}: {names[1]} must be an object, got {_kind(item)}")
+        yield path, item
+
+
 def article_paragraphs(
     article: SquadArticle, source: str, error: type[ValueError] = ValueError
 ) -> Iterator[SquadParagraph]:
     """The paragraphs of one article, each checked to be an object."""
-    paragraphs = article.article.get("paragraphs")
-    if not isinstance(paragraphs, list):
-        got = "none" if paragraphs is None else f"a {_kind(paragraphs)}"
-        raise error(f"{source}: {article.path}: an article has no 'paragraphs' list (got {got})")
-    for index, paragraph in enumerate(paragraphs):
-        path = SquadPath(article.path.article, index)
-        if not isinstance(paragraph, dict):
-            raise error(f"{source}: {path}: a paragraph must be an object, got {_kind(paragraph)}")
+    names = ("an article", "a paragraph")
+    for path, paragraph in _children(article.article, "paragraphs", article.path, names, source, error):
         yield SquadParagraph(path, article.title, paragraph)
 
 
@@ -106,14 +120,8 @@ def paragraph_questions(
     paragraph: SquadParagraph, source: str, error: type[ValueError] = ValueError
 ) -> Iterator[SquadQuestion]:
     """The questions of one paragraph, each checked to be an object."""
-    qas = paragraph.paragraph.get("qas")
-    if not isinstance(qas, list):
-        got = "none" if qas is None else f"a {_kind(qas)}"
-        raise error(f"{source}: {paragraph.path}: a paragraph has no 'qas' list (got {got})")
-    for index, qa in enumerate(qas):
-        path = SquadPath(paragraph.path.article, paragraph.path.paragraph, index)
-        if not isinstance(qa, dict):
-            raise error(f"{source}: {path}: a question must be an object, got {_kind(qa)}")
+    names = ("a paragraph", "a question")
+    for path, qa in _children(paragraph.paragraph, "qas", paragraph.path, names, source, error):
         yield SquadQuestion(path, paragraph.title, paragraph.paragraph, qa)
 
 
