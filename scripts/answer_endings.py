@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kqa.boundaries import HOST_TAGS, TRIM_TAGS, analyse, trim_end, trim_start  # noqa: E402
 from kqa.squad import squad_questions  # noqa: E402
+from kqa.text import read_utf8_text  # noqa: E402
 
 TRAIN_FILES = ("korquad-1.0-sample/KorQuAD_v1.0_train.json", "tydiqa-goldp-ko/korean_tydiqa_train.json")
 
@@ -39,13 +40,15 @@ def gold_spans(data_dir: Path) -> list[tuple[str, int, int]]:
     """(context, start, end) of every gold answer of the train files, repeated answers once."""
     found: dict[tuple[str, int, int], None] = {}
     for name in TRAIN_FILES:
-        document = json.loads((data_dir / name).read_text(encoding="utf-8"))
+        document = json.loads(read_utf8_text(data_dir / name))
         for record in squad_questions(document, name):
             context = record.paragraph["context"]
             for answer in record.qa.get("answers", []):
-                found[context, answer["answer_start"], answer["answer_start"] + len(answer["text"])] = None
-    spans = list(found)
-    return spans
+                start, end = answer["answer_start"], answer["answer_start"] + len(answer["text"])
+                if context[start:end] != answer["text"]:  # a misplaced answer would teach wrong edges
+                    raise ValueError(f"{name}: {record.path}: answer {answer['text']!r} is not at {start}")
+                found[context, start, end] = None
+    return list(found)
 
 
 def _glued(context: str, position: int) -> bool:

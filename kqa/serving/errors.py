@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kqa.serving.schemas import ApiError, ErrorOut, _validation_error
+from kqa.serving.schemas import ApiError, ErrorOut, validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        error = _validation_error(exc)
+        error = validation_error(exc)
         forget_tracebacks(exc)
         return error.response()
 

@@ -102,7 +102,7 @@ def _problem(err: dict) -> dict:
     return {"field": name, "problem": kind, "message": message}
 
 
-def _validation_error(exc: RequestValidationError) -> ApiError:
+def validation_error(exc: RequestValidationError) -> ApiError:
     """The first MAX_LISTED_ERRORS problems, the first of them at the top, and how many there are: a
     small request can have many (20,000 unknown fields), its reply stays small."""
     found = exc.errors()
