@@ -271,3 +271,13 @@ def shared_data_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide singletons (state, gradient state, partial state), so that the next
+    `Accelerator` in this process starts from a clean slate: for tests that run several recipes in one process."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from kqa.inference import QuestionAnswerer
 from kqa.modeling import QuestionAnsweringModel
-from kqa.testing import KOREAN_EXAMPLES, korean_squad_json, tiny_bert_config
+from kqa.testing import KOREAN_EXAMPLES, korean_squad_json, reset_accelerate_state, tiny_bert_config
 from kqa.training.checkpoints import find_latest_checkpoint
 from kqa.training.config import TrainConfig, parse_config
 from kqa.training.recipe import QATrainingRecipe
@@ -40,13 +40,9 @@ NOISE_ONLY = {"qa_outputs.bias"}
 @pytest.fixture(autouse=True)
 def fresh_state():
     """Accelerate's process-wide singletons and dynamo's caches: each run starts from a clean slate."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     torch._dynamo.reset()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     torch._dynamo.reset()
 
 
@@ -114,13 +110,9 @@ def saved_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_compiled_run_matches_eager(tmp_path, backbone: Path, data: Path) -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     eager_losses, eager = train(backbone, data, tmp_path / "eager", compile=False)
     eager_weights = saved_tensors(tmp_path / "eager" / "final" / "model.safetensors")
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     torch._dynamo.utils.counters.clear()
     compiled_losses, compiled = train(backbone, data, tmp_path / "compiled", compile=True)
 

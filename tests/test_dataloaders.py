@@ -17,7 +17,7 @@ from kqa.dataloaders import (
     sort_by_length,
 )
 from kqa.features import FeatureConfig, prepare_train_features
-from kqa.testing import KOREAN_EXAMPLES
+from kqa.testing import KOREAN_EXAMPLES, reset_accelerate_state
 
 PAD = 7
 
@@ -240,7 +240,6 @@ def test_loader_over_real_features(tiny_tokenizer):
 
 def test_accelerate_prepared_loader_follows_set_epoch_and_resumes_mid_epoch():
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState, PartialState
 
     features = _features_dataset(np.random.default_rng(2).integers(3, 30, size=40))
     collator = QACollator(pad_token_id=PAD)
@@ -265,9 +264,7 @@ def test_accelerate_prepared_loader_follows_set_epoch_and_resumes_mid_epoch():
             prepared.set_epoch(1)
             assert _collect(prepared) != first
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+        reset_accelerate_state()
 
 
 def test_sort_by_length_orders_longest_first_keeps_ties_and_every_row():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kqa.testing import korean_squad_json, tiny_bert_config
+from kqa.testing import korean_squad_json, reset_accelerate_state, tiny_bert_config
 from kqa.training.checkpoints import STATE_MARKER, find_latest_checkpoint
 from kqa.training.config import TrainConfig
 from kqa.training.recipe import NonFiniteLossError, QATrainingRecipe
@@ -23,12 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; each recipe in these tests starts from a clean slate."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
 
 
 def _make_backbone_dir(path: Path, tokenizer, **overrides) -> Path:
@@ -48,17 +44,13 @@ def backbone_dir(tmp_path, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_tokenizer) -> Path:
     """One short training run shared by the tests that only read its outputs (trained once per module)."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     root = tmp_path_factory.mktemp("trained_run")
     data_file = root / "korean.json"
     data_file.write_text(json.dumps(korean_squad_json(), ensure_ascii=False), encoding="utf-8")
     backbone = _make_backbone_dir(root / "backbone", tiny_tokenizer)
     cfg = _config(backbone, data_file, root / "run", max_train_steps=60, eval_strategy="steps", eval_steps=60)
     QATrainingRecipe(cfg).setup().train()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     return root / "run"
 
 
@@ -245,11 +237,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(dropout_backbone_dir,
     checkpoint = find_latest_checkpoint(tmp_path / "split" / "checkpoints")
     assert checkpoint is not None and checkpoint.name == f"checkpoint-{stop_after}"
 
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     resumed = QATrainingRecipe(
         _config(dropout_backbone_dir, korean_squad_file, tmp_path / "split", resume_from_checkpoint="latest", **common)
     ).setup()
@@ -491,11 +479,7 @@ def test_mixed_precision_unset_follows_accelerate_and_explicit_values_win(
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     unset = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "a", mixed_precision=None)).setup()
     assert unset.accelerator.mixed_precision == "bf16"
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     explicit = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "b", mixed_precision="no")).setup()
     assert explicit.accelerator.mixed_precision == "no"
 
@@ -514,14 +498,10 @@ def test_auto_mixed_precision_is_bf16_where_supported_else_fp16_on_cuda(monkeypa
 def test_evaluate_model_follows_accelerates_mixed_precision_when_unset(
     trained_model_dir, korean_squad_file, monkeypatch
 ):
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     from kqa.training.evaluation import evaluate_model
 
     def evaluate(**kwargs):  # each evaluate.py run is a new process: a new Accelerate state
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+        reset_accelerate_state()
         return evaluate_model(trained_model_dir, korean_squad_file, disable_tqdm=True, **kwargs)
 
     fp32 = evaluate()
@@ -605,11 +585,7 @@ def test_training_logs_throughput_in_tokens_and_peak_memory(trained_run):
 def test_a_new_run_into_an_old_output_directory_keeps_the_logs_apart(backbone_dir, korean_squad_file, tmp_path):
     cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=2)
     QATrainingRecipe(cfg).setup().train()
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
     QATrainingRecipe(dataclasses.replace(cfg, max_train_steps=3)).setup().train()
     steps = [r["step"] for r in _read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3]
@@ -821,11 +797,7 @@ def test_an_encoder_with_remote_code_trains_evaluates_serves_and_continues(tiny_
     (backbone / "config.json").write_text(json.dumps(config))
 
     def reset():
-        from accelerate.state import AcceleratorState, GradientState, PartialState
-
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+        reset_accelerate_state()
 
     cfg = _config(
         backbone,

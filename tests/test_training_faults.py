@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kqa.testing import korean_squad_json, tiny_bert_config
+from kqa.testing import korean_squad_json, reset_accelerate_state, tiny_bert_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMING_KEYS = {"samples_per_second", "tokens_per_second", "padded_tokens_per_second", "peak_memory_mb"}
@@ -396,15 +396,8 @@ def test_a_corrupt_best_model_is_a_named_error(reference_run, tmp_path, damage):
 
 @pytest.fixture
 def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    def reset():
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
-
-    yield reset
-    reset()
+    yield reset_accelerate_state
+    reset_accelerate_state()
 
 
 def _snapshot(recipe) -> dict:
