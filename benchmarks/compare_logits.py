@@ -18,8 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-
-OUTPUT_NAMES = ("start_logits", "end_logits")
+from ort_replay import OUTPUT_NAMES  # noqa: E402  (one copy beside the emulated script)
 
 
 def compare_batch(path_a: Path, path_b: Path) -> dict:
