@@ -281,3 +281,47 @@ def reset_accelerate_state() -> None:
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+def build_hub_cache(
+    cache_dir: str | os.PathLike,
+    repo_id: str,
+    files_from: str | os.PathLike,
+    *,
+    repo_type: str = "model",
+    revision: str = "main",
+) -> Path:
+    """Place the files of the folder `files_from` in a Hugging Face hub cache as repository `repo_id` at
+    `revision`, in the layout `huggingface_hub` reads (`models--org--name/refs/<revision>` holding a commit
+    hash, `snapshots/<commit>/...`, each file a blob it links to). With `HF_HUB_CACHE=cache_dir` and
+    `HF_HUB_OFFLINE=1`, hub ids then resolve to that snapshot through huggingface_hub's own code: the way
+    to test hub code paths without the network. Returns the snapshot directory."""
+    import hashlib
+    import shutil
+
+    source = Path(files_from)
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    if not files:
+        raise ValueError(f"{source}: no files to place in the hub cache")
+    digest = hashlib.sha1(f"{repo_type}/{repo_id}@{revision}".encode())
+    blobs: dict[Path, str] = {}
+    for path in files:
+        blob = hashlib.sha256(path.read_bytes()).hexdigest()
+        blobs[path] = blob
+        digest.update(f"{path.relative_to(source).as_posix()}:{blob}".encode())
+    commit = digest.hexdigest()  # 40 hex digits, as a git commit id
+    repo_root = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshot = repo_root / "snapshots" / commit
+    (repo_root / "blobs").mkdir(parents=True, exist_ok=True)
+    for path, blob in blobs.items():
+        blob_path = repo_root / "blobs" / blob
+        if not blob_path.exists():
+            shutil.copyfile(path, blob_path)
+        target = snapshot / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        target.symlink_to(os.path.relpath(blob_path, target.parent))
+    (repo_root / "refs").mkdir(exist_ok=True)
+    (repo_root / "refs" / revision).write_text(commit)
+    return snapshot
