@@ -9,10 +9,13 @@ about itself, for a directory saved without a card (`kqa push`)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 PIPELINE_TAG = "question-answering"
@@ -201,7 +204,11 @@ def base_model_license(name_or_path: str) -> Optional[str]:
         path = Path(cached) if isinstance(cached, str) else None
     if path is None:
         return None
-    return (metadata_load(path) or {}).get("license")
+    try:
+        return (metadata_load(path) or {}).get("license")
+    except Exception as err:  # noqa: BLE001 (a card that does not parse must not stop a run from saving)
+        logger.warning("%s: could not read its license (%s); the card names none", path, err)
+        return None
 
 
 def _read_json(path: Path) -> dict:

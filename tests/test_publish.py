@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from kqa.modeling import QuestionAnsweringModel
 from kqa.publish import HubPushError, push_model_dir, upload_files
 from kqa.testing import korean_squad_json, reset_accelerate_state, tiny_bert_config
 from kqa.training.config import TrainConfig, parse_config
-from kqa.training.publishing import run_card_info
+from kqa.training.publishing import push_saved_model, run_card_info
 
 TOKEN = "hf_kqaTestTokenNeverWritten0123456789"
 MODEL_FILES = ["config.json", "kqa_config.json", "model.safetensors"]
@@ -410,3 +411,45 @@ def test_the_token_appears_in_no_file_of_the_run_and_no_log(pushed_run):
     assert [p for p in files if TOKEN.encode() in p.read_bytes()] == []
     assert "pushed" in logs and TOKEN not in logs
     assert all(TOKEN.encode() not in content for u in hub.uploads() for content in u["contents"].values())
+
+
+class _Accelerator:
+    def __init__(self, is_main_process: bool = True):
+        self.is_main_process = is_main_process
+
+
+def _push_config(korean_squad_file: Path, **overrides) -> TrainConfig:
+    values = dict(train_files=[str(korean_squad_file)], push_to_hub=True, hub_model_id="user/m", hub_token=TOKEN)
+    return TrainConfig.from_flat(**{**values, **overrides})
+
+
+def test_which_directory_a_run_pushes_and_when(model_dir, korean_squad_file, monkeypatch):
+    hub = HubRecorder(monkeypatch)
+    final = model_dir.parent / "final"
+    shutil.copytree(model_dir, final)
+    end_only, on_best = _push_config(korean_squad_file), _push_config(korean_squad_file, hub_strategy="best")
+    assert push_saved_model(_Accelerator(), end_only, model_dir, model_dir) is None  # a new best, strategy end
+    assert push_saved_model(_Accelerator(False), on_best, model_dir, model_dir) is None  # not the main process
+    assert push_saved_model(_Accelerator(), _push_config(korean_squad_file, push_to_hub=False), final, None) is None
+    assert hub.uploads() == []
+    push_saved_model(_Accelerator(), on_best, model_dir, model_dir)  # a new best, strategy best
+    push_saved_model(_Accelerator(), end_only, final, model_dir)  # the end of a run with a best model
+    push_saved_model(_Accelerator(), end_only, final, None)  # the end of a run that never evaluated
+    assert [u["folder"] for u in hub.uploads()] == [model_dir, model_dir, final]
+
+
+def test_a_failed_push_warns_after_a_best_and_raises_at_the_end(model_dir, korean_squad_file, monkeypatch, caplog):
+    HubRecorder(monkeypatch, fail_with=OSError("Network is unreachable"))
+    config = _push_config(korean_squad_file, hub_strategy="best")
+    with caplog.at_level(logging.WARNING, logger="kqa.training.publishing"):
+        assert push_saved_model(_Accelerator(), config, model_dir, model_dir) is None
+    assert "could not push" in caplog.text and "training goes on" in caplog.text and TOKEN not in caplog.text
+    with pytest.raises(HubPushError, match="user/m: OSError: Network is unreachable"):
+        push_saved_model(_Accelerator(), config, model_dir.parent / "final", model_dir)
+
+
+def test_a_base_card_that_does_not_parse_gives_no_license(tmp_path, caplog):
+    (tmp_path / CARD_FILE).write_text("---\nlicense: [unclosed\n---\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="kqa.model_card"):
+        assert base_model_license(str(tmp_path)) is None
+    assert "could not read its license" in caplog.text

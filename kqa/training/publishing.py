@@ -81,15 +81,16 @@ def run_card_info(
     )
 
 
-def push_saved_model(accelerator, config: TrainConfig, saved: Path, best_dir: Path) -> Optional[str]:
+def push_saved_model(accelerator, config: TrainConfig, saved: Path, best_dir: Optional[Path]) -> Optional[str]:
     """After best/ or final/ (`saved`) was written: push when the configuration asks for it, from the main
-    process. The end of the run (final/ written) pushes best/ when there is one, else final/; with
+    process. The end of the run (final/ written) pushes best/ when the run has one (`best_dir`; None when it
+    never selected a best model), else final/; with
     `hub_strategy: best` each new best/ is pushed too, and a failure there is a warning (the run goes on and
     pushes again at its end); at the end it raises `HubPushError`. Returns the commit URL, or None."""
     at_end = saved != best_dir
     if not (config.push_to_hub and accelerator.is_main_process) or not (at_end or config.hub_strategy == "best"):
         return None
-    model_dir = best_dir if at_end and best_dir.is_dir() else saved
+    model_dir = best_dir if at_end and best_dir is not None else saved
     try:
         return push_model_dir(
             model_dir,

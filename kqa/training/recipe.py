@@ -424,7 +424,7 @@ class QATrainingRecipe:
         save_model_directory(
             acc, self.model, directory, self.tokenizer, self.settings.to_dict(), metrics, predictions, card
         )
-        push_saved_model(acc, self.config, directory, self.best_dir)  # push_to_hub: main process only
+        push_saved_model(acc, self.config, directory, self.best_dir if self.state.best_step is not None else None)
 
     def save_checkpoint(self) -> Path:
         """The training state → checkpoints/checkpoint-<step> (kqa.training.checkpoints: written into a
