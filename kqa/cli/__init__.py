@@ -9,6 +9,7 @@ kqa build-backbone --out models/e5-small                                        
 kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.serving
 kqa index --corpus my_docs/ --out my_index --embedding_model models/e5-small       # see kqa.retrieval
 kqa ask --index my_index --model outputs/kqa/best "훈민정음은 언제 반포되었는가?"
+kqa push --model outputs/kqa/best --repo user/kqa-model                             # see kqa.publish
 """
 
 from __future__ import annotations

@@ -248,3 +248,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
         for hit in result.passages:
             print(f"  {hit.rank}. {hit.passage.id} score {hit.score:.4f}: {hit.passage.text[:80]!r}")
     return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a saved model directory to the Hub (`kqa.publish.push_model_dir`: checked, a card written
+    when missing, no pickles, no predictions)."""
+    from kqa.publish import push_model_dir
+
+    url = push_model_dir(
+        Path(args.model),
+        args.repo,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {args.model} to {args.repo}: {url}")
+    return 0

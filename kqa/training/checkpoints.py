@@ -38,6 +38,7 @@ from typing import Any, Optional
 
 import torch
 
+from kqa.model_card import ModelCardInfo, write_model_card
 from kqa.training.marker import (  # the errors and the marker's names are part of this module's API
     ACCELERATE_FORMAT,
     KQA_FORMAT,
@@ -303,9 +304,10 @@ def save_model_directory(
     kqa_config: dict,
     metrics: Optional[dict[str, float]],
     predictions: dict,
+    card: Optional[ModelCardInfo] = None,
 ) -> None:
     """best/ or final/: the save_pretrained layout that `QuestionAnswerer` and `evaluate.py` load, with the
-    metrics and predictions, replaced whole (`replace_directory`).
+    metrics, predictions and model card (`README.md`), replaced whole (`replace_directory`).
 
     Every process takes part in gathering the state dict: under FSDP or DeepSpeed ZeRO-3 each holds only a
     shard, and `get_state_dict` assembles the full weights; the main process writes them."""
@@ -322,6 +324,8 @@ def save_model_directory(
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         for name, set_predictions in predictions.items():
             write_predictions(set_predictions, tmp / "predictions" / name)
+        if card is not None:
+            write_model_card(tmp, card)
 
     replace_directory(accelerator, directory, write)
     accelerator.wait_for_everyone()

@@ -29,6 +29,10 @@ from kqa.text import read_utf8_text
 
 # What `mixed_precision` accepts besides unset (Accelerate's own setting); `auto` is resolved here.
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+# When a run pushes to the Hub (named after transformers' `hub_strategy`): at its end, or also at each new best/.
+HUB_STRATEGIES = ("end", "best")
+# Fields never written to train_config.yaml nor handed to trackers.
+SECRET_FIELDS = ("hub_token",)
 
 
 @dataclass
@@ -139,6 +143,21 @@ class TrainConfig:
     run_name: Optional[str] = None
     disable_tqdm: bool = False
 
+    # --- publishing (docs/training.md, "Publish to the Hub") ----------------------------------------
+    model_license: Optional[str] = None
+    """The license in the model card's metadata (e.g. apache-2.0, cc-by-sa-4.0); unset: the base model's
+    card's license when that card is on this machine, else none."""
+    push_to_hub: bool = False
+    """Upload best/ (or final/ without evaluation) to `hub_model_id` at the end of the run."""
+    hub_model_id: Optional[str] = None
+    """The Hub repository (`user/name`), created when missing."""
+    hub_private: bool = False
+    """Create the repository private (an existing one keeps its visibility)."""
+    hub_token: Optional[str] = field(default=None, repr=False)
+    """Unset: huggingface_hub's own (HF_TOKEN, or `hf auth login`). Never written to train_config.yaml."""
+    hub_strategy: str = "end"
+    """end: push when the run finishes; best: also after each new best/."""
+
     def __post_init__(self) -> None:
         for name, section in _NESTED.items():  # TrainConfig(**yaml.safe_load(saved_config)) works too
             if isinstance(getattr(self, name), dict):
@@ -152,6 +171,7 @@ class TrainConfig:
             "mixed_precision": (None, *MIXED_PRECISIONS),
             "lr_scheduler_type": ("linear", "cosine", "constant"),
             "optim": ("adamw_torch_fused", "adamw_torch"),
+            "hub_strategy": HUB_STRATEGIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -184,6 +204,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not self.train_files and not self.dataset_name:
             raise ValueError("give train_files or dataset_name")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (the Hub repository, user/name)")
 
     def resolved_attention_dropout(self, device_type: str) -> Optional[float]:
         """The attention dropout to build the model with on `device_type` (None: the config's own)."""
@@ -233,7 +255,8 @@ class TrainConfig:
         return PredictionSettings(features=self.features, postprocess=self.postprocess)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting but the secrets (`SECRET_FIELDS`): what train_config.yaml and the trackers get."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every setting under its flat key, as flags and YAML name them (for trackers)."""

@@ -27,13 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from kqa.dataloaders import (
-    QACollator,
-    make_eval_dataloader,
-    make_train_dataloader,
-    pad_multiple_for,
-    sort_by_length,
-)
+from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader, pad_multiple_for, sort_by_length
 from kqa.features import prepare_eval_features, prepare_train_features
 from kqa.metric import score_predictions
 from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
@@ -50,6 +44,7 @@ from kqa.training.checkpoints import (
 from kqa.training.config import TrainConfig, resolve_mixed_precision
 from kqa.training.inputs import load_train_examples, load_validation_examples
 from kqa.training.optim import build_optimizer, build_scheduler, schedule_length
+from kqa.training.publishing import push_saved_model, run_card_info
 from kqa.training.state import NonFiniteLossError, Run, TrainingState, TrainResult  # noqa: F401 (NonFiniteLossError: imported from here too)
 from kqa.training.tracking import (
     METRICS_FILE,
@@ -424,9 +419,12 @@ class QATrainingRecipe:
 
     def _save_model(self, directory: Path, metrics: Optional[dict[str, float]], predictions: dict) -> None:
         self._raise_if_not_finite()
+        acc = self.accelerator
+        card = run_card_info(self.config, directory, metrics, acc.num_processes)  # README.md, written inside
         save_model_directory(
-            self.accelerator, self.model, directory, self.tokenizer, self.settings.to_dict(), metrics, predictions
+            acc, self.model, directory, self.tokenizer, self.settings.to_dict(), metrics, predictions, card
         )
+        push_saved_model(acc, self.config, directory, self.best_dir if self.state.best_step is not None else None)
 
     def save_checkpoint(self) -> Path:
         """The training state → checkpoints/checkpoint-<step> (kqa.training.checkpoints: written into a
