@@ -14,14 +14,23 @@ import argparse
 import json
 import sys
 
-from kqa.flags import add_bool_flag, add_prediction_override_flags, add_renamed_flag
+from kqa.flags import add_bool_flag, add_prediction_override_flags, add_renamed_flag, parse_column_mapping_flag
 from kqa.prediction import EVAL_BATCH_SIZE, OVERRIDABLE_SETTINGS
 from kqa.training.config import MIXED_PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_file", required=True, help="SQuAD/KorQuAD-format JSON with gold answers")
+    parser.add_argument(
+        "--data_file",
+        required=True,
+        help="gold answers: SQuAD/KorQuAD-layout JSON, or flat rows in .json, .jsonl, .csv, .parquet",
+    )
+    parser.add_argument(
+        "--column_mapping",
+        type=parse_column_mapping_flag,
+        help="field=column pairs for a flat file whose columns fit no known schema (id=qid,context=passage)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best)")
     source.add_argument("--predictions", help="an existing predictions.json (id → answer text) to score")
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         mixed_precision=args.mixed_precision,
         trust_remote_code=args.trust_remote_code,
         disable_tqdm=args.disable_tqdm,
+        columns=args.column_mapping,
         **overrides,
     )
     from accelerate import PartialState

@@ -3,10 +3,14 @@
 Sources:
 - SQuAD-layout JSON (`data` → `paragraphs` → `qas` → `answers`): KorQuAD 1.0 and SQuAD 1.1/2.0 files,
   with or without a top-level `version` key (`load_squad_json`);
-- datasets in the flat layout of `KorQuAD/squad_kor_v1`, by hub name or local path, through
-  `datasets.load_dataset` (`load_hf_dataset`);
-- any `datasets.Dataset` with the flat columns (`validate_examples`), so another source only has to
-  produce those rows.
+- flat rows in a data file: a .json list of rows, .jsonl, .csv, .parquet (`load_data_file` takes any data
+  file; `kqa.tables.FILE_FORMATS`);
+- hub datasets by name and config (`load_hf_dataset`; offline from the hub cache: `kqa.tables.open_hub_dataset`);
+- any `datasets.Dataset` (`validate_examples`).
+
+Flat sources are read through a `kqa.columns.ColumnPlan`: a known schema recognised by its columns
+(the flat SQuAD layout of `KorQuAD/squad_kor_v1`, KLUE-MRC, flat answer columns) or a user's column
+mapping (`columns={"id": "qid", ...}`); columns outside the schema are carried along on the examples.
 
 All of them go through the same validation (`kqa.validation.ExampleValidator`). Text is stored exactly as the source
 gave it; answers are compared in NFC (see `kqa.text`). An `answer_start` that does not point at its
@@ -19,16 +23,24 @@ Every repair and rejection is recorded in the `LoadReport` returned with the exa
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from kqa.columns import ColumnPlan, raw_question, resolve_columns
 from kqa.squad import article_paragraphs, paragraph_questions, squad_articles
-from kqa.text import NotUtf8Error, read_utf8_text
+from kqa.tables import (
+    FILE_FORMATS,
+    file_format,
+    is_squad_document,
+    json_records_table,
+    open_hub_dataset,
+    read_json_document,
+    read_table,
+)
 from kqa.validation import (  # the report and error types are part of this module's API
     EXAMPLE_FEATURES,
     MISSING,
@@ -55,6 +67,7 @@ __all__ = [
     "RejectedQuestion",
     "RepairedAnswer",
     "align_answer",
+    "load_data_file",
     "load_examples",
     "load_hf_dataset",
     "load_squad_json",
@@ -63,7 +76,8 @@ __all__ = [
 ]
 
 
-REQUIRED_FLAT_COLUMNS = ("id", "context", "question", "answers")
+REQUIRED_FLAT_COLUMNS = ("id", "context", "question", "answers")  # the flat SQuAD layout (kqa.columns)
+Columns = Mapping[str, str]  # field → source column (kqa.columns.resolve_columns)
 
 # --------------------------------------------------------------------------------------------------
 # SQuAD-layout JSON
@@ -71,16 +85,7 @@ REQUIRED_FLAT_COLUMNS = ("id", "context", "question", "answers")
 
 
 def read_json_file(path: Path) -> Any:
-    try:
-        text = read_utf8_text(path)  # a leading byte-order mark is accepted, as by kqa.metric and the CLI
-    except NotUtf8Error as err:
-        raise DataValidationError(str(err)) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataValidationError(
-            f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} (character {err.pos})"
-        ) from err
+    return read_json_document(path)
 
 
 def _raw_answers(location: Location, qa: dict) -> list[tuple[Any, Any]] | Any:
@@ -138,71 +143,37 @@ def load_squad_json(path: str | Path, *, strict: bool = False) -> tuple[datasets
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    return _validate_squad(read_json_document(path), path, strict)
+
+
+def _validate_squad(document: Any, path: Path, strict: bool) -> tuple[datasets.Dataset, LoadReport]:
     report = LoadReport(source=str(path), source_kind="squad-json")
     validator = ExampleValidator(report)
-    for raw in _iter_squad_questions(read_json_file(path), str(path), report):
+    for raw in _iter_squad_questions(document, str(path), report):
         validator.add(raw)
     return validator.finish(strict)
 
 
 # --------------------------------------------------------------------------------------------------
-# Flat datasets (Hugging Face hub, local dataset files, any Dataset)
+# Flat rows: data files, hub datasets, any Dataset
 # --------------------------------------------------------------------------------------------------
 
 
-def _iter_flat_rows(rows: Iterable[dict], source: str, has_is_impossible: bool) -> Iterator[RawQuestion]:
-    for row_index, row in enumerate(rows):
-        loc = Location(source, row_index=row_index)
-        answers = row["answers"]
-        if not isinstance(answers, dict) or "text" not in answers or "answer_start" not in answers:
-            raise record_error(loc, "'answers' must hold 'text' and 'answer_start' lists", row.get("id", MISSING))
-        texts, starts = answers["text"], answers["answer_start"]
-        if len(texts) != len(starts):
-            raise record_error(
-                loc, f"'answers' has {len(texts)} texts but {len(starts)} answer_start values", row.get("id", MISSING)
-            )
-        # Without an is_impossible column an empty answer list marks an unanswerable question
-        # (the convention of the hub's squad_v2).
-        is_impossible = row["is_impossible"] if has_is_impossible else not texts
-        yield RawQuestion(
-            location=loc,
-            id=row["id"],
-            title=row.get("title", MISSING),
-            context=row["context"],
-            question=row["question"],
-            answers=list(zip(texts, starts)),
-            is_impossible=is_impossible,
-        )
-
-
-def _iter_dataset_rows(dataset: datasets.Dataset, batch_size: int = 1000) -> Iterator[dict]:
-    for batch in dataset.iter(batch_size=batch_size):  # column batches are much faster than row access
-        names = list(batch)
-        for values in zip(*(batch[n] for n in names)):
-            yield dict(zip(names, values))
-
-
-def validate_examples(
-    dataset: datasets.Dataset, source: str, *, strict: bool = False
+def _validate_rows(
+    rows: Iterable[tuple[Location, dict]],
+    plan: ColumnPlan,
+    report: LoadReport,
+    *,
+    strict: bool,
+    text_cells: bool = False,
 ) -> tuple[datasets.Dataset, LoadReport]:
-    """Validate a flat-schema Dataset (id, title?, context, question, answers, is_impossible?).
-
-    This is the entry point for any other source: build a Dataset with these columns and pass it here
-    to get the same checks, repairs and report as the JSON loader. Other columns are not carried over.
-    """
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(
-            f"{source}: expected a datasets.Dataset, got {type(dataset).__name__} (a DatasetDict needs a split)"
-        )
-    missing = [c for c in REQUIRED_FLAT_COLUMNS if c not in dataset.column_names]
-    if missing:
-        raise DataValidationError(f"{source}: missing columns {missing} (has {dataset.column_names})")
-    report = LoadReport(source=source, source_kind="dataset")
+    """Every row read through `plan` and checked; articles / paragraphs count distinct titles and contexts."""
+    report.columns, report.carried = plan.describe(), plan.carried
     validator = ExampleValidator(report)
-    has_is_impossible = "is_impossible" in dataset.column_names
     titles: set = set()
     paragraphs: set = set()
-    for raw in _iter_flat_rows(_iter_dataset_rows(dataset), source, has_is_impossible):
+    for location, row in rows:
+        raw = raw_question(plan, location, row, text_cells)
         validator.add(raw)
         titles.add(raw.title)
         paragraphs.add((raw.title, raw.context))
@@ -210,38 +181,89 @@ def validate_examples(
     return validator.finish(strict)
 
 
+def _iter_dataset_rows(dataset: datasets.Dataset, source: str, batch_size: int = 1000) -> Iterator[tuple]:
+    row_index = 0
+    for batch in dataset.iter(batch_size=batch_size):  # column batches are much faster than row access
+        names = list(batch)
+        for values in zip(*(batch[n] for n in names)):
+            yield Location(source, row_index=row_index), dict(zip(names, values))
+            row_index += 1
+
+
+def validate_examples(
+    dataset: datasets.Dataset, source: str, *, strict: bool = False, columns: Columns | None = None
+) -> tuple[datasets.Dataset, LoadReport]:
+    """Validate a flat Dataset: a known schema (the flat SQuAD columns id, title?, context, question,
+    answers, is_impossible?; KLUE-MRC; ...) or the user's `columns` mapping (field → column).
+
+    This is the entry point for any other source: build a Dataset and pass it here to get the same checks,
+    repairs and report as the file loaders. Columns outside the schema are carried along.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(
+            f"{source}: expected a datasets.Dataset, got {type(dataset).__name__} (a DatasetDict needs a split)"
+        )
+    plan = resolve_columns(dataset.column_names, source, columns)
+    report = LoadReport(source=source, source_kind="dataset")
+    return _validate_rows(_iter_dataset_rows(dataset, source), plan, report, strict=strict)
+
+
+def load_data_file(
+    path: str | Path, *, columns: Columns | None = None, strict: bool = False
+) -> tuple[datasets.Dataset, LoadReport]:
+    """Any data file kqa reads (`kqa.tables.FILE_FORMATS`): SQuAD-layout JSON, or flat rows in .json,
+    .jsonl, .csv or .parquet, read through a known schema or the `columns` mapping (field → column).
+    Errors name the file and the record (`dev.jsonl: line 12 (id 'q7'): ...`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if file_format(path) == "json":
+        document = read_json_document(path)
+        if is_squad_document(document):
+            if columns:
+                raise ValueError(f"{path}: a column mapping applies to flat rows, not to a SQuAD-layout JSON file")
+            return _validate_squad(document, path, strict)
+        table = json_records_table(document, path)
+    else:
+        table = read_table(path)
+    plan = resolve_columns(table.columns, str(path), columns)
+    report = LoadReport(source=str(path), source_kind="file")
+    rows = ((Location(str(path), record=label), row) for label, row in table.records)
+    return _validate_rows(rows, plan, report, strict=strict, text_cells=table.text_cells)
+
+
 def load_hf_dataset(
     name: str,
     split: str,
     *,
     config_name: str | None = None,
+    revision: str | None = None,
     cache_dir: str | Path | None = None,
     strict: bool = False,
+    columns: Columns | None = None,
 ) -> tuple[datasets.Dataset, LoadReport]:
-    """Load one split with `datasets.load_dataset` (e.g. `KorQuAD/squad_kor_v1`) and validate it.
-
-    `name` is anything `load_dataset` accepts: a hub name, or a local directory of json/parquet files.
-    """
+    """Load one split of a dataset (e.g. `KorQuAD/squad_kor_v1`, or `klue` with `config_name="mrc"`) and
+    validate it. `name` is a hub id (offline: from the hub cache, `kqa.tables.open_hub_dataset`) or a local
+    directory of json/parquet files."""
     if not split:
         raise ValueError(f"{name}: a split is required (e.g. 'train' or 'validation')")
-    dataset = datasets.load_dataset(
-        name, config_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
-    )
+    dataset = open_hub_dataset(name, split, config_name=config_name, revision=revision, cache_dir=cache_dir)
     source = f"{name}{'/' + config_name if config_name else ''}[{split}]"
-    return validate_examples(dataset, source, strict=strict)
+    return validate_examples(dataset, source, strict=strict, columns=columns)
 
 
 def load_examples(source: str | Path, split: str | None = None, **kwargs: Any) -> tuple[datasets.Dataset, LoadReport]:
-    """A path to an existing file → `load_squad_json`; anything else → `load_hf_dataset` (needs `split`).
+    """A path to an existing file → `load_data_file`; anything else → `load_hf_dataset` (needs `split`).
 
-    Keyword arguments go to the chosen loader (`strict`, and `config_name` / `cache_dir` for datasets).
+    Keyword arguments go to the chosen loader (`strict`, `columns`, and `config_name` / `revision` /
+    `cache_dir` for datasets).
     """
     path = Path(source)
     if path.is_file():
         if split is not None:
-            raise ValueError(f"{path}: a split only applies to datasets, not to a JSON file (got {split!r})")
-        return load_squad_json(path, **kwargs)
-    if isinstance(source, Path) or path.suffix.lower() == ".json":
+            raise ValueError(f"{path}: a split only applies to datasets, not to a data file (got {split!r})")
+        return load_data_file(path, **kwargs)
+    if isinstance(source, Path) or path.suffix.lower() in FILE_FORMATS:
         raise FileNotFoundError(f"{source}: no such file")
     if split is None:
         raise ValueError(

@@ -28,6 +28,16 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def parse_column_mapping_flag(text: str) -> dict[str, str]:
+    """`--column_mapping id=qid,context=passage` (`kqa.columns.parse_column_mapping`), its errors as argparse's."""
+    from kqa.columns import parse_column_mapping
+
+    try:
+        return parse_column_mapping(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_bool_flag(parser: argparse.ArgumentParser, name: str, *, default: bool = False, help: str = "") -> None:
     """`--name` alone is true; `--name true|false` says which."""
     parser.add_argument(

@@ -34,7 +34,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,10 @@ from kqa.squad import squad_questions
 from kqa.text import read_utf8_text, to_nfc
 
 logger = logging.getLogger("kqa.metric")
+
+# Example columns that scores are also broken down by, when the examples carry them (KLUE-MRC's
+# question_type: 1 paraphrased, 2 multi-sentence reasoning, 3 unanswerable).
+BREAKDOWN_COLUMNS = ("question_type",)
 
 # The official script replaces these one by one with re.sub(..., " ", text).
 _OFFICIAL_REMOVED = "'\"《》<>〈〉()‘’"
@@ -95,6 +99,15 @@ def squad_word_f1(prediction: str, ground_truth: str) -> float:
 
 
 @dataclass
+class GroupScore:
+    """EM and F1 (×100) over the gold questions of one group (e.g. one question_type)."""
+
+    exact_match: float
+    f1: float
+    total: int
+
+
+@dataclass
 class EvalResult:
     """Official scores (×100, over every gold question) and how many questions were answered."""
 
@@ -110,6 +123,8 @@ class EvalResult:
     """Gold questions without any answer (SQuAD 2.0 style)."""
     unknown_predictions: int = 0
     """Predictions whose id is not in the gold set (ignored, as by the official script)."""
+    breakdown: dict[str, dict[str, GroupScore]] = field(default_factory=dict)
+    """Scores per value of each of `BREAKDOWN_COLUMNS` the examples carry: {"question_type": {"1": ...}}."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,9 +141,14 @@ def _score_question(prediction: str, gold_answers: Sequence[str]) -> tuple[float
 
 
 def _evaluate(
-    questions: Iterable[tuple[str, Sequence[str]]], predictions: Mapping[str, str], source: str
+    questions: Iterable[tuple[str, Sequence[str]]],
+    predictions: Mapping[str, str],
+    source: str,
+    groups: Mapping[str, Sequence[Any]] | None = None,
 ) -> EvalResult:
-    """Score `(id, gold answer texts)` pairs; `source` names the gold set in messages."""
+    """Score `(id, gold answer texts)` pairs; `source` names the gold set in messages. `groups`: for a
+    breakdown column, its value for every question, in order."""
+    scores: list[tuple[float, float]] = []
     em_sum = f1_sum = 0.0
     total = answered = impossible = 0
     seen: set[str] = set()
@@ -143,10 +163,12 @@ def _evaluate(
             impossible += 1
         if question_id not in predictions:
             unanswered_ids.append(question_id)
+            scores.append((0.0, 0.0))
             continue
         prediction = predictions[question_id]
         answered += 1
         em, f1 = _score_question(prediction, gold_answers)
+        scores.append((em, f1))
         em_sum += em
         f1_sum += f1
     unknown = [k for k in predictions if k not in seen]
@@ -175,7 +197,23 @@ def _evaluate(
         unanswered=len(unanswered_ids),
         impossible=impossible,
         unknown_predictions=len(unknown),
+        breakdown={column: _group_scores(values, scores) for column, values in (groups or {}).items()},
     )
+
+
+def _group_scores(values: Sequence[Any], scores: Sequence[tuple[float, float]]) -> dict[str, GroupScore]:
+    """{str(value): GroupScore} over the questions that have each value (a missing value: "none")."""
+    grouped: dict[str, list[tuple[float, float]]] = {}
+    for value, score in zip(values, scores, strict=True):
+        grouped.setdefault("none" if value is None else str(value), []).append(score)
+    return {
+        key: GroupScore(
+            exact_match=100.0 * sum(em for em, _ in items) / len(items),
+            f1=100.0 * sum(f1 for _, f1 in items) / len(items),
+            total=len(items),
+        )
+        for key, items in sorted(grouped.items())
+    }
 
 
 def _answer_texts(answers: Any, where: str) -> list[str]:
@@ -203,7 +241,8 @@ def _check_predictions(predictions: Mapping[str, str], source: str) -> None:
 
 def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResult:
     """Score `predictions` (id → text) against examples (a `datasets.Dataset` or list of rows with
-    `id` and `answers` = {"text": [...], ...}) with the official KorQuAD 1.0 metric.
+    `id` and `answers` = {"text": [...], ...}) with the official KorQuAD 1.0 metric; examples that carry a
+    column of `BREAKDOWN_COLUMNS` (KLUE-MRC's `question_type`) are also scored per value of it.
 
     A prediction that is not a string raises a ValueError naming its id, whether or not the id is in
     the gold set (as `score_files` does)."""
@@ -212,20 +251,22 @@ def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResu
         for column in ("id", "answers"):
             if column not in examples.column_names:
                 raise ValueError(f"examples have no {column!r} column (columns: {examples.column_names})")
-        view = examples.with_format("arrow", columns=["id", "answers"])
-        ids = [str(i) for i in view["id"].to_pylist()]
-        answers = view["answers"].to_pylist()
+        names = ["id", "answers", *(c for c in BREAKDOWN_COLUMNS if c in examples.column_names)]
+        view = examples.with_format("arrow", columns=names)
+        columns = {name: view[name].to_pylist() for name in names}
     else:
-        ids, answers = [], []
-        for i, row in enumerate(examples):
+        rows = list(examples)
+        for i, row in enumerate(rows):
             if "id" not in row or "answers" not in row:
                 raise ValueError(f"examples row {i} needs 'id' and 'answers' keys, has {sorted(row)}")
-            ids.append(str(row["id"]))
-            answers.append(row["answers"])
+        names = ["id", "answers", *(c for c in BREAKDOWN_COLUMNS if rows and all(c in row for row in rows))]
+        columns = {name: [row[name] for row in rows] for name in names}
+    ids = [str(i) for i in columns.pop("id")]
     questions = (
-        (qid, _answer_texts(a, f"examples row {i} (id {qid!r})")) for i, (qid, a) in enumerate(zip(ids, answers))
+        (qid, _answer_texts(a, f"examples row {i} (id {qid!r})"))
+        for i, (qid, a) in enumerate(zip(ids, columns.pop("answers")))
     )
-    return _evaluate(questions, predictions, "examples")
+    return _evaluate(questions, predictions, "examples", groups=columns)
 
 
 class _DuplicateKey(Exception):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from pyarrow import ArrowException
 
 from kqa.squad import SquadPath
 from kqa.text import blank_problem, check_text, nfc_with_alignment, to_nfc
@@ -67,11 +68,14 @@ class Location:
     paragraph_index: int | None = None
     question_index: int | None = None
     row_index: int | None = None
+    record: str | None = None  # a flat file's own label: `line 12` (JSONL, CSV), `[3]` (JSON), `row 3` (Parquet)
 
     def describe(self) -> str:
-        """`data[0].paragraphs[1].qas[2]` (the JSON path, as `kqa.squad` writes it) or `row 5`."""
+        """`data[0].paragraphs[1].qas[2]` (the JSON path, as `kqa.squad` writes it), `line 12` or `row 5`."""
         if self.article_index is not None:
             return str(SquadPath(self.article_index, self.paragraph_index, self.question_index))
+        if self.record is not None:
+            return self.record
         return "top level" if self.row_index is None else f"row {self.row_index}"
 
 
@@ -130,8 +134,10 @@ class LoadReport:
     """
 
     source: str
-    source_kind: str = "squad-json"  # "squad-json" (a file) or "dataset" (hub name, local dataset, Dataset)
+    source_kind: str = "squad-json"  # "squad-json", "file" (flat rows: json, jsonl, csv, parquet) or "dataset"
     version: str | None = None  # the JSON file's top-level `version`, when it has one
+    columns: str | None = None  # flat sources: how columns became fields (`kqa.columns.ColumnPlan.describe`)
+    carried: tuple[str, ...] = ()  # flat sources: the extra columns carried along on the examples
     num_articles: int = 0
     num_paragraphs: int = 0
     num_questions: int = 0  # questions read
@@ -177,7 +183,7 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line, e.g. 'train.json: 142 questions read, 142 kept, 0 answers repaired, 0 answers rejected, ...'."""
-        name = Path(self.source).name if self.source_kind == "squad-json" else self.source
+        name = self.source if self.source_kind == "dataset" else Path(self.source).name
         line = (
             f"{name}: {self.num_questions} questions read, {self.num_kept} kept, "
             f"{self.num_answers_repaired} answers repaired, {self.num_answers_rejected} answers rejected, "
@@ -185,7 +191,7 @@ class LoadReport:
         )
         if self.num_impossible:
             line += f" ({self.num_impossible} kept questions unanswerable)"
-        return line
+        return line if self.columns is None else f"{line} [{self.columns}]"
 
     def problem_lines(self, limit: int = _MAX_RECORDS_LOGGED) -> list[str]:
         """The first `limit` rejections, then repairs, as readable lines."""
@@ -252,6 +258,7 @@ class RawQuestion:
     question: Any
     answers: list[tuple[Any, Any]] | Any  # (text, answer_start) pairs, or MISSING
     is_impossible: Any = False
+    extra: dict[str, Any] = field(default_factory=dict)  # carried columns (`LoadReport.carried`), as found
 
 
 def record_error(location: Location, problem: str, qid: Any = MISSING) -> DataValidationError:
@@ -332,6 +339,7 @@ class ExampleValidator:
     def __init__(self, report: LoadReport):
         self.report = report
         self.columns: dict[str, list] = {name: [] for name in EXAMPLE_FEATURES}
+        self.extra: dict[str, list] = {name: [] for name in report.carried}
         self.first_seen: dict[str, Location] = {}
 
     def add(self, raw: RawQuestion) -> None:
@@ -373,6 +381,8 @@ class ExampleValidator:
             ("is_impossible", is_impossible),
         ):
             self.columns[name].append(value)
+        for name, values in self.extra.items():
+            values.append(raw.extra.get(name))
         self.columns["answers"].append({"text": [t for t, _ in kept], "answer_start": [s for _, s in kept]})
 
     def _align(self, loc: Location, qid: str, context: str, text: str, start: int) -> tuple[str, int] | None:
@@ -406,7 +416,16 @@ class ExampleValidator:
                 f"{report.source}: all {report.num_questions} questions were rejected: {report.problem_lines(1)[0]}"
             )
         _log_report(report)
-        return datasets.Dataset.from_dict(self.columns, features=EXAMPLE_FEATURES), report
+        return self._dataset(), report
+
+    def _dataset(self) -> datasets.Dataset:
+        examples = datasets.Dataset.from_dict(self.columns, features=EXAMPLE_FEATURES)
+        for name, values in self.extra.items():
+            try:
+                examples = examples.add_column(name, values)
+            except (ValueError, TypeError, ArrowException) as err:  # mixed types in one column (JSONL)
+                raise DataValidationError(f"{self.report.source}: column {name!r} cannot be carried: {err}") from None
+        return examples
 
 
 def _log_report(report: LoadReport) -> None:

@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 import yaml
 
+from kqa.columns import check_mapping_fields, parse_column_mapping
 from kqa.features import FeatureConfig
-from kqa.flags import parse_bool
+from kqa.flags import parse_bool, parse_column_mapping_flag
 from kqa.postprocess import PostprocessConfig
 from kqa.prediction import EVAL_BATCH_SIZE, SETTING_SECTIONS, PredictionSettings
 from kqa.text import read_utf8_text
@@ -58,14 +59,21 @@ class TrainConfig:
     dataset_name: Optional[str] = "KorQuAD/squad_kor_v1"
     """Hugging Face dataset name; used when train_files / validation_files are not given."""
     dataset_config_name: Optional[str] = None
+    """The dataset's config, e.g. `mrc` of `klue` (KLUE-MRC)."""
+    dataset_revision: Optional[str] = None
+    """A branch, tag or commit of the hub dataset (default: its main branch)."""
     train_split: str = "train"
     validation_split: str = "validation"
     data_dir: Optional[str] = None
     """Relative data file paths are resolved against this (default: $KQA_DATA_DIR when set)."""
     train_files: list[str] = field(default_factory=list)
-    """SQuAD-format JSON files; several are concatenated."""
+    """Data files (SQuAD-layout JSON, or flat rows in .json, .jsonl, .csv, .parquet: docs/data.md); several
+    are concatenated (their schema columns: columns carried along are kept only for evaluation)."""
     validation_files: list[str] = field(default_factory=list)
-    """SQuAD-format JSON files, each evaluated and reported separately; `name=path` names a set."""
+    """Data files as for train_files, each evaluated and reported separately; `name=path` names a set."""
+    column_mapping: dict[str, str] = field(default_factory=dict)
+    """Which column holds which field in flat data files and datasets whose columns fit no known schema:
+    a YAML mapping, or `--column_mapping id=qid,context=passage` (docs/data.md)."""
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     preprocessing_num_workers: Optional[int] = None
@@ -206,6 +214,9 @@ class TrainConfig:
             raise ValueError("give train_files or dataset_name")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (the Hub repository, user/name)")
+        if isinstance(self.column_mapping, str):  # YAML may give the flag form
+            self.column_mapping = parse_column_mapping(self.column_mapping)
+        check_mapping_fields(self.column_mapping)
 
     def resolved_attention_dropout(self, device_type: str) -> Optional[float]:
         """The attention dropout to build the model with on `device_type` (None: the config's own)."""
@@ -316,7 +327,9 @@ def build_arg_parser(description: str = "Fine-tune an encoder for Korean extract
     for f, hint in _flag_fields():
         tp, optional, is_list = _field_kind(hint)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
-        if is_list:
+        if typing.get_origin(tp) is dict:
+            kwargs.update(type=parse_column_mapping_flag, help="(field=column pairs, comma-separated)")
+        elif is_list:
             kwargs.update(nargs="+", type=tp, help=f"(list of {tp.__name__})")
         elif tp is bool:
             kwargs.update(nargs="?", const=True, type=parse_bool, help="(bool)")

@@ -1,4 +1,5 @@
-"""Evaluate a saved kqa model on a SQuAD-format file (`evaluate.py`).
+"""Evaluate a saved kqa model on a data file (`evaluate.py`): SQuAD-layout JSON, or flat rows in .json,
+.jsonl, .csv, .parquet (`kqa.data.load_data_file`).
 
 The prediction path is the training loop's (`kqa.prediction.predict_and_score`), with the settings
 saved beside the model, so the numbers match the evaluation that chose the checkpoint. It runs under
@@ -40,6 +41,7 @@ def evaluate_model(
     trust_remote_code: bool = False,
     disable_tqdm: bool = False,
     decode: Optional[Callable] = None,
+    columns: Optional[dict[str, str]] = None,
     **overrides,
 ) -> ModelEvaluation:
     """Predict every question of `data_file` with the model in `model_dir` and score it.
@@ -47,12 +49,13 @@ def evaluate_model(
     `overrides` are flat feature / post-processing settings (`max_seq_length=512`, `n_best_size=5`)
     replacing those saved with the model. `mixed_precision` unset means Accelerate's own setting (as in
     training); `auto`, `no`, `fp16`, `bf16` as in `TrainConfig`. `decode` replaces the n-best
-    post-processor (same signature as `kqa.postprocess.decode_answers`).
+    post-processor (same signature as `kqa.postprocess.decode_answers`). `columns` maps fields to the
+    columns of a flat file (`kqa.columns`); a carried `question_type` column breaks the scores down.
     """
     from accelerate import Accelerator
     from transformers import AutoTokenizer
 
-    from kqa.data import load_squad_json
+    from kqa.data import load_data_file
     from kqa.dataloaders import QACollator, make_eval_dataloader, pad_multiple_for, sort_by_length
     from kqa.features import prepare_eval_features
     from kqa.modeling import QuestionAnsweringModel
@@ -65,7 +68,7 @@ def evaluate_model(
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     with accelerator.main_process_first():
-        examples, report = load_squad_json(data_file)
+        examples, report = load_data_file(data_file, columns=columns)
         features, _ = prepare_eval_features(examples, tokenizer, settings.features, with_labels=True)
     features = sort_by_length(features)  # batches of similar lengths pad less; answers do not depend on order
     logger.info("%s", report.summary())

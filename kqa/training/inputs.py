@@ -1,34 +1,50 @@
-"""The examples a `TrainConfig` names: the train set (SQuAD files, concatenated, or a hub split) and each
+"""The examples a `TrainConfig` names: the train set (data files, concatenated, or a hub split) and each
 validation set, kept apart (files, or the hub dataset's validation split)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kqa.data import load_hf_dataset, load_squad_json
+from kqa.data import EXAMPLE_FEATURES, load_data_file, load_hf_dataset
 from kqa.training.config import TrainConfig
+
+
+def _hub_split(cfg: TrainConfig, split: str):
+    examples, _ = load_hf_dataset(
+        cfg.dataset_name,
+        split,
+        config_name=cfg.dataset_config_name,
+        revision=cfg.dataset_revision,
+        columns=cfg.column_mapping or None,
+    )
+    return examples
 
 
 def load_train_examples(cfg: TrainConfig):
     import datasets
 
     if cfg.train_files:
-        parts = [load_squad_json(cfg.resolve_data_path(path))[0] for path in cfg.train_files]
+        parts = [
+            load_data_file(cfg.resolve_data_path(p), columns=cfg.column_mapping or None)[0] for p in cfg.train_files
+        ]
+        # Training reads only the schema; files of different schemas concatenate on it.
+        parts = [part.select_columns(list(EXAMPLE_FEATURES)) for part in parts]
         examples = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     else:
-        examples, _ = load_hf_dataset(cfg.dataset_name, cfg.train_split, config_name=cfg.dataset_config_name)
+        examples = _hub_split(cfg, cfg.train_split)
     if cfg.max_train_samples is not None:
         examples = examples.select(range(min(cfg.max_train_samples, len(examples))))
     return examples
 
 
 def load_validation_examples(cfg: TrainConfig) -> dict[str, Any]:
-    """{set name: examples}; empty when the config names no validation data."""
+    """{set name: examples}, with the columns each source carries (e.g. KLUE-MRC's question_type, which
+    the scores are broken down by); empty when the config names no validation data."""
     if cfg.validation_files:
-        sets = {name: load_squad_json(path)[0] for name, path in cfg.named_validation_files().items()}
+        columns = cfg.column_mapping or None
+        sets = {name: load_data_file(path, columns=columns)[0] for name, path in cfg.named_validation_files().items()}
     elif cfg.dataset_name:
-        split, _ = load_hf_dataset(cfg.dataset_name, cfg.validation_split, config_name=cfg.dataset_config_name)
-        sets = {"validation": split}
+        sets = {"validation": _hub_split(cfg, cfg.validation_split)}
     else:
         sets = {}
     if cfg.max_eval_samples is not None:

@@ -81,13 +81,18 @@ def start_metrics_log(metrics_file: Path, resumed_step: Optional[int]) -> None:
 
 def evaluation_metrics(evaluations: dict) -> dict[str, float]:
     """`<set>/exact_match`, `<set>/f1`, `<set>/unanswered`, `<set>/loss` of each set's `SetEvaluation`,
-    and `exact_match` / `f1` over all sets, weighted by their questions."""
+    `<set>/<column>=<value>/exact_match` and `.../f1` for each breakdown of its result (KLUE-MRC's
+    `question_type=1`, ...), and `exact_match` / `f1` over all sets, weighted by their questions."""
     metrics: dict[str, float] = {}
     for name, evaluation in evaluations.items():
         result = evaluation.result
         metrics[f"{name}/exact_match"] = result.exact_match
         metrics[f"{name}/f1"] = result.f1
         metrics[f"{name}/unanswered"] = result.unanswered
+        for column, groups in result.breakdown.items():
+            for value, group in groups.items():
+                metrics[f"{name}/{column}={value}/exact_match"] = group.exact_match
+                metrics[f"{name}/{column}={value}/f1"] = group.f1
         if evaluation.loss is not None:
             metrics[f"{name}/loss"] = evaluation.loss
     total_questions = sum(e.result.total for e in evaluations.values())
