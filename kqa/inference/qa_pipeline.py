@@ -180,8 +180,8 @@ def _dict_inputs(inputs: tuple) -> tuple[list[str], list[str], bool]:
 def pipeline(task: str = TASK, model=None, *, device=None, **kwargs) -> QuestionAnsweringPipeline:
     """`transformers.pipeline("question-answering", model=…, device=…)` for kqa models. `model`: what
     `QuestionAnswerer.from_pretrained` loads, or a `QuestionAnswerer`. `device`: as transformers took it
-    (-1 for the CPU, a GPU index, or a device string / torch.device). Other keywords go to
-    `QuestionAnswerer.from_pretrained` unchanged."""
+    (-1 for the CPU, a GPU index, or a device string / torch.device; none: the GPU when there is one).
+    Other keywords go to `QuestionAnswerer.from_pretrained` unchanged."""
     if task != TASK:
         raise ValueError(f"kqa answers the {TASK!r} task only, got {task!r}")
     if model is None:
@@ -196,11 +196,9 @@ def pipeline(task: str = TASK, model=None, *, device=None, **kwargs) -> Question
 
 
 def _device(device):
-    """transformers' device numbers: -1 is the CPU, n >= 0 the n-th GPU; anything else as given."""
+    """transformers' device numbers: a negative one (-1) is the CPU, n >= 0 the n-th GPU; anything else as given."""
     if isinstance(device, bool):
         raise TypeError(f"device must be an int, a string or a torch.device, got {device!r}")
     if isinstance(device, int):
-        if device < -1:
-            raise ValueError(f"device must be -1 (CPU) or a GPU index >= 0, got {device}")
-        return "cpu" if device == -1 else f"cuda:{device}"
+        return "cpu" if device < 0 else f"cuda:{device}"
     return device
