@@ -29,6 +29,8 @@ _EXPORTS = {
     "QATrainingRecipe": "kqa.training.recipe",
     "QuestionAnswerer": "kqa.inference",
     "Answer": "kqa.inference",
+    "QuestionAnsweringPipeline": "kqa.inference",
+    "pipeline": "kqa.inference",
     "Retriever": "kqa.retrieval",
     "RetrieveAndRead": "kqa.retrieval",
 }
@@ -46,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kqa.data import DataValidationError, LoadReport, load_examples, load_hf_dataset, load_squad_json
     from kqa.dataloaders import QACollator
     from kqa.features import FeatureConfig, prepare_eval_features, prepare_train_features
-    from kqa.inference import Answer, QuestionAnswerer
+    from kqa.inference import Answer, QuestionAnswerer, QuestionAnsweringPipeline, pipeline
     from kqa.metric import score_predictions
     from kqa.modeling import QuestionAnsweringModel
     from kqa.postprocess import PostprocessConfig, decode_answers

@@ -12,6 +12,7 @@ written by `kqa export` loads with it by default). All of them run through `kqa.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -228,6 +229,14 @@ class QuestionAnswerer:
             version_2_with_negative=None if handle_impossible_answer is None else bool(handle_impossible_answer),
             null_score_diff_threshold=None if null_score_diff_threshold is None else float(null_score_diff_threshold),
         )
+
+    def with_settings(self, source: str = "overrides", **overrides) -> QuestionAnswerer:
+        """A copy that shares this one's model and tokenizer, with flat setting overrides
+        (`max_seq_length=512`, `answer_boundaries="off"`, …) applied to a copy of the settings: this
+        answerer keeps its own. Cheap enough to make per call."""
+        other = copy.copy(self)
+        other.settings = self.settings.with_overrides(source, **overrides)
+        return other
 
     @staticmethod
     def answers_of(prediction: ExamplePrediction, top_k: int):
