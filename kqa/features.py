@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import datasets
 import numpy as np
 
 from kqa.feature_cache import code_digest, in_memory_cache_file
@@ -170,6 +171,7 @@ def prepare_eval_features(
     load_from_cache_file: bool = True,
     cache: bool = True,
     desc: str = "Building eval features",
+    progress: bool = True,
 ):
     """Examples → windows with per-token offsets into the original context.
 
@@ -178,7 +180,9 @@ def prepare_eval_features(
     token; `[-1, -1]` for question, special and whitespace-only tokens), and with `with_labels` also
     start_positions / end_positions (the same labels as `prepare_train_features`, for an evaluation
     loss) from the same single tokenisation. Examples need no `answers` column unless `with_labels`;
-    when it is there, the report counts lost answers.
+    when it is there, the report counts lost answers. `progress=False` builds the windows in this
+    process without `datasets.map` and its progress bar (what a library call answering a few questions
+    wants; nothing is cached then).
     """
     return _prepare(
         examples,
@@ -190,6 +194,7 @@ def prepare_eval_features(
         load_from_cache_file=load_from_cache_file,
         cache=cache,
         desc=desc,
+        progress=progress,
     )
 
 
@@ -207,6 +212,7 @@ def _prepare(
     load_from_cache_file,
     cache,
     desc,
+    progress: bool = True,
 ):
     _check_tokenizer(tokenizer, config)
     _check_examples(examples, with_labels)
@@ -223,26 +229,36 @@ def _prepare(
             # the tokenizer and arguments with dill (~10 ms a call, most of a one-question prediction's
             # feature time).
             fingerprint = uuid.uuid4().hex
+    build_kwargs = {
+        "tokenizer": tokenizer,
+        "config": config,
+        "with_labels": with_labels,
+        "with_offsets": with_offsets,
+        "keep_token_types": keep_token_types,
+        "code_digest": code_digest(),
+    }
+    schema = _output_schema(with_labels, with_offsets, keep_token_types)
+    if not progress and cache_file_name is None:  # one batch in this process: no map, no progress bar
+        features = datasets.Dataset.from_dict(_build_features(examples[:], **build_kwargs), features=schema)
+        return _finish(features, len(examples))
     features = examples.map(
         _build_features,
         batched=True,
         remove_columns=examples.column_names,
-        fn_kwargs={
-            "tokenizer": tokenizer,
-            "config": config,
-            "with_labels": with_labels,
-            "with_offsets": with_offsets,
-            "keep_token_types": keep_token_types,
-            "code_digest": code_digest(),
-        },
-        features=_output_schema(with_labels, with_offsets, keep_token_types),
+        fn_kwargs=build_kwargs,
+        features=schema,
         num_proc=num_proc,
         load_from_cache_file=load_from_cache_file,
         cache_file_name=cache_file_name,
         new_fingerprint=fingerprint,
         desc=desc,
     )
-    report = _report_from_features(features, num_examples=len(examples))
+    return _finish(features, len(examples))
+
+
+def _finish(features, num_examples: int):
+    """The report of built windows, logged; the windows without the report's bookkeeping columns."""
+    report = _report_from_features(features, num_examples=num_examples)
     features = features.remove_columns([_STATUS_COLUMN, _TRUNCATED_COLUMN])
     logger.info("%s", report.summary())
     if report.num_lost_answers:

@@ -747,3 +747,13 @@ def test_uncached_features_of_in_memory_examples_never_serialise_the_tokenizer(t
     # Control: a file-backed dataset's map is fingerprinted for its cache, tokenizer and all.
     prepare_eval_features(_file_backed(KOREAN_EXAMPLES, tmp_path / "examples"), tokenizer, SMALL, cache=False)
     assert _SerialisationProbe.count > 0
+
+
+def test_windows_built_without_map_equal_the_mapped_ones(typed_tokenizer):
+    rows = [*KOREAN_EXAMPLES, _long_example()]
+    mapped, mapped_report = prepare_eval_features(_dataset(rows), typed_tokenizer, SMALL, cache=False)
+    direct, direct_report = prepare_eval_features(_dataset(rows), typed_tokenizer, SMALL, cache=False, progress=False)
+    assert len(direct) > len(rows)  # the long example has several windows
+    assert direct.features == mapped.features
+    assert direct.to_dict() == mapped.to_dict()
+    assert direct_report == mapped_report

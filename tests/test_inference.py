@@ -386,3 +386,10 @@ def test_a_batch_with_a_context_of_control_characters(qa):
         assert answers[CAPITAL["context"]].text == "부산"
         odd = answers["\x7f\x01"]
         assert odd.text == "\x7f\x01"[odd.start : odd.end]
+
+
+def test_a_call_draws_no_progress_bar(qa, capfd):
+    capfd.readouterr()
+    assert qa("대한민국의 수도는 어디인가?", KOREAN_EXAMPLES[0]["context"]).text
+    captured = capfd.readouterr()
+    assert "features" not in captured.err and "%|" not in captured.err, captured.err

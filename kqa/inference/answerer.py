@@ -209,7 +209,9 @@ class QuestionAnswerer:
                     raise ValueError(f"{where}: {key!r} is empty")
         examples = examples_table(rows)
         # Questions asked at run time are not worth a cache file each.
-        features, _ = prepare_eval_features(examples, self.tokenizer, self.settings.features, cache=False)
+        features, _ = prepare_eval_features(
+            examples, self.tokenizer, self.settings.features, cache=False, progress=False
+        )
         settings = self._settings_for_call(top_k, handle_impossible_answer, null_score_diff_threshold)
         from kqa.dataloaders import QACollator, make_eval_dataloader, sort_by_length
 
