@@ -19,8 +19,8 @@ from kqa.weights import BIN_WEIGHT_PATTERNS, SAFETENSORS_WEIGHT_PATTERNS, WEIGHT
 # its probes and export info) and the code files of a remote-code encoder (run only with trust_remote_code).
 # Other frameworks' weights (TensorFlow, Flax) and pickles are never fetched unless asked for.
 MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.onnx", "*.py")
-# `org/name` as the hub spells a repository (validated again by huggingface_hub).
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# `org/name` (or a canonical `name`) as the hub spells a repository; huggingface_hub validates it further.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve_model_dir(
@@ -43,7 +43,7 @@ def resolve_model_dir(
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if not _REPO_ID.match(name) or name.count("/") != 1:
+    if not _REPO_ID.match(name):
         raise FileNotFoundError(
             f"{name!r} is neither an existing directory nor a hub id (org/name); give a saved model directory "
             f"(e.g. outputs/kqa/best) or a Hugging Face hub repository id (to start from a pretrained encoder, "
