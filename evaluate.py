@@ -14,7 +14,14 @@ import argparse
 import json
 import sys
 
-from kqa.flags import add_bool_flag, add_prediction_override_flags, add_renamed_flag, parse_column_mapping_flag
+from kqa.flags import (
+    add_bool_flag,
+    add_hub_flags,
+    add_prediction_override_flags,
+    add_renamed_flag,
+    hub_options,
+    parse_column_mapping_flag,
+)
 from kqa.prediction import EVAL_BATCH_SIZE, OVERRIDABLE_SETTINGS
 from kqa.training.config import MIXED_PRECISIONS
 
@@ -32,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="field=column pairs for a flat file whose columns fit no known schema (id=qid,context=passage)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best)")
+    source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best) or hub id (org/name)")
     source.add_argument("--predictions", help="an existing predictions.json (id → answer text) to score")
     parser.add_argument("--output_dir", help="where to write predictions.json / nbest_predictions.json")
     add_renamed_flag(
@@ -53,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser, "trust_remote_code", help="allow an encoder whose code lives beside its weights (as for training it)"
     )
     add_bool_flag(parser, "disable_tqdm", help="no progress bars")
+    add_hub_flags(parser)
     return parser
 
 
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         trust_remote_code=args.trust_remote_code,
         disable_tqdm=args.disable_tqdm,
         columns=args.column_mapping,
+        **hub_options(args),
         **overrides,
     )
     from accelerate import PartialState

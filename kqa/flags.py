@@ -110,10 +110,44 @@ def add_prediction_override_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+# The flags of add_hub_flags, each the keyword of the same name of `QuestionAnswerer.from_pretrained`,
+# `QuestionAnsweringModel.from_pretrained` and `evaluate_model` (`hub_options` passes them on).
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "allow_bin_weights")
+
+
+def add_hub_flags(parser: argparse.ArgumentParser) -> None:
+    """How a model given as a hub id (`org/name`) is fetched (kqa.hub.resolve_model_dir), and the opt-in to
+    pickle-based `pytorch_model.bin` weights. A local directory ignores the hub flags."""
+    parser.add_argument("--revision", help="hub id: a branch, tag or commit (default: main)")
+    parser.add_argument(
+        "--token",
+        help="hub id: an access token for a private or gated repository (default: huggingface_hub's own, "
+        "HF_TOKEN or `hf auth login`; the environment keeps it out of the process list)",
+    )
+    parser.add_argument("--cache_dir", help="hub id: the hub cache to use (default: huggingface_hub's, HF_HUB_CACHE)")
+    add_bool_flag(
+        parser, "local_files_only", help="hub id: look in the hub cache only, never online (as HF_HUB_OFFLINE=1)"
+    )
+    add_bool_flag(
+        parser,
+        "allow_bin_weights",
+        help="load pytorch_model.bin weights when a model has no safetensors (torch.load with weights_only=True; "
+        "only for files you trust)",
+    )
+
+
+def hub_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the flags of `add_hub_flags` give a `from_pretrained`."""
+    return {name: getattr(args, name) for name in HUB_OPTIONS}
+
+
 def add_model_flags(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
-    """`--model`, `--device`, `--trust_remote_code` and, where the model answers questions, `--backend` and
-    `--int8_drift`."""
-    parser.add_argument("--model", required=True, help="kqa model directory (e.g. outputs/kqa/best)")
+    """`--model` (a directory or a hub id, with the flags of `add_hub_flags`), `--device`,
+    `--trust_remote_code` and, where the model answers questions, `--backend` and `--int8_drift`."""
+    parser.add_argument(
+        "--model", required=True, help="kqa model directory (e.g. outputs/kqa/best) or hub id (org/name)"
+    )
+    add_hub_flags(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     add_bool_flag(parser, "trust_remote_code", help="allow an encoder whose code lives beside its weights")
     if backend:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
+
+from kqa.hub import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ LIBRARY_NAME = "kqa"
 LANGUAGE = "ko"
 TAGS = ("kqa", "question-answering", "extractive-qa", "korean", "korquad")
 METRICS = (("exact_match", "EM"), ("f1", "F1"))  # (the Hub's metric id and the key of kqa's metrics, its name)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,6 @@ class ModelCardInfo:
     """The `*ForQuestionAnswering` class config.json names; None when the weights are not in its layout
     (`write_model_card` reads it from the directory)."""
     load_from: str = "<repo id or directory>"
-
-
-def is_hub_id(name: Optional[str]) -> bool:
-    """A hub repository id (`klue/bert-base`), not a path on this machine."""
-    return bool(name) and not Path(name).expanduser().exists() and bool(_HUB_ID.fullmatch(name))
 
 
 def card_metadata(info: ModelCardInfo):

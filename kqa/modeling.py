@@ -4,10 +4,12 @@
 `electra`, ...) and its head as `qa_outputs = nn.Linear(hidden_size, 2)`, so its state dict has exactly the
 keys of the matching `transformers` `*ForQuestionAnswering` class. A directory written by
 `save_pretrained` therefore loads with `transformers.AutoModelForQuestionAnswering.from_pretrained`, and a
-`*ForQuestionAnswering` directory saved by `transformers` (safetensors) loads with
-`QuestionAnsweringModel.from_pretrained`.
+`*ForQuestionAnswering` directory or hub id saved by `transformers` loads with
+`QuestionAnsweringModel.from_pretrained`, with the same logits (tests/test_hub_models.py checks BERT, ELECTRA,
+RoBERTa, XLM-R and DeBERTa-v2).
 
-Weights are read and written only as safetensors: pickle-based `.bin` files can run code when loaded.
+Weights are written only as safetensors, and read as safetensors; pickle-based `.bin` files can run code when
+loaded, so they are read only when the caller opts in (`allow_bin_weights=True`, `torch.load(weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kqa.hub import describe_model_dir, hub_repo_of, resolve_model_dir
 from kqa.weights import (  # the file names are part of this module's API
     KQA_CONFIG_FILE,
     WEIGHTS_FILE,
@@ -31,7 +34,7 @@ from kqa.weights import (  # the file names are part of this module's API
     find_weight_files,
     load_kqa_config,
     load_state,
-    read_safetensors,
+    read_weights,
     remove_stale_weights,
     write_weights,
 )
@@ -171,6 +174,21 @@ def question_answering_class_name(model_type: str) -> Optional[str]:
     return MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.get(model_type)
 
 
+def is_question_answering_checkpoint(model_dir: str | Path) -> bool:
+    """A kqa model (`kqa_config.json`) or a checkpoint whose `config.json` names a `*ForQuestionAnswering`
+    architecture: `from_pretrained` loads it with its span head. Anything else is an encoder, to start from
+    with `from_backbone`."""
+    model_dir = Path(model_dir)
+    if (model_dir / KQA_CONFIG_FILE).is_file():
+        return True
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False  # from_backbone reports what is wrong with it
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return any(str(name).endswith("ForQuestionAnswering") for name in architectures or ())
+
+
 # ---- the model --------------------------------------------------------------------------------------
 
 
@@ -263,32 +281,43 @@ class QuestionAnsweringModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: str | Path,
+        name_or_path: str | Path,
         *,
         trust_remote_code: bool = False,
         head_dropout: float = 0.0,
         attention_dropout: Optional[float] = None,
         dtype: torch.dtype = torch.float32,
+        allow_bin_weights: bool = False,
+        revision: Optional[str] = None,
+        token: Optional[str | bool] = None,
+        cache_dir: Optional[str | Path] = None,
+        local_files_only: bool = False,
     ) -> QuestionAnsweringModel:
-        """Load a directory written by `save_pretrained` (or a `transformers` `*ForQuestionAnswering`
-        directory with safetensors weights). Pickle-based weights (`pytorch_model.bin`, ...) are refused."""
+        """Load a question-answering model: a directory written by `save_pretrained`, a `transformers`
+        `*ForQuestionAnswering` directory, or either as a hub id (`org/name`; `revision`, `token`,
+        `cache_dir`, `local_files_only` as in `kqa.hub.resolve_model_dir`). Weights are safetensors;
+        pickle-based `pytorch_model.bin` files are refused unless `allow_bin_weights=True` (then read with
+        `torch.load(weights_only=True)`)."""
         from transformers import AutoConfig
 
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(
-                f"{model_dir} is not a directory; from_pretrained loads a saved question-answering model "
-                f"directory (to start from a pretrained encoder, use QuestionAnsweringModel.from_backbone)"
-            )
+        model_dir = resolve_model_dir(
+            name_or_path,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_bin=allow_bin_weights,
+        )
+        label = describe_model_dir(model_dir)
         if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir}: no config.json; not a saved model directory")
-        weight_files = find_weight_files(model_dir)
+            raise FileNotFoundError(f"{label}: no config.json; not a saved model directory")
+        weight_files = find_weight_files(model_dir, allow_bin=allow_bin_weights)
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
         if attention_dropout is not None:  # e.g. to continue training a saved model with another setting
-            set_attention_dropout(config, attention_dropout, str(model_dir))
+            set_attention_dropout(config, attention_dropout, label)
         model = cls.from_config(config, trust_remote_code=trust_remote_code, head_dropout=head_dropout)
-        state, aliases = read_safetensors(weight_files)
-        load_state(model, state, aliases, source=model_dir)
+        state, aliases = read_weights(weight_files)
+        load_state(model, state, aliases, source=label, start_from=hub_repo_of(model_dir) or str(name_or_path))
         return model.to(dtype)
 
     # ---- properties -----------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
-"""Model weights on disk: safetensors only (pickle-based `.bin` files can run code when loaded), single
-or sharded, loaded into a `QuestionAnsweringModel` only on an exact match, and the settings file saved
-beside them (`kqa_config.json`)."""
+"""Model weights on disk: safetensors (single or sharded), or `pytorch_model.bin` (single or sharded) only when
+the caller opts in (`allow_bin_weights`: a pickle can run code when loaded, so it is read with
+`torch.load(weights_only=True)` and never by default), loaded into a `QuestionAnsweringModel` only on an
+exact match, and the settings file saved beside them (`kqa_config.json`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -26,6 +28,15 @@ STALE_WEIGHT_PATTERNS = (
     "model-*-of-*.safetensors",
 )
 PICKLE_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+BIN_WEIGHTS_FILE = "pytorch_model.bin"
+BIN_WEIGHTS_INDEX_FILE = "pytorch_model.bin.index.json"
+# The files of each kind of weights as hub downloads ask for them (kqa.hub): safetensors always, `.bin` only
+# for a repository without safetensors and with the opt-in.
+SAFETENSORS_WEIGHT_PATTERNS = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "model-*-of-*.safetensors")
+BIN_WEIGHT_PATTERNS = (BIN_WEIGHTS_FILE, BIN_WEIGHTS_INDEX_FILE, "pytorch_model-*-of-*.bin")
+# How the opt-in is spelled, for error messages (the flag of kqa.flags.add_hub_flags, the keyword of
+# from_pretrained).
+BIN_OPT_IN = "--allow_bin_weights / allow_bin_weights=True"
 
 
 def load_kqa_config(model_dir: str | Path) -> dict[str, Any]:
@@ -43,31 +54,73 @@ def load_kqa_config(model_dir: str | Path) -> dict[str, Any]:
     return data
 
 
-def find_weight_files(model_dir: Path) -> list[Path]:
-    """`model.safetensors`, or the shards a `model.safetensors.index.json` lists."""
-    single = model_dir / WEIGHTS_FILE
-    if single.is_file():
-        return [single]
-    index = model_dir / WEIGHTS_INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index}: not a safetensors index (expected a 'weight_map' object): {err}") from err
-        shards = [model_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [s.name for s in shards if not s.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shard(s) that do not exist: {missing}")
-        return shards
+def find_weight_files(model_dir: Path, *, allow_bin: bool = False) -> list[Path]:
+    """`model.safetensors`, or the shards a `model.safetensors.index.json` lists; with `allow_bin` and no
+    safetensors, `pytorch_model.bin` or the shards of `pytorch_model.bin.index.json`."""
+    found = _indexed_or_single(model_dir, WEIGHTS_FILE, WEIGHTS_INDEX_FILE)
+    if found:
+        return found
+    if allow_bin:
+        found = _indexed_or_single(model_dir, BIN_WEIGHTS_FILE, BIN_WEIGHTS_INDEX_FILE)
+        if found:
+            return found
     pickles = sorted({p.name for pattern in PICKLE_WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
-    if pickles:
+    if pickles and not allow_bin:
         raise ValueError(
             f"{model_dir}: found only pickle-based weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}. "
-            f"Only safetensors weights are loaded, because unpickling can run arbitrary code. If you trust "
-            f"the files, convert them once, e.g. "
+            f"Only safetensors weights are loaded by default, because unpickling can run arbitrary code. If you "
+            f"trust the files, load them with {BIN_OPT_IN} (read with torch.load(weights_only=True)), or "
+            f"convert them once, e.g. "
             f"transformers.AutoModelForQuestionAnswering.from_pretrained(dir).save_pretrained(dir)"
         )
-    raise FileNotFoundError(f"{model_dir}: no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE})")
+    raise FileNotFoundError(
+        f"{model_dir}: no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE}"
+        + (f", {BIN_WEIGHTS_FILE}, {BIN_WEIGHTS_INDEX_FILE})" if allow_bin else ")")
+    )
+
+
+def _indexed_or_single(model_dir: Path, single_name: str, index_name: str) -> list[Path]:
+    """`[single]`, the shards `index` lists, or `[]` when neither file is there."""
+    single = model_dir / single_name
+    if single.is_file():
+        return [single]
+    index = model_dir / index_name
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{index}: not a weights index (expected a 'weight_map' object): {err}") from err
+    shards = [model_dir / name for name in sorted(set(weight_map.values()))]
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} lists shard(s) that do not exist: {missing}")
+    return shards
+
+
+def read_weights(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of the files `find_weight_files` found: safetensors, or `.bin` (found only with the opt-in)."""
+    if all(path.suffix == ".safetensors" for path in files):
+        return read_safetensors(files)
+    return read_bin(files), {}
+
+
+def read_bin(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Tensors of `pytorch_model*.bin` files: `weights_only=True` unpickles tensors and plain containers only
+    (no arbitrary objects, no code), memory-mapped where the file format allows it."""
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a legacy (pre-zip) file cannot be memory-mapped
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors: say which file
+            raise ValueError(f"{path}: not a weights-only PyTorch file ({err})") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise ValueError(f"{path}: expected a state dict (names → tensors), got {type(loaded).__name__}")
+        state.update(loaded)
+    return state
 
 
 def read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -88,14 +141,24 @@ def read_safetensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[s
     return state, aliases
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], aliases: dict[str, str], source: Path) -> None:
+def load_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    aliases: dict[str, str],
+    source: Path | str,
+    start_from: Optional[str] = None,
+) -> None:
     """Copy `state` into `model` (a `QuestionAnsweringModel`), accepting only a complete, exact match (up to
-    shared tensors)."""
+    shared tensors). `source` names the weights in errors; `start_from` is how the user names the model (a
+    hub id or a directory; default `source`), for the advice to train an encoder first."""
     expected = model.state_dict()
     if not any(key.startswith("qa_outputs.") for key in state):
+        name = start_from or str(source)
         raise ValueError(
-            f"{source}: the weights have no qa_outputs.* (span head) tensors; this looks like an encoder "
-            f"checkpoint. Start from it with QuestionAnsweringModel.from_backbone({str(source)!r})"
+            f"{source}: the weights have no qa_outputs.* (span head) tensors: this is an encoder without a "
+            f"question-answering head, so it cannot answer questions yet. Train it first: "
+            f"python train.py --model_name_or_path {name} ... (in Python, start from it with "
+            f"QuestionAnsweringModel.from_backbone({name!r}))"
         )
     prefix = model.backbone_prefix
     non_persistent = {name for name, _ in model.named_buffers()} - set(expected)

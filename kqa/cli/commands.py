@@ -11,8 +11,9 @@ from kqa.cli.questions import read_questions
 
 
 def _load_answerer(args: argparse.Namespace, **settings):
-    """The QuestionAnswerer the flags of `kqa.flags.add_model_flags` name (model, device, backend,
-    trust_remote_code, int8_drift), with `settings` such as batch_size and prediction overrides."""
+    """The QuestionAnswerer the flags of `kqa.flags.add_model_flags` name (model and its hub flags, device,
+    backend, trust_remote_code, int8_drift), with `settings` such as batch_size and prediction overrides."""
+    from kqa.flags import hub_options
     from kqa.inference import QuestionAnswerer
 
     return QuestionAnswerer.from_pretrained(
@@ -21,6 +22,7 @@ def _load_answerer(args: argparse.Namespace, **settings):
         backend=args.backend,
         trust_remote_code=args.trust_remote_code,
         int8_drift=args.int8_drift,
+        **hub_options(args),
         **settings,
     )
 
@@ -125,6 +127,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A saved model → an ONNX directory (model.onnx, tokenizer, config.json, kqa_config.json) that
     QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
     PyTorch model's."""
+    from kqa.flags import hub_options
     from kqa.inference.export import Int8Settings, export_onnx
     from kqa.inference.runtimes import ONNX_FILE
 
@@ -142,6 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             int8=int8,
             optimize=args.optimize,
             trust_remote_code=args.trust_remote_code,
+            **hub_options(args),
         )
     except RuntimeError as err:  # the exported logits are off: nothing was written
         raise ValueError(str(err)) from err

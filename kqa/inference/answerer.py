@@ -112,7 +112,7 @@ class QuestionAnswerer:
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: str | Path,
+        name_or_path: str | Path,
         *,
         backend: str | None = None,
         dtype: torch.dtype | str | None = None,
@@ -122,9 +122,18 @@ class QuestionAnswerer:
         trust_remote_code: bool = False,
         int8_drift: str = "warn",
         compile: bool = False,
+        allow_bin_weights: bool = False,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
         **overrides,
     ) -> QuestionAnswerer:
-        """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory).
+        """Load a kqa model directory (`best/` or `final/` of a run, or a `kqa export` directory), a
+        `transformers` `*ForQuestionAnswering` directory, or either as a hub id (`org/name`, downloaded into
+        the hub cache by `kqa.hub.resolve_model_dir` with `revision`, `token` (default: huggingface_hub's
+        own login), `cache_dir`, `local_files_only`). `allow_bin_weights=True` reads `pytorch_model.bin`
+        weights when there are no safetensors (refused otherwise: unpickling can run code).
         Feature and post-processing settings are those saved with it (kqa_config.json); flat keyword
         overrides such as `max_seq_length=512` or `n_best_size=5` replace them. `trust_remote_code` is
         needed for an encoder whose code lives beside its weights, as it was for training it.
@@ -139,8 +148,18 @@ class QuestionAnswerer:
         `torch.compile` (inductor): worth it for many calls on a GPU, not for a few."""
         from transformers import AutoTokenizer
 
+        from kqa.hub import resolve_model_dir
         from kqa.inference.runtimes import check_backend, default_backend, load_model
 
+        # The one place a hub id becomes a directory: everything below takes the directory.
+        model_dir = resolve_model_dir(
+            name_or_path,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_bin=allow_bin_weights,
+        )
         backend = check_backend(backend or default_backend(model_dir))
         if backend in ("onnx", "torch-int8") and device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"backend {backend!r} runs on the CPU; got device {device!r}")
@@ -152,6 +171,7 @@ class QuestionAnswerer:
             num_threads=num_threads,
             trust_remote_code=trust_remote_code,
             int8_drift=int8_drift,
+            allow_bin_weights=allow_bin_weights,
         )
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
         return cls(

@@ -252,7 +252,7 @@ def _check_export_arguments(model_dir: Path, out_dir: Path, quantize: Optional[s
 
 
 def export_onnx(
-    model_dir: str | Path,
+    name_or_path: str | Path,
     out_dir: str | Path,
     *,
     quantize: Optional[str] = None,
@@ -261,8 +261,15 @@ def export_onnx(
     trust_remote_code: bool = False,
     tolerance: float = FP32_TOLERANCE,
     int8: Optional[Int8Settings] = None,
+    allow_bin_weights: bool = False,
+    revision: Optional[str] = None,
+    token: Optional[str | bool] = None,
+    cache_dir: Optional[str | Path] = None,
+    local_files_only: bool = False,
 ) -> ExportReport:
-    """Export a saved kqa model to `out_dir/model.onnx` (dynamic batch and sequence axes; inputs
+    """Export a saved kqa model (a directory or a hub id: `kqa.hub.resolve_model_dir` with `revision`,
+    `token`, `cache_dir`, `local_files_only`; `allow_bin_weights` as in `QuestionAnsweringModel.from_pretrained`)
+    to `out_dir/model.onnx` (dynamic batch and sequence axes; inputs
     `input_ids`, `attention_mask`[, `token_type_ids`], outputs `start_logits`, `end_logits`), with
     the tokenizer files, `config.json` and `kqa_config.json` beside it, so that
     `QuestionAnswerer.from_pretrained(out_dir)` loads it with the onnx backend.
@@ -277,22 +284,27 @@ def export_onnx(
     elsewhere can measure it again."""
     from transformers import AutoTokenizer
 
+    from kqa.hub import describe_model_dir, resolve_model_dir
     from kqa.modeling import QuestionAnsweringModel
 
     t0 = time.perf_counter()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+    model_dir = resolve_model_dir(name_or_path, allow_bin=allow_bin_weights, **hub)
+    out_dir = Path(out_dir)
     _check_export_arguments(model_dir, out_dir, quantize)
     if int8 is not None and quantize != "int8":
         raise ValueError("int8 settings are for quantize='int8'")
     int8 = (int8 or Int8Settings()) if quantize == "int8" else None
 
     # 1. the PyTorch model and its fp32 logits on the probe batches
-    model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
+    model = QuestionAnsweringModel.from_pretrained(
+        model_dir, trust_remote_code=trust_remote_code, allow_bin_weights=allow_bin_weights
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     names, batches, reference = _probe_reference(model, tokenizer, model_dir)
     report = ExportReport(
         out_dir=str(out_dir),
-        source=str(model_dir),
+        source=describe_model_dir(model_dir),
         quantize=quantize,
         opset=opset,
         int8=asdict(int8) if int8 else None,

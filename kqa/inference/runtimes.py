@@ -122,9 +122,15 @@ def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_torch_model(
-    model_dir: str | Path, *, backend: str = "torch", dtype: Any = None, trust_remote_code: bool = False
+    model_dir: str | Path,
+    *,
+    backend: str = "torch",
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    allow_bin_weights: bool = False,
 ):
-    """The saved `QuestionAnsweringModel`, cast to `dtype` ("torch") or int8-quantised ("torch-int8")."""
+    """The saved `QuestionAnsweringModel`, cast to `dtype` ("torch") or int8-quantised ("torch-int8").
+    `allow_bin_weights`: read `pytorch_model.bin` weights when there are no safetensors (kqa.weights)."""
     from kqa.modeling import QuestionAnsweringModel
 
     check_backend(backend)
@@ -136,7 +142,9 @@ def load_torch_model(
         raise FileNotFoundError(
             f"{model_dir} holds an ONNX export only (no PyTorch weights); load it with backend='onnx'"
         )
-    model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model = QuestionAnsweringModel.from_pretrained(
+        model_dir, trust_remote_code=trust_remote_code, allow_bin_weights=allow_bin_weights
+    )
     if backend == "torch-int8":
         return quantize_torch_int8(model)
     return model.to(dtype or torch.float32).eval()
@@ -371,10 +379,12 @@ def load_model(
     num_threads: Optional[int] = None,
     trust_remote_code: bool = False,
     int8_drift: str = "warn",
+    allow_bin_weights: bool = False,
 ):
     """The model of `model_dir` for `backend` (default: "onnx" when the directory holds `model.onnx`,
-    else "torch"). `dtype` is for the torch backend; `num_threads` and `int8_drift` (what to do when an
-    int8 export's logits drift on this CPU: "warn", "error" or "ignore") for the onnx backend."""
+    else "torch"). `dtype` and `allow_bin_weights` are for the torch backends; `num_threads` and `int8_drift`
+    (what to do when an int8 export's logits drift on this CPU: "warn", "error" or "ignore") for the onnx
+    backend."""
     backend = check_backend(backend or default_backend(model_dir))
     if int8_drift not in DRIFT_ACTIONS:
         raise ValueError(f"int8_drift must be one of {', '.join(DRIFT_ACTIONS)}, got {int8_drift!r}")
@@ -386,7 +396,13 @@ def load_model(
         )
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
-    return load_torch_model(model_dir, backend=backend, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_torch_model(
+        model_dir,
+        backend=backend,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        allow_bin_weights=allow_bin_weights,
+    )
 
 
 def max_logit_difference(session_model: OnnxQuestionAnsweringModel, reference: list[tuple], batches) -> float:

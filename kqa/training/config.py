@@ -32,15 +32,28 @@ from kqa.text import read_utf8_text
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 # When a run pushes to the Hub (named after transformers' `hub_strategy`): at its end, or also at each new best/.
 HUB_STRATEGIES = ("end", "best")
-# Fields never written to train_config.yaml nor handed to trackers.
-SECRET_FIELDS = ("hub_token",)
+# Settings never written to disk (train_config.yaml) nor handed to trackers: the access tokens.
+SECRET_FIELDS = ("model_token", "hub_token")
 
 
 @dataclass
 class TrainConfig:
     # --- model -----------------------------------------------------------------------------------
     model_name_or_path: str = "klue/bert-base"
-    """Hub name or local directory of the encoder (or of a kqa checkpoint to continue from)."""
+    """Hub id or local directory of the encoder, or of a question-answering model to continue training (a
+    kqa model or a transformers `*ForQuestionAnswering` checkpoint)."""
+    model_revision: Optional[str] = None
+    """Hub id: the branch, tag or commit of model_name_or_path (default: main)."""
+    model_token: Optional[str] = field(default=None, repr=False)
+    """Hub id: an access token (default: huggingface_hub's own, HF_TOKEN or `hf auth login`). Never written
+    to train_config.yaml nor sent to trackers (`SECRET_FIELDS`)."""
+    model_cache_dir: Optional[str] = None
+    """Hub id: the hub cache to use (default: huggingface_hub's, HF_HUB_CACHE)."""
+    model_local_files_only: bool = False
+    """Hub id: look in the hub cache only (as HF_HUB_OFFLINE=1)."""
+    allow_bin_weights: bool = False
+    """Continue from a question-answering model whose only weights are pickle-based pytorch_model.bin
+    (torch.load with weights_only=True; only for files you trust)."""
     tokenizer_name_or_path: Optional[str] = None
     """Defaults to model_name_or_path."""
     trust_remote_code: bool = False
@@ -266,8 +279,17 @@ class TrainConfig:
         return PredictionSettings(features=self.features, postprocess=self.postprocess)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting but the secrets (`SECRET_FIELDS`): what train_config.yaml and the trackers get."""
+        """Every setting but the secrets: what train_config.yaml and the trackers receive."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
+
+    def hub_options(self) -> dict[str, Any]:
+        """How model_name_or_path is fetched when it is a hub id: `kqa.hub.resolve_model_dir`'s keywords."""
+        return {
+            "revision": self.model_revision,
+            "token": self.model_token,
+            "cache_dir": self.model_cache_dir,
+            "local_files_only": self.model_local_files_only,
+        }
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every setting under its flat key, as flags and YAML name them (for trackers)."""

@@ -32,7 +32,7 @@ class ModelEvaluation:
 
 
 def evaluate_model(
-    model_dir: str | Path,
+    name_or_path: str | Path,
     data_file: str | Path,
     *,
     output_dir: str | Path | None = None,
@@ -42,9 +42,16 @@ def evaluate_model(
     disable_tqdm: bool = False,
     decode: Optional[Callable] = None,
     columns: Optional[dict[str, str]] = None,
+    allow_bin_weights: bool = False,
+    revision: Optional[str] = None,
+    token: Optional[str | bool] = None,
+    cache_dir: Optional[str | Path] = None,
+    local_files_only: bool = False,
     **overrides,
 ) -> ModelEvaluation:
-    """Predict every question of `data_file` with the model in `model_dir` and score it.
+    """Predict every question of `data_file` with the model `name_or_path` (a directory, or a hub id that
+    `kqa.hub.resolve_model_dir` fetches with `revision`, `token`, `cache_dir`, `local_files_only`) and score
+    it. `allow_bin_weights` as in `QuestionAnsweringModel.from_pretrained`.
 
     `overrides` are flat feature / post-processing settings (`max_seq_length=512`, `n_best_size=5`)
     replacing those saved with the model. `mixed_precision` unset means Accelerate's own setting (as in
@@ -58,15 +65,26 @@ def evaluate_model(
     from kqa.data import load_data_file
     from kqa.dataloaders import QACollator, make_eval_dataloader, pad_multiple_for, sort_by_length
     from kqa.features import prepare_eval_features
+    from kqa.hub import resolve_model_dir
     from kqa.modeling import QuestionAnsweringModel
     from kqa.postprocess import decode_answers
     from kqa.prediction import PredictionSet, load_settings, predict_and_score
     from kqa.training.config import resolve_mixed_precision
 
+    model_dir = resolve_model_dir(
+        name_or_path,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        allow_bin=allow_bin_weights,
+    )
     settings = load_settings(model_dir, **overrides)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    model = QuestionAnsweringModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model = QuestionAnsweringModel.from_pretrained(
+        model_dir, trust_remote_code=trust_remote_code, allow_bin_weights=allow_bin_weights
+    )
     with accelerator.main_process_first():
         examples, report = load_data_file(data_file, columns=columns)
         features, _ = prepare_eval_features(examples, tokenizer, settings.features, with_labels=True)

@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from kqa.model_card import DevScore, ModelCardInfo, base_model_license, is_hub_id
+from kqa.hub import is_hub_id
+from kqa.model_card import DevScore, ModelCardInfo, base_model_license
 from kqa.publish import HubPushError, push_model_dir
 from kqa.training.config import TrainConfig
 

@@ -29,8 +29,14 @@ from tqdm.auto import tqdm
 
 from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader, pad_multiple_for, sort_by_length
 from kqa.features import prepare_eval_features, prepare_train_features
+from kqa.hub import describe_model_dir, resolve_model_dir
 from kqa.metric import score_predictions
-from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
+from kqa.modeling import (
+    NoAttentionDropoutError,
+    QuestionAnsweringModel,
+    attention_dropout_of,
+    is_question_answering_checkpoint,
+)
 from kqa.postprocess import decode_answers, write_predictions
 from kqa.prediction import PredictionSet, predict_and_score
 from kqa.training.checkpoints import (
@@ -85,6 +91,7 @@ class QATrainingRecipe:
         self.last_predictions: dict[str, Any] = {}
         self.last_checkpoint_step: Optional[int] = None
         self.run: Optional[Run] = None  # set by train()
+        self.model_dir: Optional[Path] = None  # model_name_or_path as a local directory, set by setup()
 
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self) -> QATrainingRecipe:
@@ -129,8 +136,13 @@ class QATrainingRecipe:
         from transformers import AutoTokenizer
 
         cfg = self.config
-        tokenizer_source = cfg.tokenizer_name_or_path or cfg.model_name_or_path
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=cfg.trust_remote_code)
+        with self.accelerator.main_process_first():  # the main process fills the hub cache first
+            # The one place model_name_or_path becomes a directory. `.bin` weights are fetched for a repository
+            # without safetensors: an encoder's go to transformers' own loader (weights_only), as before; a
+            # question-answering model's still need allow_bin_weights to be read.
+            self.model_dir = resolve_model_dir(cfg.model_name_or_path, allow_bin=True, **cfg.hub_options())
+        tokenizer_source = cfg.tokenizer_name_or_path or self.model_dir
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source), trust_remote_code=cfg.trust_remote_code)
         attention_dropout = cfg.resolved_attention_dropout(self.accelerator.device.type)
         try:
             model = self._load_model(attention_dropout)
@@ -150,13 +162,19 @@ class QATrainingRecipe:
         return tokenizer, model
 
     def _load_model(self, attention_dropout: Optional[float]):
-        cfg = self.config
-        if (Path(cfg.model_name_or_path) / KQA_CONFIG_FILE).is_file():  # continue training a kqa model
+        """Continue training a question-answering model (kqa's or a transformers `*ForQuestionAnswering`
+        checkpoint, local or by hub id); start from an encoder with a new span head otherwise."""
+        cfg, model_dir = self.config, self.model_dir
+        if is_question_answering_checkpoint(model_dir):
+            logger.info("continuing from the question-answering model %s", describe_model_dir(model_dir))
             return self.model_class.from_pretrained(
-                cfg.model_name_or_path, attention_dropout=attention_dropout, trust_remote_code=cfg.trust_remote_code
+                model_dir,
+                attention_dropout=attention_dropout,
+                trust_remote_code=cfg.trust_remote_code,
+                allow_bin_weights=cfg.allow_bin_weights,
             )
         return self.model_class.from_backbone(
-            cfg.model_name_or_path, attention_dropout=attention_dropout, trust_remote_code=cfg.trust_remote_code
+            model_dir, attention_dropout=attention_dropout, trust_remote_code=cfg.trust_remote_code
         )
 
     def _setup_features(self):
