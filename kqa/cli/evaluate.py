@@ -1,11 +1,12 @@
-"""Evaluate with the official KorQuAD 1.0 metric (EM, character F1).
+"""Evaluate with the official KorQuAD 1.0 metric (EM, character F1): `kqa evaluate` or `python evaluate.py`.
 
 Score a saved model (writes predictions.json and nbest_predictions.json):
-    python evaluate.py --model outputs/kqa/best --data_file dev.json --output_dir outputs/eval
+    kqa evaluate --model outputs/kqa/best --data_file dev.json --output_dir outputs/eval
+    accelerate launch -m kqa evaluate --model outputs/kqa/best --data_file dev.json
     accelerate launch evaluate.py --model outputs/kqa/best --data_file dev.json
 
 Score an existing predictions file (the official scorer):
-    python evaluate.py --predictions predictions.json --data_file dev.json
+    kqa evaluate --predictions predictions.json --data_file dev.json
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from kqa.prediction import EVAL_BATCH_SIZE, OVERRIDABLE_SETTINGS
 from kqa.training.config import MIXED_PRECISIONS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_file", required=True, help="SQuAD/KorQuAD-format JSON with gold answers")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best)")
@@ -47,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.predictions:
         from kqa.metric import score_files
 
@@ -75,14 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     """`main` with bad input (a file that is not UTF-8, a malformed record) reported in one line."""
     try:
-        return main(argv)
+        return main(argv, prog)
     except (ValueError, FileNotFoundError) as err:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -1,10 +1,12 @@
-"""Fine-tune an encoder for Korean extractive QA.
+"""`kqa train` (and `python train.py`): fine-tune an encoder for Korean extractive QA.
 
-    python train.py --config configs/klue-bert-base.yaml
+    kqa train --config configs/klue-bert-base.yaml
+    accelerate launch -m kqa train --config configs/klue-bert-base.yaml --per_device_train_batch_size 16
     accelerate launch train.py --config configs/klue-bert-base.yaml --per_device_train_batch_size 16
     python train.py --config configs/tiny-cpu-smoke.yaml --output_dir outputs/smoke
 
-Every TrainConfig field is a flag (`python train.py --help`); flags override the YAML file.
+Every TrainConfig field is a flag (`kqa train --help`); flags override the YAML file. A bad configuration
+(an unknown key, a value out of range, a missing file) or a missing extra is one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import json
 import logging
 import sys
 
+from kqa.extras import MissingExtraError
 from kqa.training.config import parse_config
 from kqa.training.recipe import QATrainingRecipe
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    config = parse_config(argv)
-    recipe = QATrainingRecipe(config).setup()
+    try:
+        config = parse_config(argv, prog=prog)
+        recipe = QATrainingRecipe(config).setup()
+    except (ValueError, FileNotFoundError, MissingExtraError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     result = recipe.train()
     if recipe.accelerator.is_main_process:
         summary = {
@@ -33,7 +40,3 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
