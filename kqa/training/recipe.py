@@ -34,6 +34,7 @@ from kqa.dataloaders import (
     pad_multiple_for,
     sort_by_length,
 )
+from kqa.extras import require
 from kqa.features import prepare_eval_features, prepare_train_features
 from kqa.metric import score_predictions
 from kqa.modeling import KQA_CONFIG_FILE, NoAttentionDropoutError, QuestionAnsweringModel, attention_dropout_of
@@ -109,6 +110,8 @@ class QATrainingRecipe:
     def _setup_accelerator(self) -> Accelerator:
         cfg = self.config
         log_with = None if cfg.report_to == "none" else cfg.report_to
+        if log_with == "wandb":
+            require("wandb")
         if log_with in ("wandb", "all"):
             default_wandb_to_offline()
         accelerator = Accelerator(
