@@ -1,39 +1,12 @@
-"""Fine-tune an encoder for Korean extractive QA.
+"""Fine-tune an encoder for Korean extractive QA: the same command as `kqa train` (kqa/cli/train.py).
 
-    python train.py --config configs/klue-bert-base.yaml
-    accelerate launch train.py --config configs/klue-bert-base.yaml --per_device_train_batch_size 16
-    python train.py --config configs/tiny-cpu-smoke.yaml --output_dir outputs/smoke
-
-Every TrainConfig field is a flag (`python train.py --help`); flags override the YAML file.
+python train.py --config configs/tiny-cpu-smoke.yaml --output_dir outputs/smoke
+accelerate launch train.py --config configs/klue-bert-base.yaml --per_device_train_batch_size 16
 """
 
-from __future__ import annotations
-
-import json
-import logging
 import sys
 
-from kqa.training.config import parse_config
-from kqa.training.recipe import QATrainingRecipe
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    config = parse_config(argv)
-    recipe = QATrainingRecipe(config).setup()
-    result = recipe.train()
-    if recipe.accelerator.is_main_process:
-        summary = {
-            "global_step": result.global_step,
-            "best_step": result.best_step,
-            f"best_{config.metric_for_best_model}": result.best_metric,
-            "final_metrics": result.final_metrics,
-            "best_model_dir": str(recipe.best_dir) if result.best_step is not None else None,
-            "stopped_early": result.stopped_early,
-        }
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-    return 0
-
+from kqa.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

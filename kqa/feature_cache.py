@@ -36,14 +36,30 @@ def in_memory_cache_file(
     columns = [c for c in ("id", "question", "context", "answers", "is_impossible") if c in examples.column_names]
     table = examples.select_columns(columns).with_format("arrow")[:]
     digest.update(json.dumps(table.to_pydict(), ensure_ascii=False).encode())
-    digest.update(type(tokenizer).__name__.encode())
-    digest.update(_tokenizer_digest(tokenizer.backend_tokenizer).encode())
-    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
-    digest.update(repr((config, with_labels, with_offsets, keep_token_types, code_digest())).encode())
+    _update_with_settings(digest, tokenizer, (config, with_labels, with_offsets, keep_token_types))
     cache_dir = feature_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     kind = "eval" if with_offsets else "train"
     return str(cache_dir / f"{kind}-{digest.hexdigest()[:40]}.arrow")
+
+
+def file_backed_fingerprint(
+    examples, tokenizer, config, with_labels: bool, with_offsets: bool, keep_token_types: bool
+) -> str:
+    """The fingerprint that names the cached features of file-backed examples: `datasets`' fingerprint of
+    the examples, the tokenizer, the settings and the code. Left to itself, `datasets` hashes the tokenizer
+    with dill, and with transformers 4.45-4.56 those bytes hold the truncation state the last call left:
+    every second call would be a cache miss."""
+    digest = hashlib.sha256(examples._fingerprint.encode())
+    _update_with_settings(digest, tokenizer, (config, with_labels, with_offsets, keep_token_types))
+    return digest.hexdigest()[:40]
+
+
+def _update_with_settings(digest, tokenizer, settings: tuple) -> None:
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(_tokenizer_digest(tokenizer.backend_tokenizer).encode())
+    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    digest.update(repr((*settings, code_digest())).encode())
 
 
 def _tokenizer_digest(backend) -> str:

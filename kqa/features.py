@@ -28,7 +28,7 @@ from typing import Any, Optional
 import datasets
 import numpy as np
 
-from kqa.feature_cache import code_digest, in_memory_cache_file
+from kqa.feature_cache import code_digest, file_backed_fingerprint, in_memory_cache_file
 from kqa.spans import (
     STATUS_EXACT,
     STATUS_INEXACT,
@@ -229,6 +229,8 @@ def _prepare(
             # the tokenizer and arguments with dill (~10 ms a call, most of a one-question prediction's
             # feature time).
             fingerprint = uuid.uuid4().hex
+    else:
+        fingerprint = file_backed_fingerprint(examples, tokenizer, config, with_labels, with_offsets, keep_token_types)
     build_kwargs = {
         "tokenizer": tokenizer,
         "config": config,

@@ -410,7 +410,8 @@ class QuestionAnsweringModel(nn.Module):
         qa_class = question_answering_class_name(getattr(config, "model_type", ""))
         config.architectures = [qa_class] if qa_class and self.has_transformers_layout() else None
         config.num_labels = 2
-        config.dtype = self.dtype
+        # transformers >= 4.56 saves `dtype`; earlier releases save `torch_dtype` and cannot write a `dtype`
+        setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", self.dtype)
         return config
 
     def has_transformers_layout(self) -> bool:

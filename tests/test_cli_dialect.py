@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kqa.cli import build_parser
+from kqa.cli.parser import OWN_PARSER_COMMANDS
 from kqa.offline.__main__ import _parser as offline_parser
 from kqa.training.config import build_arg_parser
 
@@ -35,7 +36,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _all_parsers() -> dict[str, argparse.ArgumentParser]:
-    parsers = {f"kqa {name}": p for name, p in _subparsers(build_parser()).items() if name != "build-backbone"}
+    parsers = {f"kqa {name}": p for name, p in _subparsers(build_parser()).items() if name not in OWN_PARSER_COMMANDS}
     parsers.update({f"kqa.offline {name}": p for name, p in _subparsers(offline_parser()).items()})
     parsers["train.py"] = build_arg_parser()
     parsers["evaluate.py"] = _evaluate_parser()

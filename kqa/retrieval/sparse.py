@@ -116,6 +116,15 @@ def make_analyzer(name: str):
     return ANALYZERS[name]()
 
 
+def _bm25s():
+    from kqa.extras import require
+
+    require("retrieval")
+    import bm25s
+
+    return bm25s
+
+
 class BM25Index:
     """BM25 (Lucene's variant, bm25s's default k1=1.5, b=0.75) over pre-analysed passages; `scores`
     gives every passage's score for one query, the form hybrid fusion needs."""
@@ -125,8 +134,7 @@ class BM25Index:
 
     @classmethod
     def build(cls, passage_terms: Iterable[list[str]], *, show_progress: bool = False) -> BM25Index:
-        import bm25s
-
+        bm25s = _bm25s()
         bm25 = bm25s.BM25()
         bm25.index(list(passage_terms), show_progress=show_progress)
         return cls(bm25)
@@ -148,8 +156,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, directory: str | Path) -> BM25Index:
-        import bm25s
-
+        bm25s = _bm25s()
         directory = Path(directory)
         with open(directory / "params.index.json", encoding="utf-8") as f:
             json.load(f)  # a readable parameters file, or a clear JSON error before bm25s reads the arrays

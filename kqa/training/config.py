@@ -343,8 +343,10 @@ def _flag_fields() -> list[tuple[dataclasses.Field, Any]]:
     return out
 
 
-def build_arg_parser(description: str = "Fine-tune an encoder for Korean extractive QA.") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def build_arg_parser(
+    description: str = "Fine-tune an encoder for Korean extractive QA.", prog: Optional[str] = None
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file with TrainConfig fields; flags override it")
     for f, hint in _flag_fields():
         tp, optional, is_list = _field_kind(hint)
@@ -387,9 +389,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return flat
 
 
-def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
-    """Build a TrainConfig from `--config file.yaml` and flags (flags win)."""
-    args = build_arg_parser().parse_args(argv)
+def parse_config(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> TrainConfig:
+    """Build a TrainConfig from `--config file.yaml` and flags (flags win); `prog` names the command in errors."""
+    args = build_arg_parser(prog=prog).parse_args(argv)
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))

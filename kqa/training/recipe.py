@@ -27,7 +27,14 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from kqa.dataloaders import QACollator, make_eval_dataloader, make_train_dataloader, pad_multiple_for, sort_by_length
+from kqa.dataloaders import (
+    QACollator,
+    make_eval_dataloader,
+    make_train_dataloader,
+    pad_multiple_for,
+    sort_by_length,
+)
+from kqa.extras import require
 from kqa.features import prepare_eval_features, prepare_train_features
 from kqa.hub import describe_model_dir, resolve_model_dir
 from kqa.metric import score_predictions
@@ -111,6 +118,8 @@ class QATrainingRecipe:
     def _setup_accelerator(self) -> Accelerator:
         cfg = self.config
         log_with = None if cfg.report_to == "none" else cfg.report_to
+        if log_with == "wandb":
+            require("wandb")
         if log_with in ("wandb", "all"):
             default_wandb_to_offline()
         accelerator = Accelerator(
