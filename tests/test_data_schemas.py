@@ -94,6 +94,31 @@ def test_klue_mrc_rows_load_as_they_are(tmp_path, write):
     assert report.summary().endswith(f"[{report.columns}]")
 
 
+@pytest.mark.parametrize("write", [write_jsonl, write_parquet, write_csv], ids=["jsonl", "parquet", "csv"])
+def test_klue_mrc_unanswerable_rows_that_carry_an_answer_stay_unanswerable(tmp_path, write):
+    """KLUE-MRC's unanswerable rows may carry the answer a reader might find: the question is kept as
+    unanswerable, without it, and the load report counts what was dropped."""
+    rows = klue_rows()
+    rows[-1] = {**UNANSWERABLE, "answers": {"text": ["케임브리지"], "answer_start": [0]}}
+    suffix = {write_jsonl: ".jsonl", write_parquet: ".parquet", write_csv: ".csv"}[write]
+    examples, report = load_data_file(write(tmp_path / f"klue{suffix}", rows))
+    last = examples[-1]
+    assert last["id"] == "klue-mrc-7" and last["is_impossible"] is True
+    assert last["answers"] == {"text": [], "answer_start": []}
+    assert (report.num_kept, report.num_impossible, report.num_answers_dropped) == (7, 1, 1)
+    [dropped] = report.dropped_answers
+    assert (
+        dropped.id == "klue-mrc-7"
+        and dropped.location.describe()
+        == {
+            write_jsonl: "line 7",
+            write_parquet: "row 6",
+            write_csv: "line 8",
+        }[write]
+    )
+    assert "1 answers of 1 questions marked unanswerable dropped" in report.summary()
+
+
 def test_scores_are_broken_down_by_question_type(tmp_path):
     examples, _ = load_data_file(write_jsonl(tmp_path / "klue.jsonl", klue_rows()))
     predictions = {
