@@ -275,6 +275,22 @@ def test_a_bad_row_is_named_by_file_and_record(tmp_path, dev_slice, kind):
         load_data_file(path)
 
 
+def test_csv_cells_keep_line_separators_other_than_newlines(tmp_path):
+    """\u2028, \x85, \x0c ... end a line for str.splitlines but not for CSV: csv writers leave them unquoted."""
+    context = "대한민국의\u2028수도는\x85서울\x0c이다."
+    rows = [
+        {"id": "q1", "context": context, "question": "수도는?", "answer_text": "서울", "answer_start": 10},
+        {"id": "q2", "context": "x", "question": "y", "answer_text": "", "answer_start": ""},
+    ]
+    examples, report = load_data_file(write_csv(tmp_path / "separators.csv", rows, json_cells=()))
+    assert examples["context"] == [context, "x"] and examples[0]["answers"]["text"] == ["서울"]
+    assert not report.has_problems
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,context,question,answer_text,answer_start\nq1,가\u2028나,물음,가,0\nq2,x,y\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"bad\.csv: line 3: 3 cells, the header has 5"):
+        load_data_file(bad)
+
+
 def test_csv_cells_are_text_and_booleans_and_starts_are_read_from_it(tmp_path):
     path = tmp_path / "flat.csv"
     path.write_text(
