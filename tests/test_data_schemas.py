@@ -443,3 +443,30 @@ def test_a_hub_dataset_config_loads_offline_from_the_hub_cache(tmp_path, with_re
         [sys.executable, "-c", LOAD_OFFLINE, "kqa-test/not-cached"], env=env, capture_output=True, text=True
     )
     assert absent.returncode != 0 and "LocalEntryNotFoundError" in absent.stderr
+
+
+def test_evaluate_scores_a_predictions_file_against_a_flat_data_file(tmp_path, capsys):
+    """`kqa evaluate --predictions` takes the data files `--model` takes (the help says so), mapping included."""
+    from kqa.cli import main as kqa_main
+
+    data_file = write_jsonl(tmp_path / "klue.jsonl", klue_rows())
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"ko-1": "서울", "ko-3": "영국", "klue-mrc-7": ""}), encoding="utf-8")
+    assert kqa_main(["evaluate", "--predictions", str(predictions), "--data_file", str(data_file)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["total"], result["answered"]) == (7, 3)
+    assert result["breakdown"]["question_type"]["3"] == {"exact_match": 100.0, "f1": 100.0, "total": 1}
+    renamed = write_jsonl(
+        tmp_path / "renamed.jsonl",
+        [{("passage" if k == "context" else k): v for k, v in r.items()} for r in klue_rows()],
+    )
+    flags = [
+        "--predictions",
+        str(predictions),
+        "--data_file",
+        str(renamed),
+        "--column_mapping",
+        "id=guid,context=passage",
+    ]
+    assert kqa_main(["evaluate", *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 7
