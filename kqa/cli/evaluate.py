@@ -115,9 +115,12 @@ def score_predictions_file(data_file: str, predictions_file: str, column_mapping
 
 
 def run(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
-    """`main` with bad input (a file that is not UTF-8, a malformed record) reported in one line."""
+    """`main` with bad input (a file that is not UTF-8, a malformed record, a missing file, a refused hub
+    repository) or a missing extra reported in one line."""
+    from kqa.extras import MissingExtraError
+
     try:
         return main(argv, prog)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, MissingExtraError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
