@@ -323,10 +323,18 @@ def score_files(dataset_json: str | Path, predictions_json: str | Path) -> EvalR
     counted and logged. Both files are read as UTF-8 (a leading byte-order mark is accepted); bad
     bytes, bad JSON, a layout error, a non-string prediction or an id given twice raise a ValueError
     naming the file and the record."""
-    dataset_path, predictions_path = Path(dataset_json), Path(predictions_json)
+    dataset_path = Path(dataset_json)
     dataset = _read_json(dataset_path, "gold dataset")
+    predictions = read_predictions(predictions_json)
+    return _evaluate(_official_questions(dataset, dataset_path), predictions, str(dataset_path))
+
+
+def read_predictions(predictions_json: str | Path) -> dict[str, str]:
+    """A predictions file (a JSON object: id → answer text), read as `score_files` reads it: UTF-8, every id
+    once, every prediction a string (a ValueError naming the file and the record otherwise)."""
+    predictions_path = Path(predictions_json)
     predictions = _read_json(predictions_path, "predictions", unique_keys=True)
     if not isinstance(predictions, dict):
         raise ValueError(f"{predictions_path}: expected a JSON object mapping question id to answer text")
     _check_predictions(predictions, str(predictions_path))
-    return _evaluate(_official_questions(dataset, dataset_path), predictions, str(dataset_path))
+    return predictions

@@ -171,7 +171,9 @@ def card_info_from_model_dir(model_dir: Path, load_from: Optional[str] = None) -
     without a card. Its training settings, data and base model are not on disk, so the card leaves them out."""
     model_dir = Path(model_dir)
     metrics = _read_json(model_dir / "metrics.json")
-    sets = sorted({key.rpartition("/")[0] for key in metrics if key.endswith("/f1")})
+    # `<set>/f1`; a set's breakdown (`<set>/question_type=1/f1`) is part of that set, not another one
+    scored = {key.rpartition("/")[0] for key in metrics if key.endswith("/f1") and key.count("/")}
+    sets = sorted(s for s in scored if not any(s.startswith(f"{other}/") for other in scored))
     scores = tuple(DevScore(s, s, metrics[f"{s}/exact_match"], metrics[f"{s}/f1"]) for s in sets)
     return ModelCardInfo(
         model_name=model_dir.resolve().name,

@@ -11,6 +11,7 @@ cache. Which column means what is decided afterwards, by `kqa.columns`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,8 +104,9 @@ def _jsonl_table(path: Path) -> Table:
 
 
 def _csv_table(path: Path) -> Table:
-    lines = _text(path).splitlines(keepends=True)
-    reader = csv.reader(lines, strict=True)
+    # Lines end at \n, \r\n or \r only, as in csv's own newline="" reading: str.splitlines would also cut
+    # at \f, \x1c-\x1e, \x85, \u2028 and \u2029, which csv writers leave unquoted inside a cell.
+    reader = csv.reader(io.StringIO(_text(path), newline=""), strict=True)
     header: list[str] | None = None
     records = []
     start = 1

@@ -115,6 +115,22 @@ class RejectedAnswer:
 
 
 @dataclass(frozen=True)
+class DroppedAnswers:
+    """The answers of a question marked unanswerable (KLUE-MRC's unanswerable rows carry the answer a reader
+    might find): the question is kept as unanswerable, without them."""
+
+    location: Location
+    id: str
+    count: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.location.source}: {self.location.describe()} (id {self.id!r}): is_impossible is true: "
+            f"{self.count} answer(s) dropped, kept as unanswerable"
+        )
+
+
+@dataclass(frozen=True)
 class RejectedQuestion:
     """A question left out of the examples."""
 
@@ -146,6 +162,7 @@ class LoadReport:
     repaired: list[RepairedAnswer] = field(default_factory=list)
     rejected_answers: list[RejectedAnswer] = field(default_factory=list)
     rejected_questions: list[RejectedQuestion] = field(default_factory=list)
+    dropped_answers: list[DroppedAnswers] = field(default_factory=list)  # of questions marked unanswerable
 
     @property
     def num_kept(self) -> int:
@@ -164,8 +181,13 @@ class LoadReport:
         return len(self.rejected_questions)
 
     @property
+    def num_answers_dropped(self) -> int:
+        """Answers given to questions marked unanswerable (kept as unanswerable, without them)."""
+        return sum(d.count for d in self.dropped_answers)
+
+    @property
     def has_problems(self) -> bool:
-        return bool(self.repaired or self.rejected_answers or self.rejected_questions)
+        return bool(self.repaired or self.rejected_answers or self.rejected_questions or self.dropped_answers)
 
     def counts(self) -> dict[str, int]:
         """Every count as a flat dict (for logging to a tracker or a JSON file)."""
@@ -179,6 +201,7 @@ class LoadReport:
             "num_answers_repaired": self.num_answers_repaired,
             "num_answers_rejected": self.num_answers_rejected,
             "num_questions_rejected": self.num_questions_rejected,
+            "num_answers_dropped": self.num_answers_dropped,
         }
 
     def summary(self) -> str:
@@ -191,11 +214,16 @@ class LoadReport:
         )
         if self.num_impossible:
             line += f" ({self.num_impossible} kept questions unanswerable)"
+        if self.dropped_answers:
+            line += (
+                f" ({self.num_answers_dropped} answers of {len(self.dropped_answers)} questions marked "
+                "unanswerable dropped)"
+            )
         return line if self.columns is None else f"{line} [{self.columns}]"
 
     def problem_lines(self, limit: int = _MAX_RECORDS_LOGGED) -> list[str]:
-        """The first `limit` rejections, then repairs, as readable lines."""
-        records: list[Any] = [*self.rejected_questions, *self.rejected_answers, *self.repaired]
+        """The first `limit` rejections, then repairs, then dropped answers, as readable lines."""
+        records: list[Any] = [*self.rejected_questions, *self.rejected_answers, *self.repaired, *self.dropped_answers]
         lines = [str(r) for r in records[:limit]]
         if len(records) > limit:
             lines.append(f"... and {len(records) - limit} more")
@@ -363,8 +391,9 @@ class ExampleValidator:
         else:
             given = [_check_answer(loc, qid, i, t, s) for i, (t, s) in enumerate(raw.answers)]
         self.report.num_answers += len(given)
-        if is_impossible and given:
-            raise record_error(loc, f"is_impossible is true but {len(given)} answers are given", qid)
+        if is_impossible and given:  # kept as unanswerable; the answers are counted, never kept
+            self.report.dropped_answers.append(DroppedAnswers(loc, qid, len(given)))
+            given = []
 
         kept = [answer for answer in (self._align(loc, qid, context, t, s) for t, s in given) if answer]
         if not is_impossible and not kept:
@@ -432,10 +461,12 @@ def _log_report(report: LoadReport) -> None:
     logger.info("%s", report.summary())
     if report.has_problems:
         logger.warning(
-            "%s: %d answers repaired, %d answers and %d questions rejected:\n  %s",
+            "%s: %d answers repaired, %d answers and %d questions rejected, %d answers of unanswerable "
+            "questions dropped:\n  %s",
             report.source,
             report.num_answers_repaired,
             report.num_answers_rejected,
             report.num_questions_rejected,
+            report.num_answers_dropped,
             "\n  ".join(report.problem_lines()),
         )

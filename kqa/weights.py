@@ -19,21 +19,18 @@ logger = logging.getLogger("kqa.modeling")  # the model's logger: loading is par
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 KQA_CONFIG_FILE = "kqa_config.json"
-# Weight files another writer may have left in a directory we save into; a loader could pick them up
-# instead of (or besides) ours, so they are removed before saving.
-STALE_WEIGHT_PATTERNS = (
-    "pytorch_model*.bin",
-    "pytorch_model.bin.index.json",
-    WEIGHTS_INDEX_FILE,
-    "model-*-of-*.safetensors",
-)
+SAFETENSORS_SHARDS = "model-*-of-*.safetensors"
 PICKLE_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 BIN_WEIGHTS_FILE = "pytorch_model.bin"
 BIN_WEIGHTS_INDEX_FILE = "pytorch_model.bin.index.json"
+BIN_SHARDS = "pytorch_model-*-of-*.bin"
 # The files of each kind of weights as hub downloads ask for them (kqa.hub): safetensors always, `.bin` only
 # for a repository without safetensors and with the opt-in.
-SAFETENSORS_WEIGHT_PATTERNS = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "model-*-of-*.safetensors")
-BIN_WEIGHT_PATTERNS = (BIN_WEIGHTS_FILE, BIN_WEIGHTS_INDEX_FILE, "pytorch_model-*-of-*.bin")
+SAFETENSORS_WEIGHT_PATTERNS = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, SAFETENSORS_SHARDS)
+BIN_WEIGHT_PATTERNS = (BIN_WEIGHTS_FILE, BIN_WEIGHTS_INDEX_FILE, BIN_SHARDS)
+# Weight files another writer may have left in a directory we save into; a loader could pick them up
+# instead of (or besides) ours, so they are removed before saving: every kind but our own model.safetensors.
+STALE_WEIGHT_PATTERNS = ("pytorch_model*.bin", BIN_WEIGHTS_INDEX_FILE, WEIGHTS_INDEX_FILE, SAFETENSORS_SHARDS)
 # How the opt-in is spelled, for error messages (the flag of kqa.flags.add_hub_flags, the keyword of
 # from_pretrained).
 BIN_OPT_IN = "--allow_bin_weights / allow_bin_weights=True"

@@ -135,10 +135,17 @@ def test_squad2_impossible_question_has_empty_typed_answers(tmp_path):
     assert "(2 kept questions unanswerable)" in report.summary()
 
 
-def test_impossible_question_with_answers_is_a_structural_error(tmp_path):
+def test_impossible_question_with_answers_is_kept_unanswerable_and_counted(tmp_path):
     path = one_question_file(tmp_path, CONTEXT, [("서울", 10)], is_impossible=True)
-    with pytest.raises(DataValidationError, match=r"is_impossible is true but 1 answers"):
-        load_squad_json(path)
+    for strict in (False, True):  # dropping is no rejection: strict mode keeps the question too
+        examples, report = load_squad_json(path, strict=strict)
+        assert examples[0]["is_impossible"] is True
+        assert examples[0]["answers"] == {"text": [], "answer_start": []}
+        assert (report.num_impossible, report.num_answers, report.num_answers_dropped) == (1, 1, 1)
+        assert report.counts()["num_answers_dropped"] == 1 and report.has_problems
+        assert "(1 answers of 1 questions marked unanswerable dropped)" in report.summary()
+        [line] = report.problem_lines()
+        assert "is_impossible is true: 1 answer(s) dropped, kept as unanswerable" in line
 
 
 def test_examples_from_two_files_concatenate(tmp_path, korean_squad_file):

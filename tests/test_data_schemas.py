@@ -94,6 +94,31 @@ def test_klue_mrc_rows_load_as_they_are(tmp_path, write):
     assert report.summary().endswith(f"[{report.columns}]")
 
 
+@pytest.mark.parametrize("write", [write_jsonl, write_parquet, write_csv], ids=["jsonl", "parquet", "csv"])
+def test_klue_mrc_unanswerable_rows_that_carry_an_answer_stay_unanswerable(tmp_path, write):
+    """KLUE-MRC's unanswerable rows may carry the answer a reader might find: the question is kept as
+    unanswerable, without it, and the load report counts what was dropped."""
+    rows = klue_rows()
+    rows[-1] = {**UNANSWERABLE, "answers": {"text": ["케임브리지"], "answer_start": [0]}}
+    suffix = {write_jsonl: ".jsonl", write_parquet: ".parquet", write_csv: ".csv"}[write]
+    examples, report = load_data_file(write(tmp_path / f"klue{suffix}", rows))
+    last = examples[-1]
+    assert last["id"] == "klue-mrc-7" and last["is_impossible"] is True
+    assert last["answers"] == {"text": [], "answer_start": []}
+    assert (report.num_kept, report.num_impossible, report.num_answers_dropped) == (7, 1, 1)
+    [dropped] = report.dropped_answers
+    assert (
+        dropped.id == "klue-mrc-7"
+        and dropped.location.describe()
+        == {
+            write_jsonl: "line 7",
+            write_parquet: "row 6",
+            write_csv: "line 8",
+        }[write]
+    )
+    assert "1 answers of 1 questions marked unanswerable dropped" in report.summary()
+
+
 def test_scores_are_broken_down_by_question_type(tmp_path):
     examples, _ = load_data_file(write_jsonl(tmp_path / "klue.jsonl", klue_rows()))
     predictions = {
@@ -250,6 +275,22 @@ def test_a_bad_row_is_named_by_file_and_record(tmp_path, dev_slice, kind):
         load_data_file(path)
 
 
+def test_csv_cells_keep_line_separators_other_than_newlines(tmp_path):
+    """\u2028, \x85, \x0c ... end a line for str.splitlines but not for CSV: csv writers leave them unquoted."""
+    context = "대한민국의\u2028수도는\x85서울\x0c이다."
+    rows = [
+        {"id": "q1", "context": context, "question": "수도는?", "answer_text": "서울", "answer_start": 10},
+        {"id": "q2", "context": "x", "question": "y", "answer_text": "", "answer_start": ""},
+    ]
+    examples, report = load_data_file(write_csv(tmp_path / "separators.csv", rows, json_cells=()))
+    assert examples["context"] == [context, "x"] and examples[0]["answers"]["text"] == ["서울"]
+    assert not report.has_problems
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,context,question,answer_text,answer_start\nq1,가\u2028나,물음,가,0\nq2,x,y\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"bad\.csv: line 3: 3 cells, the header has 5"):
+        load_data_file(bad)
+
+
 def test_csv_cells_are_text_and_booleans_and_starts_are_read_from_it(tmp_path):
     path = tmp_path / "flat.csv"
     path.write_text(
@@ -402,3 +443,30 @@ def test_a_hub_dataset_config_loads_offline_from_the_hub_cache(tmp_path, with_re
         [sys.executable, "-c", LOAD_OFFLINE, "kqa-test/not-cached"], env=env, capture_output=True, text=True
     )
     assert absent.returncode != 0 and "LocalEntryNotFoundError" in absent.stderr
+
+
+def test_evaluate_scores_a_predictions_file_against_a_flat_data_file(tmp_path, capsys):
+    """`kqa evaluate --predictions` takes the data files `--model` takes (the help says so), mapping included."""
+    from kqa.cli import main as kqa_main
+
+    data_file = write_jsonl(tmp_path / "klue.jsonl", klue_rows())
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"ko-1": "서울", "ko-3": "영국", "klue-mrc-7": ""}), encoding="utf-8")
+    assert kqa_main(["evaluate", "--predictions", str(predictions), "--data_file", str(data_file)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["total"], result["answered"]) == (7, 3)
+    assert result["breakdown"]["question_type"]["3"] == {"exact_match": 100.0, "f1": 100.0, "total": 1}
+    renamed = write_jsonl(
+        tmp_path / "renamed.jsonl",
+        [{("passage" if k == "context" else k): v for k, v in r.items()} for r in klue_rows()],
+    )
+    flags = [
+        "--predictions",
+        str(predictions),
+        "--data_file",
+        str(renamed),
+        "--column_mapping",
+        "id=guid,context=passage",
+    ]
+    assert kqa_main(["evaluate", *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 7

@@ -211,3 +211,30 @@ def test_requirements_files_declare_what_pyproject_declares():
         return {n: (sorted(r.extras), str(r.specifier)) for n, r in _by_name(lines).items()}
 
     assert ranges(listed) == ranges(declared)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_hub_refusal_is_one_line_in_kqa_train_and_evaluate(command, tmp_path, korean_squad_file, monkeypatch, capsys):
+    """A gated or private repository is a PermissionError (kqa.hub): one line and exit 2, as in kqa predict."""
+    import kqa.hub
+    import kqa.training.recipe
+    from kqa.cli import main as kqa_main
+    from kqa.testing import reset_accelerate_state
+
+    def refuse(name, **_):
+        raise PermissionError(f"{name!r} is no local directory; as hub id {name}@main: a gated repository")
+
+    monkeypatch.setattr(kqa.hub, "resolve_model_dir", refuse)
+    monkeypatch.setattr(kqa.training.recipe, "resolve_model_dir", refuse)
+    if command == "train":
+        flags = ["--model_name_or_path", "org/gated", "--train_files", str(korean_squad_file)]
+        flags += ["--dataset_name", "none", "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    else:
+        flags = ["--model", "org/gated", "--data_file", str(korean_squad_file)]
+    reset_accelerate_state()
+    try:
+        assert kqa_main([command, *flags]) == 2
+    finally:
+        reset_accelerate_state()
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"kqa {command}: error: 'org/gated' is no local directory") and "gated" in line

@@ -228,6 +228,18 @@ def test_push_uploads_exactly_the_model_files_with_a_card(model_dir, monkeypatch
     assert "AutoModelForQuestionAnswering" in card.text and "BertForQuestionAnswering" in card.text
 
 
+def test_a_card_written_at_push_lists_each_dev_set_once_without_its_breakdown(model_dir, monkeypatch):
+    """metrics.json of a KLUE-MRC run holds `<set>/question_type=<v>/...` too: those are no dev sets."""
+    metrics = {"step": 4, "exact_match": 30.0, "f1": 45.0, "klue/exact_match": 30.0, "klue/f1": 45.0}
+    metrics |= {"klue/unanswered": 0, "klue/question_type=1/exact_match": 50.0, "klue/question_type=1/f1": 60.0}
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    HubRecorder(monkeypatch)
+    push_model_dir(model_dir, "user/kqa-tiny")
+    card = ModelCard.load(model_dir / CARD_FILE)
+    assert _scores(card) == {"klue": {"exact_match": 30.0, "f1": 45.0}}
+    assert "question_type" not in card.text
+
+
 def test_push_to_a_branch_creates_it(model_dir, monkeypatch):
     hub = HubRecorder(monkeypatch)
     push_model_dir(model_dir, "user/kqa-tiny", revision="v1")

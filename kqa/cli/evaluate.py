@@ -70,9 +70,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     args = build_parser(prog).parse_args(argv)
     if args.predictions:
-        from kqa.metric import score_files
-
-        result = score_files(args.data_file, args.predictions)
+        result = score_predictions_file(args.data_file, args.predictions, args.column_mapping)
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return 0
     from kqa.training.evaluation import evaluate_model
@@ -97,10 +95,32 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     return 0
 
 
+def score_predictions_file(data_file: str, predictions_file: str, column_mapping: dict[str, str] | None = None):
+    """`--predictions`: a SQuAD-layout JSON gold file through the official scorer (`kqa.metric.score_files`);
+    any other data file (flat rows, a column mapping) through the loader, as `--model` reads it, then
+    `score_predictions` (with the per-`question_type` breakdown when the rows carry it)."""
+    from pathlib import Path
+
+    from kqa.metric import read_predictions, score_files, score_predictions
+    from kqa.tables import is_squad_document, read_json_document
+
+    path = Path(data_file)
+    if not column_mapping and path.suffix.lower() == ".json" and path.is_file():
+        if is_squad_document(read_json_document(path)):
+            return score_files(path, predictions_file)
+    from kqa.data import load_data_file
+
+    examples, _ = load_data_file(path, columns=column_mapping)
+    return score_predictions(examples, read_predictions(predictions_file))
+
+
 def run(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
-    """`main` with bad input (a file that is not UTF-8, a malformed record) reported in one line."""
+    """`main` with bad input (a file that is not UTF-8, a malformed record, a missing file, a refused hub
+    repository) or a missing extra reported in one line."""
+    from kqa.extras import MissingExtraError
+
     try:
         return main(argv, prog)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, MissingExtraError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

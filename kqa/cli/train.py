@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     try:
         config = parse_config(argv, prog=prog)
         recipe = QATrainingRecipe(config).setup()
-    except (ValueError, FileNotFoundError, MissingExtraError) as err:
+    except (ValueError, OSError, MissingExtraError) as err:  # OSError: a missing file, a refused hub repository
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     result = recipe.train()
