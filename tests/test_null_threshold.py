@@ -116,3 +116,39 @@ def test_training_metrics_carry_the_v2_scores():
     metrics = evaluation_metrics({"dev": evaluation})
     assert metrics["dev/HasAns_f1"] == 100.0 and metrics["dev/NoAns_exact"] == 0.0
     assert metrics["dev/best_f1"] == 100.0 and metrics["dev/best_f1_thresh"] == -1.0
+
+
+def test_training_stores_the_threshold_of_the_chosen_set(tiny_tokenizer, tmp_path):
+    """`TrainConfig.store_null_threshold`: `first` takes the first set with unanswerable questions, a name
+    that set; the threshold lands in best/'s kqa_config.json with the set's file."""
+    from kqa.metric_v2 import score_predictions_v2
+    from kqa.postprocess import PostprocessConfig
+    from kqa.training.config import TrainConfig
+    from kqa.training.evaluation import store_training_threshold
+
+    class Accelerator:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+    with pytest.raises(ValueError, match="store_null_threshold needs version_2_with_negative"):
+        TrainConfig(train_files=["x.json"], store_null_threshold="first")
+    post = PostprocessConfig(version_2_with_negative=True)
+    config = TrainConfig(
+        train_files=["x.json"], validation_files=["plain=a.json", "v2=b.json"], postprocess=post,
+        store_null_threshold="first",
+    )  # fmt: skip
+    rows = [{"id": "a", "answers": {"text": ["부산"], "answer_start": [0]}}, {"id": "b", "answers": {"text": []}}]
+    v2 = score_predictions_v2(rows, {"a": "부산", "b": "서울"}, {"a": 1.5, "b": 3.0})
+    model_dir = _save_model(tiny_tokenizer, tmp_path / "best")
+    store_training_threshold(Accelerator(), config, model_dir, {"plain": None, "v2": v2})
+    saved = json.loads((model_dir / KQA_CONFIG_FILE).read_text("utf-8"))
+    assert saved["postprocess"]["null_score_diff_threshold"] == 1.5
+    assert saved[NULL_THRESHOLD_SOURCE_KEY]["data_file"].endswith("b.json")
+    config.store_null_threshold = "plain"
+    with pytest.raises(ValueError, match="no unanswerable question"):
+        store_training_threshold(Accelerator(), config, model_dir, {"plain": None, "v2": v2})
+    config.store_null_threshold = "missing"
+    with pytest.raises(ValueError, match="no validation set of that name"):
+        store_training_threshold(Accelerator(), config, model_dir, {"plain": None, "v2": v2})

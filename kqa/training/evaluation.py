@@ -139,3 +139,24 @@ def _write_outputs(predictions: dict, evaluation: ModelEvaluation, output_dir: P
     )
     evaluation.predictions_file, evaluation.nbest_file = paths.get("predictions"), paths.get("nbest")
     evaluation.null_odds_file = paths.get("null_odds")
+
+
+def store_training_threshold(accelerator, config, model_dir: Path, v2_scores: dict) -> None:
+    """`TrainConfig.store_null_threshold`: the best-F1 null threshold of the chosen validation set's
+    SQuAD 2.0-style scores (`v2_scores`: set name → `SquadV2Result` or None) into `model_dir`'s
+    kqa_config.json (`kqa.prediction.store_best_threshold`; main process)."""
+    from kqa.prediction import store_best_threshold
+
+    wanted = config.store_null_threshold
+    candidates = [n for n, v2 in v2_scores.items() if v2 is not None] if wanted == "first" else [wanted]
+    if not candidates or candidates[0] not in v2_scores:
+        raise ValueError(
+            f"store_null_threshold={wanted!r}: no validation set "
+            f"{'with unanswerable questions' if wanted == 'first' else 'of that name'} among {sorted(v2_scores)}"
+        )
+    name = candidates[0]
+    if accelerator.is_main_process:
+        data_file = config.named_validation_files().get(name, name)
+        path = store_best_threshold(model_dir, v2_scores[name], data_file)
+        logger.info("null threshold of validation set %s stored in %s", name, path)
+    accelerator.wait_for_everyone()
