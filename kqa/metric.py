@@ -86,8 +86,9 @@ def _overlap_f1(predicted: list[str], gold: list[str]) -> float:
     return (2 * precision * recall) / (precision + recall)
 
 
-def _squad_normalize(s: str) -> str:
-    """SQuAD v1.1 normalisation: lowercase, drop punctuation and English articles, fix whitespace."""
+def squad_normalize_answer(s: str) -> str:
+    """The official SQuAD normalisation (v1.1 and v2.0 alike; after composing to NFC): lowercase, drop
+    punctuation and English articles, fix whitespace."""
     text = "".join(ch for ch in to_nfc(s).lower() if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
@@ -95,7 +96,7 @@ def _squad_normalize(s: str) -> str:
 
 def squad_word_f1(prediction: str, ground_truth: str) -> float:
     """SQuAD's word-level F1 (whitespace tokens), for comparison only: it is not the KorQuAD metric."""
-    return _overlap_f1(_squad_normalize(prediction).split(), _squad_normalize(ground_truth).split())
+    return _overlap_f1(squad_normalize_answer(prediction).split(), squad_normalize_answer(ground_truth).split())
 
 
 @dataclass
@@ -247,11 +248,20 @@ def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResu
     A prediction that is not a string raises a ValueError naming its id, whether or not the id is in
     the gold set (as `score_files` does)."""
     _check_predictions(predictions, "predictions")
+    questions, groups = examples_questions(examples, BREAKDOWN_COLUMNS)
+    return _evaluate(questions, predictions, "examples", groups=groups)
+
+
+def examples_questions(
+    examples: Any, breakdown_columns: Sequence[str]
+) -> tuple[list[tuple[str, list[str]]], dict[str, list[Any]]]:
+    """(id, gold texts) of every example, in order, and the values of each of `breakdown_columns` the
+    examples carry (a `datasets.Dataset` or rows with `id` and `answers` = {"text": [...], ...})."""
     if hasattr(examples, "column_names"):
         for column in ("id", "answers"):
             if column not in examples.column_names:
                 raise ValueError(f"examples have no {column!r} column (columns: {examples.column_names})")
-        names = ["id", "answers", *(c for c in BREAKDOWN_COLUMNS if c in examples.column_names)]
+        names = ["id", "answers", *(c for c in breakdown_columns if c in examples.column_names)]
         view = examples.with_format("arrow", columns=names)
         columns = {name: view[name].to_pylist() for name in names}
     else:
@@ -259,14 +269,14 @@ def score_predictions(examples: Any, predictions: Mapping[str, str]) -> EvalResu
         for i, row in enumerate(rows):
             if "id" not in row or "answers" not in row:
                 raise ValueError(f"examples row {i} needs 'id' and 'answers' keys, has {sorted(row)}")
-        names = ["id", "answers", *(c for c in BREAKDOWN_COLUMNS if rows and all(c in row for row in rows))]
+        names = ["id", "answers", *(c for c in breakdown_columns if rows and all(c in row for row in rows))]
         columns = {name: [row[name] for row in rows] for name in names}
     ids = [str(i) for i in columns.pop("id")]
-    questions = (
+    questions = [
         (qid, _answer_texts(a, f"examples row {i} (id {qid!r})"))
         for i, (qid, a) in enumerate(zip(ids, columns.pop("answers")))
-    )
-    return _evaluate(questions, predictions, "examples", groups=columns)
+    ]
+    return questions, columns
 
 
 class _DuplicateKey(Exception):

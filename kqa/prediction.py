@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from kqa.features import FeatureConfig
-from kqa.metric import EvalResult, score_predictions
+from kqa.metric import BREAKDOWN_COLUMNS, EvalResult, examples_questions, score_predictions
+from kqa.metric_v2 import SquadV2Result, has_unanswerable, score_v2
 from kqa.postprocess import ExamplePrediction, PostprocessConfig, decode_answers
 
 # Logits past a feature's own length (every batch is padded to one width so that processes can be
@@ -62,7 +63,7 @@ class PredictionSettings:
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> PredictionSettings:
         """The nested layout of `to_dict`. Models saved by kqa 0.1.0 wrote the same fields flat; they
         are read into the same dataclasses."""
-        if not any(name in data for name in SETTING_SECTIONS):
+        if not _is_nested(data):
             return cls().with_overrides(source, **{k: v for k, v in data.items() if k != "kqa_version"})
         parts = {}
         for name, section in SETTING_SECTIONS.items():
@@ -106,6 +107,59 @@ def load_settings(model_dir: str | Path, **overrides: Any) -> PredictionSettings
     return PredictionSettings.from_dict(load_kqa_config(model_dir), source).with_overrides(source, **overrides)
 
 
+# The key of kqa_config.json that records where a stored null threshold came from.
+NULL_THRESHOLD_SOURCE_KEY = "null_threshold_source"
+
+
+def store_null_threshold(model_dir: str | Path, threshold: float, source: dict[str, Any]) -> Path:
+    """Write `threshold` into the saved settings of `model_dir` (kqa_config.json: the postprocess section's
+    `null_score_diff_threshold`) and `source` (data file, best_f1, date) beside them under
+    `NULL_THRESHOLD_SOURCE_KEY`; `load_settings` then returns it, so every loader of the model uses it.
+    Only a model trained with `version_2_with_negative` has a null answer to tune."""
+    import json
+    import math
+
+    from kqa.modeling import KQA_CONFIG_FILE, load_kqa_config
+
+    path = Path(model_dir) / KQA_CONFIG_FILE
+    data = load_kqa_config(model_dir)
+    settings = PredictionSettings.from_dict(data, str(path))
+    if not settings.postprocess.version_2_with_negative:
+        raise ValueError(
+            f"{path}: the model was not trained with version_2_with_negative, so it has no null answer "
+            "whose threshold could be stored"
+        )
+    if not math.isfinite(threshold):
+        raise ValueError(f"{path}: the null threshold to store must be a finite number, got {threshold}")
+    tuned = settings.with_overrides(str(path), null_score_diff_threshold=float(threshold))
+    kept = {k: v for k, v in data.items() if k in ("kqa_version",)} if not _is_nested(data) else data
+    payload = {**kept, **tuned.to_dict(), NULL_THRESHOLD_SOURCE_KEY: source}
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def store_best_threshold(model_dir: str | Path, v2: Optional[SquadV2Result], data_file: str | Path) -> Path:
+    """`store_null_threshold` with the best-F1 threshold of `v2` (the SQuAD 2.0-style scores of
+    `data_file` with null odds), recording the data file, best_f1 and the date (UTC)."""
+    import datetime
+
+    if v2 is None or v2.best_f1_thresh is None:
+        raise ValueError(
+            f"{data_file}: no unanswerable question (or no null scores from the model), so there is no null "
+            "threshold to tune"
+        )
+    source = {
+        "data_file": str(Path(data_file).resolve()),
+        "best_f1": v2.scores["best_f1"],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return store_null_threshold(model_dir, v2.best_f1_thresh, source)
+
+
+def _is_nested(data: dict[str, Any]) -> bool:
+    return any(name in data for name in SETTING_SECTIONS)
+
+
 @dataclass
 class PredictionSet:
     """Examples, their evaluation features (any order: answers are decoded per `example_id`; the loop
@@ -134,6 +188,8 @@ class SetEvaluation:
     predictions: dict[str, ExamplePrediction]
     result: EvalResult
     loss: Optional[float]
+    v2: Optional[SquadV2Result] = None
+    """The SQuAD 2.0-style scores (`score_v2_predictions`) when the set has unanswerable questions."""
 
 
 def _pad(logits: torch.Tensor, width: int) -> torch.Tensor:
@@ -226,4 +282,23 @@ def predict_and_score(
         model, prediction_set, settings, accelerator=accelerator, decode=decode, disable_tqdm=disable_tqdm
     )
     result = (metric or score_predictions)(prediction_set.examples, {k: p.text for k, p in predictions.items()})
-    return SetEvaluation(predictions=predictions, result=result, loss=logits.loss)
+    v2 = score_v2_predictions(prediction_set.examples, predictions, settings.postprocess)
+    return SetEvaluation(predictions=predictions, result=result, loss=logits.loss, v2=v2)
+
+
+def score_v2_predictions(
+    examples: Any, predictions: dict[str, ExamplePrediction], postprocess: PostprocessConfig
+) -> Optional[SquadV2Result]:
+    """SQuAD 2.0-style scores (`kqa.metric_v2`, KorQuAD normalisation) of decoded predictions, or None
+    when every question of `examples` has an answer. With null scores (SQuAD 2.0 mode) the threshold
+    search runs over each question's best span and its null odds, and `exact`/`f1` apply the
+    post-processor's own `null_score_diff_threshold`: the same answers as `.text`, but the search can
+    also find that a higher threshold (answering more) is better."""
+    questions, groups = examples_questions(examples, BREAKDOWN_COLUMNS)
+    if not has_unanswerable(questions):
+        return None
+    if all(p.null_score is None for p in predictions.values()):
+        return score_v2(questions, {k: p.text for k, p in predictions.items()}, None, groups)
+    spans = {k: p.nbest[0].text if p.nbest else "" for k, p in predictions.items()}
+    odds = {k: p.null_odds for k, p in predictions.items()}
+    return score_v2(questions, spans, odds, groups, na_prob_thresh=postprocess.null_score_diff_threshold)

@@ -7,6 +7,10 @@ Score a saved model (writes predictions.json and nbest_predictions.json):
 
 Score an existing predictions file (the official scorer):
     kqa evaluate --predictions predictions.json --data_file dev.json
+
+A set with unanswerable questions also gets the SQuAD 2.0-style block ("squad_v2": HasAns / NoAns,
+best_f1 and its null threshold; `kqa.metric_v2`). Store that threshold with the model:
+    kqa evaluate --model outputs/kqa/best --data_file dev_v2.json --store_null_threshold
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kqa.flags import (
     add_bool_flag,
@@ -23,7 +28,7 @@ from kqa.flags import (
     hub_options,
     parse_column_mapping_flag,
 )
-from kqa.prediction import EVAL_BATCH_SIZE, OVERRIDABLE_SETTINGS
+from kqa.prediction import EVAL_BATCH_SIZE, OVERRIDABLE_SETTINGS, store_best_threshold
 from kqa.training.config import MIXED_PRECISIONS
 
 
@@ -44,7 +49,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved kqa model directory (e.g. outputs/kqa/best) or hub id (org/name)")
     source.add_argument("--predictions", help="an existing predictions.json (id → answer text) to score")
-    parser.add_argument("--output_dir", help="where to write predictions.json / nbest_predictions.json")
+    parser.add_argument(
+        "--output_dir", help="where to write predictions.json / nbest_predictions.json / null_odds.json"
+    )
+    parser.add_argument(
+        "--null_odds_file",
+        help="with --predictions: null_odds.json (id → null score − best span score) or any na-prob file "
+        "of the official SQuAD 2.0 script; adds best_exact / best_f1 and their thresholds",
+    )
+    add_bool_flag(
+        parser,
+        "store_null_threshold",
+        help="with --model (a local directory trained with version_2_with_negative) and a set with "
+        "unanswerable questions: write the best-F1 null threshold into the model's kqa_config.json",
+    )
     add_renamed_flag(
         parser,
         "--per_device_eval_batch_size",
@@ -70,9 +88,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     args = build_parser(prog).parse_args(argv)
     if args.predictions:
-        result = score_predictions_file(args.data_file, args.predictions, args.column_mapping)
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        scores = _score_predictions_file(args)
+        print(json.dumps(scores, indent=2, ensure_ascii=False))
         return 0
+    if args.null_odds_file:
+        raise ValueError("--null_odds_file goes with --predictions; with --model the null odds come from the model")
+    if args.store_null_threshold:
+        _check_can_store(args.model)
     from kqa.training.evaluation import evaluate_model
 
     overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
@@ -91,27 +113,60 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(json.dumps(evaluation.result.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(evaluation.to_dict(), indent=2, ensure_ascii=False))
+        if args.store_null_threshold:
+            path = store_best_threshold(args.model, evaluation.v2, args.data_file)
+            print(f"stored null_score_diff_threshold={evaluation.v2.best_f1_thresh} in {path}", file=sys.stderr)
     return 0
 
 
-def score_predictions_file(data_file: str, predictions_file: str, column_mapping: dict[str, str] | None = None):
-    """`--predictions`: a SQuAD-layout JSON gold file through the official scorer (`kqa.metric.score_files`);
-    any other data file (flat rows, a column mapping) through the loader, as `--model` reads it, then
-    `score_predictions` (with the per-`question_type` breakdown when the rows carry it)."""
-    from pathlib import Path
-
+def _score_predictions_file(args) -> dict:
+    """`--predictions`: the KorQuAD scores of a predictions file, with the SQuAD 2.0-style block when the gold
+    set has unanswerable questions (best_* only with --null_odds_file). A SQuAD-layout JSON gold file goes
+    through the official scorer (`kqa.metric.score_files`); any other data file (flat rows, a column mapping)
+    through the loader, as `--model` reads it, then `score_predictions` (with the per-`question_type`
+    breakdown when the rows carry it)."""
     from kqa.metric import read_predictions, score_files, score_predictions
+    from kqa.metric_v2 import read_na_probs, score_files_v2, score_predictions_v2
     from kqa.tables import is_squad_document, read_json_document
 
-    path = Path(data_file)
-    if not column_mapping and path.suffix.lower() == ".json" and path.is_file():
-        if is_squad_document(read_json_document(path)):
-            return score_files(path, predictions_file)
-    from kqa.data import load_data_file
+    if args.store_null_threshold:
+        raise ValueError("--store_null_threshold needs --model: the threshold is stored in a model's kqa_config.json")
+    path = Path(args.data_file)
+    if (
+        not args.column_mapping
+        and path.suffix.lower() == ".json"
+        and path.is_file()
+        and (is_squad_document(read_json_document(path)))
+    ):
+        result = score_files(path, args.predictions).to_dict()
+        score_v2 = lambda: score_files_v2(path, args.predictions, args.null_odds_file)
+    else:
+        from kqa.data import load_data_file
 
-    examples, _ = load_data_file(path, columns=column_mapping)
-    return score_predictions(examples, read_predictions(predictions_file))
+        examples, _ = load_data_file(path, columns=args.column_mapping)
+        predictions = read_predictions(args.predictions)
+        result = score_predictions(examples, predictions).to_dict()
+        na_probs = None if args.null_odds_file is None else read_na_probs(Path(args.null_odds_file))
+        score_v2 = lambda: score_predictions_v2(examples, predictions, na_probs)
+    if result["impossible"]:
+        result["squad_v2"] = score_v2().to_dict()
+    elif args.null_odds_file:
+        print(f"{args.data_file}: no unanswerable question, so --null_odds_file is not used", file=sys.stderr)
+    return result
+
+
+def _check_can_store(model: str) -> None:
+    """Before predicting: the model is a local directory whose saved settings are SQuAD 2.0 mode."""
+    from kqa.prediction import load_settings
+
+    if not Path(model).is_dir():
+        raise ValueError(f"--store_null_threshold: {model} is not a local model directory to write into")
+    if not load_settings(model).postprocess.version_2_with_negative:
+        raise ValueError(
+            f"--store_null_threshold: {model} was not trained with version_2_with_negative "
+            "(kqa_config.json), so it has no null answer whose threshold could be stored"
+        )
 
 
 def run(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:

@@ -146,6 +146,10 @@ class TrainConfig:
     """A key of the evaluation metrics: f1 / exact_match (over all validation sets) or `<set>/f1`."""
     greater_is_better: bool = True
     early_stopping_patience: Optional[int] = None
+    store_null_threshold: Optional[str] = None
+    """SQuAD 2.0 mode: write into best/'s kqa_config.json the best-F1 null threshold found on a validation
+    set with unanswerable questions (`first`: the first such set; or a set's name), as `kqa evaluate
+    --store_null_threshold` does; every loader of best/ then uses it."""
     eval_before_training: bool = False
     """Evaluate once at step 0 (the untrained head) as a baseline in metrics.jsonl."""
     resume_from_checkpoint: Optional[str] = None
@@ -225,6 +229,10 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not self.train_files and not self.dataset_name:
             raise ValueError("give train_files or dataset_name")
+        if self.store_null_threshold and not self.postprocess.version_2_with_negative:
+            raise ValueError("store_null_threshold needs version_2_with_negative (a null answer to tune)")
+        if self.store_null_threshold and self.eval_strategy == "no":
+            raise ValueError("store_null_threshold needs evaluation (eval_strategy is 'no')")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (the Hub repository, user/name)")
         if isinstance(self.column_mapping, str):  # YAML may give the flag form

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from kqa.metric import EvalResult
-from kqa.prediction import EVAL_BATCH_SIZE
+from kqa.metric_v2 import SquadV2Result
+from kqa.prediction import EVAL_BATCH_SIZE, PredictionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,15 @@ class ModelEvaluation:
     predictions_file: Optional[Path]
     nbest_file: Optional[Path]
     num_features: int
+    v2: Optional[SquadV2Result] = None
+    """SQuAD 2.0-style scores when the set has unanswerable questions (`kqa.prediction.SetEvaluation.v2`)."""
+    settings: Optional[PredictionSettings] = None
+    """The settings the model predicted with (saved ones plus overrides)."""
+    null_odds_file: Optional[Path] = None
+
+    def to_dict(self) -> dict:
+        """The KorQuAD scores, with the SQuAD 2.0-style block under "squad_v2" when there is one."""
+        return {**self.result.to_dict(), **({"squad_v2": self.v2.to_dict()} if self.v2 is not None else {})}
 
 
 def evaluate_model(
@@ -104,24 +114,49 @@ def evaluate_model(
         disable_tqdm=disable_tqdm,
     )
 
-    predictions_file = nbest_file = None
-    if output_dir is not None and accelerator.is_main_process:
-        predictions_file, nbest_file = _write_outputs(evaluation, Path(output_dir))
-    return ModelEvaluation(
+    model_evaluation = ModelEvaluation(
         result=evaluation.result,
         loss=evaluation.loss,
-        predictions_file=predictions_file,
-        nbest_file=nbest_file,
+        predictions_file=None,
+        nbest_file=None,
         num_features=len(features),
+        v2=evaluation.v2,
+        settings=settings,
     )
+    if output_dir is not None and accelerator.is_main_process:
+        _write_outputs(evaluation.predictions, model_evaluation, Path(output_dir))
+    return model_evaluation
 
 
-def _write_outputs(evaluation, output_dir: Path) -> tuple[Optional[Path], Optional[Path]]:
-    """predictions.json, nbest_predictions.json (`kqa.postprocess.write_predictions`) and eval_results.json."""
+def _write_outputs(predictions: dict, evaluation: ModelEvaluation, output_dir: Path) -> None:
+    """predictions.json, nbest_predictions.json, null_odds.json in SQuAD 2.0 mode
+    (`kqa.postprocess.write_predictions`) and eval_results.json; their paths are set on `evaluation`."""
     from kqa.postprocess import write_predictions
 
-    paths = write_predictions(evaluation.predictions, output_dir)
+    paths = write_predictions(predictions, output_dir)
     (output_dir / "eval_results.json").write_text(
-        json.dumps(evaluation.result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8"
+        json.dumps(evaluation.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8"
     )
-    return paths.get("predictions"), paths.get("nbest")
+    evaluation.predictions_file, evaluation.nbest_file = paths.get("predictions"), paths.get("nbest")
+    evaluation.null_odds_file = paths.get("null_odds")
+
+
+def store_training_threshold(accelerator, config, model_dir: Path, v2_scores: dict) -> None:
+    """`TrainConfig.store_null_threshold`: the best-F1 null threshold of the chosen validation set's
+    SQuAD 2.0-style scores (`v2_scores`: set name → `SquadV2Result` or None) into `model_dir`'s
+    kqa_config.json (`kqa.prediction.store_best_threshold`; main process)."""
+    from kqa.prediction import store_best_threshold
+
+    wanted = config.store_null_threshold
+    candidates = [n for n, v2 in v2_scores.items() if v2 is not None] if wanted == "first" else [wanted]
+    if not candidates or candidates[0] not in v2_scores:
+        raise ValueError(
+            f"store_null_threshold={wanted!r}: no validation set "
+            f"{'with unanswerable questions' if wanted == 'first' else 'of that name'} among {sorted(v2_scores)}"
+        )
+    name = candidates[0]
+    if accelerator.is_main_process:
+        data_file = config.named_validation_files().get(name, name)
+        path = store_best_threshold(model_dir, v2_scores[name], data_file)
+        logger.info("null threshold of validation set %s stored in %s", name, path)
+    accelerator.wait_for_everyone()

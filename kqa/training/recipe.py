@@ -55,6 +55,7 @@ from kqa.training.checkpoints import (
     write_checkpoint,
 )
 from kqa.training.config import TrainConfig, resolve_mixed_precision
+from kqa.training.evaluation import store_training_threshold
 from kqa.training.inputs import load_train_examples, load_validation_examples
 from kqa.training.optim import build_optimizer, build_scheduler, schedule_length
 from kqa.training.publishing import push_saved_model, run_card_info
@@ -96,6 +97,7 @@ class QATrainingRecipe:
         self.state = TrainingState()
         self.log_history: list[dict] = []  # this process's records of the run, in memory only
         self.last_predictions: dict[str, Any] = {}
+        self.last_v2_scores: dict[str, Any] = {}
         self.last_checkpoint_step: Optional[int] = None
         self.run: Optional[Run] = None  # set by train()
         self.model_dir: Optional[Path] = None  # model_name_or_path as a local directory, set by setup()
@@ -394,6 +396,7 @@ class QATrainingRecipe:
             for eval_set in self.eval_sets
         }
         self.last_predictions = {name: evaluation.predictions for name, evaluation in evaluations.items()}
+        self.last_v2_scores = {name: evaluation.v2 for name, evaluation in evaluations.items()}
         metrics = {**evaluation_metrics(evaluations), "step": self.state.global_step}
         self.model.train(was_training)
         self._log({f"eval/{k}" if k != "step" else k: v for k, v in metrics.items()})
@@ -451,6 +454,8 @@ class QATrainingRecipe:
         save_model_directory(
             acc, self.model, directory, self.tokenizer, self.settings.to_dict(), metrics, predictions, card
         )
+        if directory == self.best_dir and self.config.store_null_threshold:
+            store_training_threshold(acc, self.config, directory, self.last_v2_scores)
         push_saved_model(acc, self.config, directory, self.best_dir if self.state.best_step is not None else None)
 
     def save_checkpoint(self) -> Path:

@@ -79,10 +79,15 @@ def start_metrics_log(metrics_file: Path, resumed_step: Optional[int]) -> None:
     logger.warning("%s held the log of an earlier run; moved it to %s", metrics_file, old)
 
 
+# The SQuAD 2.0-style scores logged per set with unanswerable questions (`SetEvaluation.v2`).
+V2_METRICS = ("HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1", "best_f1_thresh")
+
+
 def evaluation_metrics(evaluations: dict) -> dict[str, float]:
     """`<set>/exact_match`, `<set>/f1`, `<set>/unanswered`, `<set>/loss` of each set's `SetEvaluation`,
     `<set>/<column>=<value>/exact_match` and `.../f1` for each breakdown of its result (KLUE-MRC's
-    `question_type=1`, ...), and `exact_match` / `f1` over all sets, weighted by their questions."""
+    `question_type=1`, ...), `<set>/HasAns_f1` and the rest of `V2_METRICS` for a set with unanswerable
+    questions, and `exact_match` / `f1` over all sets, weighted by their questions."""
     metrics: dict[str, float] = {}
     for name, evaluation in evaluations.items():
         result = evaluation.result
@@ -95,6 +100,8 @@ def evaluation_metrics(evaluations: dict) -> dict[str, float]:
                 metrics[f"{name}/{column}={value}/f1"] = group.f1
         if evaluation.loss is not None:
             metrics[f"{name}/loss"] = evaluation.loss
+        v2 = getattr(evaluation, "v2", None)
+        metrics.update({f"{name}/{k}": v2.scores[k] for k in V2_METRICS if v2 is not None and k in v2.scores})
     total_questions = sum(e.result.total for e in evaluations.values())
     if total_questions:
         metrics["exact_match"] = (
