@@ -14,6 +14,10 @@ scale too, but a reader fine-tuned on gold passages only was never taught to sco
 the answer low: ranking by them alone picks confident spans of wrong passages (docs/retrieval.md has
 the measurement). The same span of a document found in two overlapping passages is one answer, its
 probabilities summed.
+
+With a calibrated reader (`kqa calibrate`) answers are ranked by their confidence, P(correct), and none is
+returned when the best is below `score_threshold` (docs/retrieval.md#abstention-no-answer-over-documents
+measures both: with a reader fine-tuned on gold passages only, this ranking is worse than the one above).
 """
 
 from __future__ import annotations
