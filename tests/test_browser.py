@@ -144,3 +144,45 @@ def test_an_error_from_the_server_is_shown_on_the_page(browser, server):
     error = browser.find_element(By.ID, "error").text
     assert "422" in error and "context" in error
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+@pytest.fixture(scope="module")
+def ask_server(tmp_path_factory, tiny_tokenizer_dir):
+    """A calibrated model (P(correct) = sigmoid(score - 17): 부산's 16 gives 0.27, below the stored 0.5)
+    over a one-document index."""
+    from transformers import AutoTokenizer
+
+    from kqa.calibration import Calibrator, save_calibrator
+    from kqa.retrieval import Document, Retriever, RetrieverSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    model_dir = tmp_path_factory.mktemp("ask_page") / "model"
+    token_scoring_model(tokenizer, {"부": 8.0}, {"##산": 8.0}).save_pretrained(
+        model_dir, tokenizer=tokenizer, kqa_config={"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16}
+    )
+    save_calibrator(model_dir, Calibrator("platt", {"features": ["score"], "weights": [1.0], "bias": -17.0}, 0.5))
+    document = Document(id="capital", title="", text=CAPITAL["context"], source="capital")
+    index = Retriever.build([document], RetrieverSettings(method="sparse", analyzer="bigrams")).save(
+        model_dir.parent / "index"
+    )
+    with ServerProcess(model_dir, ["--device", "cpu", "--index", index], log_path=model_dir.parent / "server.log") as p:
+        yield p
+
+
+def test_the_page_says_no_answer_below_the_threshold(browser, ask_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ask_server.url + "/")
+    WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "score_threshold")))
+    browser.find_element(By.ID, "question").send_keys("가장 큰 항구 도시는 어디인가?")  # no passage: the index
+    browser.find_element(By.ID, "submit").click()
+    none = WebDriverWait(browser, 60).until(EC.visibility_of_element_located((By.ID, "no_answer")))
+    assert none.text.startswith("답 없음 (no answer)") and "0.27 < 기준 0.50" in none.text
+
+    browser.find_element(By.ID, "score_threshold").send_keys("0.2")
+    browser.find_element(By.ID, "submit").click()
+    mark = WebDriverWait(browser, 60).until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#passage mark")))
+    assert mark.text == "부산" and browser.find_element(By.ID, "answer").text == "부산"
+    assert "confidence 0.269" in browser.find_element(By.CSS_SELECTOR, "#topk li").text

@@ -501,7 +501,14 @@ def test_ask_top_k_answers_best_first_across_passages(ask_server, corpus_dir):
 
 
 def test_ask_without_a_matching_passage_has_no_answers(ask_server):
-    assert ask_index(ask_server, "무엇?") == {"question": "무엇?", "answers": [], "passages": []}
+    assert ask_index(ask_server, "무엇?") == {
+        "question": "무엇?",
+        "answers": [],
+        "passages": [],
+        "no_answer": True,
+        "best_confidence": None,
+        "score_threshold": None,
+    }
 
 
 GOOD_ASK = {"question": PORT_CITY}
@@ -717,3 +724,57 @@ def test_bench_server_smoke(tmp_path):
     for server in result["servers"].values():
         assert server["rss_kib_before"] > 0 and server["rss_kib_after"] > 0
     assert "p50 ms" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibrated confidence and abstention (kqa calibrate): P(correct) = sigmoid(span score - 17), so the
+# marked span (score 16) has confidence sigmoid(-1) = 0.27, below the stored threshold 0.5.
+# --------------------------------------------------------------------------------------------------
+
+BUSAN_CONFIDENCE = 1 / (1 + math.exp(1.0))
+
+
+@pytest.fixture(scope="module")
+def calibrated_server(model_dir, index_dir, tmp_path_factory):
+    import shutil
+
+    from kqa.calibration import Calibrator, save_calibrator
+
+    calibrated = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(model_dir, calibrated)
+    save_calibrator(calibrated, Calibrator("platt", {"features": ["score"], "weights": [1.0], "bias": -17.0}, 0.5))
+    process = ServerProcess(
+        calibrated,
+        ["--index", index_dir, "--device", "cpu", *LIMITS, *ASK_ARGS],
+        log_path=tmp_path_factory.mktemp("calibrated_server") / "server.log",
+    )
+    process.start()
+    yield process
+    code = process.stop()
+    assert code in (0, -15), f"the server exited with {code}:\n{process.log_tail()}"
+
+
+def test_ask_below_the_threshold_is_the_no_answer_shape(calibrated_server):
+    body = ask_index(calibrated_server, PORT_CITY)
+    assert body["answers"] == [] and body["no_answer"] is True
+    assert body["best_confidence"] == pytest.approx(BUSAN_CONFIDENCE, abs=1e-3)
+    assert body["score_threshold"] == 0.5 and body["passages"]  # the passages read are still shown
+    (answer,) = ask_index(calibrated_server, PORT_CITY, score_threshold=0.2)["answers"]
+    assert (answer["text"], answer["doc_id"]) == ("부산", "seoul.txt")
+    assert answer["confidence"] == pytest.approx(BUSAN_CONFIDENCE, abs=1e-3)
+    status, reply = call(calibrated_server, "/v1/answer", {"question": PORT_CITY, "context": "항구 도시는 부산이다."})
+    assert status == 200 and reply["answers"][0]["confidence"] == pytest.approx(BUSAN_CONFIDENCE, abs=1e-3)
+
+
+@pytest.mark.parametrize("value, problem", [(1.5, "out_of_range"), (-0.1, "out_of_range"), ("0.5", "float_type")])
+def test_a_bad_score_threshold_is_a_422_naming_it(calibrated_server, value, problem):
+    status, reply = call(calibrated_server, "/v1/ask", {"question": PORT_CITY, "score_threshold": value})
+    assert status == 422, reply
+    assert (reply["error"]["field"], reply["error"]["problem"]) == ("score_threshold", problem)
+
+
+def test_a_score_threshold_needs_a_calibrated_model(ask_server):
+    status, reply = call(ask_server, "/v1/ask", {"question": PORT_CITY, "score_threshold": 0.5})
+    assert status == 422, reply
+    assert (reply["error"]["field"], reply["error"]["problem"]) == ("score_threshold", "no_calibrator")
+    assert "kqa calibrate" in reply["error"]["message"]

@@ -44,7 +44,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.top_k == 1:
             result = {k: p.text for k, p in predictions.items()}  # the official submission format ("" = null)
         else:
-            result = {k: [a.to_dict() for a in qa.answers_of(p, args.top_k)] for k, p in predictions.items()}
+            result = {
+                k: [a.to_dict() for a in qa.answers_of(p, args.top_k, qa.calibrator)] for k, p in predictions.items()
+            }
     else:
         answers = qa(args.question, args.context, top_k=args.top_k, **null_options)
         result = answers.to_dict() if args.top_k == 1 else [a.to_dict() for a in answers]
@@ -236,17 +238,24 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise ValueError("the question is empty")
     retriever = Retriever.load(args.index, method=args.method, device=args.device)
     qa = _load_answerer(args)
-    result = RetrieveAndRead(retriever, qa, passages=args.passages).ask(question, top_k=args.top_k)
+    pipeline = RetrieveAndRead(retriever, qa, passages=args.passages)
+    result = pipeline.ask(question, top_k=args.top_k, score_threshold=args.score_threshold)
     if args.json:
         print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
         return 0
-    if not result.answers:
+    if not result.passages:
         print("no answer: no passage of the index matches the question")
+    elif result.no_answer:
+        print(
+            f"no answer: the best answer's confidence {result.best_confidence:.2f} is below the threshold "
+            f"{result.score_threshold:.2f} (--score_threshold)"
+        )
     for i, a in enumerate(result.answers, 1):
         text = retriever.document(a.doc_id).text
         left, right = text[max(a.passage_start, a.start - 60) : a.start], text[a.end : min(a.passage_end, a.end + 60)]
         shown = " ".join(a.text.split())  # one line on the terminal (--json keeps the text as it is)
-        print(f"{i}. {shown}  (p={a.probability:.2f}, span score {a.score:.2f})")
+        confidence = "" if a.confidence is None else f"confidence {a.confidence:.2f}, "
+        print(f"{i}. {shown}  ({confidence}p={a.probability:.2f}, span score {a.score:.2f})")
         print(f"   {a.doc_id}{' — ' + a.title if a.title else ''} [{a.start}:{a.end}], passage rank {a.retrieval_rank}")
         print(f"   …{left}【{a.text}】{right}…".replace("\n", " "))
     if args.show_passages:
@@ -254,6 +263,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
         for hit in result.passages:
             print(f"  {hit.rank}. {hit.passage.id} score {hit.score:.4f}: {hit.passage.text[:80]!r}")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit a calibrator on a dev set and save it with the model (`kqa.cli.calibrate`)."""
+    from kqa.cli.calibrate import run_calibrate
+
+    return run_calibrate(args, _load_answerer)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

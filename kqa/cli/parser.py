@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from kqa.cli.commands import cmd_ask, cmd_export, cmd_index, cmd_make_tiny_model, cmd_predict, cmd_push, cmd_serve
+from kqa.cli.calibrate import add_calibrate_parser
+from kqa.cli.commands import (
+    cmd_ask,
+    cmd_calibrate,
+    cmd_export,
+    cmd_index,
+    cmd_make_tiny_model,
+    cmd_predict,
+    cmd_push,
+    cmd_serve,
+)
 from kqa.flags import (
     add_bool_flag,
     add_deprecated_spelling,
@@ -223,6 +233,12 @@ def _add_ask_parser(sub) -> None:
     a.add_argument("--method", choices=METHODS, help="override the index's ranking method")
     add_bool_flag(a, "json", help="print the result as JSON")
     add_bool_flag(a, "show_passages", help="also print the retrieved passages")
+    a.add_argument(
+        "--score_threshold",
+        type=float,
+        help="answer 'no answer' below this calibrated confidence (default: the one stored with the model's "
+        "calibrator, kqa calibrate; a model without one never abstains)",
+    )
     a.set_defaults(func=cmd_ask)
 
 
@@ -258,5 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_parser(sub)
     _add_ask_parser(sub)
     _add_push_parser(sub)
+    add_calibrate_parser(sub, add_model_flags, cmd_calibrate)
     sub.add_parser("build-backbone", help=OWN_PARSER_COMMANDS["build-backbone"], add_help=False).set_defaults(func=None)
     return parser

@@ -21,6 +21,7 @@ from typing import Optional, Union
 
 import torch
 
+from kqa.calibration import Calibrator, load_calibrator, span_confidences
 from kqa.features import prepare_eval_features
 from kqa.postprocess import ExamplePrediction
 from kqa.prediction import PREDICT_BATCH_SIZE, PredictionSet, PredictionSettings, load_settings, predict_answers
@@ -31,13 +32,16 @@ from kqa.text import check_text
 class Answer:
     """A character span of the given context: `context[start:end] == text`. The null answer ("no
     answer in this context", for models trained with `version_2_with_negative`) is `text == ""`,
-    `start == end == 0`, with the null score."""
+    `start == end == 0`, with the null score. `confidence` is the calibrated P(correct) of a span
+    (`kqa.calibration`, fitted by `kqa calibrate`); None for a model without a calibrator and for the null
+    answer."""
 
     text: str
     start: int
     end: int
     score: float
     probability: float
+    confidence: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +90,7 @@ class QuestionAnswerer:
         batch_size: int = PREDICT_BATCH_SIZE,
         backend: str | None = None,
         compile: bool = False,
+        calibrator: Calibrator | None = None,
     ):
         from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
@@ -97,6 +102,7 @@ class QuestionAnswerer:
         self.tokenizer = tokenizer
         self.settings = settings or PredictionSettings()
         self.batch_size = batch_size
+        self.calibrator = calibrator
         self.backend = backend or ("onnx" if isinstance(model, OnnxQuestionAnsweringModel) else "torch")
         if self.settings.postprocess.answer_boundaries == "korean":
             from kqa.boundaries import warm_up
@@ -175,7 +181,14 @@ class QuestionAnswerer:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
         return cls(
-            model, tokenizer, settings=settings, device=device, batch_size=batch_size, backend=backend, compile=compile
+            model,
+            tokenizer,
+            settings=settings,
+            device=device,
+            batch_size=batch_size,
+            backend=backend,
+            compile=compile,
+            calibrator=load_calibrator(model_dir),
         )
 
     def __call__(
@@ -207,7 +220,7 @@ class QuestionAnswerer:
             handle_impossible_answer=handle_impossible_answer,
             null_score_diff_threshold=null_score_diff_threshold,
         )
-        answers = [self.answers_of(predictions[r["id"]], top_k) for r in rows]
+        answers = [self.answers_of(predictions[r["id"]], top_k, self.calibrator) for r in rows]
         return answers[0] if single else answers
 
     def predict_rows(
@@ -260,11 +273,20 @@ class QuestionAnswerer:
         other.settings = self.settings.with_overrides(source, **overrides)
         return other
 
+    def confidences(self, prediction: ExamplePrediction) -> list[Optional[float]]:
+        """The calibrated P(correct) of each n-best span (None each without a calibrator)."""
+        return span_confidences(prediction, self.calibrator)
+
     @staticmethod
-    def answers_of(prediction: ExamplePrediction, top_k: int):
+    def answers_of(prediction: ExamplePrediction, top_k: int, calibrator: Calibrator | None = None):
         """One prediction as `Answer`s: the best (top_k=1) or the first `top_k` by score, the null
-        answer among them when the prediction carries a null score."""
-        answers = [Answer(s.text, s.start, s.end, float(s.score), float(s.probability)) for s in prediction.nbest]
+        answer among them when the prediction carries a null score; with a `calibrator`, each span's
+        confidence."""
+        confidence = span_confidences(prediction, calibrator)
+        answers = [
+            Answer(s.text, s.start, s.end, float(s.score), float(s.probability), c)
+            for s, c in zip(prediction.nbest, confidence)
+        ]
         if prediction.null_score is not None:
             # The null answer's probability is the softmax mass the n-best spans leave.
             null = Answer("", 0, 0, float(prediction.null_score), max(0.0, 1.0 - sum(a.probability for a in answers)))

@@ -14,6 +14,10 @@ scale too, but a reader fine-tuned on gold passages only was never taught to sco
 the answer low: ranking by them alone picks confident spans of wrong passages (docs/retrieval.md has
 the measurement). The same span of a document found in two overlapping passages is one answer, its
 probabilities summed.
+
+With a calibrated reader (`kqa calibrate`) answers are ranked by their confidence, P(correct), and none is
+returned when the best is below `score_threshold` (docs/retrieval.md#abstention-no-answer-over-documents
+measures both: with a reader fine-tuned on gold passages only, this ranking is worse than the one above).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Optional
 
+from kqa.calibration import check_threshold, span_confidences
 from kqa.retrieval.retriever import RetrievedPassage, Retriever
 
 DEFAULT_PASSAGES = 5
@@ -45,6 +51,7 @@ class OpenAnswer:
     passage_end: int
     retrieval_rank: int
     retrieval_score: float
+    confidence: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,9 +62,20 @@ class OpenResult:
     question: str
     answers: list[OpenAnswer]
     passages: list[RetrievedPassage]
+    no_answer: bool = False
+    """True when no answer is given: no passage was found, or the best answer's confidence was below
+    `score_threshold` (abstention)."""
+    best_confidence: Optional[float] = None
+    score_threshold: Optional[float] = None
 
     def to_dict(self, with_passages: bool = True) -> dict:
-        out = {"question": self.question, "answers": [a.to_dict() for a in self.answers]}
+        out = {
+            "question": self.question,
+            "answers": [a.to_dict() for a in self.answers],
+            "no_answer": self.no_answer,
+            "best_confidence": self.best_confidence,
+            "score_threshold": self.score_threshold,
+        }
         if with_passages:
             out["passages"] = [p.to_dict() for p in self.passages]
         return out
@@ -97,26 +115,70 @@ class RetrieveAndRead:
         total = sum(weights)
         return [w / total for w in weights]
 
-    def __call__(self, question: str, *, top_k: int = 1, passages: int | None = None):
-        """The best answer (an `OpenAnswer`, or None when no passage was found), or a list of `top_k`."""
-        answers = self.ask(question, top_k=top_k, passages=passages).answers
+    def __call__(
+        self, question: str, *, top_k: int = 1, passages: int | None = None, score_threshold: float | None = None
+    ):
+        """The best answer (an `OpenAnswer`, or None for no answer), or a list of `top_k`."""
+        answers = self.ask(question, top_k=top_k, passages=passages, score_threshold=score_threshold).answers
         if top_k == 1:
             return answers[0] if answers else None
         return answers
 
     def ask(
-        self, question: str, *, top_k: int = 1, passages: int | None = None, method: str | None = None
+        self,
+        question: str,
+        *,
+        top_k: int = 1,
+        passages: int | None = None,
+        method: str | None = None,
+        score_threshold: float | None = None,
     ) -> OpenResult:
-        return self.ask_many([question], top_k=top_k, passages=passages, method=method)[0]
+        return self.ask_many(
+            [question], top_k=top_k, passages=passages, method=method, score_threshold=score_threshold
+        )[0]
 
     def ask_many(
-        self, questions: Sequence[str], *, top_k: int = 1, passages: int | None = None, method: str | None = None
+        self,
+        questions: Sequence[str],
+        *,
+        top_k: int = 1,
+        passages: int | None = None,
+        method: str | None = None,
+        score_threshold: float | None = None,
     ) -> list[OpenResult]:
         """Retrieve `passages` passages per question, read them all in one reader call, rank each
-        question's answers by P(passage) × P(span | passage)."""
+        question's answers (`rank`), and withhold them below `score_threshold`."""
         _check_positive_int("top_k", top_k)
         passages = self.passages if passages is None else _check_positive_int("passages", passages)
+        threshold = self.threshold(score_threshold)
         hits = self.retriever.retrieve_many(questions, passages, method=method)
+        candidates = self.candidates(questions, hits, top_k=top_k)
+        return [
+            self.rank(question, found, found_answers, top_k=top_k, score_threshold=threshold)
+            for question, found, found_answers in zip(questions, hits, candidates)
+        ]
+
+    @property
+    def calibrator(self):
+        return getattr(self.reader, "calibrator", None)
+
+    def threshold(self, score_threshold: float | None) -> float | None:
+        """The abstention threshold of a call: the one given, else the calibrator's; None (never abstain)
+        for a reader without a calibrator, which cannot take one."""
+        if self.calibrator is None:
+            if score_threshold is not None:
+                raise ValueError("score_threshold needs a calibrated model (kqa calibrate); this one has no calibrator")
+            return None
+        return self.calibrator.score_threshold if score_threshold is None else check_threshold(score_threshold)
+
+    def candidates(
+        self, questions: Sequence[str], hits: Sequence[Sequence[RetrievedPassage]], *, top_k: int = 1
+    ) -> list[list[OpenAnswer]]:
+        """Every question's answers in the passages found for it (one reader call for all): the n-best
+        spans of each passage with P(passage) × P(span | passage) and, with a calibrator, their
+        confidence. A passage where the null answer wins (`version_2_with_negative` models) gives none.
+        The same span of a document read in two overlapping passages is one answer (probabilities
+        summed, the higher confidence kept)."""
         rows = [
             {"id": f"{q}/{h}", "question": question, "context": hit.passage.text}
             for q, (question, found) in enumerate(zip(questions, hits))
@@ -124,33 +186,72 @@ class RetrieveAndRead:
         ]
         # n-best spans of every passage: a passage's second span may outrank another passage's first.
         predictions = self.reader.predict_rows(rows, top_k=top_k) if rows else {}
-        results = []
-        for q, (question, found) in enumerate(zip(questions, hits)):
-            answers: dict[tuple[str, int, int], OpenAnswer] = {}
-            for h, (hit, passage_probability) in enumerate(zip(found, self.passage_probabilities(found))):
-                for span in predictions[f"{q}/{h}"].nbest:
-                    if not span.text:  # no span in this passage (null answer, or a window without context)
-                        continue
-                    p = hit.passage
-                    probability = passage_probability * float(span.probability)
-                    key = (p.doc_id, p.start + span.start, p.start + span.end)
-                    if key in answers:  # the same span, read in an overlapping passage
-                        answers[key].probability += probability
-                        continue
-                    answers[key] = OpenAnswer(
-                        text=span.text,
-                        score=float(span.score),
-                        probability=probability,
-                        doc_id=p.doc_id,
-                        title=p.title,
-                        start=key[1],
-                        end=key[2],
-                        passage_id=p.id,
-                        passage_start=p.start,
-                        passage_end=p.end,
-                        retrieval_rank=hit.rank,
-                        retrieval_score=hit.score,
-                    )
-            ranked = sorted(answers.values(), key=lambda a: (-a.probability, a.retrieval_rank, a.start))
-            results.append(OpenResult(question=question, answers=ranked[:top_k], passages=found))
-        return results
+        return [
+            self._passage_answers([predictions[f"{q}/{h}"] for h in range(len(found))], found)
+            for q, found in enumerate(hits)
+        ]
+
+    def _passage_answers(self, predictions, found: Sequence[RetrievedPassage]) -> list[OpenAnswer]:
+        answers: dict[tuple[str, int, int], OpenAnswer] = {}
+        for prediction, hit, passage_probability in zip(predictions, found, self.passage_probabilities(found)):
+            if prediction.null_score is not None and prediction.text == "":  # the null answer won here
+                continue
+            confidences = span_confidences(prediction, self.calibrator)
+            for span, confidence in zip(prediction.nbest, confidences):
+                if not span.text:  # a window without context
+                    continue
+                p = hit.passage
+                probability = passage_probability * float(span.probability)
+                key = (p.doc_id, p.start + span.start, p.start + span.end)
+                if key in answers:  # the same span, read in an overlapping passage
+                    same = answers[key]
+                    same.probability += probability
+                    if confidence is not None and confidence > same.confidence:
+                        same.confidence = confidence
+                    continue
+                answers[key] = OpenAnswer(
+                    text=span.text,
+                    score=float(span.score),
+                    probability=probability,
+                    doc_id=p.doc_id,
+                    title=p.title,
+                    start=key[1],
+                    end=key[2],
+                    passage_id=p.id,
+                    passage_start=p.start,
+                    passage_end=p.end,
+                    retrieval_rank=hit.rank,
+                    retrieval_score=hit.score,
+                    confidence=confidence,
+                )
+        return list(answers.values())
+
+    def rank(
+        self,
+        question: str,
+        found: Sequence[RetrievedPassage],
+        answers: Sequence[OpenAnswer],
+        *,
+        top_k: int = 1,
+        score_threshold: float | None = None,
+        by: str | None = None,
+    ) -> OpenResult:
+        """The `top_k` best answers: by calibrated confidence when the reader has a calibrator, else by
+        P(passage) × P(span | passage) (`by` = "confidence" or "probability" forces one). Below
+        `score_threshold` the best answer's confidence means "no answer": none is returned."""
+        by = by or ("confidence" if self.calibrator is not None else "probability")
+        if by not in ("confidence", "probability"):
+            raise ValueError(f"by must be 'confidence' or 'probability', got {by!r}")
+        if by == "confidence" and any(a.confidence is None for a in answers):
+            raise ValueError("ranking by confidence needs a calibrated reader (kqa calibrate)")
+        ranked = sorted(answers, key=lambda a: (-getattr(a, by), a.retrieval_rank, a.start))
+        best = ranked[0].confidence if ranked else None
+        withheld = score_threshold is not None and best is not None and best < score_threshold
+        return OpenResult(
+            question=question,
+            answers=[] if withheld else ranked[:top_k],
+            passages=list(found),
+            no_answer=withheld or not ranked,
+            best_confidence=best,
+            score_threshold=score_threshold,
+        )

@@ -240,12 +240,23 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
                 "index (kqa index …, then kqa serve --model MODEL --index INDEX)",
             )
         check_ask(body, limits)
+        if body.score_threshold is not None and pipeline.calibrator is None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "field 'score_threshold' needs a calibrated model (kqa calibrate); this server's model has none",
+                "score_threshold",
+                problem="no_calibrator",
+            )
         ask_stats.requests += 1
         loop = asyncio.get_running_loop()
         try:
             # On the batcher's model thread: one model call at a time, the event loop stays free.
             result = await loop.run_in_executor(
-                batcher._executor, lambda: pipeline.ask(body.question, top_k=body.top_k, passages=body.passages)
+                batcher._executor,
+                lambda: pipeline.ask(
+                    body.question, top_k=body.top_k, passages=body.passages, score_threshold=body.score_threshold
+                ),
             )
         except Exception as err:  # noqa: BLE001
             ask_stats.errors += 1

@@ -174,6 +174,6 @@ class MicroBatcher:
         )
         self.stats.model_calls += 1
         for i in indexes:
-            answers = self.qa.answers_of(predictions[str(i)], batch[i].top_k)
+            answers = self.qa.answers_of(predictions[str(i)], batch[i].top_k, getattr(self.qa, "calibrator", None))
             answers = [answers] if batch[i].top_k == 1 else answers
             outcomes[i] = [_answer_dict(a) for a in answers]

@@ -190,6 +190,11 @@ class AskIn(BaseModel):
     passages: Optional[int] = Field(
         None, description="how many retrieved passages to read (1 … max_passages; default: the server's --passages)"
     )
+    score_threshold: Optional[float] = Field(
+        None,
+        description="answer 'no answer' when the best answer's calibrated confidence is below this (0 … 1; "
+        "default: the one stored with the model's calibrator; a model without one never abstains)",
+    )
 
 
 class AnswerOut(BaseModel):
@@ -198,6 +203,9 @@ class AnswerOut(BaseModel):
     end: int = Field(description="end offset (exclusive): context[start:end] == text")
     score: Optional[float] = Field(description="start logit + end logit (null when there is no span at all)")
     probability: float = Field(description="softmax of the score over the n-best candidates")
+    confidence: Optional[float] = Field(
+        None, description="calibrated P(correct) (kqa calibrate); null without a calibrator and for the null answer"
+    )
 
 
 class AnswersOut(BaseModel):
@@ -214,6 +222,9 @@ class OpenAnswerOut(BaseModel):
     probability: float = Field(
         description="P(passage | question) × P(span | passage): what answers are ranked by, "
         "comparable across passages (docs/retrieval.md)"
+    )
+    confidence: Optional[float] = Field(
+        None, description="calibrated P(correct) (kqa calibrate): what answers are ranked by when the model has it"
     )
     doc_id: str = Field(description="the document the answer is in")
     title: str
@@ -241,7 +252,18 @@ class PassageOut(BaseModel):
 
 class AskOut(BaseModel):
     question: str
-    answers: list[OpenAnswerOut] = Field(description="top_k answers, best first (none when no passage was found)")
+    answers: list[OpenAnswerOut] = Field(
+        description="top_k answers, best first (none when no passage was found or the reader abstained)"
+    )
+    no_answer: bool = Field(
+        False,
+        description="true when no answer is given: no passage found, or the best confidence below score_threshold",
+    )
+    best_confidence: Optional[float] = Field(
+        None,
+        description="the best answer's calibrated confidence, also when it was withheld (null without a calibrator)",
+    )
+    score_threshold: Optional[float] = Field(None, description="the threshold applied (null without a calibrator)")
     passages: list[PassageOut] = Field(description="the passages retrieved and read, best first")
 
 
@@ -270,6 +292,7 @@ def _answer_dict(answer) -> dict:
         "end": int(answer.end),
         "score": score if math.isfinite(score) else None,
         "probability": float(answer.probability),
+        "confidence": None if answer.confidence is None else float(answer.confidence),
     }
 
 
@@ -337,3 +360,13 @@ def check_ask(body: AskIn, limits: ServerLimits) -> None:
     _check_range(body.top_k, "top_k", limits.max_top_k)
     if body.passages is not None:
         _check_range(body.passages, "passages", limits.max_passages)
+    if body.score_threshold is not None and not (
+        math.isfinite(body.score_threshold) and 0.0 <= body.score_threshold <= 1.0
+    ):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field 'score_threshold' must be a number between 0 and 1, got {body.score_threshold}",
+            "score_threshold",
+            problem="out_of_range",
+        )
