@@ -247,7 +247,7 @@ def two_passages(tmp_path_factory):
     return Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="bigrams")), reader
 
 
-def test_a_calibrated_reader_ranks_across_passages_by_confidence(two_passages):
+def test_a_calibrated_reader_keeps_the_retrieval_ranking_unless_asked_to_rank_by_confidence(two_passages):
     from kqa.retrieval import RetrieveAndRead
 
     retriever, reader = two_passages
@@ -255,8 +255,17 @@ def test_a_calibrated_reader_ranks_across_passages_by_confidence(two_passages):
     assert [h.passage.doc_id for h in today.passages] == ["near", "far"]
     assert today.answers[0].text == "인천" and today.answers[0].confidence is None  # P(passage) decides
     assert not today.no_answer and today.score_threshold is None
-    calibrated = RetrieveAndRead(retriever, reader.with_settings(), passages=2)
-    calibrated.reader.calibrator = BY_SCORE
+    calibrated_reader = reader.with_settings()
+    calibrated_reader.calibrator = BY_SCORE
+    # Calibration alone changes the confidences, not the ranking (measured worse with a gold-passage reader).
+    kept = RetrieveAndRead(retriever, calibrated_reader, passages=2).ask(QUESTION, top_k=2, score_threshold=0.0)
+    assert [a.text for a in kept.answers] == ["인천", "부산"]
+    assert kept.answers[0].confidence == pytest.approx(sigmoid(-2.0), abs=1e-3)
+    with pytest.raises(ValueError, match="rank_by"):
+        RetrieveAndRead(retriever, calibrated_reader, rank_by="score")
+    with pytest.raises(ValueError, match="needs a calibrated reader"):
+        RetrieveAndRead(retriever, reader, passages=2, rank_by="confidence").ask(QUESTION)
+    calibrated = RetrieveAndRead(retriever, calibrated_reader, passages=2, rank_by="confidence")
     result = calibrated.ask(QUESTION, top_k=2)
     assert [a.text for a in result.answers] == ["부산", "인천"]
     assert result.answers[0].confidence == pytest.approx(sigmoid(2.0), abs=1e-3)
@@ -268,7 +277,7 @@ def test_below_the_threshold_the_pipeline_answers_no_answer(two_passages):
     from kqa.retrieval import RetrieveAndRead
 
     retriever, reader = two_passages
-    pipeline = RetrieveAndRead(retriever, reader.with_settings(), passages=2)
+    pipeline = RetrieveAndRead(retriever, reader.with_settings(), passages=2, rank_by="confidence")
     pipeline.reader.calibrator = BY_SCORE
     withheld = pipeline.ask(QUESTION, score_threshold=0.9)
     assert withheld.answers == [] and withheld.no_answer

@@ -238,7 +238,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise ValueError("the question is empty")
     retriever = Retriever.load(args.index, method=args.method, device=args.device)
     qa = _load_answerer(args)
-    pipeline = RetrieveAndRead(retriever, qa, passages=args.passages)
+    pipeline = RetrieveAndRead(retriever, qa, passages=args.passages, rank_by=args.rank_by)
     result = pipeline.ask(question, top_k=args.top_k, score_threshold=args.score_threshold)
     if args.json:
         print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))

@@ -221,7 +221,7 @@ def _add_index_parser(sub) -> None:
 
 
 def _add_ask_parser(sub) -> None:
-    from kqa.retrieval.pipeline import DEFAULT_PASSAGES
+    from kqa.retrieval.pipeline import DEFAULT_PASSAGES, RANK_BY
     from kqa.retrieval.retriever import METHODS
 
     a = sub.add_parser("ask", help="answer a question from an index built by kqa index")
@@ -238,6 +238,12 @@ def _add_ask_parser(sub) -> None:
         type=float,
         help="answer 'no answer' below this calibrated confidence (default: the one stored with the model's "
         "calibrator, kqa calibrate; a model without one never abstains)",
+    )
+    a.add_argument(
+        "--rank_by",
+        choices=RANK_BY,
+        default=RANK_BY[0],
+        help="rank the answers of all passages by P(passage) x P(span) (default) or by the calibrated confidence",
     )
     a.set_defaults(func=cmd_ask)
 

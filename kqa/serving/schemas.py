@@ -224,7 +224,8 @@ class OpenAnswerOut(BaseModel):
         "comparable across passages (docs/retrieval.md)"
     )
     confidence: Optional[float] = Field(
-        None, description="calibrated P(correct) (kqa calibrate): what answers are ranked by when the model has it"
+        None,
+        description="calibrated P(correct) (kqa calibrate): the best answer is withheld below score_threshold",
     )
     doc_id: str = Field(description="the document the answer is in")
     title: str
