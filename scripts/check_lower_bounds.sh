@@ -33,8 +33,11 @@ import sys
 import tomllib
 
 PINNED = ("transformers", "datasets", "accelerate", "huggingface_hub", "safetensors", "tokenizers")
+# The extras the tests use (server, ONNX, BM25): newest in their declared range, like the rest below.
+EXTRAS = ("serve", "onnx", "retrieval")
 with open("pyproject.toml", "rb") as f:
-    declared = tomllib.load(f)["project"]["dependencies"]
+    project = tomllib.load(f)["project"]
+declared = project["dependencies"] + [line for extra in EXTRAS for line in project["optional-dependencies"][extra]]
 pins = {}
 for line in declared:
     match = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*(.*)", line)
