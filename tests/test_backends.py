@@ -372,7 +372,7 @@ def test_exporting_what_is_not_a_model_is_a_clear_error(tmp_path, exports, marke
     (tmp_path / "notes").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json; not a saved model directory"):
         export_onnx(tmp_path / "notes", tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(FileNotFoundError, match="is neither an existing directory nor a hub id"):
         export_onnx(tmp_path / "missing", tmp_path / "out")
     with pytest.raises(ValueError, match="already an ONNX export"):
         export_onnx(exports["marked", None][0], tmp_path / "out")
