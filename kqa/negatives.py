@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kqa.squad import squad_document
 from kqa.text import to_nfc
 
 NEGATIVE_KINDS = ("hard", "random")
@@ -207,30 +208,7 @@ def add_negatives(examples, settings: NegativeSettings, *, source: str = "exampl
     return datasets.concatenate_datasets([examples, added]), report
 
 
-def squad_document(rows: Sequence[dict[str, Any]], version: str = "v2.0") -> dict[str, Any]:
-    """Flat rows as a SQuAD-layout document: articles by title, paragraphs by context (first-seen order),
-    `is_impossible` on every question."""
-    articles: dict[str, dict[str, list]] = {}
-    for row in rows:
-        paragraphs = articles.setdefault(row.get("title") or "", {})
-        qas = paragraphs.setdefault(row["context"], [])
-        answers = [
-            {"text": t, "answer_start": s} for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])
-        ]
-        qas.append(
-            {
-                "id": row["id"],
-                "question": row["question"],
-                "answers": answers,
-                "is_impossible": bool(row["is_impossible"]),
-            }
-        )
-    data = [
-        {"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
-        for title, paragraphs in articles.items()
-    ]
-    return {"version": version, "data": data}
-
-
 def write_squad_json(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(squad_document(rows), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    """Flat rows, negatives included, as a SQuAD 2.0 JSON file (`kqa.squad.squad_document`)."""
+    text = json.dumps(squad_document(rows, version="v2.0"), ensure_ascii=False, indent=1)
+    Path(path).write_text(text + "\n", encoding="utf-8")
