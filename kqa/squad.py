@@ -14,7 +14,7 @@ type (`error=`), a subclass of ValueError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,3 +135,26 @@ def squad_questions(document: Any, source: str, error: type[ValueError] = ValueE
     """Every question of a parsed SQuAD-layout document, in file order."""
     for paragraph in squad_paragraphs(document, source, error):
         yield from paragraph_questions(paragraph, source, error)
+
+
+def squad_document(rows: Iterable[dict[str, Any]], *, version: str, mark_impossible: bool = True) -> dict[str, Any]:
+    """The other direction: flat rows (`id`, `title`, `context`, `question`, `answers` {text, answer_start},
+    `is_impossible`) as a SQuAD-layout document, articles by title and paragraphs by context in first-seen
+    order; `mark_impossible`: every question carries `is_impossible` (SQuAD 2.0)."""
+    articles: dict[str, dict[str, list]] = {}
+    for row in rows:
+        qas = articles.setdefault(row.get("title") or "", {}).setdefault(row["context"], [])
+        texts, starts = row["answers"]["text"], row["answers"]["answer_start"]
+        qa = {
+            "id": row["id"],
+            "question": row["question"],
+            "answers": [{"text": t, "answer_start": s} for t, s in zip(texts, starts)],
+        }
+        if mark_impossible:
+            qa["is_impossible"] = bool(row.get("is_impossible"))
+        qas.append(qa)
+    data = [
+        {"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
+        for title, paragraphs in articles.items()
+    ]
+    return {"version": version, "data": data}

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from kqa.squad import squad_document
+
 # Hand-written Korean QA examples in the flat SQuAD row layout used across kqa
 # (id, title, context, question, answers{text, answer_start}, is_impossible).
 KOREAN_EXAMPLES: list[dict] = [
@@ -70,23 +72,7 @@ for _ex in KOREAN_EXAMPLES:
 
 def korean_squad_json(examples: Iterable[dict] = KOREAN_EXAMPLES) -> dict:
     """Wrap flat examples in the nested SQuAD JSON layout (data → paragraphs → qas)."""
-    articles: dict[str, dict] = {}
-    for ex in examples:
-        article = articles.setdefault(ex["title"], {"title": ex["title"], "paragraphs": []})
-        paragraph = next((p for p in article["paragraphs"] if p["context"] == ex["context"]), None)
-        if paragraph is None:
-            paragraph = {"context": ex["context"], "qas": []}
-            article["paragraphs"].append(paragraph)
-        paragraph["qas"].append(
-            {
-                "id": ex["id"],
-                "question": ex["question"],
-                "answers": [
-                    {"text": t, "answer_start": s} for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])
-                ],
-            }
-        )
-    return {"version": "KorQuAD_v1.0", "data": list(articles.values())}
+    return squad_document(examples, version="KorQuAD_v1.0", mark_impossible=False)
 
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -937,3 +937,29 @@ def test_layer_lr_decay_scales_each_layer_from_the_head_down():
     assert [g["lr"] for g in plain.param_groups] == [1.0, 1.0]
     with pytest.raises(ValueError, match="layer_lr_decay"):
         TrainConfig(train_files=["x"], layer_lr_decay=0.0)
+
+
+def test_a_run_with_negatives_trains_on_them_and_may_answer_nothing(backbone_dir, korean_squad_file, tmp_path, caplog):
+    """Negatives on: the train set gains unanswerable questions (logged), labelled CLS, and the saved model
+    predicts with the null answer allowed."""
+    cfg = _config(
+        backbone_dir,
+        korean_squad_file,
+        tmp_path / "run",
+        max_train_steps=20,
+        eval_strategy="steps",
+        eval_steps=20,
+        version_2_with_negative=True,
+        negative_ratio=0.5,
+        negative_kind="hard",
+    )
+    with caplog.at_level("INFO", logger="kqa.training.inputs"):
+        recipe = QATrainingRecipe(cfg).setup()
+    added = recipe.train_feature_report.num_unanswerable_examples
+    assert added > 0 and f"{added} hard negatives added (ratio 0.5, seed 13) to 6 questions" in caplog.text
+    negative_ids = {i for i in recipe.train_features["example_id"] if i.endswith("-neg")}
+    assert len(negative_ids) == added
+    result = recipe.train()
+    assert result.best_step == 20
+    saved = json.loads((tmp_path / "run" / "best" / "kqa_config.json").read_text(encoding="utf-8"))
+    assert saved["postprocess"]["version_2_with_negative"] is True

@@ -6,6 +6,7 @@ kqa predict --model outputs/kqa/best --question "대한민국의 수도는 어�
 kqa predict --model outputs/kqa/best --input questions.jsonl --output answers.json --top_k 3
 kqa predict --model outputs/kqa/best --input dev.json --output predictions.json   # SQuAD file
 kqa make-tiny-model --out models/tiny-bert --text_from ../shared/data/korquad-1.0-sample/KorQuAD_v1.0_train.json
+kqa make-negatives --data_file dev.json --output_file dev-neg.json --negative_ratio 1  # see kqa.negatives
 kqa export --model outputs/kqa/best --format onnx --quantize int8 --out outputs/kqa/onnx-int8  # kqa.inference.export
 kqa build-backbone --out models/e5-small                                            # see kqa.offline
 kqa serve --model outputs/kqa/best --port 8000                                      # see kqa.serving

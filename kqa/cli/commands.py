@@ -81,6 +81,23 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_negatives(args: argparse.Namespace) -> int:
+    """The data file with unanswerable questions added (`kqa.negatives`), written as SQuAD 2.0 JSON."""
+    from kqa.data import load_data_file
+    from kqa.negatives import NegativeSettings, add_negatives, write_squad_json
+
+    if Path(args.output_file).resolve() == Path(args.data_file).resolve():
+        raise ValueError(f"{args.output_file}: the output file must not be the data file")
+    settings = NegativeSettings(ratio=args.negative_ratio, kind=args.negative_kind, seed=args.seed)
+    examples, _ = load_data_file(args.data_file)
+    examples, report = add_negatives(examples, settings, source=str(args.data_file))
+    write_squad_json(examples.to_list(), args.output_file)
+    print(f"{report.summary()} → {args.output_file}")
+    for line in report.problem_lines():
+        print(line, file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """An HTTP server (JSON API, web page, micro-batching) for a saved model: see kqa.serving, docs/serving.md."""
     from kqa.extras import require

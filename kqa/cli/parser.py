@@ -10,6 +10,7 @@ from kqa.cli.commands import (
     cmd_calibrate,
     cmd_export,
     cmd_index,
+    cmd_make_negatives,
     cmd_make_tiny_model,
     cmd_predict,
     cmd_push,
@@ -60,6 +61,20 @@ def _add_make_tiny_model_parser(sub) -> None:
     t.add_argument("--hidden_size", type=int, default=128)
     t.add_argument("--num_layers", type=int, default=2)
     t.set_defaults(func=cmd_make_tiny_model)
+
+
+def _add_make_negatives_parser(sub) -> None:
+    from kqa.negatives import NEGATIVE_KINDS
+
+    n = sub.add_parser(
+        "make-negatives", help="a SQuAD 2.0 file: a data file plus unanswerable questions built from it (docs/data.md)"
+    )
+    n.add_argument("--data_file", required=True, help="SQuAD/KorQuAD-layout JSON, or flat rows (.json, .jsonl, …)")
+    n.add_argument("--output_file", required=True, help="the SQuAD 2.0 JSON file to write")
+    n.add_argument("--negative_ratio", type=float, required=True, help="negatives per answerable question, 0-1")
+    n.add_argument("--negative_kind", choices=NEGATIVE_KINDS, default="hard")
+    n.add_argument("--seed", type=int, default=42)
+    n.set_defaults(func=cmd_make_negatives)
 
 
 def _add_serve_parser(sub) -> None:
@@ -275,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=OWN_PARSER_COMMANDS[name], add_help=False).set_defaults(func=None)
     _add_predict_parser(sub)
     _add_make_tiny_model_parser(sub)
+    _add_make_negatives_parser(sub)
     _add_serve_parser(sub)
     _add_export_parser(sub)
     _add_index_parser(sub)

@@ -24,6 +24,7 @@ import yaml
 from kqa.columns import check_mapping_fields, parse_column_mapping
 from kqa.features import FeatureConfig
 from kqa.flags import parse_bool, parse_column_mapping_flag
+from kqa.negatives import NegativeSettings
 from kqa.postprocess import PostprocessConfig
 from kqa.prediction import EVAL_BATCH_SIZE, SETTING_SECTIONS, PredictionSettings
 from kqa.text import read_utf8_text
@@ -88,6 +89,12 @@ class TrainConfig:
     """Which column holds which field in flat data files and datasets whose columns fit no known schema:
     a YAML mapping, or `--column_mapping id=qid,context=passage` (docs/data.md)."""
     max_train_samples: Optional[int] = None
+    negative_ratio: float = 0.0
+    """Unanswerable questions added to the train set (`kqa.negatives`, docs/data.md): one per 1/ratio
+    answerable questions (0.25: one per four), each the question paired with a passage of another article.
+    Needs version_2_with_negative: true. 0: none."""
+    negative_kind: str = "hard"
+    """hard: the BM25-best passage of another article (Kiwi morphemes); random: a seeded random one."""
     max_eval_samples: Optional[int] = None
     preprocessing_num_workers: Optional[int] = None
 
@@ -227,6 +234,7 @@ class TrainConfig:
             raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        self._validate_negatives()
         if not self.train_files and not self.dataset_name:
             raise ValueError("give train_files or dataset_name")
         if self.store_null_threshold and not self.postprocess.version_2_with_negative:
@@ -238,6 +246,14 @@ class TrainConfig:
         if isinstance(self.column_mapping, str):  # YAML may give the flag form
             self.column_mapping = parse_column_mapping(self.column_mapping)
         check_mapping_fields(self.column_mapping)
+
+    def _validate_negatives(self) -> None:
+        negative_settings(self)  # the ratio's range and the kind
+        if self.negative_ratio and not self.postprocess.version_2_with_negative:
+            raise ValueError(
+                f"negative_ratio={self.negative_ratio} adds unanswerable questions: it needs "
+                "version_2_with_negative: true (the model must be able to answer nothing)"
+            )
 
     def resolved_attention_dropout(self, device_type: str) -> Optional[float]:
         """The attention dropout to build the model with on `device_type` (None: the config's own)."""
@@ -410,6 +426,11 @@ def parse_config(argv: Optional[list[str]] = None, prog: Optional[str] = None) -
     if isinstance(values.get("validation_files"), dict):  # YAML mapping {name: path}
         values["validation_files"] = [f"{name}={path}" for name, path in values["validation_files"].items()]
     return TrainConfig.from_flat(**values)
+
+
+def negative_settings(cfg: TrainConfig) -> NegativeSettings:
+    """The train set's negatives (`kqa.negatives`) as the config names them, seeded by the run's seed."""
+    return NegativeSettings(ratio=cfg.negative_ratio, kind=cfg.negative_kind, seed=cfg.seed)
 
 
 def resolve_mixed_precision(requested: Optional[str]) -> Optional[str]:

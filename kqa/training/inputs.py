@@ -3,10 +3,14 @@ validation set, kept apart (files, or the hub dataset's validation split)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kqa.data import EXAMPLE_FEATURES, load_data_file, load_hf_dataset
-from kqa.training.config import TrainConfig
+from kqa.negatives import add_negatives
+from kqa.training.config import TrainConfig, negative_settings
+
+logger = logging.getLogger(__name__)
 
 
 def _hub_split(cfg: TrainConfig, split: str):
@@ -34,6 +38,18 @@ def load_train_examples(cfg: TrainConfig):
         examples = _hub_split(cfg, cfg.train_split)
     if cfg.max_train_samples is not None:
         examples = examples.select(range(min(cfg.max_train_samples, len(examples))))
+    if cfg.negative_ratio:
+        examples = _with_negatives(cfg, examples)
+    return examples
+
+
+def _with_negatives(cfg: TrainConfig, examples):
+    """The train set with its negatives (`kqa.negatives`), the report's summary and drops logged."""
+    source = "train set (" + ", ".join(cfg.train_files or [f"{cfg.dataset_name}:{cfg.train_split}"]) + ")"
+    examples, report = add_negatives(examples, negative_settings(cfg), source=source)
+    logger.info(report.summary())
+    for line in report.problem_lines():
+        logger.info(line)
     return examples
 
 
