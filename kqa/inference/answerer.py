@@ -157,7 +157,7 @@ class QuestionAnswerer:
         from kqa.hub import resolve_model_dir
         from kqa.inference.runtimes import check_backend, default_backend, load_model
 
-        # The one place a hub id becomes a directory: everything below takes the directory.
+        # At this entry a hub id becomes a directory: everything below takes the directory.
         model_dir = resolve_model_dir(
             name_or_path,
             revision=revision,
