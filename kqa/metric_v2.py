@@ -21,7 +21,6 @@ NoAns blocks. On prediction files that answer every question the two agree exact
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from kqa.metric import (
     _characters,
     _check_predictions,
     _official_questions,
+    _overlap_f1,
     _read_json,
     examples_questions,
     normalize_answer,
@@ -73,12 +73,7 @@ def compute_f1(gold: str, prediction: str, normalization: str = "korquad") -> fl
     gold_items, pred_items = items(gold), items(prediction)
     if not gold_items or not pred_items:
         return int(gold_items == pred_items)
-    num_same = sum((Counter(gold_items) & Counter(pred_items)).values())
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_items)
-    recall = 1.0 * num_same / len(gold_items)
-    return (2 * precision * recall) / (precision + recall)
+    return _overlap_f1(pred_items, gold_items)
 
 
 def make_qid_to_has_ans(questions: Sequence[tuple[str, Sequence[str]]]) -> dict[str, bool]:
