@@ -18,6 +18,7 @@ from kqa.retrieval.corpus import (
     split_passages,
 )
 from kqa.retrieval.dense import DenseIndex, Embedder, EmbedderSettings
+from kqa.retrieval.filters import FilterError, MetadataFilter, parse_filters
 from kqa.retrieval.fusion import reciprocal_rank_fusion, score_fusion
 from kqa.retrieval.pipeline import OpenAnswer, OpenResult, RetrieveAndRead
 from kqa.retrieval.retriever import IndexMismatchError, RetrievedPassage, Retriever, RetrieverSettings
@@ -32,7 +33,9 @@ __all__ = [
     "Document",
     "Embedder",
     "EmbedderSettings",
+    "FilterError",
     "IndexMismatchError",
+    "MetadataFilter",
     "MorphemeAnalyzer",
     "OpenAnswer",
     "OpenResult",
@@ -43,6 +46,7 @@ __all__ = [
     "Retriever",
     "RetrieverSettings",
     "load_corpus",
+    "parse_filters",
     "reciprocal_rank_fusion",
     "score_fusion",
     "split_corpus",

@@ -49,6 +49,8 @@ class Document:
     title: str
     text: str
     source: str  # file (and line or paragraph) it came from
+    # Flat JSON object that filters select on (kqa.retrieval.filters: keys, value types).
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
