@@ -44,7 +44,7 @@ def resolve_model_dir(
     safetensors weights only, plus `.bin` weights when the repository has no safetensors and `allow_bin`
     is set (loading them still needs `allow_bin_weights=True`). `token` None means huggingface_hub's own
     (`HF_TOKEN`, `hf auth login`); `local_files_only` or `HF_HUB_OFFLINE=1` looks in the cache only."""
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_path)

@@ -18,7 +18,17 @@ from kqa.weights import PICKLE_WEIGHT_PATTERNS, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model", "spm.model")
+# Any one of these makes a tokenizer: the fast tokenizer's JSON, or a slow tokenizer's vocabulary (WordPiece,
+# SentencePiece as XLM-R / DeBERTa-v2 / T5 / ALBERT name it, byte-level BPE).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "spiece.model",
+    "vocab.json",
+)
 PICKLE_PATTERNS = (*PICKLE_WEIGHT_PATTERNS, "*.pickle", "*.pkl.gz")
 NOT_UPLOADED = ("predictions/*", ".*", "*/.*")
 """Dev-set predictions (large, and not the model) and hidden files (caches, temporary files)."""

@@ -272,6 +272,26 @@ def test_training_starts_from_a_hub_id(repo, offline_hub, korean_squad_file, tmp
     reset_accelerate_state()
 
 
+def test_a_tokenizer_hub_id_is_fetched_from_the_models_cache(hub_cache, korean_squad_file, tmp_path, monkeypatch):
+    """tokenizer_name_or_path as another hub id goes through model_cache_dir (here not the default cache)."""
+    from huggingface_hub import constants
+
+    from kqa.training.recipe import QATrainingRecipe
+
+    empty = tmp_path / "default-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(empty))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    reset_accelerate_state()
+    cfg = _train_config(
+        "org/name", hub_cache, tmp_path / "run", korean_squad_file, tokenizer_name_or_path="org/encoder"
+    )
+    recipe = QATrainingRecipe(cfg).setup()
+    assert recipe.tokenizer.name_or_path == "org/encoder" and len(recipe.tokenizer) > 0
+    reset_accelerate_state()
+
+
 def test_training_from_a_bin_only_hub_id_needs_the_opt_in(offline_hub, korean_squad_file, tmp_path):
     from kqa.training.recipe import QATrainingRecipe
 
@@ -350,3 +370,9 @@ def test_logits_equal_transformers_question_answering_models(architecture, weigh
         got = model(input_ids=input_ids, attention_mask=attention_mask)
     torch.testing.assert_close(got.start_logits, expected.start_logits)
     torch.testing.assert_close(got.end_logits, expected.end_logits)
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "kqa").mkdir(parents=True)
+    assert resolve_model_dir("~/models/kqa") == tmp_path / "models" / "kqa"

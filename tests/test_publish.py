@@ -465,3 +465,12 @@ def test_a_base_card_that_does_not_parse_gives_no_license(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="kqa.model_card"):
         assert base_model_license(str(tmp_path)) is None
     assert "could not read its license" in caplog.text
+
+
+@pytest.mark.parametrize("vocabulary", ["spiece.model", "vocab.json"])
+def test_a_tokenizer_of_one_vocabulary_file_is_a_tokenizer(model_dir, vocabulary):
+    """T5/ALBERT-style (spiece.model) and GPT-2/RoBERTa-style (vocab.json) tokenizers saved without tokenizer.json."""
+    for name in _tokenizer_files(model_dir):
+        (model_dir / name).unlink()
+    (model_dir / vocabulary).write_bytes(b"x")
+    assert vocabulary in upload_files(model_dir)

@@ -36,7 +36,7 @@ from kqa.dataloaders import (
 )
 from kqa.extras import require
 from kqa.features import prepare_eval_features, prepare_train_features
-from kqa.hub import describe_model_dir, resolve_model_dir
+from kqa.hub import describe_model_dir, is_hub_id, resolve_model_dir
 from kqa.metric import score_predictions
 from kqa.modeling import (
     NoAttentionDropoutError,
@@ -152,8 +152,11 @@ class QATrainingRecipe:
             # without safetensors: an encoder's go to transformers' own loader (weights_only), as before; a
             # question-answering model's still need allow_bin_weights to be read.
             self.model_dir = resolve_model_dir(cfg.model_name_or_path, allow_bin=True, **cfg.hub_options())
-        tokenizer_source = cfg.tokenizer_name_or_path or self.model_dir
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source), trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(cfg.tokenizer_name_or_path or self.model_dir),
+            trust_remote_code=cfg.trust_remote_code,
+            **self._tokenizer_hub_options(),
+        )
         attention_dropout = cfg.resolved_attention_dropout(self.accelerator.device.type)
         try:
             model = self._load_model(attention_dropout)
@@ -171,6 +174,14 @@ class QATrainingRecipe:
             model.gradient_checkpointing_enable()
         logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, model.num_parameters() / 1e6)
         return tokenizer, model
+
+    def _tokenizer_hub_options(self) -> dict:
+        """A tokenizer named by another hub id is fetched with the model's token, cache and offline setting
+        (not its revision, which names a commit of the model's repository)."""
+        if not is_hub_id(self.config.tokenizer_name_or_path) or Path(self.config.tokenizer_name_or_path).is_dir():
+            return {}
+        options = self.config.hub_options()
+        return {key: options[key] for key in ("token", "cache_dir", "local_files_only")}
 
     def _load_model(self, attention_dropout: Optional[float]):
         """Continue training a question-answering model (kqa's or a transformers `*ForQuestionAnswering`
