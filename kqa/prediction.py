@@ -42,6 +42,7 @@ OVERRIDABLE_SETTINGS = (
     "n_best_size",
     "max_answer_length",
     "answer_boundaries",
+    "null_score_diff_threshold",
 )
 # Windows per forward pass: evaluation (training's, evaluate.py) and answering (QuestionAnswerer, kqa
 # predict / serve / ask). Evaluation has no latency to keep, so it batches more.

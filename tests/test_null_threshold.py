@@ -152,3 +152,18 @@ def test_training_stores_the_threshold_of_the_chosen_set(tiny_tokenizer, tmp_pat
     config.store_null_threshold = "missing"
     with pytest.raises(ValueError, match="no validation set of that name"):
         store_training_threshold(Accelerator(), config, model_dir, {"plain": None, "v2": v2})
+
+
+def test_the_threshold_is_a_flag_of_evaluate_and_predict(tiny_tokenizer, tmp_path, capsys):
+    """`--null_score_diff_threshold` overrides the saved one for one run, as the other decoding settings do."""
+    from kqa.cli import main as kqa_main
+
+    model_dir = _save_model(tiny_tokenizer, tmp_path / "model")
+    data = _squad_file(tmp_path / "dev.json")
+    assert _evaluate(capsys, "--model", str(model_dir), "--data_file", str(data))["exact_match"] == 50.0
+    argv = ["--model", str(model_dir), "--data_file", str(data), "--null_score_diff_threshold", "5"]
+    assert _evaluate(capsys, *argv)["exact_match"] == 100.0
+    ask = ["predict", "--model", str(model_dir), "--question", BUSAN["question"], "--context", BUSAN["context"]]
+    assert kqa_main([*ask, "--null_score_diff_threshold", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "부산"
+    assert load_settings(model_dir).postprocess.null_score_diff_threshold == 0.0  # the saved one is unchanged

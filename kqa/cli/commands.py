@@ -35,10 +35,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = read_questions(Path(args.input)) if args.input else None  # a bad file fails before the model loads
     overrides = {k: getattr(args, k) for k in OVERRIDABLE_SETTINGS}
     qa = _load_answerer(args, batch_size=args.model_batch_size, **overrides)
-    null_options = {
-        "handle_impossible_answer": args.handle_impossible_answer,
-        "null_score_diff_threshold": args.null_score_diff_threshold,
-    }
+    null_options = {"handle_impossible_answer": args.handle_impossible_answer}  # the threshold: an override above
     if rows is not None:
         predictions = qa.predict_rows(rows, top_k=args.top_k, **null_options)
         if args.top_k == 1:

@@ -45,11 +45,6 @@ def _add_predict_parser(sub) -> None:
         metavar="{true,false}",
         help='let the null answer "" compete (default: as the model was trained)',
     )
-    p.add_argument(
-        "--null_score_diff_threshold",
-        type=float,
-        help='answer "" when null score - best span score exceeds this (default: the saved one)',
-    )
     p.set_defaults(func=cmd_predict)
 
 
