@@ -223,7 +223,7 @@ class Retriever:
         """Remove documents by id; an id the index does not hold is an error (nothing is removed)."""
         missing = [i for i in doc_ids if i not in self._documents_by_id]
         if missing:
-            raise KeyError(f"no document with id {', '.join(map(repr, missing[:10]))} in the index")
+            raise ValueError(f"no document with id {', '.join(map(repr, missing[:10]))} in the index")
         gone = set(doc_ids)
         return self.update([d for d in self.documents if d.id not in gone])
 
