@@ -17,15 +17,11 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kqa.retrieval.corpus import Document, Passage, split_passages
 from kqa.retrieval.sparse import BM25Index
-
-if TYPE_CHECKING:
-    from kqa.retrieval.retriever import Retriever
 
 # Metadata that does not make a document "changed": a file touched but not edited is the same document.
 VOLATILE_METADATA = ("mtime",)
@@ -65,9 +61,8 @@ class UpdateReport:
         return out
 
 
-def update_retriever(
-    retriever: Retriever, documents: Sequence[Document], *, show_progress: bool = False
-) -> UpdateReport:
+def update_retriever(retriever, documents: Sequence[Document], *, show_progress: bool = False) -> UpdateReport:
+    # `retriever`: a kqa.retrieval.Retriever, not imported here because the retriever imports this module.
     """Make `retriever` index exactly `documents`, in their order (see the module's docstring)."""
     ids = [d.id for d in documents]
     if len(set(ids)) != len(ids):
