@@ -203,6 +203,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from kqa.retrieval import Embedder, PassageSettings, Retriever, RetrieverSettings, load_corpus
 
+    if args.update or args.delete:
+        return _update_index(args)
+    if not args.corpus:
+        raise ValueError("index: give --corpus (or --delete DOC_ID … to remove documents from an index)")
     settings = RetrieverSettings(
         method=args.method, analyzer=None if args.method == "dense" else args.analyzer, fusion=args.fusion
     )
@@ -243,22 +247,54 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _update_index(args: argparse.Namespace) -> int:
+    """`kqa index --update` / `--delete`: change an existing index, saved as a new generation."""
+    import time
+
+    from kqa.retrieval import Retriever, load_corpus
+
+    if args.update == bool(args.delete):
+        raise ValueError("index: give either --update (with --corpus) or --delete DOC_ID …, not both")
+    if args.update and not args.corpus:
+        raise ValueError("index --update: give --corpus, the folders and files the index is to hold now")
+    start = time.perf_counter()
+    retriever = Retriever.load(args.output_dir, device=args.device)
+    if args.delete:
+        report = retriever.delete(args.delete)
+    else:
+        documents, corpus_report = load_corpus(
+            args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict
+        )
+        print(f"corpus: {corpus_report.summary()}", file=sys.stderr)
+        report = retriever.update(documents, show_progress=not args.disable_tqdm)
+        retriever.info.corpus_report = corpus_report.to_dict()
+    out = retriever.save(args.output_dir)
+    print(
+        f"updated {args.output_dir} (generation {out.name}): {report.summary()}; now "
+        f"{len(retriever.documents)} documents, {len(retriever.passages)} passages, "
+        f"{time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     """Retrieve passages from an index and read them with a saved model."""
-    from kqa.retrieval import RetrieveAndRead, Retriever
+    from kqa.retrieval import RetrieveAndRead, Retriever, parse_filters
 
     question = " ".join(args.question).strip()
     if not question:
         raise ValueError("the question is empty")
+    filters = parse_filters(args.filter)  # a wrong --filter fails before anything loads
     retriever = Retriever.load(args.index, method=args.method, device=args.device)
     qa = _load_answerer(args)
     pipeline = RetrieveAndRead(retriever, qa, passages=args.passages, rank_by=args.rank_by)
-    result = pipeline.ask(question, top_k=args.top_k, score_threshold=args.score_threshold)
+    result = pipeline.ask(question, top_k=args.top_k, score_threshold=args.score_threshold, filters=filters)
     if args.json:
         print(json.dumps(result.to_dict(with_passages=args.show_passages), indent=2, ensure_ascii=False))
         return 0
     if not result.passages:
-        print("no answer: no passage of the index matches the question")
+        print("no answer: no passage of the index matches the question" + (" and --filter" if filters else ""))
     elif result.no_answer:
         print(
             f"no answer: the best answer's confidence {result.best_confidence:.2f} is below the threshold "

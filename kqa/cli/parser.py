@@ -179,8 +179,16 @@ def _add_index_parser(sub) -> None:
     ix.add_argument(
         "--corpus",
         nargs="+",
-        required=True,
         help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files",
+    )
+    add_bool_flag(
+        ix,
+        "update",
+        help="update the index in --output_dir to --corpus: only new and changed documents are analysed and "
+        "embedded, deleted ones dropped (the index's own settings and embedding model are kept)",
+    )
+    ix.add_argument(
+        "--delete", nargs="+", metavar="DOC_ID", help="remove these documents from the index in --output_dir"
     )
     add_renamed_flag(ix, "--output_dir", "--out", required=True, help="directory to write the index to")
     ix.add_argument(
@@ -241,6 +249,14 @@ def _add_ask_parser(sub) -> None:
     a.add_argument("--passages", type=int, default=DEFAULT_PASSAGES, help="passages retrieved and read")
     a.add_argument("--top_k", type=int, default=1, help="answers to print")
     a.add_argument("--method", choices=METHODS, help="override the index's ranking method")
+    a.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="only documents whose metadata matches, e.g. tags=역사, path=notes/*, 'mtime>=2026-01-01' "
+        "(repeatable: all must hold; docs/retrieval.md#metadata-filters)",
+    )
     add_bool_flag(a, "json", help="print the result as JSON")
     add_bool_flag(a, "show_passages", help="also print the retrieved passages")
     a.add_argument(

@@ -2,8 +2,15 @@
 
 Sources (`load_corpus`): a folder (searched recursively) or single files of
 - `.txt` / `.md`: one document per file, id = its path relative to the folder, title = the file name;
-- `.jsonl`: one `{"id", "title", "text"}` object per line (`id` defaults to `path:line`);
+  a `.md` file may begin with YAML front matter (a `---` block): its keys become metadata (`title`
+  the title) and it is left out of the text indexed;
+- `.jsonl`: one `{"id", "title", "text"}` object per line (`id` defaults to `path:line`); the record's
+  other fields become metadata;
 - `.json`: SQuAD-format files, one document per distinct paragraph context.
+
+Every document carries `metadata` (what `kqa.retrieval.filters` selects on): `path` (its file relative
+to the folder indexed; the file's name for a file given directly), `format` (the suffix without the
+dot), `mtime` (the file's modification time, epoch seconds), `title`, and the fields above.
 
 Files that cannot be documents (binary, not UTF-8, larger than `max_file_bytes`, empty, another
 suffix) are skipped and counted in the `CorpusReport`, each with its reason; `strict=True` makes the
@@ -29,6 +36,9 @@ JSONL_SUFFIX = ".jsonl"
 SQUAD_SUFFIX = ".json"
 DEFAULT_MAX_FILE_BYTES = 64 * 2**20
 BINARY_SNIFF_BYTES = 8192
+# Metadata keys kqa sets itself: a front matter or JSONL field of the same name is an error, not a silent override.
+RESERVED_METADATA = ("path", "format", "mtime")
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(\r?\n|\Z)", re.DOTALL)
 
 
 class CorpusError(ValueError):
@@ -177,18 +187,83 @@ def _read_file(
         return
     report.files_read += 1
     suffix = file.suffix.lower()
+    base = {"path": doc_id, "format": suffix.lstrip("."), "mtime": file.stat().st_mtime}
     if not text.strip():  # whatever its suffix: an empty .json is not a malformed one
         report.skip(str(file), "empty: no text", strict)
     elif suffix == JSONL_SUFFIX:
-        yield from _jsonl_documents(file, doc_id, text, report, strict)
+        yield from _jsonl_documents(file, doc_id, text, report, strict, base)
     elif suffix == SQUAD_SUFFIX:
-        yield from _squad_documents(file, doc_id, text, report, seen_contexts, strict)
+        for doc in _squad_documents(file, doc_id, text, report, seen_contexts, strict):
+            yield _with_metadata(doc, {**base, "title": doc.title})
     else:
         check_text(text, str(file))
-        yield Document(id=doc_id, title=file.stem, text=text, source=str(file))
+        metadata = {**base, "title": file.stem}
+        if suffix == ".md":
+            text, front = split_front_matter(text, str(file))
+            metadata.update(front)
+            if not text.strip():
+                report.skip(str(file), "empty: no text after the front matter", strict)
+                return
+        yield Document(id=doc_id, title=str(metadata["title"]), text=text, source=str(file), metadata=metadata)
 
 
-def _jsonl_documents(file: Path, file_id: str, text: str, report: CorpusReport, strict: bool) -> Iterator[Document]:
+def _with_metadata(document: Document, metadata: dict) -> Document:
+    return Document(document.id, document.title, document.text, document.source, metadata)
+
+
+def split_front_matter(text: str, where: str) -> tuple[str, dict]:
+    """(the text after a leading `---` YAML block, that block's keys as metadata). The block is left
+    out of the text indexed: it is not prose a question is answered from, and answer offsets are
+    offsets into `Document.text` (the body), which the index stores."""
+    import yaml
+
+    match = _FRONT_MATTER.match(text)
+    if match is None:
+        return text, {}
+    try:
+        front = yaml.safe_load(match.group(1) or "") or {}
+    except yaml.YAMLError as err:
+        raise CorpusError(f"{where}: front matter is not valid YAML: {err}") from None
+    if not isinstance(front, dict):
+        raise CorpusError(f"{where}: front matter must be a mapping of keys to values, got {type(front).__name__}")
+    return text[match.end() :], metadata_fields(front, where)
+
+
+def metadata_fields(fields: dict, where: str) -> dict:
+    """Extra fields → metadata values: scalars (str, int, float, bool; a date as its ISO text) or lists of
+    them; `tags` always a list of str. A null field is left out (as if absent); other types are errors
+    naming `where` and the field."""
+    import datetime as dt
+
+    def scalar(value, name):
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        if isinstance(value, (str, int, float, bool)):
+            return value
+        raise CorpusError(
+            f"{where}: field {name!r} must be a string, number, boolean or a list of them, got {type(value).__name__}"
+        )
+
+    out = {}
+    for key, value in fields.items():
+        key = str(key)
+        if key in RESERVED_METADATA:
+            raise CorpusError(f"{where}: field {key!r} is set by kqa itself (reserved: {', '.join(RESERVED_METADATA)})")
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = [scalar(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        else:
+            value = scalar(value, key)
+        if key == "tags":
+            value = [str(v) for v in (value if isinstance(value, list) else [value])]
+        out[key] = value
+    return out
+
+
+def _jsonl_documents(
+    file: Path, file_id: str, text: str, report: CorpusReport, strict: bool, base: dict
+) -> Iterator[Document]:
     for line_no, where, row in iter_jsonl_objects(
         text, str(file), "an object with 'text' (and 'id', 'title')", CorpusError
     ):
@@ -203,10 +278,12 @@ def _jsonl_documents(file: Path, file_id: str, text: str, report: CorpusReport, 
             raise CorpusError(f"{where}: field 'id' is empty")
         title = row.get("title") or ""
         check_text(title, f"{where}: field 'title'")
+        extra = metadata_fields({k: v for k, v in row.items() if k not in ("id", "title", "text")}, where)
         if not body.strip():
             report.skip(where, "empty: field 'text' holds no text", strict)
             continue
-        yield Document(id=doc_id, title=title, text=body, source=where)
+        metadata = {**base, "title": title, **extra}
+        yield Document(id=doc_id, title=title, text=body, source=where, metadata=metadata)
 
 
 def _squad_documents(

@@ -194,3 +194,28 @@ class DenseIndex:
     def scores(self, query_embeddings: np.ndarray) -> np.ndarray:
         """Cosine similarity [num_queries, num_passages] (all vectors are unit length)."""
         return np.atleast_2d(query_embeddings).astype(np.float32, copy=False) @ self.embeddings.T
+
+    def search(
+        self, query_embeddings: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best passages of each query, exactly: (indices, scores), both [num_queries, k'] best
+        first (ties to the lower index), k' = min(k, passages allowed). `allowed`: a boolean mask
+        [num_passages] of the passages that may be returned (metadata filters), None for all."""
+        from kqa.retrieval.fusion import top_k
+
+        scores = self.scores(query_embeddings)
+        if allowed is None:
+            candidates = np.arange(self.num_passages)
+        else:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (self.num_passages,):
+                raise ValueError(f"allowed must be a boolean mask of shape ({self.num_passages},), got {allowed.shape}")
+            candidates = np.flatnonzero(allowed)
+        width = min(k, candidates.size)
+        indices = np.empty((scores.shape[0], width), dtype=np.int64)
+        best = np.empty((scores.shape[0], width), dtype=np.float32)
+        for row in range(scores.shape[0]) if width else ():
+            among = scores[row, candidates]
+            order = top_k(among, width)  # candidates ascend, so ties still go to the lower passage index
+            indices[row], best[row] = candidates[order], among[order]
+        return indices, best

@@ -139,9 +139,10 @@ class RetrieveAndRead:
         passages: int | None = None,
         method: str | None = None,
         score_threshold: float | None = None,
+        filters=None,
     ) -> OpenResult:
         return self.ask_many(
-            [question], top_k=top_k, passages=passages, method=method, score_threshold=score_threshold
+            [question], top_k=top_k, passages=passages, method=method, score_threshold=score_threshold, filters=filters
         )[0]
 
     def ask_many(
@@ -152,13 +153,15 @@ class RetrieveAndRead:
         passages: int | None = None,
         method: str | None = None,
         score_threshold: float | None = None,
+        filters=None,
     ) -> list[OpenResult]:
-        """Retrieve `passages` passages per question, read them all in one reader call, rank each
-        question's answers (`rank`), and withhold them below `score_threshold`."""
+        """Retrieve `passages` passages per question (only of documents whose metadata passes `filters`:
+        strings or a `MetadataFilter`, kqa.retrieval.filters), read them all in one reader call, rank
+        each question's answers (`rank`), and withhold them below `score_threshold`."""
         _check_positive_int("top_k", top_k)
         passages = self.passages if passages is None else _check_positive_int("passages", passages)
         threshold = self.threshold(score_threshold)
-        hits = self.retriever.retrieve_many(questions, passages, method=method)
+        hits = self.retriever.retrieve_many(questions, passages, method=method, filters=filters)
         candidates = self.candidates(questions, hits, top_k=top_k)
         return [
             self.rank(question, found, found_answers, top_k=top_k, score_threshold=threshold)

@@ -6,11 +6,17 @@
     retriever = Retriever.load("my_index")          # loads the embedder it was built with, and checks it
     for hit in retriever.retrieve("세종대왕은 언제 훈민정음을 반포했나?", k=5): ...
 
-On disk (no pickle anywhere):
+    retriever.update(load_corpus("my_docs/")[0])      # re-analyses only new and changed documents
+    retriever.save("my_index")                        # a new generation, switched to atomically
+
+On disk (no pickle anywhere), in IDX/generations/N/ with IDX/CURRENT naming N (kqa.retrieval.store):
     index.json              manifest: settings, counts, corpus report, analyzer and embedder identity
-    documents.jsonl         id, title, source, text of every document
-    passages.safetensors    doc / start / end of every passage (+ "embeddings" [n, d] float32 when dense)
+    documents.jsonl         id, title, source, text, metadata and content sha256 of every document
+    passages.safetensors    doc / start / end of every passage (+ "embeddings" [n, d] float32 when dense,
+                            + "term_ids" / "term_offsets": each passage's analysed terms, for updates)
+    terms.json              the vocabulary "term_ids" index into
     bm25/                   bm25s's arrays (.npy read with allow_pickle=False) and vocabulary (JSON)
+Format version 1 (the same files directly in IDX, without metadata or terms) still loads.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
+from kqa.retrieval import store
 from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSettings, split_corpus
 from kqa.retrieval.dense import DenseIndex, Embedder, EmbedderSettings
+from kqa.retrieval.filters import MetadataFilter, parse_filters
 from kqa.retrieval.fusion import DEFAULT_RRF_K, FUSIONS, reciprocal_rank_fusion, score_fusion, top_k
 from kqa.retrieval.sparse import ANALYZERS, BM25Index, make_analyzer
+from kqa.retrieval.update import UpdateReport, document_hash, update_retriever
 
 INDEX_FORMAT = "kqa-retrieval-index"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: generations, document metadata, stored passage terms
+READABLE_FORMAT_VERSIONS = (1, 2)
 METHODS = ("sparse", "dense", "hybrid")
 
 
@@ -101,6 +111,7 @@ class IndexInfo:
     passage_settings: PassageSettings = field(default_factory=PassageSettings)
     corpus_report: dict = field(default_factory=dict)
     build_seconds: dict = field(default_factory=dict)
+    last_update: dict = field(default_factory=dict)  # UpdateReport.to_dict() of the last update
 
 
 class Retriever:
@@ -115,6 +126,7 @@ class Retriever:
         embedder: Embedder | None = None,
         dense: DenseIndex | None = None,
         info: IndexInfo | None = None,
+        passage_terms: list[list[str]] | None = None,
     ):
         if settings.analyzer is not None and (analyzer is None or sparse is None):
             raise ValueError("settings name an analyzer, but no analyzer / BM25 index was given")
@@ -129,7 +141,15 @@ class Retriever:
         self.analyzer, self.sparse = analyzer, sparse
         self.embedder, self.dense = embedder, dense
         self.info = info or IndexInfo()
+        # The analysed terms of each passage (None for an index of format 1): an update rebuilds BM25 from them.
+        self.passage_terms = passage_terms
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Recompute the lookups derived from `documents` and `passages` (after an update)."""
         self._documents_by_id = {d.id: d for d in self.documents}
+        position = {d.id: i for i, d in enumerate(self.documents)}
+        self._passage_doc = np.array([position[p.doc_id] for p in self.passages], dtype=np.int64)
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -159,7 +179,7 @@ class Retriever:
         seconds["split"] = time.perf_counter() - t
         if not passages:
             raise ValueError(f"the {len(documents)} documents hold no text to index (every one is blank)")
-        analyzer = sparse = dense = None
+        analyzer = sparse = dense = terms = None
         if settings.analyzer is not None:
             t = time.perf_counter()
             analyzer = make_analyzer(settings.analyzer)
@@ -186,21 +206,49 @@ class Retriever:
             embedder=embedder if dense is not None else None,
             dense=dense,
             info=info,
+            passage_terms=terms if sparse is not None else None,
         )
+
+    # -- growing ----------------------------------------------------------------------------------
+
+    def update(self, documents: Sequence[Document], *, show_progress: bool = False) -> UpdateReport:
+        """Index exactly `documents` from now on: split, analyse and embed the passages of new and
+        changed documents only, drop the documents not given, rebuild BM25 from the stored terms
+        (kqa.retrieval.update). `save` writes the result."""
+        report = update_retriever(self, documents, show_progress=show_progress)
+        self.info.last_update = report.to_dict()
+        return report
+
+    def delete(self, doc_ids: Sequence[str]) -> UpdateReport:
+        """Remove documents by id; an id the index does not hold is an error (nothing is removed)."""
+        missing = [i for i in doc_ids if i not in self._documents_by_id]
+        if missing:
+            raise ValueError(f"no document with id {', '.join(map(repr, missing[:10]))} in the index")
+        gone = set(doc_ids)
+        return self.update([d for d in self.documents if d.id not in gone])
 
     # -- searching --------------------------------------------------------------------------------
 
     def document(self, doc_id: str) -> Document:
         return self._documents_by_id[doc_id]
 
-    def retrieve(self, query: str, k: int = 5, *, method: str | None = None) -> list[RetrievedPassage]:
-        return self.retrieve_many([query], k, method=method)[0]
+    def retrieve(self, query: str, k: int = 5, *, method: str | None = None, filters=None) -> list[RetrievedPassage]:
+        return self.retrieve_many([query], k, method=method, filters=filters)[0]
+
+    def passage_mask(self, filters) -> np.ndarray | None:
+        """Which passages belong to documents whose metadata passes `filters` (None: no filter)."""
+        metadata_filter: MetadataFilter = parse_filters(filters)
+        if not metadata_filter:
+            return None
+        return metadata_filter.mask([d.metadata for d in self.documents])[self._passage_doc]
 
     def retrieve_many(
-        self, queries: Sequence[str], k: int = 5, *, method: str | None = None
+        self, queries: Sequence[str], k: int = 5, *, method: str | None = None, filters=None
     ) -> list[list[RetrievedPassage]]:
         """The k best passages of each query (fewer when the method finds fewer: BM25 returns only
-        passages that share a term with the query)."""
+        passages that share a term with the query), among the passages of documents whose metadata
+        passes `filters` (strings or a `MetadataFilter`, kqa.retrieval.filters; fewer than k when
+        fewer pass)."""
         method = method or self.settings.method
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -213,19 +261,31 @@ class Retriever:
             raise ValueError(f"method {method!r}: this index has no BM25 part (built with method='dense')")
         if method in ("dense", "hybrid") and self.dense is None:
             raise ValueError(f"method {method!r}: this index has no embeddings (built with method='sparse')")
-        dense_scores = self.dense.scores(self.embedder.embed_queries(queries)) if method != "sparse" else None
+        mask = self.passage_mask(filters)
+        query_vectors = dense_top = dense_top_scores = None
+        if method != "sparse":
+            query_vectors = self.embedder.embed_queries(queries)
+            depth = k if method == "dense" else self.settings.candidates
+            dense_top, dense_top_scores = self.dense.search(query_vectors, depth, allowed=mask)
         results = []
         for i, query in enumerate(queries):
-            sparse_scores = self.sparse.scores(self.analyzer(query)) if method != "dense" else None
+            sparse_scores = dense_hits = None
+            if method != "dense":
+                sparse_scores = self.sparse.scores(self.analyzer(query))
+                if mask is not None:  # a score of 0 is no match: excluded passages never rank
+                    sparse_scores = np.where(mask, sparse_scores, np.float32(0.0))
+            if method != "sparse":
+                found = dense_top[i] >= 0  # an approximate index pads with -1
+                dense_hits = (dense_top[i][found], dense_top_scores[i][found])
             if method == "sparse":
                 ranked = top_k(sparse_scores, k, positive_only=True)
                 fused = sparse_scores[ranked]
             elif method == "dense":
-                ranked = top_k(dense_scores[i], k)
-                fused = dense_scores[i][ranked]
+                ranked, fused = dense_hits
             else:
-                ranked, fused = self._fuse(sparse_scores, dense_scores[i])
+                ranked, fused = self._fuse(sparse_scores, *dense_hits)
                 ranked, fused = ranked[:k], fused[:k]
+            dense_of = {} if dense_hits is None else dict(zip(dense_hits[0].tolist(), dense_hits[1].tolist()))
             results.append(
                 [
                     RetrievedPassage(
@@ -233,48 +293,63 @@ class Retriever:
                         rank=r,
                         score=float(s),
                         sparse_score=None if sparse_scores is None else float(sparse_scores[p]),
-                        dense_score=None if dense_scores is None else float(dense_scores[i][p]),
+                        dense_score=None if query_vectors is None else self._dense_score(dense_of, p, query_vectors[i]),
                     )
                     for r, (p, s) in enumerate(zip(ranked.tolist(), fused.tolist()), 1)
                 ]
             )
         return results
 
-    def _fuse(self, sparse_scores: np.ndarray, dense_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = self.settings.candidates
-        sparse_top = top_k(sparse_scores, n, positive_only=True)
-        dense_top = top_k(dense_scores, n)
+    def _dense_score(self, found: dict[int, float], passage: int, query_vector: np.ndarray) -> float:
+        """The cosine of a passage: from the dense search, or computed for one the sparse side brought."""
+        if passage in found:
+            return float(found[passage])
+        return float(self.dense.embeddings[passage] @ query_vector)
+
+    def _fuse(
+        self, sparse_scores: np.ndarray, dense_top: np.ndarray, dense_top_scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        sparse_top = top_k(sparse_scores, self.settings.candidates, positive_only=True)
         if self.settings.fusion == "rrf":
             return reciprocal_rank_fusion([sparse_top, dense_top], k=self.settings.rrf_k)
         w = self.settings.dense_weight
-        return score_fusion(
-            [(sparse_top, sparse_scores[sparse_top]), (dense_top, dense_scores[dense_top])], [1.0 - w, w]
-        )
+        return score_fusion([(sparse_top, sparse_scores[sparse_top]), (dense_top, dense_top_scores)], [1.0 - w, w])
 
     # -- persistence ------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
+        """Write the index as a new generation of `directory` and switch to it atomically (killed at
+        any point, `directory` holds the old version or the new one: kqa.retrieval.store). Returns the
+        generation's directory, itself a loadable index."""
+        index_dir = Path(directory)
+        target = store.begin_generation(index_dir)
+        self._write_files(target)
+        store.pause_point("generation-written")
+        store.commit_generation(index_dir, target)
+        return target
+
+    def _write_files(self, directory: Path) -> None:
         from safetensors.numpy import save_file
 
         from kqa import __version__
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        doc_index = {d.id: i for i, d in enumerate(self.documents)}
+        with open(directory / "documents.jsonl", "w", encoding="utf-8") as f:
+            for d in self.documents:
+                row = {"id": d.id, "title": d.title, "source": d.source, "text": d.text}
+                row |= {"metadata": d.metadata, "sha256": document_hash(d)}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        store.pause_point("generation-partial")
         arrays = {
-            "doc": np.array([doc_index[p.doc_id] for p in self.passages], dtype=np.int64),
+            "doc": self._passage_doc,
             "start": np.array([p.start for p in self.passages], dtype=np.int64),
             "end": np.array([p.end for p in self.passages], dtype=np.int64),
         }
         if self.dense is not None:
             arrays["embeddings"] = self.dense.embeddings
+        if self.passage_terms is not None:
+            vocabulary, arrays["term_ids"], arrays["term_offsets"] = _flat_terms(self.passage_terms)
+            (directory / "terms.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
         save_file(arrays, str(directory / "passages.safetensors"))
-        with open(directory / "documents.jsonl", "w", encoding="utf-8") as f:
-            for d in self.documents:
-                f.write(
-                    json.dumps({"id": d.id, "title": d.title, "source": d.source, "text": d.text}, ensure_ascii=False)
-                    + "\n"
-                )
         if self.sparse is not None:
             self.sparse.save(directory / "bm25")
         manifest = {
@@ -290,11 +365,11 @@ class Retriever:
             "embedder": None if self.dense is None else self.embedder.identity(),
             "corpus_report": self.info.corpus_report,
             "build_seconds": self.info.build_seconds,
+            "last_update": self.info.last_update,
         }
         (directory / "index.json").write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-        return directory
 
     @classmethod
     def load(
@@ -308,10 +383,21 @@ class Retriever:
         """Load a saved index. With embeddings, the embedding model is the one recorded in the index
         (or `embedder`: an `Embedder`, or a name / path to load); it must be the model the passages were
         embedded with (same weights and vocabulary), else `IndexMismatchError`. So must the analyzer's
-        version. `method` overrides the saved default ranking."""
+        version. `method` overrides the saved default ranking. `directory` is an index directory (its
+        current generation is read) or one generation's directory."""
+        index_dir = Path(directory)
+        try:
+            return cls._load_files(store.files_dir(index_dir), embedder=embedder, method=method, device=device)
+        except FileNotFoundError:
+            # An update switched generations and removed the one being read: read the new one, once.
+            if store.current_generation(index_dir) is None:
+                raise
+            return cls._load_files(store.files_dir(index_dir), embedder=embedder, method=method, device=device)
+
+    @classmethod
+    def _load_files(cls, directory: Path, *, embedder, method: str | None, device: str | None) -> Retriever:
         from safetensors.numpy import load_file
 
-        directory = Path(directory)
         manifest = _read_manifest(directory)
         settings = RetrieverSettings(**manifest["settings"])
         if method is not None:
@@ -330,7 +416,9 @@ class Retriever:
             passage_settings=PassageSettings(**manifest["passage_settings"]),
             corpus_report=manifest.get("corpus_report", {}),
             build_seconds=manifest.get("build_seconds", {}),
+            last_update=manifest.get("last_update", {}),
         )
+        terms = _read_terms(directory, arrays) if "term_ids" in arrays else None
         return cls(
             documents,
             passages,
@@ -340,6 +428,7 @@ class Retriever:
             embedder=embedder if dense_index is not None else None,
             dense=dense_index,
             info=info,
+            passage_terms=terms if sparse is not None else None,
         )
 
 
@@ -356,10 +445,10 @@ def _read_manifest(directory: Path) -> dict:
         raise ValueError(f"{manifest_path}: not a readable index manifest: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise ValueError(f"{manifest_path}: not a kqa retrieval index manifest")
-    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ValueError(
             f"{manifest_path}: index format version {manifest.get('format_version')!r}, "
-            f"this kqa reads {INDEX_FORMAT_VERSION}: rebuild it with kqa index"
+            f"this kqa reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}: rebuild it with kqa index"
         )
     return manifest
 
@@ -370,13 +459,41 @@ def _read_documents(directory: Path) -> list[Document]:
         for line_no, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
-                documents.append(Document(id=row["id"], title=row["title"], text=row["text"], source=row["source"]))
+                metadata = row.get("metadata", {})  # format 1 kept none
+                if not isinstance(metadata, dict):
+                    raise TypeError(f"metadata must be an object, got {type(metadata).__name__}")
+                documents.append(
+                    Document(
+                        id=row["id"], title=row["title"], text=row["text"], source=row["source"], metadata=metadata
+                    )
+                )
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(
                     f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
                     f"({type(err).__name__}: {err}); rebuild the index with kqa index"
                 ) from None
     return documents
+
+
+def _flat_terms(passage_terms: list[list[str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Terms of every passage → (vocabulary, term ids of all passages end to end, offsets [n + 1])."""
+    vocabulary: dict[str, int] = {}
+    ids = [vocabulary.setdefault(t, len(vocabulary)) for terms in passage_terms for t in terms]
+    offsets = np.cumsum([0, *map(len, passage_terms)], dtype=np.int64)
+    return list(vocabulary), np.array(ids, dtype=np.int64), offsets
+
+
+def _read_terms(directory: Path, arrays: dict) -> list[list[str]]:
+    path = directory / "terms.json"
+    try:
+        vocabulary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable term vocabulary: {err}; rebuild the index with kqa index") from None
+    ids, offsets = arrays["term_ids"], arrays["term_offsets"]
+    if offsets.shape != (len(arrays["doc"]) + 1,) or (ids.size and not 0 <= ids.min() <= ids.max() < len(vocabulary)):
+        raise ValueError(f"{directory}: stored passage terms do not match the passages; rebuild the index")
+    words = np.array(vocabulary, dtype=object)[ids] if ids.size else np.array([], dtype=object)
+    return [words[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def _passages_of(directory: Path, documents: list[Document], arrays: dict) -> list[Passage]:

@@ -239,7 +239,7 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
                 "this server was started without --index: /v1/ask needs a retrieval "
                 "index (kqa index …, then kqa serve --model MODEL --index INDEX)",
             )
-        check_ask(body, limits)
+        filters = check_ask(body, limits)
         if body.score_threshold is not None and pipeline.calibrator is None:
             raise ApiError(
                 422,
@@ -255,7 +255,11 @@ def _add_ask_route(app: FastAPI, batcher: MicroBatcher, pipeline, limits: Server
             result = await loop.run_in_executor(
                 batcher._executor,
                 lambda: pipeline.ask(
-                    body.question, top_k=body.top_k, passages=body.passages, score_threshold=body.score_threshold
+                    body.question,
+                    top_k=body.top_k,
+                    passages=body.passages,
+                    score_threshold=body.score_threshold,
+                    filters=filters,
                 ),
             )
         except Exception as err:  # noqa: BLE001

@@ -195,6 +195,11 @@ class AskIn(BaseModel):
         description="answer 'no answer' when the best answer's calibrated confidence is below this (0 … 1; "
         "default: the one stored with the model's calibrator; a model without one never abstains)",
     )
+    filter: Optional[list[str]] = Field(
+        None,
+        description="metadata conditions, all of which a document must meet to be read, e.g. "
+        '["tags=역사", "mtime>=2026-01-01"] (docs/retrieval.md#metadata-filters)',
+    )
 
 
 class AnswerOut(BaseModel):
@@ -356,7 +361,10 @@ def check_question(q: QuestionIn, prefix: str, limits: ServerLimits) -> None:
         )
 
 
-def check_ask(body: AskIn, limits: ServerLimits) -> None:
+def check_ask(body: AskIn, limits: ServerLimits):
+    """Checks what the schema cannot; returns the request's parsed metadata filter."""
+    from kqa.retrieval.filters import FilterError, parse_filters
+
     _check_text(body.question, "question", limits.max_question_chars)
     _check_range(body.top_k, "top_k", limits.max_top_k)
     if body.passages is not None:
@@ -371,3 +379,7 @@ def check_ask(body: AskIn, limits: ServerLimits) -> None:
             "score_threshold",
             problem="out_of_range",
         )
+    try:
+        return parse_filters(body.filter)
+    except FilterError as err:
+        raise ApiError(422, "invalid_request", f"field 'filter': {err}", "filter", problem="bad_filter") from None
