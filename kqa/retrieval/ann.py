@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 
 ANN_MODES = ("auto", "on", "off")
-# Exact search of one query over 200k e5-small vectors (384-d) takes ~25 ms on two cores (matrix-vector
-# product + top-k; docs/benchmarks.md): past that the graph pays, below it exact search is fast and exact.
+# Exact search of one query adds ~16 ms at 180k passages and ~50 ms at 1M on two cores (docs/retrieval.md,
+# "Scaling"): from about 200k it passes tens of ms, and the graph pays; below it exact search is fast and exact.
+# benchmarks/bench_ann.py prints exact latency by size ("Exact search alone") to re-check this on a machine.
 DEFAULT_ANN_THRESHOLD = 200_000
-# HNSW links per node: 32 reaches recall@10 >= 0.99 on e5-like vectors at efSearch 128; 1M passages
-# cost 32*2*4 B = 256 B/vector of links on top of the 1,536 B of the vector (docs/benchmarks.md).
+# HNSW links per node: 32 is the common choice for 384-d text embeddings; 1M passages cost 32*2*4 B =
+# 256 B/vector of links on top of the 1,536 B of the vector (1.7 GiB in all, within a 4 GiB budget).
+# bench_ann.py measures recall@10 and latency for efSearch 16..256 with these (docs/benchmarks.md).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200  # build-time beam: a better graph for a slower build (the usual faiss choice)
-HNSW_EF_SEARCH = 128  # query-time beam: recall@10 vs latency, measured in docs/benchmarks.md
+HNSW_EF_SEARCH = 128  # query-time beam: recall@10 vs latency; tests/test_ann.py checks recall 1.0 at 512
 # A filter letting through fewer than this share of the passages is searched exactly over the allowed
 # ones (cost proportional to their number); above it the graph skips the disallowed ones as it walks.
 EXACT_BELOW_ALLOWED_FRACTION = 0.05
