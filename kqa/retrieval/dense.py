@@ -6,9 +6,10 @@ the tokens, L2 normalisation — which is what multilingual-e5-small (the offlin
 engine. Any Hugging Face encoder loads by name or path (`pooling="cls"` and other prefixes for models
 trained that way).
 
-Search is exact: one matrix-vector product over float32 embeddings. docs/retrieval.md has the
-measured latency by corpus size (exact search stays in milliseconds up to about 10^5–10^6 passages
-on two cores, where an approximate index would start to pay).
+Search (`DenseIndex.search`) is exact — one matrix product over float32 embeddings — below
+`kqa.retrieval.ann.DEFAULT_ANN_THRESHOLD` passages, and approximate above it: a FAISS HNSW graph
+(kqa/retrieval/ann.py), where exact search's latency passes tens of milliseconds on two cores
+(docs/retrieval.md, docs/benchmarks.md). Both honour a mask of allowed passages (metadata filters).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from kqa.retrieval.ann import EXACT_BELOW_ALLOWED_FRACTION, AnnSettings, HnswIndex
+from kqa.retrieval.fusion import top_k
 
 # e5 models embed "query: …" and "passage: …" differently; the offline check of the backbone uses them too.
 E5_QUERY_PREFIX = "query: "
@@ -179,43 +183,102 @@ class Embedder:
         return out
 
 
-class DenseIndex:
-    """Passage embeddings [n, d] (float32, unit length) searched exactly by inner product."""
+# Exact search multiplies this many queries at once: a [block, n] score matrix at most (memory bound).
+EXACT_QUERY_BLOCK = 64
 
-    def __init__(self, embeddings: np.ndarray):
+
+class DenseIndex:
+    """Passage embeddings [n, d] (float32, unit length) searched by inner product: exactly with numpy,
+    or through an HNSW graph (`graph`) when `ann` asks for one (`build_graph`, or one loaded from disk).
+    With a graph, `embeddings` is a view of the graph's own copy of the vectors: they are held once."""
+
+    def __init__(self, embeddings: np.ndarray, *, ann: AnnSettings | None = None, graph: HnswIndex | None = None):
         if embeddings.ndim != 2:
             raise ValueError(f"embeddings must be 2-D, got shape {embeddings.shape}")
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.ann = ann or AnnSettings()
+        self.graph: HnswIndex | None = None
+        if graph is not None:
+            self._attach(graph)
 
     @property
     def num_passages(self) -> int:
         return int(self.embeddings.shape[0])
 
+    @property
+    def search_kind(self) -> str:
+        return "exact" if self.graph is None else "hnsw"
+
+    def search_parameters(self) -> dict:
+        """What the manifest records of the search: its kind, and the graph's parameters when there is one."""
+        if self.graph is None:
+            return {"kind": "exact", "ann_mode": self.ann.mode, "ann_threshold": self.ann.threshold}
+        return {**self.graph.settings.graph_parameters(), "ann_mode": self.ann.mode}
+
+    def build_graph(self) -> bool:
+        """Build the HNSW graph if `ann` wants one for this many passages; whether one was built."""
+        if self.graph is not None or not self.ann.wants_graph(self.num_passages):
+            return False
+        self._attach(HnswIndex.build(self.embeddings, self.ann))
+        return True
+
+    def _attach(self, graph: HnswIndex) -> None:
+        if graph.num_passages != self.num_passages:
+            raise ValueError(f"the HNSW graph holds {graph.num_passages} vectors, the index {self.num_passages}")
+        self.graph = graph
+        self.embeddings = graph.vectors()  # one copy of the vectors, the graph's
+
     def scores(self, query_embeddings: np.ndarray) -> np.ndarray:
         """Cosine similarity [num_queries, num_passages] (all vectors are unit length)."""
         return np.atleast_2d(query_embeddings).astype(np.float32, copy=False) @ self.embeddings.T
 
+    def scores_of(self, query_embedding: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Cosine similarity of one query to the passages `indices` (without scoring the others)."""
+        return self.embeddings[indices] @ np.asarray(query_embedding, dtype=np.float32)
+
     def search(
         self, query_embeddings: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` best passages of each query, exactly: (indices, scores), both [num_queries, k'] best
-        first (ties to the lower index), k' = min(k, passages allowed). `allowed`: a boolean mask
-        [num_passages] of the passages that may be returned (metadata filters), None for all."""
-        from kqa.retrieval.fusion import top_k
+        """The k best passages of each query: (indices [q, k'], cosine scores [q, k']), best first, where
+        k' = min(k, passages allowed). `allowed`: a boolean mask over the passages; no other is returned.
+        Exact below the ANN threshold (ties to the lower index, as `top_k`); with a graph, approximate —
+        and exact over the allowed passages when a mask lets through few of them."""
+        queries = np.atleast_2d(query_embeddings).astype(np.float32, copy=False)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != bool or allowed.shape != (self.num_passages,):
+                raise ValueError(
+                    f"allowed must be a boolean mask of shape ({self.num_passages},), "
+                    f"got {allowed.dtype} {allowed.shape}"
+                )
+        n_allowed = self.num_passages if allowed is None else int(allowed.sum())
+        k = min(k, n_allowed)
+        if k == 0 or queries.shape[0] == 0:
+            return np.zeros((queries.shape[0], k), dtype=np.int64), np.zeros((queries.shape[0], k), dtype=np.float32)
+        if self.graph is None:
+            return self._exact(queries, k, allowed)
+        if allowed is not None and n_allowed < EXACT_BELOW_ALLOWED_FRACTION * self.num_passages:
+            return self._exact_in_storage(queries, k, allowed)
+        indices, scores = self.graph.search(queries, k, allowed)
+        short = (indices < 0).any(axis=1)  # the walk found fewer than k allowed passages: search those exactly
+        if short.any():
+            indices[short], scores[short] = self._exact_in_storage(queries[short], k, allowed)
+        return indices, scores
 
-        scores = self.scores(query_embeddings)
-        if allowed is None:
-            candidates = np.arange(self.num_passages)
-        else:
-            allowed = np.asarray(allowed, dtype=bool)
-            if allowed.shape != (self.num_passages,):
-                raise ValueError(f"allowed must be a boolean mask of shape ({self.num_passages},), got {allowed.shape}")
-            candidates = np.flatnonzero(allowed)
-        width = min(k, candidates.size)
-        indices = np.empty((scores.shape[0], width), dtype=np.int64)
-        best = np.empty((scores.shape[0], width), dtype=np.float32)
-        for row in range(scores.shape[0]) if width else ():
-            among = scores[row, candidates]
-            order = top_k(among, width)  # candidates ascend, so ties still go to the lower passage index
-            indices[row], best[row] = candidates[order], among[order]
-        return indices, best
+    def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.empty((queries.shape[0], k), dtype=np.int64)
+        scores = np.empty((queries.shape[0], k), dtype=np.float32)
+        for begin in range(0, queries.shape[0], EXACT_QUERY_BLOCK):
+            block = self.scores(queries[begin : begin + EXACT_QUERY_BLOCK])
+            if allowed is not None:
+                block[:, ~allowed] = -np.inf  # never among the k best: k <= the passages allowed
+            for row, row_scores in enumerate(block, begin):
+                indices[row] = top_k(row_scores, k)
+                scores[row] = row_scores[indices[row]]
+        return indices, scores
+
+    def _exact_in_storage(self, queries: np.ndarray, k: int, allowed: np.ndarray | None):
+        """Exact search of the graph's flat storage, skipping disallowed passages without scoring them."""
+        return self.graph.exact_search(queries, k, allowed)

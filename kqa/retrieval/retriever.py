@@ -16,6 +16,8 @@ On disk (no pickle anywhere), in IDX/generations/N/ with IDX/CURRENT naming N (k
                             + "term_ids" / "term_offsets": each passage's analysed terms, for updates)
     terms.json              the vocabulary "term_ids" index into
     bm25/                   bm25s's arrays (.npy read with allow_pickle=False) and vocabulary (JSON)
+    dense.hnsw              the HNSW graph of approximate dense search, when built (kqa/retrieval/ann.py):
+                            faiss.write_index of its links only; the vectors are the "embeddings" above
 Format version 1 (the same files directly in IDX, without metadata or terms) still loads.
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kqa.retrieval import ann as ann_search
 from kqa.retrieval import store
 from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSettings, split_corpus
 from kqa.retrieval.dense import DenseIndex, Embedder, EmbedderSettings
@@ -59,6 +62,8 @@ class RetrieverSettings:
     rrf_k: int = DEFAULT_RRF_K
     dense_weight: float = 0.5
     candidates: int = 100
+    ann: str = "auto"  # approximate dense search (HNSW): "auto" from `ann_threshold` passages on, "on", "off"
+    ann_threshold: int = ann_search.DEFAULT_ANN_THRESHOLD
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -73,6 +78,10 @@ class RetrieverSettings:
             raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight!r}")
         if not isinstance(self.candidates, int) or self.candidates < 1:
             raise ValueError(f"candidates must be a positive int, got {self.candidates!r}")
+        self.ann_settings()  # checks ann and ann_threshold
+
+    def ann_settings(self) -> ann_search.AnnSettings:
+        return ann_search.AnnSettings(mode=self.ann, threshold=self.ann_threshold)
 
     @property
     def uses_dense(self) -> bool:
@@ -190,8 +199,12 @@ class Retriever:
             seconds["bm25"] = time.perf_counter() - t
         if settings.uses_dense:
             t = time.perf_counter()
-            dense = DenseIndex(embedder.embed_passages([p.text for p in passages], show_progress=show_progress))
+            embeddings = embedder.embed_passages([p.text for p in passages], show_progress=show_progress)
+            dense = DenseIndex(embeddings, ann=settings.ann_settings())
             seconds["embed"] = time.perf_counter() - t
+            t = time.perf_counter()
+            if dense.build_graph():
+                seconds["ann"] = time.perf_counter() - t
         info = IndexInfo(
             passage_settings=passage_settings,
             corpus_report=corpus_report.to_dict() if corpus_report else {},
@@ -262,30 +275,31 @@ class Retriever:
         if method in ("dense", "hybrid") and self.dense is None:
             raise ValueError(f"method {method!r}: this index has no embeddings (built with method='sparse')")
         mask = self.passage_mask(filters)
-        query_vectors = dense_top = dense_top_scores = None
+        dense_hits = query_vectors = None
         if method != "sparse":
+            # The dense side's best passages only (search exact or HNSW): no [queries, passages] score matrix.
             query_vectors = self.embedder.embed_queries(queries)
             depth = k if method == "dense" else self.settings.candidates
-            dense_top, dense_top_scores = self.dense.search(query_vectors, depth, allowed=mask)
+            dense_hits = self.dense.search(query_vectors, depth, allowed=mask)
         results = []
         for i, query in enumerate(queries):
-            sparse_scores = dense_hits = None
+            sparse_scores = dense_top = None
             if method != "dense":
                 sparse_scores = self.sparse.scores(self.analyzer(query))
                 if mask is not None:  # a score of 0 is no match: excluded passages never rank
                     sparse_scores = np.where(mask, sparse_scores, np.float32(0.0))
-            if method != "sparse":
-                found = dense_top[i] >= 0  # an approximate index pads with -1
-                dense_hits = (dense_top[i][found], dense_top_scores[i][found])
+            if dense_hits is not None:
+                found = dense_hits[0][i] >= 0  # padding where fewer passages than asked are allowed
+                dense_top = (dense_hits[0][i][found], dense_hits[1][i][found])
             if method == "sparse":
                 ranked = top_k(sparse_scores, k, positive_only=True)
                 fused = sparse_scores[ranked]
             elif method == "dense":
-                ranked, fused = dense_hits
+                ranked, fused = dense_top
             else:
-                ranked, fused = self._fuse(sparse_scores, *dense_hits)
+                ranked, fused = self._fuse(sparse_scores, dense_top)
                 ranked, fused = ranked[:k], fused[:k]
-            dense_of = {} if dense_hits is None else dict(zip(dense_hits[0].tolist(), dense_hits[1].tolist()))
+            dense_scores = None if dense_top is None else self._dense_scores(query_vectors[i], dense_top, ranked)
             results.append(
                 [
                     RetrievedPassage(
@@ -293,27 +307,30 @@ class Retriever:
                         rank=r,
                         score=float(s),
                         sparse_score=None if sparse_scores is None else float(sparse_scores[p]),
-                        dense_score=None if query_vectors is None else self._dense_score(dense_of, p, query_vectors[i]),
+                        dense_score=None if dense_scores is None else dense_scores[p],
                     )
                     for r, (p, s) in enumerate(zip(ranked.tolist(), fused.tolist()), 1)
                 ]
             )
         return results
 
-    def _dense_score(self, found: dict[int, float], passage: int, query_vector: np.ndarray) -> float:
-        """The cosine of a passage: from the dense search, or computed for one the sparse side brought."""
-        if passage in found:
-            return float(found[passage])
-        return float(self.dense.embeddings[passage] @ query_vector)
+    def _dense_scores(self, query_vector: np.ndarray, dense_top, ranked: np.ndarray) -> dict[int, float]:
+        """Cosine of each ranked passage: from the dense search, or computed for those only BM25 found."""
+        scores = dict(zip(dense_top[0].tolist(), dense_top[1].tolist()))
+        missing = np.array([p for p in ranked.tolist() if p not in scores], dtype=np.int64)
+        if missing.size:
+            scores.update(zip(missing.tolist(), self.dense.scores_of(query_vector, missing).tolist()))
+        return scores
 
     def _fuse(
-        self, sparse_scores: np.ndarray, dense_top: np.ndarray, dense_top_scores: np.ndarray
+        self, sparse_scores: np.ndarray, dense_top: tuple[np.ndarray, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
+        """`dense_top`: the dense search's (indices, scores) of the `candidates` best passages."""
         sparse_top = top_k(sparse_scores, self.settings.candidates, positive_only=True)
         if self.settings.fusion == "rrf":
-            return reciprocal_rank_fusion([sparse_top, dense_top], k=self.settings.rrf_k)
+            return reciprocal_rank_fusion([sparse_top, dense_top[0]], k=self.settings.rrf_k)
         w = self.settings.dense_weight
-        return score_fusion([(sparse_top, sparse_scores[sparse_top]), (dense_top, dense_top_scores)], [1.0 - w, w])
+        return score_fusion([(sparse_top, sparse_scores[sparse_top]), dense_top], [1.0 - w, w])
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -352,6 +369,8 @@ class Retriever:
         save_file(arrays, str(directory / "passages.safetensors"))
         if self.sparse is not None:
             self.sparse.save(directory / "bm25")
+        if self.dense is not None:
+            save_ann(self.dense, directory)
         manifest = {
             "format": INDEX_FORMAT,
             "format_version": INDEX_FORMAT_VERSION,
@@ -363,6 +382,7 @@ class Retriever:
             # identities of the parts themselves (a Retriever assembled by hand records them too)
             "analyzer": None if self.sparse is None else {"name": self.analyzer.name, "version": self.analyzer.version},
             "embedder": None if self.dense is None else self.embedder.identity(),
+            "dense_search": None if self.dense is None else self.dense.search_parameters(),
             "corpus_report": self.info.corpus_report,
             "build_seconds": self.info.build_seconds,
             "last_update": self.info.last_update,
@@ -409,7 +429,7 @@ class Retriever:
         dense_index = None
         if "embeddings" in arrays:
             embedder = _matching_embedder(directory, manifest.get("embedder") or {}, embedder, device)
-            dense_index = DenseIndex(arrays["embeddings"])
+            dense_index = load_ann(directory, arrays.pop("embeddings"), settings, manifest.get("dense_search"))
         elif settings.uses_dense:
             raise ValueError(f"{directory}: method {settings.method!r} needs embeddings, and this index has none")
         info = IndexInfo(
@@ -540,3 +560,38 @@ def _matching_embedder(directory: Path, recorded: dict, embedder, device: str | 
             f"those the index was built with, {recorded.get('settings')}"
         )
     return embedder
+
+
+# ---- the approximate dense search's graph (Retriever.save / Retriever.load) ---------------------------
+
+
+def save_ann(dense: DenseIndex, directory: Path) -> None:
+    """Write the HNSW graph when the index has one; remove a stale one when it has not."""
+    path = directory / ann_search.ANN_FILE
+    if dense.graph is not None:
+        dense.graph.save(path)
+    elif path.exists():
+        path.unlink()
+
+
+def load_ann(directory: Path, embeddings: np.ndarray, settings: RetrieverSettings, recorded: dict | None) -> DenseIndex:
+    """The dense index with its graph: read from the index when it was saved with one, else built from the
+    embeddings when the settings want one (a missing or older graph file is rebuilt, never an error)."""
+    recorded = recorded or {}
+    if recorded.get("kind") == "hnsw":
+        graph_settings = ann_search.AnnSettings(
+            mode=recorded.get("ann_mode", settings.ann),
+            threshold=recorded.get("threshold", settings.ann_threshold),
+            m=recorded.get("m", ann_search.HNSW_M),
+            ef_construction=recorded.get("ef_construction", ann_search.HNSW_EF_CONSTRUCTION),
+            ef_search=recorded.get("ef_search", ann_search.HNSW_EF_SEARCH),
+        )
+        path = directory / ann_search.ANN_FILE
+        if path.is_file():
+            graph = ann_search.HnswIndex.load(path, embeddings, graph_settings)
+            return DenseIndex(embeddings, ann=graph_settings, graph=graph)
+        dense = DenseIndex(embeddings, ann=graph_settings)
+    else:
+        dense = DenseIndex(embeddings, ann=settings.ann_settings())
+    dense.build_graph()
+    return dense

@@ -119,7 +119,7 @@ def make_analyzer(name: str):
 def _bm25s():
     from kqa.extras import require
 
-    require("retrieval")
+    require("retrieval", "bm25s")  # not faiss: only approximate dense search needs it
     import bm25s
 
     return bm25s

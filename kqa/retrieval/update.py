@@ -129,7 +129,9 @@ def update_retriever(retriever, documents: Sequence[Document], *, show_progress:
             new_embeddings = retriever.embedder.embed_passages([p.text for p in fresh], show_progress=show_progress)
             stacked = np.concatenate([stacked, new_embeddings])
         seconds["embed"] = time.perf_counter() - t
-        retriever.dense = DenseIndex(stacked[rows])
+        retriever.dense = DenseIndex(
+            stacked[rows], ann=retriever.settings.ann_settings()
+        )  # graph rebuilt above the threshold
     retriever.documents = list(documents)
     retriever.passages = passages
     retriever.reindex()
