@@ -185,7 +185,7 @@ def _add_index_parser(sub) -> None:
         "--corpus",
         nargs="+",
         required=True,
-        help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files",
+        help="folders (.txt, .md, .jsonl, SQuAD .json, .pdf, .html, .docx inside, recursively) and files",
     )
     add_renamed_flag(ix, "--output_dir", "--out", required=True, help="directory to write the index to")
     ix.add_argument(

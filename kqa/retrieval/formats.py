@@ -159,12 +159,13 @@ class _HtmlBlocks:
         from bs4.element import PreformattedString  # comments, CDATA, doctype, processing instructions
 
         buffer: list[str] = []
+        label: list[str] = []  # the element's label, given when it first has text (so p[3] is the 3rd p with text)
         for child in node.children:
             if isinstance(child, Tag):
                 if child.name in HTML_SKIPPED_TAGS:
                     continue
                 if child.name in HTML_BLOCKS:
-                    self.emit(buffer, tag, pre=tag == "pre")
+                    self.emit(buffer, tag, label)
                     self.walk(child, child.name)
                 elif child.name == "br":
                     buffer.append("\n")
@@ -172,23 +173,25 @@ class _HtmlBlocks:
                     buffer.append(_inline_text(child))
             elif isinstance(child, NavigableString) and not isinstance(child, PreformattedString):
                 buffer.append(str(child))
-        self.emit(buffer, tag, pre=tag == "pre")
+        self.emit(buffer, tag, label)
 
-    def emit(self, buffer: list[str], tag: str, pre: bool) -> None:
+    def emit(self, buffer: list[str], tag: str, label: list[str]) -> None:
         text = "".join(buffer)
         buffer.clear()
-        if not pre:
+        if tag != "pre":  # whitespace is layout, except in preformatted text
             text = _SPACES.sub(" ", text)
         text = text.strip()
         if not text:
             return
-        if tag in HTML_HEADINGS:
-            self.heading, self.counts = f"{tag}: {_SPACES.sub(' ', text)[:80]}", {}
-            self.builder.add(text, self.heading)
-            return
-        self.counts[tag] = self.counts.get(tag, 0) + 1
-        element = f"{tag}[{self.counts[tag]}]"
-        self.builder.add(text, f"{self.heading} > {element}" if self.heading else element)
+        if not label:
+            if tag in HTML_HEADINGS:
+                self.heading, self.counts = f"{tag}: {_SPACES.sub(' ', text)[:80]}", {}
+                label.append(self.heading)
+            else:
+                self.counts[tag] = self.counts.get(tag, 0) + 1
+                element = f"{tag}[{self.counts[tag]}]"
+                label.append(f"{self.heading} > {element}" if self.heading else element)
+        self.builder.add(text, label[0])
 
 
 def _inline_text(tag) -> str:
