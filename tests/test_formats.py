@@ -296,3 +296,28 @@ def test_an_nfd_paragraph_is_cut_where_its_nfc_form_is():
     for p in passages:
         assert nfd[p.start : p.end] == p.text
         assert unicodedata.normalize("NFC", p.text).endswith("항구이다")
+
+
+def test_the_server_answers_with_the_location(corpus, reader_dir, tmp_path):
+    import urllib.request
+
+    from kqa.serving.harness import ServerProcess
+
+    documents, _ = load_corpus(corpus)
+    index = Retriever.build(documents, RetrieverSettings(method="sparse", analyzer="bigrams")).save(tmp_path / "ix")
+    server = ServerProcess(reader_dir, ["--index", index, "--device", "cpu"], log_path=tmp_path / "server.log")
+    server.start()
+    try:
+        request = urllib.request.Request(
+            server.url + "/v1/ask",
+            data=json.dumps({"question": QUESTION}, ensure_ascii=False).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+    finally:
+        server.stop()
+    answer = body["answers"][0]
+    assert (answer["text"], answer["doc_id"], answer["location"]) == ("부산", "sejong.pdf", "page 3")
+    hit = next(p for p in body["passages"] if p["passage_id"] == answer["passage_id"])
+    assert hit["location"] == "page 1 – page 3"  # the short PDF is one passage; the answer is on page 3
