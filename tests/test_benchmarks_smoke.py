@@ -545,3 +545,13 @@ def test_bench_retrieval(tmp_path, data_dir):
         "tydi hybrid R@5",
         "tydi F1 gap (gold - top 5)",
     }
+
+
+def test_bench_passage_ends(tmp_path, data_dir):
+    dev = data_dir / "korquad-1.0-sample" / "KorQuAD_v1.0_dev.json"
+    result = run_script("bench_passage_ends.py", "--dev_files", str(dev), "--max_chars", "300", out=tmp_path / "e.json")
+    regex, kiwi = result["rows"]
+    assert (regex["sentences"], kiwi["sentences"]) == ("regex", "kiwi")
+    assert kiwi["cuts"] > 0 and kiwi["mid-sentence (Kiwi)"] < regex["mid-sentence (Kiwi)"]
+    assert 0 <= kiwi["korquad R@1"] <= kiwi["korquad R@5"] <= kiwi["korquad R@20"] <= 1
+    assert "korquad R@5" in result["stdout"]

@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kqa.extras import DISTRIBUTIONS, EXTRAS, MissingExtraError, install_line, require
+from kqa.extras import EXTRAS, MissingExtraError, distribution, install_line, require
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*")
@@ -189,7 +189,7 @@ def test_every_extra_of_kqa_extras_is_declared_with_its_modules():
     extras = _pyproject()["optional-dependencies"]
     for extra, (_, modules) in EXTRAS.items():
         declared = _by_name(extras[extra])
-        assert {canonicalize_name(DISTRIBUTIONS.get(m, m)) for m in modules} <= set(declared), extra
+        assert {canonicalize_name(distribution(m)) for m in modules} <= set(declared), extra
     assert _by_name(extras["all"]) == {"kqa": Requirement(f"kqa[{','.join(EXTRAS)}]")}
     assert Requirement(extras["all"][0]).extras == set(EXTRAS)
 

@@ -149,7 +149,8 @@ def test_squad_repeated_contexts_are_indexed_once_across_files(tmp_path):
         ("empty.txt", " \n\t\n", "empty"),
         ("empty.jsonl", "", "empty"),
         ("empty.json", "\n", "empty"),
-        ("paper.pdf", b"%PDF-1.4", "unsupported suffix"),
+        ("paper.odt", b"PK\x03\x04", "unsupported suffix"),
+        ("paper.pdf", b"%PDF-1.4", "unreadable PDF"),
     ],
 )
 def test_files_that_cannot_be_documents_are_skipped_with_their_reason(tmp_path, name, content, reason):
@@ -353,11 +354,13 @@ def _check_passages(document: Document, passages, settings: PassageSettings, fir
     assert uncovered == [], (document.text, settings)
 
 
-def test_passages_are_slices_that_cover_every_character():
+@pytest.mark.parametrize("sentences", ["kiwi", "regex"])
+def test_passages_are_slices_that_cover_every_character(sentences):
     rng = random.Random(1234)
     for trial in range(300):
         max_chars = rng.randint(20, 160)
-        settings = PassageSettings(max_chars=max_chars, overlap_chars=rng.randint(0, max_chars // 2))
+        overlap = rng.randint(0, max_chars // 2)
+        settings = PassageSettings(max_chars=max_chars, overlap_chars=overlap, sentences=sentences)
         document = Document(id=f"d{trial}", title="t", text=_random_text(rng), source="s")
         first_index = rng.randint(0, 5)
         passages = split_passages(document, settings, first_index=first_index)
@@ -428,6 +431,7 @@ def test_split_corpus_numbers_passages_across_documents():
         dict(max_chars=100, overlap_chars=51),
         dict(max_chars=100, overlap_chars=-1),
         dict(overlap_chars=1.5),
+        dict(sentences="spacy"),
     ],
 )
 def test_passage_settings_are_validated(kwargs):

@@ -218,6 +218,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     documents, report = load_corpus(args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict)
     print(f"corpus: {report.summary()}", file=sys.stderr)
+    for reason in sorted({r for _, r in report.skipped if r.startswith("missing dependency")}):
+        print(f"corpus: {reason}", file=sys.stderr)  # once, however many files it skipped
     for source, reason in report.skipped[:20]:
         print(f"  skipped {source}: {reason}", file=sys.stderr)
     if len(report.skipped) > 20:
@@ -311,7 +313,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         shown = " ".join(a.text.split())  # one line on the terminal (--json keeps the text as it is)
         confidence = "" if a.confidence is None else f"confidence {a.confidence:.2f}, "
         print(f"{i}. {shown}  ({confidence}p={a.probability:.2f}, span score {a.score:.2f})")
-        print(f"   {a.doc_id}{' — ' + a.title if a.title else ''} [{a.start}:{a.end}], passage rank {a.retrieval_rank}")
+        where = f", {a.location}" if a.location else ""
+        print(
+            f"   {a.doc_id}{' — ' + a.title if a.title else ''} [{a.start}:{a.end}]{where}, "
+            f"passage rank {a.retrieval_rank}"
+        )
         print(f"   …{left}【{a.text}】{right}…".replace("\n", " "))
     if args.show_passages:
         print("passages:")

@@ -180,7 +180,7 @@ def _add_index_parser(sub) -> None:
     ix.add_argument(
         "--corpus",
         nargs="+",
-        help="folders (.txt, .md, .jsonl, SQuAD .json inside, recursively) and files",
+        help="folders (.txt, .md, .jsonl, SQuAD .json, .pdf, .html, .docx inside, recursively) and files",
     )
     add_bool_flag(
         ix,

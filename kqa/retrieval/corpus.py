@@ -6,7 +6,12 @@ Sources (`load_corpus`): a folder (searched recursively) or single files of
   the title) and it is left out of the text indexed;
 - `.jsonl`: one `{"id", "title", "text"}` object per line (`id` defaults to `path:line`); the record's
   other fields become metadata;
-- `.json`: SQuAD-format files, one document per distinct paragraph context.
+- `.json`: SQuAD-format files, one document per distinct paragraph context;
+- `.pdf`, `.html` / `.htm`, `.docx`: one document per file, its text extracted by
+  `kqa.retrieval.formats`, with the regions it came from (`Document.regions`: page, element,
+  paragraph) so that an answer can name where it is. A file that holds no readable text (corrupt,
+  encrypted, a scan without a text layer) is skipped with its reason; so is every such file when the
+  library that reads it is not installed (the reason names `pip install 'kqa[documents]'`).
 
 Every document carries `metadata` (what `kqa.retrieval.filters` selects on): `path` (its file relative
 to the folder indexed; the file's name for a file given directly), `format` (the suffix without the
@@ -20,20 +25,28 @@ id) are always errors naming the file and line. An empty corpus is an error.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import functools
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kqa.extras import MissingExtraError
+from kqa.retrieval.formats import EXTRACTORS, ExtractionError, Region, location_of
 from kqa.squad import squad_paragraphs
-from kqa.text import NotUtf8Error, decode_utf8, iter_jsonl_objects
+from kqa.text import NotUtf8Error, decode_utf8, iter_jsonl_objects, nfc_with_alignment
 from kqa.text import check_text as _check_text
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
 SQUAD_SUFFIX = ".json"
+DOCUMENT_SUFFIXES = tuple(EXTRACTORS)  # .pdf, .html, .htm, .docx
+READ_SUFFIXES = (*TEXT_SUFFIXES, JSONL_SUFFIX, SQUAD_SUFFIX, *DOCUMENT_SUFFIXES)
 DEFAULT_MAX_FILE_BYTES = 64 * 2**20
 BINARY_SNIFF_BYTES = 8192
 # Metadata keys kqa sets itself: a front matter or JSONL field of the same name is an error, not a silent override.
@@ -61,6 +74,9 @@ class Document:
     source: str  # file (and line or paragraph) it came from
     # Flat JSON object that filters select on (kqa.retrieval.filters: keys, value types).
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    # Where each piece of `text` came from in the file, (start, end, label) such as "page 3": PDF, HTML
+    # and DOCX documents have them (kqa.retrieval.formats), plain text none.
+    regions: tuple[Region, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ class Passage:
     text: str
     start: int
     end: int
+    # Where the passage is in its file ("page 3", "page 3 – page 4"): from the document's regions.
+    location: str | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
@@ -154,12 +172,9 @@ def _files_under(path: Path, report: CorpusReport, strict: bool) -> Iterator[tup
         if any(part.startswith(".") for part in relative.parts):
             report.skip(str(file), "hidden: a dot file or folder", strict=False)  # .git and the like
             continue
-        if file.suffix.lower() not in (*TEXT_SUFFIXES, JSONL_SUFFIX, SQUAD_SUFFIX):
+        if file.suffix.lower() not in READ_SUFFIXES:
             report.skip(
-                str(file),
-                f"unsupported suffix: {file.suffix or '(none)'} "
-                f"(read: {', '.join((*TEXT_SUFFIXES, JSONL_SUFFIX, SQUAD_SUFFIX))})",
-                strict,
+                str(file), f"unsupported suffix: {file.suffix or '(none)'} (read: {', '.join(READ_SUFFIXES)})", strict
             )
             continue
         yield file, relative.as_posix()
@@ -177,6 +192,11 @@ def _read_file(
         )
         return
     data = file.read_bytes()
+    suffix = file.suffix.lower()
+    base = {"path": doc_id, "format": suffix.lstrip("."), "mtime": file.stat().st_mtime}
+    if suffix in EXTRACTORS:
+        yield from _extracted_document(file, doc_id, data, report, strict, base)
+        return
     if b"\x00" in data[:BINARY_SNIFF_BYTES]:
         report.skip(str(file), "binary: a NUL byte in its first 8 KiB", strict)
         return
@@ -186,8 +206,6 @@ def _read_file(
         report.skip(str(file), f"not UTF-8: {err.detail}", strict)
         return
     report.files_read += 1
-    suffix = file.suffix.lower()
-    base = {"path": doc_id, "format": suffix.lstrip("."), "mtime": file.stat().st_mtime}
     if not text.strip():  # whatever its suffix: an empty .json is not a malformed one
         report.skip(str(file), "empty: no text", strict)
     elif suffix == JSONL_SUFFIX:
@@ -208,7 +226,7 @@ def _read_file(
 
 
 def _with_metadata(document: Document, metadata: dict) -> Document:
-    return Document(document.id, document.title, document.text, document.source, metadata)
+    return dataclasses.replace(document, metadata=metadata)
 
 
 def split_front_matter(text: str, where: str) -> tuple[str, dict]:
@@ -259,6 +277,30 @@ def metadata_fields(fields: dict, where: str) -> dict:
             value = [str(v) for v in (value if isinstance(value, list) else [value])]
         out[key] = value
     return out
+
+
+def _extracted_document(
+    file: Path, doc_id: str, data: bytes, report: CorpusReport, strict: bool, base: dict
+) -> Iterator[Document]:
+    """The one document of a PDF / HTML / DOCX file, or its skip with the reason it cannot be read."""
+    try:
+        extracted = EXTRACTORS[file.suffix.lower()](data)
+    except MissingExtraError as err:
+        report.skip(str(file), f"missing dependency: {err}", strict)
+        return
+    except ExtractionError as err:
+        report.skip(str(file), err.reason, strict)
+        return
+    report.files_read += 1
+    text = check_text(extracted.text, str(file))
+    yield Document(
+        id=doc_id,
+        title=file.stem,
+        text=text,
+        source=str(file),
+        metadata={**base, "title": file.stem, **extracted.metadata},
+        regions=extracted.regions,
+    )
 
 
 def _jsonl_documents(
@@ -319,16 +361,24 @@ def squad_document_id(file_id: str, article_index: int, paragraph_index: int) ->
 # Splitting
 
 
+SENTENCE_SPLITTERS = ("kiwi", "regex")
+
+
 @dataclass(frozen=True)
 class PassageSettings:
     """Passages: paragraphs (split at blank lines) packed up to `max_chars`; a longer paragraph is cut
     into `max_chars` pieces that overlap by `overlap_chars`, each cut moved back to a sentence end or a
-    space when one is near."""
+    space when one is near. `sentences`: how sentence ends are found, "kiwi" (Kiwi's sentence
+    splitter, which also knows the ends without a full stop: "…이다 그리고 …") or "regex" (punctuation
+    and "다." only; also the fallback when kiwipiepy cannot be loaded)."""
 
     max_chars: int = 500
     overlap_chars: int = 100
+    sentences: str = "kiwi"
 
     def __post_init__(self):
+        if self.sentences not in SENTENCE_SPLITTERS:
+            raise ValueError(f"sentences must be one of {SENTENCE_SPLITTERS}, got {self.sentences!r}")
         if not isinstance(self.max_chars, int) or self.max_chars < 20:
             raise ValueError(f"max_chars must be an int >= 20, got {self.max_chars!r}")
         if not isinstance(self.overlap_chars, int) or not 0 <= self.overlap_chars <= self.max_chars // 2:
@@ -357,8 +407,38 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
     return [(s, e) for s, e in spans if e > s]
 
 
+def _regex_sentence_ends(text: str, start: int, end: int) -> list[int]:
+    return [m.end() for m in _SENTENCE_END.finditer(text, start, end)]
+
+
+def _kiwi_sentence_ends(text: str, start: int, end: int) -> list[int] | None:
+    """Offsets in `text` where Kiwi ends a sentence of text[start:end] (None when Kiwi cannot be used).
+    Kiwi reads NFC; its offsets are mapped back, so an NFD corpus is cut at the same places."""
+    try:
+        from kqa.boundaries import kiwi
+
+        analyzer = kiwi()
+    except ImportError as err:
+        _warn_once(f"passages are cut at regex sentence ends: {err}")
+        return None
+    nfc, origin = nfc_with_alignment(text[start:end])
+    return [start + int(origin[s.end]) for s in analyzer.split_into_sents(nfc, return_sub_sents=False)]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def _sentence_ends(text: str, start: int, end: int, settings: PassageSettings) -> list[int]:
+    """Sorted offsets where a sentence of text[start:end] ends (a cut there splits no sentence)."""
+    ends = _kiwi_sentence_ends(text, start, end) if settings.sentences == "kiwi" else None
+    return _regex_sentence_ends(text, start, end) if ends is None else ends
+
+
 def _cut_long(text: str, start: int, end: int, settings: PassageSettings) -> list[tuple[int, int]]:
     """Pieces of at most max_chars covering text[start:end], consecutive pieces overlapping."""
+    ends = _sentence_ends(text, start, end, settings)
     pieces = []
     while True:
         if end - start <= settings.max_chars:
@@ -367,17 +447,26 @@ def _cut_long(text: str, start: int, end: int, settings: PassageSettings) -> lis
         limit = start + settings.max_chars
         # The last sentence end (else space) in the piece's second half, so no word is cut in two.
         floor = start + settings.max_chars // 2
-        cut = max((m.end() for m in _SENTENCE_END.finditer(text, floor, limit)), default=-1)
+        i = bisect.bisect_right(ends, limit)
+        cut = ends[i - 1] if i and ends[i - 1] > floor else -1
         if cut <= floor:
             space = text.rfind(" ", floor, limit)
             cut = space + 1 if space > floor else limit
         pieces.append(_trimmed(text, start, cut))
-        next_start = max(cut - settings.overlap_chars, start + 1)
-        if settings.overlap_chars:  # begin the overlap at a word start
-            space = text.find(" ", next_start, cut)
-            if space != -1 and space + 1 < cut:
-                next_start = space + 1
-        start = next_start
+        start = _overlap_start(text, ends, cut, settings, previous=start)
+
+
+def _overlap_start(text: str, ends: list[int], cut: int, settings: PassageSettings, previous: int) -> int:
+    """Where the piece after a cut begins: `overlap_chars` before it, moved to the first sentence start
+    in the overlap (else the first word start), so the next piece too begins with a whole sentence."""
+    next_start = max(cut - settings.overlap_chars, previous + 1)
+    if not settings.overlap_chars:
+        return next_start
+    i = bisect.bisect_left(ends, next_start)
+    if i < len(ends) and ends[i] < cut:  # a sentence ends inside the overlap: the next one starts there
+        return ends[i]
+    space = text.find(" ", next_start, cut)
+    return space + 1 if space != -1 and space + 1 < cut else next_start
 
 
 def split_passages(
@@ -400,11 +489,21 @@ def split_passages(
             group_start, group_end = start, end
     if group_start is not None:
         spans.append((group_start, group_end))
-    return [
-        Passage(index=first_index + i, doc_id=document.id, title=document.title, text=text[s:e], start=s, end=e)
-        for i, (s, e) in enumerate(spans)
-        if e > s
-    ]
+    kept = [(s, e) for s, e in spans if e > s]
+    return [passage_of(document, first_index + i, s, e) for i, (s, e) in enumerate(kept)]
+
+
+def passage_of(document: Document, index: int, start: int, end: int) -> Passage:
+    """The passage document.text[start:end], with its location in the document's file."""
+    return Passage(
+        index=index,
+        doc_id=document.id,
+        title=document.title,
+        text=document.text[start:end],
+        start=start,
+        end=end,
+        location=location_of(document.regions, start, end),
+    )
 
 
 def split_corpus(documents: Iterable[Document], settings: PassageSettings = PassageSettings()) -> list[Passage]:

@@ -4,6 +4,7 @@
     pipeline = RetrieveAndRead(Retriever.load("my_index"), QuestionAnswerer.from_pretrained("outputs/kqa/best"))
     answer = pipeline("훈민정음은 언제 반포되었는가?")
     answer.text, answer.doc_id, answer.start, answer.end    # document.text[start:end] == text
+    answer.location                                         # "page 3" in a PDF (None for plain text)
 
 Comparable across passages: an answer's `probability` is P(passage | question) × P(span | passage,
 question). The second factor is the reader's softmax over the spans of one passage (`Answer.probability`);
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from kqa.calibration import check_threshold, span_confidences
+from kqa.retrieval.formats import location_of
 from kqa.retrieval.retriever import RetrievedPassage, Retriever
 
 DEFAULT_PASSAGES = 5
@@ -55,6 +57,7 @@ class OpenAnswer:
     retrieval_rank: int
     retrieval_score: float
     confidence: Optional[float] = None
+    location: Optional[str] = None  # where the answer is in its file, "page 3" (PDF, HTML, DOCX documents)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,6 +236,7 @@ class RetrieveAndRead:
                     retrieval_rank=hit.rank,
                     retrieval_score=hit.score,
                     confidence=confidence,
+                    location=location_of(self.retriever.document(p.doc_id).regions, key[1], key[2]),
                 )
         return list(answers.values())
 

@@ -11,7 +11,8 @@
 
 On disk (no pickle anywhere), in IDX/generations/N/ with IDX/CURRENT naming N (kqa.retrieval.store):
     index.json              manifest: settings, counts, corpus report, analyzer and embedder identity
-    documents.jsonl         id, title, source, text, metadata and content sha256 of every document
+    documents.jsonl         id, title, source, text, metadata and content sha256 of every document (+ regions:
+                            [start, end, label] of PDF, HTML and DOCX documents, e.g. [0, 812, "page 1"])
     passages.safetensors    doc / start / end of every passage (+ "embeddings" [n, d] float32 when dense,
                             + "term_ids" / "term_offsets": each passage's analysed terms, for updates)
     terms.json              the vocabulary "term_ids" index into
@@ -33,7 +34,7 @@ import numpy as np
 
 from kqa.retrieval import ann as ann_search
 from kqa.retrieval import store
-from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSettings, split_corpus
+from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSettings, passage_of, split_corpus
 from kqa.retrieval.dense import DenseIndex, Embedder, EmbedderSettings
 from kqa.retrieval.filters import MetadataFilter, parse_filters
 from kqa.retrieval.fusion import DEFAULT_RRF_K, FUSIONS, reciprocal_rank_fusion, score_fusion, top_k
@@ -108,6 +109,7 @@ class RetrievedPassage:
             "passage_id": p.id,
             "start": p.start,
             "end": p.end,
+            "location": p.location,
             "text": p.text,
         }
 
@@ -354,6 +356,8 @@ class Retriever:
             for d in self.documents:
                 row = {"id": d.id, "title": d.title, "source": d.source, "text": d.text}
                 row |= {"metadata": d.metadata, "sha256": document_hash(d)}
+                if d.regions:  # [[start, end, label], ...]; absent for plain text (and in older indexes)
+                    row["regions"] = [list(r) for r in d.regions]
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         store.pause_point("generation-partial")
         arrays = {
@@ -482,12 +486,18 @@ def _read_documents(directory: Path) -> list[Document]:
                 metadata = row.get("metadata", {})  # format 1 kept none
                 if not isinstance(metadata, dict):
                     raise TypeError(f"metadata must be an object, got {type(metadata).__name__}")
+                regions = _regions_of(row.get("regions", []), len(row["text"]))  # absent: plain text, older indexes
                 documents.append(
                     Document(
-                        id=row["id"], title=row["title"], text=row["text"], source=row["source"], metadata=metadata
+                        id=row["id"],
+                        title=row["title"],
+                        text=row["text"],
+                        source=row["source"],
+                        metadata=metadata,
+                        regions=regions,
                     )
                 )
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"{directory / 'documents.jsonl'}:{line_no}: not a document record "
                     f"({type(err).__name__}: {err}); rebuild the index with kqa index"
@@ -516,14 +526,26 @@ def _read_terms(directory: Path, arrays: dict) -> list[list[str]]:
     return [words[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
+def _regions_of(rows: list, length: int) -> tuple[tuple[int, int, str], ...]:
+    """A saved document's regions, each checked to lie inside its text."""
+    regions = []
+    for row in rows:
+        start, end, label = row
+        if not (
+            isinstance(start, int) and isinstance(end, int) and isinstance(label, str) and 0 <= start <= end <= length
+        ):
+            raise ValueError(f"region {row!r} is not [start, end, label] inside the document's {length} characters")
+        regions.append((start, end, label))
+    return tuple(regions)
+
+
 def _passages_of(directory: Path, documents: list[Document], arrays: dict) -> list[Passage]:
     """The passages as (document, start, end) offsets, each checked to lie inside its document."""
     passages = []
     for i, (d, s, e) in enumerate(zip(arrays["doc"].tolist(), arrays["start"].tolist(), arrays["end"].tolist())):
         if not (0 <= d < len(documents) and 0 <= s < e <= len(documents[d].text)):
             raise ValueError(f"{directory}: passage {i} points outside its document (doc {d}, {s}:{e})")
-        doc = documents[d]
-        passages.append(Passage(index=i, doc_id=doc.id, title=doc.title, text=doc.text[s:e], start=s, end=e))
+        passages.append(passage_of(documents[d], i, s, e))
     return passages
 
 

@@ -241,6 +241,9 @@ class OpenAnswerOut(BaseModel):
     passage_end: int
     retrieval_rank: int = Field(description="the passage's place in retrieval (1 = best)")
     retrieval_score: float
+    location: Optional[str] = Field(
+        None, description='where the answer is in its file: "page 3" (PDF), "h2: 역사 > p[3]" (HTML), … (null for text)'
+    )
 
 
 class PassageOut(BaseModel):
@@ -253,6 +256,7 @@ class PassageOut(BaseModel):
     passage_id: str
     start: int = Field(description="character offset of the passage in its document")
     end: int
+    location: Optional[str] = Field(None, description="where the passage is in its file (null for text)")
     text: str
 
 
