@@ -143,9 +143,12 @@ class Retriever:
         passage_settings: PassageSettings = PassageSettings(),  # noqa: B008 - frozen, never mutated
         corpus_report: CorpusReport | None = None,
         show_progress: bool = False,
+        passage_embeddings: np.ndarray | None = None,
     ) -> Retriever:
         """Split the documents into passages and index them (BM25 over the analyzer's terms, embeddings
-        for dense / hybrid). Embeddings are computed here, once; queries are embedded at search time."""
+        for dense / hybrid). Embeddings are computed here, once, unless `passage_embeddings` brings them
+        (embedded by `embedder` over several processes: kqa.retrieval.sharding); queries are embedded
+        at search time."""
         if not documents:
             raise ValueError("no documents to index")
         if settings.uses_dense and embedder is None:
@@ -168,7 +171,9 @@ class Retriever:
             t = time.perf_counter()
             sparse = BM25Index.build(terms, show_progress=show_progress)
             seconds["bm25"] = time.perf_counter() - t
-        if settings.uses_dense:
+        if settings.uses_dense and passage_embeddings is not None:
+            dense = DenseIndex(passage_embeddings)  # the Retriever checks it holds one row per passage
+        elif settings.uses_dense:
             t = time.perf_counter()
             dense = DenseIndex(embedder.embed_passages([p.text for p in passages], show_progress=show_progress))
             seconds["embed"] = time.perf_counter() - t
