@@ -123,14 +123,16 @@ def test_two_processes_killed_then_resumed_give_the_single_process_index(tmp_pat
     killed = _launch(_index_argv(corpus, out, encoder_dir), **{STOP_AFTER_ENV: "1"})
     assert killed.returncode != 0, killed.stderr[-3000:]
     assert "EmbeddingStopped" in killed.stderr and not (out / "index.json").exists()
-    left = _chunks(out)
-    assert [p.suffix for p in left] == [".npy", ".npy"], left  # one complete chunk per process, no temp file
-    assert (out / WORK_DIR_NAME).joinpath(left[0].parent.name, "work.json").is_file()
+    # Each process stops after its first chunk; the launcher may end the slower one before it finishes
+    # (leaving a temporary file, never a chunk's name), so one or two chunks are complete.
+    left = [p for p in _chunks(out) if p.suffix == ".npy"]
+    assert 1 <= len(left) <= 2, _chunks(out)
+    assert (left[0].parent / "work.json").is_file()
 
     resumed = _launch(_index_argv(corpus, out, encoder_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"in {chunks} chunks of {CHUNK} over 2 process(es) on cpu" in resumed.stderr
-    assert f"2 chunk(s) reused from {left[0].parent}, {chunks - 2} embedded" in resumed.stderr
+    assert f"{len(left)} chunk(s) reused from {left[0].parent}, {chunks - len(left)} embedded" in resumed.stderr
     assert not (out / WORK_DIR_NAME).exists()  # merged into the index, then removed
 
     sharded = load_file(str(out / "passages.safetensors"))
