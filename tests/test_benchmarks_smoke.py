@@ -545,3 +545,13 @@ def test_bench_retrieval(tmp_path, data_dir):
         "tydi hybrid R@5",
         "tydi F1 gap (gold - top 5)",
     }
+
+
+@pytest.mark.slow  # two `kqa index` runs, one of them two launched processes: about a minute on 2 cores
+def test_bench_sharded_index(tmp_path, data_dir):
+    result = run_script("bench_sharded_index.py", "--smoke", "--data-dir", str(data_dir), out=tmp_path / "sharded.json")
+    single, sharded = result["results"]
+    assert (single["run"], sharded["run"]) == ("1 process", "2 processes")
+    assert single["passages"] == sharded["passages"] > 0 and sharded["command"].startswith(sys.executable)
+    assert single["passages_per_s"] > 0 and sharded["passages_per_s"] > 0
+    assert result["max_difference"] < 1e-5 and "processor" in result["machine"]
