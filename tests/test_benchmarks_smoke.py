@@ -555,3 +555,13 @@ def test_bench_passage_ends(tmp_path, data_dir):
     assert kiwi["cuts"] > 0 and kiwi["mid-sentence (Kiwi)"] < regex["mid-sentence (Kiwi)"]
     assert 0 <= kiwi["korquad R@1"] <= kiwi["korquad R@5"] <= kiwi["korquad R@20"] <= 1
     assert "korquad R@5" in result["stdout"]
+
+
+@pytest.mark.slow  # two `kqa index` runs, one of them two launched processes: about a minute on 2 cores
+def test_bench_sharded_index(tmp_path, data_dir):
+    result = run_script("bench_sharded_index.py", "--smoke", "--data-dir", str(data_dir), out=tmp_path / "sharded.json")
+    single, sharded = result["results"]
+    assert (single["run"], sharded["run"]) == ("1 process", "2 processes")
+    assert single["passages"] == sharded["passages"] > 0 and sharded["command"].startswith(sys.executable)
+    assert single["passages_per_s"] > 0 and sharded["passages_per_s"] > 0
+    assert result["max_difference"] < 1e-5 and "processor" in result["machine"]

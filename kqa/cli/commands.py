@@ -198,10 +198,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """A corpus (folders and files) → a saved retrieval index (kqa.retrieval, docs/retrieval.md)."""
+    """A corpus (folders and files) → a saved retrieval index (kqa.retrieval, docs/retrieval.md). Under
+    accelerate launch the passages are embedded in resumable chunks over the processes
+    (kqa.retrieval.sharding); the main process builds and saves the index, the others only embed."""
     import time
 
-    from kqa.retrieval import Embedder, PassageSettings, Retriever, RetrieverSettings, load_corpus
+    from kqa.retrieval import Embedder, PassageSettings, Retriever, RetrieverSettings, load_corpus, sharding
 
     if args.update or args.delete:
         return _update_index(args)
@@ -216,25 +218,26 @@ def cmd_index(args: argparse.Namespace) -> int:
     )
     passage_settings = PassageSettings(max_chars=args.passage_chars, overlap_chars=args.overlap_chars)
     start = time.perf_counter()
+    state = sharding.distributed_state() if sharding.launched_by_accelerate() else None
+    is_main = state is None or state.is_main_process
+    if not is_main and not settings.uses_dense:
+        return 0  # nothing to share: the main process builds the whole index
     documents, report = load_corpus(args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict)
-    print(f"corpus: {report.summary()}", file=sys.stderr)
-    for reason in sorted({r for _, r in report.skipped if r.startswith("missing dependency")}):
-        print(f"corpus: {reason}", file=sys.stderr)  # once, however many files it skipped
-    for source, reason in report.skipped[:20]:
-        print(f"  skipped {source}: {reason}", file=sys.stderr)
-    if len(report.skipped) > 20:
-        print(
-            f"  … and {len(report.skipped) - 20} more (all listed in {Path(args.output_dir) / 'index.json'})",
-            file=sys.stderr,
-        )
+    if is_main:
+        _print_corpus_report(report, Path(args.output_dir))
     embedder = None
     if settings.uses_dense:  # the model loads before the long analysis, so a wrong name fails at once
         embedder = Embedder.from_pretrained(
             args.embedding_model,
-            device=args.device,
+            device=args.device if state is None else sharding.process_device(args.device, state),
             batch_size=args.embedding_batch_size,
             trust_remote_code=args.trust_remote_code,
         )
+    sharded = None
+    if state is not None and settings.uses_dense:
+        sharded = _embed_sharded(args, embedder, documents, passage_settings, state)
+        if not is_main:
+            return 0  # its chunks are written; the main process merged them
     retriever = Retriever.build(
         documents,
         settings,
@@ -242,8 +245,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         passage_settings=passage_settings,
         corpus_report=report,
         show_progress=not args.disable_tqdm,
+        passage_embeddings=None if sharded is None else sharded.embeddings,
     )
+    if sharded is not None:
+        retriever.info.build_seconds["embed"] = sharded.seconds
     out = retriever.save(args.output_dir)
+    if sharded is not None:
+        for other in sharding.remove_work_dir(sharded.report.work_dir):
+            print(f"note: {other} holds chunks of another corpus or model, not used; remove it", file=sys.stderr)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     dense_search = f" ({retriever.dense.search_kind} dense search)" if retriever.dense is not None else ""
     print(
@@ -283,6 +292,39 @@ def _update_index(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _print_corpus_report(report, output_dir: Path) -> None:
+    print(f"corpus: {report.summary()}", file=sys.stderr)
+    for reason in sorted({r for _, r in report.skipped if r.startswith("missing dependency")}):
+        print(f"corpus: {reason}", file=sys.stderr)  # once, however many files it skipped
+    for source, reason in report.skipped[:20]:
+        print(f"  skipped {source}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  … and {len(report.skipped) - 20} more (all listed in {output_dir / 'index.json'})", file=sys.stderr)
+
+
+def _embed_sharded(args, embedder, documents, passage_settings, state):
+    """This process's share of the passage embeddings (kqa.retrieval.sharding): the merged embeddings
+    on the main process, None on the others (and when there is no passage: Retriever.build says so)."""
+    from kqa.retrieval import sharding, split_corpus
+
+    threads = sharding.configure_cpu_threads(state)
+    texts = [p.text for p in split_corpus(documents, passage_settings)]
+    if not texts:
+        return None
+    result = sharding.embed_passages_sharded(
+        embedder,
+        texts,
+        Path(args.output_dir) / sharding.WORK_DIR_NAME,
+        state=state,
+        chunk_size=args.embedding_chunk_size,
+        cpu_threads=threads,
+        show_progress=not args.disable_tqdm,
+    )
+    if result is not None:
+        print(result.report.summary(), file=sys.stderr)
+    return result
 
 
 def cmd_ask(args: argparse.Namespace) -> int:

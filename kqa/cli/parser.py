@@ -174,6 +174,7 @@ def _add_index_parser(sub) -> None:
     from kqa.retrieval.dense import DEFAULT_EMBEDDING_MODEL
     from kqa.retrieval.fusion import FUSIONS
     from kqa.retrieval.retriever import METHODS, RetrieverSettings
+    from kqa.retrieval.sharding import DEFAULT_CHUNK_PASSAGES
     from kqa.retrieval.sparse import ANALYZERS
 
     ix = sub.add_parser("index", help="index a folder of documents for kqa ask (docs/retrieval.md)")
@@ -239,7 +240,13 @@ def _add_index_parser(sub) -> None:
         default=PREDICT_BATCH_SIZE,
         help="passages per embedding batch",
     )
-    ix.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+    ix.add_argument(
+        "--embedding_chunk_size",
+        type=int,
+        default=DEFAULT_CHUNK_PASSAGES,
+        help="under accelerate launch: passages per resumable chunk of the embedding work (docs/retrieval.md)",
+    )
+    ix.add_argument("--device", help="cpu, cuda … (default: cuda when available; under accelerate launch its own)")
     add_bool_flag(ix, "trust_remote_code", help="allow an encoder whose code lives beside its weights")
     add_bool_flag(ix, "disable_tqdm", help="no progress bars")
     add_deprecated_spelling(ix, "--quiet", "--disable_tqdm", value=True, nargs=0)

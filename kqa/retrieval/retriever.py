@@ -174,9 +174,12 @@ class Retriever:
         passage_settings: PassageSettings = PassageSettings(),  # noqa: B008 - frozen, never mutated
         corpus_report: CorpusReport | None = None,
         show_progress: bool = False,
+        passage_embeddings: np.ndarray | None = None,
     ) -> Retriever:
         """Split the documents into passages and index them (BM25 over the analyzer's terms, embeddings
-        for dense / hybrid). Embeddings are computed here, once; queries are embedded at search time."""
+        for dense / hybrid). Embeddings are computed here, once, unless `passage_embeddings` brings them
+        (embedded by `embedder` over several processes: kqa.retrieval.sharding); queries are embedded
+        at search time."""
         if not documents:
             raise ValueError("no documents to index")
         if settings.uses_dense and embedder is None:
@@ -201,9 +204,11 @@ class Retriever:
             seconds["bm25"] = time.perf_counter() - t
         if settings.uses_dense:
             t = time.perf_counter()
-            embeddings = embedder.embed_passages([p.text for p in passages], show_progress=show_progress)
+            embeddings = passage_embeddings  # embedded already (kqa.retrieval.sharding); the Retriever checks its rows
+            if embeddings is None:
+                embeddings = embedder.embed_passages([p.text for p in passages], show_progress=show_progress)
+                seconds["embed"] = time.perf_counter() - t
             dense = DenseIndex(embeddings, ann=settings.ann_settings())
-            seconds["embed"] = time.perf_counter() - t
             t = time.perf_counter()
             if dense.build_graph():
                 seconds["ann"] = time.perf_counter() - t
