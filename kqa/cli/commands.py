@@ -123,9 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     qa = _load_answerer(args, batch_size=args.model_batch_size)
     retriever = None
     if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
-        from kqa.retrieval import Retriever
+        from kqa.retrieval.index import open_index
 
-        retriever = Retriever.load(args.index, device=args.device)
+        retriever = open_index(args.index, device=args.device)
     serve(
         qa,
         model_dir=args.model,
@@ -228,7 +228,16 @@ def cmd_index(args: argparse.Namespace) -> int:
             batch_size=args.embedding_batch_size,
             trust_remote_code=args.trust_remote_code,
         )
-    retriever = Retriever.build(
+    build = Retriever.build
+    if args.backend == "milvus":  # the same passages, terms and embeddings, in Milvus collections
+        from functools import partial
+
+        from kqa.retrieval.milvus_store import MilvusStore
+
+        if not args.milvus_uri:
+            raise ValueError("--backend milvus needs --milvus_uri (a local .db file, or http://host:19530)")
+        build = partial(MilvusStore.build, uri=args.milvus_uri, collection=args.milvus_collection)
+    retriever = build(
         documents,
         settings,
         embedder=embedder,
@@ -248,12 +257,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Retrieve passages from an index and read them with a saved model."""
-    from kqa.retrieval import RetrieveAndRead, Retriever
+    from kqa.retrieval import RetrieveAndRead
+    from kqa.retrieval.index import open_index
 
     question = " ".join(args.question).strip()
     if not question:
         raise ValueError("the question is empty")
-    retriever = Retriever.load(args.index, method=args.method, device=args.device)
+    retriever = open_index(args.index, method=args.method, device=args.device)
     qa = _load_answerer(args)
     pipeline = RetrieveAndRead(retriever, qa, passages=args.passages, rank_by=args.rank_by)
     result = pipeline.ask(question, top_k=args.top_k, score_threshold=args.score_threshold)

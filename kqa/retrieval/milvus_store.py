@@ -83,6 +83,8 @@ def connect(uri: str):
         from kqa.extras import require
 
         require("milvus", "milvus_lite")
+        if not str(uri).endswith(".db"):  # pymilvus opens a path as Milvus Lite only by this suffix
+            raise ValueError(f"a Milvus Lite file must end in .db, got {uri!r} (a server: http://host:19530)")
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         return client_class(uri=str(uri))
     return client_class(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
@@ -198,12 +200,15 @@ class MilvusStore:
         passage_settings: PassageSettings = PassageSettings(),  # noqa: B008 - frozen
         corpus_report: dict | None = None,
         build_seconds: dict | None = None,
+        analyzer=None,
     ):
         if settings.uses_dense and embedder is None:
             raise ValueError(f"method {settings.method!r} needs an embedder")
         self.client, self.uri, self.collection = client, uri, collection
         self.settings = settings
-        self.analyzer = make_analyzer(settings.analyzer) if settings.analyzer else None
+        if analyzer is not None and analyzer.name != settings.analyzer:
+            raise ValueError(f"the settings name the {settings.analyzer!r} analyzer, not {analyzer.name!r}")
+        self.analyzer = (analyzer or make_analyzer(settings.analyzer)) if settings.analyzer else None
         self.embedder = embedder if settings.uses_dense else None
         self.dense = True if self.embedder is not None else None  # "has embeddings", as Retriever.dense
         self.sparse = True if self.analyzer is not None else None
@@ -235,6 +240,7 @@ class MilvusStore:
         passage_settings: PassageSettings = PassageSettings(),  # noqa: B008 - frozen
         corpus_report: CorpusReport | None = None,
         show_progress: bool = False,
+        analyzer=None,
     ) -> MilvusStore:
         """(Re)create the collections and index `documents` into them (an existing collection of that
         name is dropped)."""
@@ -252,6 +258,7 @@ class MilvusStore:
             embedder=embedder,
             passage_settings=passage_settings,
             corpus_report=corpus_report.to_dict() if corpus_report else {},
+            analyzer=analyzer,
         )
         store._create_collections()
         store.upsert(documents, show_progress=show_progress)
@@ -740,7 +747,13 @@ class MilvusStore:
         )
 
     def close(self) -> None:
+        """Close the connection; for a Milvus Lite file also stop its in-process server, which holds the
+        file's lock (one process, one open store, at a time)."""
         self.client.close()
+        if is_local_uri(self.uri):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
 
 _PASSAGE_FIELDS = ["pid", "seq", "doc_id", "title", "start", "end", "text"]
