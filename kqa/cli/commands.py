@@ -120,9 +120,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     qa = _load_answerer(args, batch_size=args.model_batch_size)
     retriever = None
     if args.index is not None:  # POST /v1/ask: retrieve passages of the index, read them with the model
-        from kqa.retrieval import Retriever
+        from kqa.retrieval.index import open_index
 
-        retriever = Retriever.load(args.index, device=args.device)
+        retriever = open_index(args.index, device=args.device)
     serve(
         qa,
         model_dir=args.model,
@@ -233,19 +233,31 @@ def cmd_index(args: argparse.Namespace) -> int:
             batch_size=args.embedding_batch_size,
             trust_remote_code=args.trust_remote_code,
         )
+    build = Retriever.build
+    if args.backend == "milvus":  # the same passages, terms and embeddings, in Milvus collections
+        from functools import partial
+
+        from kqa.retrieval.milvus_store import MilvusStore
+
+        if not args.milvus_uri:
+            raise ValueError("--backend milvus needs --milvus_uri (a local .db file, or http://host:19530)")
+        if state is not None:
+            raise ValueError("--backend milvus embeds in one process: run kqa index without accelerate launch")
+        build = partial(MilvusStore.build, uri=args.milvus_uri, collection=args.milvus_collection)
     sharded = None
     if state is not None and settings.uses_dense:
         sharded = _embed_sharded(args, embedder, documents, passage_settings, state)
         if not is_main:
             return 0  # its chunks are written; the main process merged them
-    retriever = Retriever.build(
+    extra = {} if sharded is None else {"passage_embeddings": sharded.embeddings}
+    retriever = build(
         documents,
         settings,
         embedder=embedder,
         passage_settings=passage_settings,
         corpus_report=report,
         show_progress=not args.disable_tqdm,
-        passage_embeddings=None if sharded is None else sharded.embeddings,
+        **extra,
     )
     if sharded is not None:
         retriever.info.build_seconds["embed"] = sharded.seconds
@@ -329,13 +341,14 @@ def _embed_sharded(args, embedder, documents, passage_settings, state):
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Retrieve passages from an index and read them with a saved model."""
-    from kqa.retrieval import RetrieveAndRead, Retriever, parse_filters
+    from kqa.retrieval import RetrieveAndRead, parse_filters
+    from kqa.retrieval.index import open_index
 
     question = " ".join(args.question).strip()
     if not question:
         raise ValueError("the question is empty")
     filters = parse_filters(args.filter)  # a wrong --filter fails before anything loads
-    retriever = Retriever.load(args.index, method=args.method, device=args.device)
+    retriever = open_index(args.index, method=args.method, device=args.device)
     qa = _load_answerer(args)
     pipeline = RetrieveAndRead(retriever, qa, passages=args.passages, rank_by=args.rank_by)
     result = pipeline.ask(question, top_k=args.top_k, score_threshold=args.score_threshold, filters=filters)

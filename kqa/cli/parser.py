@@ -173,6 +173,7 @@ def _add_index_parser(sub) -> None:
     from kqa.retrieval.corpus import DEFAULT_MAX_FILE_BYTES, PassageSettings
     from kqa.retrieval.dense import DEFAULT_EMBEDDING_MODEL
     from kqa.retrieval.fusion import FUSIONS
+    from kqa.retrieval.milvus_store import DEFAULT_COLLECTION
     from kqa.retrieval.retriever import METHODS, RetrieverSettings
     from kqa.retrieval.sharding import DEFAULT_CHUNK_PASSAGES
     from kqa.retrieval.sparse import ANALYZERS
@@ -223,6 +224,19 @@ def _add_index_parser(sub) -> None:
         help="approximate dense search (FAISS HNSW): auto from --ann_threshold passages on, on, off (exact)",
     )
     ix.add_argument("--ann_threshold", type=int, default=RetrieverSettings().ann_threshold)
+    ix.add_argument(
+        "--backend",
+        choices=("kqa", "milvus"),
+        default="kqa",
+        help="kqa (default): files in --output_dir; milvus: collections in Milvus (pip install 'kqa[milvus]'), "
+        "--output_dir holding only the manifest that kqa ask / serve open it by",
+    )
+    ix.add_argument(
+        "--milvus_uri", help="--backend milvus: a Milvus Lite file (./kqa.db) or a server (http://host:19530)"
+    )
+    ix.add_argument(
+        "--milvus_collection", default=DEFAULT_COLLECTION, help="--backend milvus: the collection name (prefix)"
+    )
     ix.add_argument("--passage_chars", type=int, default=PassageSettings().max_chars)
     ix.add_argument("--overlap_chars", type=int, default=PassageSettings().overlap_chars)
     ix.add_argument(
