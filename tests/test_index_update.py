@@ -239,3 +239,36 @@ def test_an_update_killed_midway_leaves_the_old_or_the_new_index(tmp_path, point
     assert_same_index(Retriever.load(index), new)
     assert len(list((index / store.GENERATIONS_DIR).iterdir())) == 1
     assert not (index / (store.POINTER_FILE + ".tmp")).exists()
+
+
+def test_an_update_keeps_the_locations_of_passages_in_regioned_documents(tmp_path):
+    """Passages of a PDF / HTML / DOCX document carry their location ("page 2"); an update rebuilds the
+    passage list, and must keep it for reused and new passages alike (as a fresh build and a reload do)."""
+    from kqa.retrieval import Document
+
+    def pdf_like(doc_id: str, pages: list[str]) -> Document:
+        text, regions = "", []
+        for n, page in enumerate(pages, 1):
+            start = len(text) + (2 if text else 0)
+            text = f"{text}\n\n{page}" if text else page
+            regions.append((start, len(text), f"page {n}"))
+        return Document(id=doc_id, title=doc_id, text=text, source=doc_id, regions=tuple(regions))
+
+    seoul, busan = "서울은 대한민국의 수도이며 한강이 흐르는 큰 도시이다.", "부산은 대한민국에서 가장 큰 항구 도시이다."
+    first = [pdf_like("a.pdf", [seoul, busan])]
+    retriever = Retriever.build(first, SPARSE, passage_settings=SMALL)
+    assert [p.location for p in retriever.passages] == ["page 1", "page 2"]
+    sejong, jeju = (
+        "세종대왕은 1446년에 훈민정음을 반포하였다고 한다.",
+        "제주도는 한국에서 가장 큰 섬이며 한라산이 있다.",
+    )
+    added = [*first, pdf_like("b.pdf", [sejong, jeju])]
+    retriever.update(added)
+    expected = [p.location for p in Retriever.build(added, SPARSE, passage_settings=SMALL).passages]
+    assert expected == ["page 1", "page 2", "page 1", "page 2"]
+    assert [p.location for p in retriever.passages] == expected
+    hit = retriever.retrieve("훈민정음", k=1)[0]
+    assert hit.passage.doc_id == "b.pdf" and hit.to_dict()["location"] == "page 1"
+    # and the saved update reads back the same
+    loaded = Retriever.load(retriever.save(tmp_path / "index"))
+    assert [p.location for p in loaded.passages] == expected

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kqa.retrieval.corpus import Document, Passage, split_passages
+from kqa.retrieval.corpus import Document, Passage, passage_of, split_passages
 from kqa.retrieval.sparse import BM25Index
 
 # Metadata that does not make a document "changed": a file touched but not edited is the same document.
@@ -101,10 +101,8 @@ def update_retriever(retriever, documents: Sequence[Document], *, show_progress:
     report.passages_reused = len(layout) - len(fresh)
     rows = np.array([row if row >= 0 else len(retriever.passages) - 1 - row for *_, row in layout], dtype=np.int64)
 
-    passages = [
-        Passage(index=i, doc_id=doc.id, title=doc.title, text=doc.text[s:e], start=s, end=e)
-        for i, (doc, s, e, _) in enumerate(layout)
-    ]
+    # passage_of: with the passage's location in its file ("page 3"), from the document's regions
+    passages = [passage_of(doc, i, s, e) for i, (doc, s, e, _) in enumerate(layout)]
     if retriever.sparse is not None:
         stored = retriever.passage_terms
         if stored is None:  # an index of format 1 kept no terms: analyse its passages once, now
