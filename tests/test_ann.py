@@ -234,3 +234,27 @@ def test_without_faiss_the_graph_asks_for_the_retrieval_extra(monkeypatch, vecto
         DenseIndex(vectors, ann=AnnSettings(mode="on")).build_graph()
     message = str(caught.value)
     assert "\n" not in message and message.endswith("needs faiss-cpu, not installed: pip install 'kqa[retrieval]'")
+
+
+def test_an_update_keeps_the_graph_and_its_parameters(embedder, tmp_path):
+    """`Retriever.update` rebuilds the dense index: it must keep approximate search (ann="on"), with the
+    graph parameters the index was built / loaded with, not fall back to exact search until a reload."""
+    settings = RetrieverSettings(method="hybrid", analyzer="bigrams", ann="on", candidates=8)
+    documents = _documents()
+    retriever = Retriever.build(documents[:-1], settings, embedder=embedder, passage_settings=SMALL)
+    custom = AnnSettings(mode="on", ef_search=256, m=16)
+    retriever.dense = DenseIndex(retriever.dense.embeddings.copy(), ann=custom)
+    assert retriever.dense.build_graph()
+    retriever.update(documents)
+    assert retriever.dense.search_kind == "hnsw"
+    assert retriever.dense.ann == custom and retriever.dense.graph.settings == custom
+    fresh = Retriever.build(
+        documents,
+        RetrieverSettings(method="hybrid", analyzer="bigrams", ann="off", candidates=8),
+        embedder=embedder,
+        passage_settings=SMALL,
+    )
+    assert _ranking(retriever, "dense") == _ranking(fresh, "dense")
+    directory = retriever.save(tmp_path / "index")
+    recorded = json.loads((directory / "index.json").read_text(encoding="utf-8"))["dense_search"]
+    assert recorded["kind"] == "hnsw" and recorded["ef_search"] == 256 and recorded["m"] == 16

@@ -127,9 +127,13 @@ def update_retriever(retriever, documents: Sequence[Document], *, show_progress:
             new_embeddings = retriever.embedder.embed_passages([p.text for p in fresh], show_progress=show_progress)
             stacked = np.concatenate([stacked, new_embeddings])
         seconds["embed"] = time.perf_counter() - t
-        retriever.dense = DenseIndex(
-            stacked[rows], ann=retriever.settings.ann_settings()
-        )  # graph rebuilt above the threshold
+        # The index's own ANN settings (graph parameters built or loaded with), and its graph rebuilt
+        # when they want one: HNSW has no cheap delete, and passages were reordered.
+        dense = DenseIndex(stacked[rows], ann=retriever.dense.ann)
+        t = time.perf_counter()
+        if dense.build_graph():
+            seconds["ann"] = time.perf_counter() - t
+        retriever.dense = dense
     retriever.documents = list(documents)
     retriever.passages = passages
     retriever.reindex()
