@@ -272,3 +272,16 @@ def test_an_update_keeps_the_locations_of_passages_in_regioned_documents(tmp_pat
     # and the saved update reads back the same
     loaded = Retriever.load(retriever.save(tmp_path / "index"))
     assert [p.location for p in loaded.passages] == expected
+
+
+def test_saving_into_a_generation_directory_is_refused_and_leaves_the_index_whole(tmp_path):
+    """`save` returns (and kqa index prints) IDX/generations/N, itself a loadable index; saving into that
+    path would turn the live generation into an index root and delete its files under every reader of IDX."""
+    retriever = Retriever.build(load_corpus(write_corpus(tmp_path / "c", FILES))[0], SPARSE, passage_settings=SMALL)
+    generation = retriever.save(tmp_path / "index")
+    loaded = Retriever.load(generation)
+    loaded.delete(["r1"])
+    with pytest.raises(ValueError, match=r"generations.*save into .*index"):
+        loaded.save(generation)
+    assert not (generation / store.POINTER_FILE).exists() and not (generation / store.GENERATIONS_DIR).exists()
+    assert len(Retriever.load(tmp_path / "index").documents) == len(retriever.documents)

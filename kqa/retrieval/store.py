@@ -64,7 +64,14 @@ def files_dir(index_dir: str | Path) -> Path:
 
 def begin_generation(index_dir: Path) -> Path:
     """A fresh, empty directory for the next generation. Generations a killed save left behind (any
-    but the current one) are removed first."""
+    but the current one) are removed first. `index_dir` must be an index's root, not one of its
+    generations: saving there would turn a live generation into a root and remove its files."""
+    root_of = index_dir.parent.parent
+    if index_dir.parent.name == GENERATIONS_DIR and index_dir.name.isdigit() and (root_of / POINTER_FILE).is_file():
+        raise ValueError(
+            f"{index_dir} is generation {index_dir.name} of the index {root_of}, not an index directory: "
+            f"save into {root_of} (a new generation is written beside this one)"
+        )
     index_dir.mkdir(parents=True, exist_ok=True)
     current = current_generation(index_dir)
     root = index_dir / GENERATIONS_DIR
