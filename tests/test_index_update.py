@@ -285,3 +285,14 @@ def test_saving_into_a_generation_directory_is_refused_and_leaves_the_index_whol
         loaded.save(generation)
     assert not (generation / store.POINTER_FILE).exists() and not (generation / store.GENERATIONS_DIR).exists()
     assert len(Retriever.load(tmp_path / "index").documents) == len(retriever.documents)
+
+
+def test_saving_into_a_copied_generation_moves_every_file_of_it(tmp_path):
+    """A generation directory copied elsewhere is a flat index; the first save into it moves it to the
+    generations layout and leaves none of the old files beside CURRENT (terms.json included)."""
+    retriever = Retriever.build(load_corpus(write_corpus(tmp_path / "c", FILES))[0], SPARSE, passage_settings=SMALL)
+    copy = tmp_path / "copy"
+    shutil.copytree(retriever.save(tmp_path / "index"), copy)
+    assert (copy / "terms.json").is_file()
+    Retriever.load(copy).save(copy)
+    assert sorted(p.name for p in copy.iterdir()) == [store.POINTER_FILE, store.GENERATIONS_DIR]

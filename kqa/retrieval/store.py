@@ -24,7 +24,8 @@ from pathlib import Path
 
 POINTER_FILE = "CURRENT"
 GENERATIONS_DIR = "generations"
-FLAT_LAYOUT_FILES = ("index.json", "documents.jsonl", "passages.safetensors", "bm25")
+# every file a generation holds (kqa.retrieval.retriever, ann.ANN_FILE): a flat copy of one holds them too
+FLAT_LAYOUT_FILES = ("index.json", "documents.jsonl", "passages.safetensors", "terms.json", "bm25", "dense.hnsw")
 # Test hook: with KQA_INDEX_PAUSE_AT=<point>, a save prints "kqa-index-pause: <point>" to stderr and
 # sleeps at that point, so a test can kill the process there (tests/test_index_update.py). Points:
 # "generation-partial" (some files of the new generation written), "generation-written" (all of
