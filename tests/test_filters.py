@@ -42,7 +42,14 @@ def test_conditions_are_anded_and_empty_filter_passes_all():
 
 @pytest.mark.parametrize(
     "text, problem",
-    [("tags", "no operator"), ("=x", "not a metadata name"), ("tags=", "no value"), ("mtime>=yesterday", "ISO 8601")],
+    [
+        ("tags", "no operator"),
+        ("=x", "not a metadata name"),
+        ("tags=", "no value"),
+        ("mtime>=yesterday", "ISO 8601"),
+        ("n<inf", "finite"),
+        ("n>nan", "finite"),
+    ],
 )
 def test_bad_filters_name_the_problem(text, problem):
     with pytest.raises(FilterError, match=problem):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,8 +116,8 @@ def parse_condition(text: str) -> Condition:
         raise FilterError(f"filter {text!r}: no value after {op!r}")
     if op in ORDER_OPERATORS:
         number = _as_number(value)
-        if number is None:
-            raise FilterError(f"filter {text!r}: {op!r} needs a number or an ISO 8601 date, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise FilterError(f"filter {text!r}: {op!r} needs a finite number or an ISO 8601 date, got {value!r}")
         return Condition(key, op, number)
     return Condition(key, op, value)
 
