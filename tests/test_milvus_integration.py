@@ -270,3 +270,25 @@ def test_server_on_a_milvus_index_over_http(corpus, reader_dir, tmp_path):
             assert body["error"]["field"] == "filter" and problem in body["error"]["message"], body
         status, body = _post(url, {"question": QUESTION})  # still serving
         assert status == 200 and body["answers"], body
+
+
+def test_collections_of_an_older_build_still_update_without_locations(corpus, tmp_path, monkeypatch):
+    """Built before the hash, regions and location fields existed: update hashes the documents read back."""
+    from pymilvus import CollectionSchema
+
+    add_field = CollectionSchema.add_field
+    newer = ("sha256", "regions", "location")
+    monkeypatch.setattr(
+        CollectionSchema,
+        "add_field",
+        lambda self, name, *a, **kw: self if name in newer else add_field(self, name, *a, **kw),
+    )
+    documents = load_corpus(corpus)[0]
+    store = MilvusStore.build(documents, SPARSE, uri=str(tmp_path / "old.db"))
+    monkeypatch.setattr(CollectionSchema, "add_field", add_field)
+    assert not any(store._has_field(c, f) for c in (store.collection, store._docs) for f in newer)
+    assert all(p.location is None for p in store.passages) and store.document("sejong.pdf").regions == ()
+    report = store.update(load_corpus(write_corpus(corpus, EDIT))[0])
+    assert (report.added, report.changed, report.removed) == (["daegu.txt"], ["notes.md", "port.txt"], ["jeju.txt"])
+    assert sorted(d.id for d in store.documents) == sorted(d.id for d in load_corpus(corpus)[0])
+    store.close()
