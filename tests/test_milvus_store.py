@@ -155,7 +155,10 @@ def test_upsert_and_delete_equal_a_fresh_build(tmp_path, analyzer):
     assert "new.txt" in [h.passage.doc_id for h in store.retrieve("훈민정음 1446년", 5)] and "new.txt" not in before
     assert store.retrieve("한라산", 5, filters=["tags=산"])[0].passage.doc_id == "jeju.txt"
 
-    assert store.delete(["busan.txt", "gone.txt"]) == {"documents": 1, "passages_removed": 1, "missing": ["gone.txt"]}
+    with pytest.raises(ValueError, match="no document with id 'gone.txt'"):  # as Retriever.delete: nothing removed
+        store.delete(["busan.txt", "gone.txt"])
+    report = store.delete(["busan.txt"])
+    assert (report.removed, report.unchanged) == (["busan.txt"], len(_documents(changed)) - 1)
     kept = [d for d in _documents(changed) if d.id != "busan.txt"]
     expected = _retriever(kept, analyzer, None, "sparse")
     for query in QUERIES:

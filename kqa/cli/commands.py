@@ -266,43 +266,58 @@ def cmd_index(args: argparse.Namespace) -> int:
         for other in sharding.remove_work_dir(sharded.report.work_dir):
             print(f"note: {other} holds chunks of another corpus or model, not used; remove it", file=sys.stderr)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    dense_search = f" ({retriever.dense.search_kind} dense search)" if retriever.dense is not None else ""
+    search_kind = "Milvus FLAT" if args.backend == "milvus" else getattr(retriever.dense, "search_kind", None)
+    dense_search = f" ({search_kind} dense search)" if retriever.dense is not None else ""
     print(
         f"wrote {out}: {len(retriever.documents)} documents, {len(retriever.passages)} passages, method "
         f"{settings.method}{dense_search}, {size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
+    if args.backend == "milvus":
+        retriever.close()  # a Milvus Lite file stays locked while open
     return 0
 
 
 def _update_index(args: argparse.Namespace) -> int:
-    """`kqa index --update` / `--delete`: change an existing index, saved as a new generation."""
+    """`kqa index --update` / `--delete`: change an existing index (the default one is saved as a new
+    generation; a Milvus one is changed in its collections and its manifest rewritten)."""
     import time
 
-    from kqa.retrieval import Retriever, load_corpus
+    from kqa.retrieval import load_corpus
+    from kqa.retrieval.index import open_index
+    from kqa.retrieval.milvus_store import MilvusStore
 
     if args.update == bool(args.delete):
         raise ValueError("index: give either --update (with --corpus) or --delete DOC_ID …, not both")
     if args.update and not args.corpus:
         raise ValueError("index --update: give --corpus, the folders and files the index is to hold now")
     start = time.perf_counter()
-    retriever = Retriever.load(args.output_dir, device=args.device)
-    if args.delete:
-        report = retriever.delete(args.delete)
-    else:
-        documents, corpus_report = load_corpus(
-            args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict
+    retriever = open_index(args.output_dir, device=args.device)
+    milvus = isinstance(retriever, MilvusStore)  # changed in place in its collections: no generations
+    try:
+        if args.delete:
+            report = retriever.delete(args.delete)
+        else:
+            documents, corpus_report = load_corpus(
+                args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict
+            )
+            print(f"corpus: {corpus_report.summary()}", file=sys.stderr)
+            report = retriever.update(documents, show_progress=not args.disable_tqdm)
+            if milvus:
+                retriever.corpus_report = corpus_report.to_dict()
+            else:
+                retriever.info.corpus_report = corpus_report.to_dict()
+        out = retriever.save(args.output_dir)
+        where = f"Milvus collection {retriever.collection!r}" if milvus else f"generation {out.name}"
+        print(
+            f"updated {args.output_dir} ({where}): {report.summary()}; now "
+            f"{len(retriever.documents)} documents, {len(retriever.passages)} passages, "
+            f"{time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
         )
-        print(f"corpus: {corpus_report.summary()}", file=sys.stderr)
-        report = retriever.update(documents, show_progress=not args.disable_tqdm)
-        retriever.info.corpus_report = corpus_report.to_dict()
-    out = retriever.save(args.output_dir)
-    print(
-        f"updated {args.output_dir} (generation {out.name}): {report.summary()}; now "
-        f"{len(retriever.documents)} documents, {len(retriever.passages)} passages, "
-        f"{time.perf_counter() - start:.1f} s",
-        file=sys.stderr,
-    )
+    finally:
+        if milvus:
+            retriever.close()  # a Milvus Lite file stays locked while open
     return 0
 
 

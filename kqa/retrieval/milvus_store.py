@@ -4,6 +4,7 @@
     store = MilvusStore.build(documents, uri="http://host:19530", ...)         # Standalone / Distributed
     store.save("my_index")                  # index.json: backend, uri, collection, analyzer / embedder identity
     store = open_index("my_index")          # kqa ask / kqa serve --index my_index open it with no other change
+    store.update(documents)                 # index exactly these: only new / changed ones re-analysed
     store.upsert(documents); store.delete(["old.txt"])
 
 The same passages (`split_corpus`), Kiwi terms (`MorphemeAnalyzer`) and e5 embeddings as the default index,
@@ -23,7 +24,11 @@ so the same rankings (docs/retrieval.md has the parity table):
   passage's canonical (key, value) forms, ordered comparisons on a JSON field of numbers (ISO dates already
   turned into epoch seconds); globs are checked here on over-fetched hits.
 
-Updates: `upsert` / `delete` keep the statistics exact — when the average passage length changes, every
+Each document row keeps its `document_hash` (what `update` compares) and its regions (PDF pages, HTML
+and DOCX elements); each passage row its `location`. Collections built before these fields existed still
+open: `update` then hashes the documents read back, and passages have no location.
+
+Updates: `update` / `upsert` / `delete` keep the statistics exact — when the average passage length changes, every
 passage's BM25 weights are rewritten (one pass over the collection), so results equal a fresh build.
 One writer at a time: the statistics are read, changed and written back without a lock.
 """
@@ -47,6 +52,7 @@ from kqa.retrieval.filters import Condition, MetadataFilter, _as_number, parse_f
 from kqa.retrieval.fusion import reciprocal_rank_fusion, score_fusion
 from kqa.retrieval.retriever import METHODS, IndexMismatchError, RetrievedPassage, RetrieverSettings
 from kqa.retrieval.sparse import make_analyzer
+from kqa.retrieval.update import UpdateReport, document_hash
 
 MANIFEST_FORMAT = "kqa-milvus-index"
 MANIFEST_VERSION = 1
@@ -217,6 +223,16 @@ class MilvusStore:
         self.build_seconds = build_seconds or {}
         self.documents = _View(self._count_documents, self._iter_documents)
         self.passages = _View(self._count_passages, self._iter_passages)
+        self._fields: dict[str, set[str]] = {}  # each collection's fields, read once (older builds have fewer)
+
+    def _has_field(self, collection: str, name: str) -> bool:
+        if collection not in self._fields:
+            self._fields[collection] = {f["name"] for f in self.client.describe_collection(collection)["fields"]}
+        return name in self._fields[collection]
+
+    @property
+    def _passage_fields(self) -> list[str]:
+        return [*_PASSAGE_FIELDS, *(["location"] if self._has_field(self.collection, "location") else [])]
 
     @property
     def _docs(self) -> str:
@@ -279,6 +295,7 @@ class MilvusStore:
         schema.add_field("start", DataType.INT64)
         schema.add_field("end", DataType.INT64)
         schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("location", DataType.VARCHAR, max_length=MAX_VARCHAR)  # "page 3"; "" when none
         schema.add_field("terms", DataType.VARCHAR, max_length=MAX_VARCHAR)  # the analyzer's terms, a JSON list
         schema.add_field("meta", DataType.JSON)
         schema.add_field("num", DataType.JSON)
@@ -301,6 +318,10 @@ class MilvusStore:
         docs.add_field("source", DataType.VARCHAR, max_length=MAX_VARCHAR)
         docs.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR)
         docs.add_field("meta", DataType.JSON)
+        docs.add_field("sha256", DataType.VARCHAR, max_length=64)  # document_hash, on chunk 0
+        # The regions as a JSON list [[start, end, label], ...], cut into chunks as the text is (a long
+        # PDF's can outgrow one field); "" for plain text.
+        docs.add_field("regions", DataType.VARCHAR, max_length=MAX_VARCHAR)
         self._create_side(docs, self._docs)
 
         terms = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -309,6 +330,7 @@ class MilvusStore:
         terms.add_field("df", DataType.INT64)
         terms.add_field("info", DataType.JSON)  # the statistics row only: passages, total length, avgdl
         self._create_side(terms, self._terms)
+        self._fields.clear()
         self._write_stats(
             {"passages": 0, "total_length": 0, "avgdl": 0.0, "next_tid": 0, "next_seq": 0, "next_doc_seq": 0}
         )
@@ -358,7 +380,7 @@ class MilvusStore:
         passages = split_corpus(documents, self.passage_settings)
         by_id = {d.id: d for d in documents}
         terms = []
-        if self.analyzer is not None:
+        if self.analyzer is not None and passages:
             terms = self.analyzer.analyze_many([p.text for p in passages], show_progress=show_progress)
         vectors = None
         if self.embedder is not None and passages:
@@ -378,11 +400,12 @@ class MilvusStore:
                 "start": p.start,
                 "end": p.end,
                 "text": p.text,
+                **({"location": p.location or ""} if self._has_field(self.collection, "location") else {}),
                 "terms": json.dumps(terms[i] if terms else [], ensure_ascii=False),
                 **_filter_fields(by_id[p.doc_id].metadata, where),
             }
-            for name in ("pid", "title", "text", "terms"):
-                if len(row[name].encode()) > MAX_VARCHAR:
+            for name in ("pid", "title", "text", "terms", "location"):
+                if len(row.get(name, "").encode()) > MAX_VARCHAR:
                     raise ValueError(f"{where}: passage field {name!r} is over Milvus's {MAX_VARCHAR} bytes")
             if self.analyzer is not None:
                 row["sparse"] = bm25_tf_weights([tids[t] for t in terms[i]], avgdl)
@@ -396,14 +419,110 @@ class MilvusStore:
         self._write_stats(stats)
         return {"documents": len(documents), "passages_added": len(passages), "passages_removed": removed}
 
-    def delete(self, doc_ids: Sequence[str]) -> dict:
-        """Remove documents by id; ids not in the index are counted in `missing`, not an error."""
+    def update(self, documents: Sequence[Document], *, show_progress: bool = False) -> UpdateReport:
+        """Index exactly `documents` from now on, as `Retriever.update`: a document is new, changed or
+        unchanged by its `document_hash` (kept in the documents collection); only new documents and those
+        whose text changed are split, analysed and embedded; one whose title or metadata alone changed
+        keeps its passages, whose title and metadata fields are rewritten; documents not given are
+        removed. Documents keep the order they were first indexed in (ties in a ranking follow it)."""
+        ids = [d.id for d in documents]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"duplicate document id {duplicate!r} in the update")
+        if not documents:
+            raise ValueError("an update must leave at least one document in the index (build a new one instead)")
+        report, seconds = UpdateReport(), {}
+        t = time.perf_counter()
+        stored = self._stored_documents()
+        hashes = {d.id: document_hash(d) for d in documents}
+        differing = [d for d in documents if d.id in stored and stored[d.id]["sha256"] != hashes[d.id]]
+        old_texts = self._texts([d.id for d in differing])
+        fresh, relabel = [], []
+        for doc in documents:
+            old = stored.get(doc.id)
+            if old is None:
+                report.added.append(doc.id)
+                fresh.append(doc)
+            elif old["sha256"] == hashes[doc.id]:
+                report.unchanged += 1
+                if old["meta"] != doc.metadata:  # only volatile metadata (a file's mtime) moved: kept current
+                    relabel.append(doc)
+            else:
+                report.changed.append(doc.id)
+                (relabel if old_texts.get(doc.id) == doc.text else fresh).append(doc)
+        kept = set(ids)
+        report.removed = [i for i in stored if i not in kept]
+        seconds["compare"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._remove(report.removed)
+        self._relabel(relabel)
+        report.passages_analysed = self.upsert(fresh, show_progress=show_progress)["passages_added"]
+        report.passages_reused = len(self.passages) - report.passages_analysed
+        seconds["write"] = time.perf_counter() - t
+        report.seconds = {k: round(v, 3) for k, v in seconds.items()}
+        return report
+
+    def delete(self, doc_ids: Sequence[str]) -> UpdateReport:
+        """Remove documents by id, as `Retriever.delete`: an id the index does not hold is an error
+        (nothing is removed), and so is removing every document."""
         ids = list(dict.fromkeys(doc_ids))
         present = {r["doc_id"] for r in self._query_in(self._docs, "doc_id", ids, ["doc_id"])}
-        removed = self._remove(ids)
+        missing = [i for i in ids if i not in present]
+        if missing:
+            raise ValueError(f"no document with id {', '.join(map(repr, missing[:10]))} in the index")
+        if len(present) >= self._count_documents():
+            raise ValueError("an update must leave at least one document in the index (build a new one instead)")
+        t = time.perf_counter()
+        self._remove(ids)
         self._settle_avgdl(stats := self._stats())
         self._write_stats(stats)
-        return {"documents": len(present), "passages_removed": removed, "missing": sorted(set(ids) - present)}
+        return UpdateReport(
+            removed=ids,
+            unchanged=self._count_documents(),
+            passages_reused=self._count_passages(),
+            seconds={"write": round(time.perf_counter() - t, 3)},
+        )
+
+    def _stored_documents(self) -> dict[str, dict]:
+        """doc_id → its `document_hash` and metadata, in indexing order (a collection of an older build
+        kept no hash: its documents are read back and hashed)."""
+        if not self._has_field(self._docs, "sha256"):
+            return {d.id: {"sha256": document_hash(d), "meta": d.metadata} for d in self._iter_documents()}
+        return {
+            r["doc_id"]: {"sha256": r["sha256"], "meta": r["meta"]}
+            for batch in self._pages(self._docs, ["doc_id", "sha256", "meta"], "chunk == 0")
+            for r in batch
+        }
+
+    def _texts(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        rows = sorted(
+            self._query_in(self._docs, "doc_id", doc_ids, ["doc_id", "chunk", "text"]), key=lambda r: r["chunk"]
+        )
+        texts: dict[str, str] = {}
+        for r in rows:
+            texts[r["doc_id"]] = texts.get(r["doc_id"], "") + r["text"]
+        return texts
+
+    def _relabel(self, documents: Sequence[Document]) -> None:
+        """Rewrite the title and metadata of documents whose text (so passages, terms, embeddings) stays."""
+        with_hash = self._has_field(self._docs, "sha256")
+        for doc in documents:
+            fields = _filter_fields(doc.metadata, f"document {doc.id!r}")
+            pids = self._query_in(self.collection, "doc_id", [doc.id], ["pid"])
+            rows = [{"pid": r["pid"], "title": doc.title, **fields} for r in pids]
+            for i in range(0, len(rows), _BATCH):
+                self.client.upsert(self.collection, rows[i : i + _BATCH], partial_update=True)
+            chunks = self._query_in(self._docs, "doc_id", [doc.id], ["key", "chunk"])
+            first = [
+                {"key": r["key"], "title": doc.title, "meta": doc.metadata}
+                | ({"sha256": document_hash(doc)} if with_hash else {})
+                for r in chunks
+                if r["chunk"] == 0
+            ]
+            rest = [{"key": r["key"], "title": doc.title} for r in chunks if r["chunk"] != 0]
+            for rows in (first, rest):
+                if rows:
+                    self.client.upsert(self._docs, rows, partial_update=True)
 
     def _remove(self, doc_ids: Sequence[str]) -> int:
         """Delete the passages and documents of `doc_ids`, taking their terms out of the statistics."""
@@ -475,22 +594,26 @@ class MilvusStore:
 
     def _insert_documents(self, documents: Sequence[Document], stats: dict) -> None:
         rows = []
+        extra = self._has_field(self._docs, "sha256")  # a collection of an older build has neither field
         for seq, d in enumerate(documents, stats["next_doc_seq"]):
-            chunks = [d.text[i : i + DOCUMENT_CHUNK_CHARS] for i in range(0, len(d.text), DOCUMENT_CHUNK_CHARS)] or [""]
-            for c, text in enumerate(chunks):
-                rows.append(
-                    {
-                        "key": f"{c} {d.id}",
-                        "doc_id": d.id,
-                        "seq": seq,
-                        "chunk": c,
-                        "title": d.title,
-                        "source": d.source,
-                        "text": text,
-                        "meta": d.metadata if c == 0 else {},
-                        "placeholder": [0.0] * _PLACEHOLDER_DIM,
-                    }
-                )
+            texts = _chunks(d.text)
+            regions = _chunks(json.dumps([list(r) for r in d.regions], ensure_ascii=False)) if d.regions else []
+            for c in range(max(len(texts), len(regions), 1)):
+                row = {
+                    "key": f"{c} {d.id}",
+                    "doc_id": d.id,
+                    "seq": seq,
+                    "chunk": c,
+                    "title": d.title,
+                    "source": d.source,
+                    "text": texts[c] if c < len(texts) else "",
+                    "meta": d.metadata if c == 0 else {},
+                    "placeholder": [0.0] * _PLACEHOLDER_DIM,
+                }
+                if extra:
+                    row["sha256"] = document_hash(d) if c == 0 else ""
+                    row["regions"] = regions[c] if c < len(regions) else ""
+                rows.append(row)
         stats["next_doc_seq"] += len(documents)
         for i in range(0, len(rows), _BATCH):
             self.client.insert(self._docs, rows[i : i + _BATCH])
@@ -518,17 +641,29 @@ class MilvusStore:
                 yield self.document(row["doc_id"])
 
     def _iter_passages(self) -> Iterator[Passage]:
-        for batch in self._pages(self.collection, _PASSAGE_FIELDS):
+        for batch in self._pages(self.collection, self._passage_fields):
             yield from (_passage(r) for r in batch)
 
     def document(self, doc_id: str) -> Document:
-        rows = self._query_in(self._docs, "doc_id", [doc_id], ["chunk", "title", "source", "text", "meta"])
+        fields = ["chunk", "title", "source", "text", "meta"]
+        has_regions = self._has_field(self._docs, "regions")
+        rows = self._query_in(self._docs, "doc_id", [doc_id], [*fields, *(["regions"] if has_regions else [])])
         if not rows:
             raise KeyError(doc_id)
         rows.sort(key=lambda r: r["chunk"])
         first = rows[0]
         text = "".join(r["text"] for r in rows)
-        return Document(id=doc_id, title=first["title"], text=text, source=first["source"], metadata=first["meta"])
+        regions: tuple = ()
+        if has_regions and (saved := "".join(r["regions"] for r in rows)):
+            from kqa.retrieval.retriever import _regions_of
+
+            try:
+                regions = _regions_of(json.loads(saved), len(text))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{self.uri}: document {doc_id!r} in {self._docs!r}: bad regions: {err}") from None
+        return Document(
+            id=doc_id, title=first["title"], text=text, source=first["source"], metadata=first["meta"], regions=regions
+        )
 
     def retrieve(self, query: str, k: int = 5, *, method: str | None = None, filters=None) -> list[RetrievedPassage]:
         return self.retrieve_many([query], k, method=method, filters=filters)[0]
@@ -613,7 +748,7 @@ class MilvusStore:
             limit=limit,
             filter=expr,
             search_params={"metric_type": "IP"},
-            output_fields=[*_PASSAGE_FIELDS, "meta"],
+            output_fields=[*self._passage_fields, "meta"],
         )[0]
         hits = [{**dict(h["entity"]), "score": float(h["distance"])} for h in result]
         if field == "sparse":
@@ -767,7 +902,13 @@ def _passage(row: dict) -> Passage:
         text=row["text"],
         start=int(row["start"]),
         end=int(row["end"]),
+        location=row.get("location") or None,
     )
+
+
+def _chunks(text: str) -> list[str]:
+    """`text` in pieces that each fit a VARCHAR field."""
+    return [text[i : i + DOCUMENT_CHUNK_CHARS] for i in range(0, len(text), DOCUMENT_CHUNK_CHARS)]
 
 
 def read_manifest(directory: Path) -> dict:
