@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The kqa of this checkout (not whichever one is installed): a benchmark measures the code beside it.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from common import (  # noqa: E402
     machine_info,
     percentile,
@@ -405,6 +407,20 @@ def print_results(results: list[dict], skipped: dict[str, str]) -> None:
         print(f"skipped {what}: {why}")
 
 
+def kqa_source() -> dict:
+    """Where the measured kqa came from: its folder and git commit (+ whether the tree had changes)."""
+    import kqa
+
+    root = Path(kqa.__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run([*git, "status", "--porcelain", "kqa"], capture_output=True, text=True).stdout)
+    except OSError:
+        commit, dirty = None, None
+    return {"path": str(root), "commit": commit or None, "uncommitted_changes": dirty}
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -452,6 +468,7 @@ def main(argv=None) -> None:
     settings = settings_from_args(args)
     print_header(machine, settings)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"kqa: {kqa_source()}")
     print(f"load average: {os.getloadavg()} (a busy machine slows every number here)")
     for what, why in args.skipped.items():
         print(f"skipping {what}: {why}")
@@ -462,6 +479,7 @@ def main(argv=None) -> None:
         machine=machine,
         settings=settings,
         command=[sys.executable, *sys.argv],
+        kqa_source=kqa_source(),
         load_average=os.getloadavg(),
         targets=TARGETS,
         skipped=args.skipped,

@@ -122,3 +122,20 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path, data_dir):
     else:
         assert 0.0 <= size["ann"]["ann_recall@10"] <= 1.0
     assert "2,000 passages: latency" in proc.stdout and result["command"]
+
+
+def test_top_k_over_a_large_score_array_equals_a_full_sort():
+    """top_k picks the k-th value with np.partition over the whole array (no index copy): the result is
+    still the full sort's, ties at the cut included."""
+    from kqa.retrieval.fusion import top_k
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.standard_normal(300_000), 2).astype(np.float32)  # many ties everywhere
+    before = scores.copy()
+    for positive_only in (False, True):
+        order = np.lexsort((np.arange(scores.size), -scores))
+        if positive_only:
+            order = order[scores[order] > 0]
+        for k in (1, 10, 100, 1000):
+            assert top_k(scores, k, positive_only=positive_only).tolist() == order[:k].tolist()
+    np.testing.assert_array_equal(scores, before)  # the scores are not modified
