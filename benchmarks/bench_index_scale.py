@@ -157,6 +157,15 @@ def time_queries(fn, queries: list[str]) -> list[float]:
     return times
 
 
+def top_k_before(scores: np.ndarray, k: int, *, positive_only: bool = False) -> np.ndarray:
+    """kqa.retrieval.fusion.top_k as it was before it used np.partition (the reference of the breakdown)."""
+    candidates = np.flatnonzero(scores > 0) if positive_only else np.arange(scores.shape[0])
+    if candidates.size > k:
+        kth = scores[candidates[np.argpartition(-scores[candidates], k - 1)[k - 1]]]
+        candidates = candidates[scores[candidates] >= kth]
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+
+
 def hybrid_breakdown(retriever, queries: list[str], query_vectors: dict, k: int) -> dict[str, float]:
     """Median ms of each step of a hybrid query, done by hand the way `Retriever.retrieve_many` does it."""
     from kqa.retrieval.fusion import score_fusion, top_k
@@ -177,6 +186,8 @@ def hybrid_breakdown(retriever, queries: list[str], query_vectors: dict, k: int)
         s_top = step("sparse top-k", lambda s=sparse: top_k(s, n, positive_only=True))
         dense = step("dense scores (matmul)", lambda q=q: retriever.dense.scores(query_vectors[q][None])[0])
         d_top = step("dense top-k", lambda d=dense: top_k(d, n))
+        step("  reference: sparse top-k before", lambda s=sparse: top_k_before(s, n, positive_only=True))
+        step("  reference: dense top-k before", lambda d=dense: top_k_before(d, n))
         step(
             "fusion",
             lambda: score_fusion([(s_top, sparse[s_top]), (d_top, dense[d_top])], [1.0 - w, w])[0][:k],
@@ -289,13 +300,11 @@ def measure(args, num_passages: int) -> dict:
 
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         t = time.perf_counter()
-        retriever.save(tmp)
+        saved = Path(retriever.save(Path(tmp) / "index") or Path(tmp) / "index")  # the directory written
         seconds["save"] = time.perf_counter() - t
-        result["disk_mib"] = {
-            "total": dir_mib(Path(tmp)),
-            "bm25/": dir_mib(Path(tmp) / "bm25"),
-            "passages.safetensors": (Path(tmp) / "passages.safetensors").stat().st_size / 2**20,
-            "documents.jsonl": (Path(tmp) / "documents.jsonl").stat().st_size / 2**20,
+        result["disk_mib"] = {"total": dir_mib(saved)} | {
+            f.name + ("/" if f.is_dir() else ""): dir_mib(f) if f.is_dir() else f.stat().st_size / 2**20
+            for f in sorted(saved.iterdir())
         }
 
     sample = [p.text for p in passages[: args.embed_sample]]

@@ -109,7 +109,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path, data_dir):
     (size,) = result["results"]
     assert size["passages"] == size["corpus"]["passages"] == 2000
     assert size["vocabulary"] > 1000 and size["terms"] > 50_000
-    assert size["disk_mib"]["total"] > size["disk_mib"]["bm25/"] > 0
+    assert size["disk_mib"]["total"] > size["disk_mib"]["bm25/"] > 0 and size["disk_mib"]["passages.safetensors"] > 0
     assert size["memory_mib"]["vectors"] == pytest.approx(2000 * 32 * 4 / 2**20)
     assert size["embedding_estimate"]["estimated_s"] > 0
     for row in ("sparse", "dense exact, search only", "hybrid exact, search only", "hybrid exact + query embedding"):
