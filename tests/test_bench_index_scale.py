@@ -139,3 +139,24 @@ def test_top_k_over_a_large_score_array_equals_a_full_sort():
         for k in (1, 10, 100, 1000):
             assert top_k(scores, k, positive_only=positive_only).tolist() == order[:k].tolist()
     np.testing.assert_array_equal(scores, before)  # the scores are not modified
+
+
+def test_morpheme_terms_are_shared_strings_not_one_copy_per_occurrence():
+    """The term lists of a whole corpus wait in memory for the BM25 build: a term met a million times
+    is one string, not a million copies."""
+    import tracemalloc
+
+    from kqa.retrieval.sparse import MorphemeAnalyzer
+
+    analyzer = MorphemeAnalyzer()
+    texts = ["서울은 대한민국의 수도이다. 서울에는 한강이 흐른다."] * 200
+    analyzer.analyze_many(texts[:2])  # warm-up: Kiwi's own first-call allocations
+    tracemalloc.start()
+    terms = analyzer.analyze_many(texts)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    first = terms[0]
+    assert "서울" in first and all(t == first for t in terms)
+    assert all(a is b for other in terms[1:] for a, b in zip(first, other))
+    # 200 lists of ~6 references, not 1,200 strings of ~80 bytes
+    assert held < 200 * (len(first) * 8 + 120) + 20_000, held
