@@ -477,7 +477,8 @@ def main(argv=None) -> None:
     settings = settings_from_args(args)
     print_header(machine, settings)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"kqa: {kqa_source()}")
+    source = kqa_source()  # before the runs: the code they measure
+    print(f"kqa: {source}")
     print(f"load average: {os.getloadavg()} (a busy machine slows every number here)")
     for what, why in args.skipped.items():
         print(f"skipping {what}: {why}")
@@ -488,7 +489,7 @@ def main(argv=None) -> None:
         machine=machine,
         settings=settings,
         command=[sys.executable, *sys.argv],
-        kqa_source=kqa_source(),
+        kqa_source=source,
         load_average=os.getloadavg(),
         targets=TARGETS,
         skipped=args.skipped,
