@@ -160,3 +160,18 @@ def test_morpheme_terms_are_shared_strings_not_one_copy_per_occurrence():
     assert all(a is b for other in terms[1:] for a, b in zip(first, other))
     # 200 lists of ~6 references, not 1,200 strings of ~80 bytes
     assert held < 200 * (len(first) * 8 + 120) + 20_000, held
+
+
+def test_dense_scores_equal_numpy_inner_products_on_writable_and_read_only_vectors():
+    from kqa.retrieval.dense import DenseIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((500, 24)).astype(np.float32)
+    queries = rng.standard_normal((3, 24)).astype(np.float32)
+    read_only = vectors.copy()
+    read_only.setflags(write=False)
+    for given in (vectors, read_only):
+        scores = DenseIndex(given).scores(queries)
+        assert scores.dtype == np.float32 and scores.shape == (3, 500)
+        np.testing.assert_allclose(scores, queries @ vectors.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(DenseIndex(vectors).scores(queries[0]), queries[:1] @ vectors.T, rtol=1e-5, atol=1e-5)
