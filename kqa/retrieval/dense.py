@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,8 +230,19 @@ class DenseIndex:
         self.embeddings = graph.vectors()  # one copy of the vectors, the graph's
 
     def scores(self, query_embeddings: np.ndarray) -> np.ndarray:
-        """Cosine similarity [num_queries, num_passages] (all vectors are unit length)."""
-        return np.atleast_2d(query_embeddings).astype(np.float32, copy=False) @ self.embeddings.T
+        """Cosine similarity [num_queries, num_passages] (all vectors are unit length).
+
+        The product runs on torch's threads, the embedder's: numpy's BLAS would start threads of its
+        own that keep spinning after the product and starve torch embedding the next query (two
+        cores: a 15 ms query embedding took 80-800 ms after a numpy product; docs/benchmarks.md)."""
+        queries = np.ascontiguousarray(np.atleast_2d(query_embeddings), dtype=np.float32)
+        try:
+            import torch
+        except ImportError:  # dense search without an embedder in this process (vectors given)
+            return queries @ self.embeddings.T
+        with warnings.catch_warnings():  # read-only arrays (a loaded index): torch only reads them here
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            return (torch.from_numpy(queries) @ torch.from_numpy(self.embeddings).T).numpy()
 
     def scores_of(self, query_embedding: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Cosine similarity of one query to the passages `indices` (without scoring the others)."""
