@@ -196,8 +196,9 @@ def test_kqa_index_update_and_delete(tmp_path):
     corpus, index = write_corpus(tmp_path / "corpus", FILES), tmp_path / "index"
     run_kqa("index", "--corpus", corpus, "--output_dir", index, *INDEX_ARGS, "--disable_tqdm")
     write_corpus(corpus, edited(FILES))
-    err = run_kqa("index", "--corpus", corpus, "--output_dir", index, "--update", "--disable_tqdm")
+    err = run_kqa("index", "--corpus", corpus, "--output_dir", index, "--update", "--disable_tqdm", "--ann", "on")
     assert "1 added, 3 changed, 1 removed, 3 unchanged documents" in err, err
+    assert "note: --ann is a setting of a new index" in err and "--method" not in err  # said, not silently dropped
     fresh = Retriever.build(load_corpus(corpus)[0], SPARSE, passage_settings=SMALL)
     assert_same_index(Retriever.load(index), fresh)
     err = run_kqa("index", "--output_dir", index, "--delete", "daegu.txt", "r2")

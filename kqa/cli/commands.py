@@ -291,6 +291,8 @@ def _update_index(args: argparse.Namespace) -> int:
         raise ValueError("index: give either --update (with --corpus) or --delete DOC_ID …, not both")
     if args.update and not args.corpus:
         raise ValueError("index --update: give --corpus, the folders and files the index is to hold now")
+    for flag in _ignored_build_flags(args):  # the index keeps its own settings and embedding model
+        print(f"note: {flag} is a setting of a new index; --update / --delete keep the index's own", file=sys.stderr)
     start = time.perf_counter()
     retriever = open_index(args.output_dir, device=args.device)
     milvus = isinstance(retriever, MilvusStore)  # changed in place in its collections: no generations
@@ -301,7 +303,7 @@ def _update_index(args: argparse.Namespace) -> int:
             documents, corpus_report = load_corpus(
                 args.corpus, max_file_bytes=int(args.max_file_mb * 2**20), strict=args.strict
             )
-            print(f"corpus: {corpus_report.summary()}", file=sys.stderr)
+            _print_corpus_report(corpus_report, Path(args.output_dir))
             report = retriever.update(documents, show_progress=not args.disable_tqdm)
             if milvus:
                 retriever.corpus_report = corpus_report.to_dict()
@@ -319,6 +321,30 @@ def _update_index(args: argparse.Namespace) -> int:
         if milvus:
             retriever.close()  # a Milvus Lite file stays locked while open
     return 0
+
+
+# Flags of `kqa index` that shape a new index; an update or delete keeps those the index was built with.
+BUILD_FLAGS = (
+    "method",
+    "analyzer",
+    "fusion",
+    "ann",
+    "ann_threshold",
+    "passage_chars",
+    "overlap_chars",
+    "embedding_model",
+    "backend",
+    "milvus_uri",
+    "milvus_collection",
+)
+
+
+def _ignored_build_flags(args: argparse.Namespace) -> list[str]:
+    """The BUILD_FLAGS given a value other than their default on this command line."""
+    from kqa.cli.parser import build_parser
+
+    defaults = build_parser().parse_args(["index", "--output_dir", str(args.output_dir)])
+    return [f"--{name}" for name in BUILD_FLAGS if getattr(args, name) != getattr(defaults, name)]
 
 
 def _print_corpus_report(report, output_dir: Path) -> None:
