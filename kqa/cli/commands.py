@@ -323,28 +323,10 @@ def _update_index(args: argparse.Namespace) -> int:
     return 0
 
 
-# Flags of `kqa index` that shape a new index; an update or delete keeps those the index was built with.
-BUILD_FLAGS = (
-    "method",
-    "analyzer",
-    "fusion",
-    "ann",
-    "ann_threshold",
-    "passage_chars",
-    "overlap_chars",
-    "embedding_model",
-    "backend",
-    "milvus_uri",
-    "milvus_collection",
-)
-
-
 def _ignored_build_flags(args: argparse.Namespace) -> list[str]:
-    """The BUILD_FLAGS given a value other than their default on this command line."""
-    from kqa.cli.parser import build_parser
-
-    defaults = build_parser().parse_args(["index", "--output_dir", str(args.output_dir)])
-    return [f"--{name}" for name in BUILD_FLAGS if getattr(args, name) != getattr(defaults, name)]
+    """The flags that shape a new index (`build_flag_defaults`, set by the parser) given another value."""
+    defaults = getattr(args, "build_flag_defaults", {})
+    return [f"--{name}" for name, default in defaults.items() if getattr(args, name) != default]
 
 
 def _print_corpus_report(report, output_dir: Path) -> None:

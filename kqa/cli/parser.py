@@ -264,7 +264,10 @@ def _add_index_parser(sub) -> None:
     add_bool_flag(ix, "trust_remote_code", help="allow an encoder whose code lives beside its weights")
     add_bool_flag(ix, "disable_tqdm", help="no progress bars")
     add_deprecated_spelling(ix, "--quiet", "--disable_tqdm", value=True, nargs=0)
-    ix.set_defaults(func=cmd_index)
+    # What --update / --delete leave unused (an index keeps the settings it was built with): said, not dropped.
+    build_flags = ("method", "analyzer", "fusion", "ann", "ann_threshold", "passage_chars", "overlap_chars")
+    build_flags += ("embedding_model", "backend", "milvus_uri", "milvus_collection")
+    ix.set_defaults(func=cmd_index, build_flag_defaults={name: ix.get_default(name) for name in build_flags})
 
 
 def _add_ask_parser(sub) -> None:
