@@ -50,7 +50,12 @@ from kqa.retrieval.corpus import CorpusReport, Document, Passage, PassageSetting
 from kqa.retrieval.dense import Embedder
 from kqa.retrieval.filters import Condition, MetadataFilter, _as_number, parse_filters
 from kqa.retrieval.fusion import reciprocal_rank_fusion, score_fusion
-from kqa.retrieval.retriever import METHODS, IndexMismatchError, RetrievedPassage, RetrieverSettings
+from kqa.retrieval.retriever import (
+    IndexMismatchError,
+    RetrievedPassage,
+    RetrieverSettings,
+    check_retrieval_call,
+)
 from kqa.retrieval.sparse import make_analyzer
 from kqa.retrieval.update import UpdateReport, document_hash
 
@@ -673,18 +678,13 @@ class MilvusStore:
     ) -> list[list[RetrievedPassage]]:
         """As `Retriever.retrieve_many`; `filters` (kqa.retrieval.filters) limit the passages ranked to
         those of documents whose metadata passes."""
-        method = method or self.settings.method
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"query {i}: expected a non-empty string, got {query!r}")
-        if method in ("sparse", "hybrid") and self.analyzer is None:
-            raise ValueError(f"method {method!r}: this index has no BM25 part (built with method='dense')")
-        if method in ("dense", "hybrid") and self.embedder is None:
-            raise ValueError(f"method {method!r}: this index has no embeddings (built with method='sparse')")
+        method = check_retrieval_call(
+            method or self.settings.method,
+            k,
+            queries,
+            has_sparse=self.analyzer is not None,
+            has_dense=self.embedder is not None,
+        )
         metadata_filter = parse_filters(filters)
         expr, check_here = filter_expression(metadata_filter)
         n = k if method != "hybrid" else max(k, self.settings.candidates)

@@ -47,6 +47,23 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 METHODS = ("sparse", "dense", "hybrid")
 
 
+def check_retrieval_call(method: str, k, queries: Sequence[str], *, has_sparse: bool, has_dense: bool) -> str:
+    """The checks of a `retrieve_many` call that every index makes (this one and the Milvus store): the
+    method, k, each query, and that the index holds the parts the method ranks by. Returns the method."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    for i, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query {i}: expected a non-empty string, got {query!r}")
+    if method in ("sparse", "hybrid") and not has_sparse:
+        raise ValueError(f"method {method!r}: this index has no BM25 part (built with method='dense')")
+    if method in ("dense", "hybrid") and not has_dense:
+        raise ValueError(f"method {method!r}: this index has no embeddings (built with method='sparse')")
+    return method
+
+
 class IndexMismatchError(ValueError):
     """An index loaded with another embedding model or analyzer than the one it was built with."""
 
@@ -269,18 +286,13 @@ class Retriever:
         passages that share a term with the query), among the passages of documents whose metadata
         passes `filters` (strings or a `MetadataFilter`, kqa.retrieval.filters; fewer than k when
         fewer pass)."""
-        method = method or self.settings.method
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"query {i}: expected a non-empty string, got {query!r}")
-        if method in ("sparse", "hybrid") and self.sparse is None:
-            raise ValueError(f"method {method!r}: this index has no BM25 part (built with method='dense')")
-        if method in ("dense", "hybrid") and self.dense is None:
-            raise ValueError(f"method {method!r}: this index has no embeddings (built with method='sparse')")
+        method = check_retrieval_call(
+            method or self.settings.method,
+            k,
+            queries,
+            has_sparse=self.sparse is not None,
+            has_dense=self.dense is not None,
+        )
         mask = self.passage_mask(filters)
         dense_hits = query_vectors = None
         if method != "sparse":
