@@ -208,6 +208,8 @@ def ann_rows(dense_index_cls, vectors, query_matrix, exact_top, k: int) -> tuple
 
     t = time.perf_counter()
     index = dense_index_cls(vectors, ann=AnnSettings(mode="on"))
+    if not index.build_graph() or index.search_kind != "hnsw":  # the graph is built on request, not by the constructor
+        raise RuntimeError(f"no HNSW graph was built over {len(vectors)} vectors")
     build = time.perf_counter() - t
     times, hits = [], 0
     for i in range(len(query_matrix)):
