@@ -118,6 +118,33 @@ def test_documents_and_passages_are_those_of_the_default_index(both):
         store.document("missing.txt")
 
 
+@pytest.mark.parametrize(("ann", "kind"), [("auto", "FLAT"), ("on", "HNSW"), ("off", "FLAT")])
+def test_the_dense_index_kind_follows_the_ann_setting(tmp_path, analyzer, embedder, ann, kind):
+    """`ann` picks Milvus's dense index as it picks DenseIndex's search ("auto": a graph from ann_threshold
+    passages on, never for this corpus); on a corpus this small HNSW's beam covers every passage, so its
+    rankings and scores are the exact ones, filtered or not, and a reopened store knows its kind."""
+    settings = RetrieverSettings(method="dense", ann=ann)
+    index_dir = tmp_path / "index"
+    store = MilvusStore.build(
+        _documents(), settings, uri=str(index_dir / "kqa.db"), embedder=embedder, analyzer=analyzer
+    )
+    assert store.dense_index_kind == kind
+    reference = _retriever(_documents(), analyzer, embedder, "dense")
+    for expected, found in zip(reference.retrieve_many(QUERIES, 5), store.retrieve_many(QUERIES, 5)):
+        _same(expected, found)
+    metadata_filter = parse_filters(["tags=역사"])
+    for query in QUERIES:
+        found = [h.passage.id for h in store.retrieve(query, 5, filters=["tags=역사"])]
+        assert found == _filtered_reference(reference, query, metadata_filter, 5, "dense")
+    store.save(index_dir)
+    store.close()
+    reopened = open_index(index_dir, embedder=embedder)
+    try:
+        assert reopened.dense_index_kind == kind
+    finally:
+        reopened.close()
+
+
 def _filtered_reference(retriever: Retriever, query: str, metadata_filter, k: int, method: str) -> list[str]:
     """The default index's ranking restricted to passages of documents passing the filter."""
     keep = metadata_filter.mask([retriever.document(p.doc_id).metadata for p in retriever.passages])

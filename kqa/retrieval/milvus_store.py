@@ -17,7 +17,10 @@ so the same rankings (docs/retrieval.md has the parity table):
   passage's sparse vector holds each term's length-normalised frequency tf / (tf + k1 (1 - b + b dl/avgdl));
   the query vector holds each term's idf (from document frequencies kept in the `_terms` collection) times
   its count in the query, so the inner product is bm25s's score.
-- Dense: inner product of unit e5 vectors (cosine), FLAT (exact) index.
+- Dense: inner product of unit e5 vectors (cosine): a FLAT (exact) index, or Milvus's HNSW index with the
+  default index's graph parameters (kqa.retrieval.ann: M, efConstruction, efSearch) where the settings'
+  `ann` wants a graph for the corpus built (`auto`: from `ann_threshold` passages, as `DenseIndex`). The
+  kind is chosen when the collection is created; an update keeps it.
 - Hybrid: each side's best `candidates` passages from Milvus, fused here with kqa's own `score_fusion` /
   `reciprocal_rank_fusion` (Milvus's rankers normalise differently).
 - Filters (`kqa.retrieval.filters`) run inside Milvus: `=` / `!=` as `array_contains_any` over each
@@ -229,6 +232,7 @@ class MilvusStore:
         self.documents = _View(self._count_documents, self._iter_documents)
         self.passages = _View(self._count_passages, self._iter_passages)
         self._fields: dict[str, set[str]] = {}  # each collection's fields, read once (older builds have fewer)
+        self._dense_kind: str | None = None  # read from Milvus on first use
 
     def _has_field(self, collection: str, name: str) -> bool:
         if collection not in self._fields:
@@ -281,12 +285,13 @@ class MilvusStore:
             corpus_report=corpus_report.to_dict() if corpus_report else {},
             analyzer=analyzer,
         )
-        store._create_collections()
-        store.upsert(documents, show_progress=show_progress)
+        passages = split_corpus(documents, passage_settings)
+        store._create_collections(num_passages=len(passages))
+        store._upsert(documents, passages, show_progress=show_progress)
         store.build_seconds = {"total": round(time.perf_counter() - t, 3)}
         return store
 
-    def _create_collections(self) -> None:
+    def _create_collections(self, num_passages: int) -> None:
         from pymilvus import DataType
 
         for name in (self.collection, self._docs, self._terms):
@@ -311,7 +316,12 @@ class MilvusStore:
             index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         if self.embedder is not None:
             schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.embedder.dimension)
-            index.add_index("dense", index_type="FLAT", metric_type="IP")
+            ann = self.settings.ann_settings()
+            if ann.wants_graph(num_passages):
+                params = {"M": ann.m, "efConstruction": ann.ef_construction}
+                index.add_index("dense", index_type="HNSW", metric_type="IP", params=params)
+            else:
+                index.add_index("dense", index_type="FLAT", metric_type="IP")
         self.client.create_collection(self.collection, schema=schema, index_params=index)
 
         docs = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -351,7 +361,8 @@ class MilvusStore:
     # -- statistics -----------------------------------------------------------------------------
 
     def _stats(self) -> dict:
-        rows = self.client.query(self._terms, filter=f"term == {_literal(_STATS_KEY)}", output_fields=["info"])
+        # A primary-key get, not a filter query: a filter scans the collection (~100 ms at 25,000 terms).
+        rows = self.client.get(self._terms, ids=[_STATS_KEY], output_fields=["info"])
         if not rows:
             raise ValueError(f"{self.uri}: collection {self._terms!r} has no statistics row; rebuild the index")
         return rows[0]["info"]
@@ -364,9 +375,7 @@ class MilvusStore:
         out = {}
         terms = sorted(set(terms))
         for i in range(0, len(terms), _BATCH):
-            rows = self.client.query(
-                self._terms, filter=f"term in {_literals(terms[i : i + _BATCH])}", output_fields=["term", "tid", "df"]
-            )
+            rows = self.client.get(self._terms, ids=terms[i : i + _BATCH], output_fields=["term", "tid", "df"])
             out.update({r["term"]: r for r in rows})
         return out
 
@@ -380,9 +389,13 @@ class MilvusStore:
             raise ValueError(
                 f"duplicate document ids in one upsert: {sorted(i for i, n in Counter(ids).items() if n > 1)}"
             )
+        return self._upsert(documents, split_corpus(documents, self.passage_settings), show_progress=show_progress)
+
+    def _upsert(self, documents: Sequence[Document], passages: list[Passage], *, show_progress: bool) -> dict:
+        """`upsert` with the documents already split (`build` splits them once, to size the dense index)."""
+        ids = [d.id for d in documents]
         removed = self._remove(ids)
         stats = self._stats()
-        passages = split_corpus(documents, self.passage_settings)
         by_id = {d.id: d for d in documents}
         terms = []
         if self.analyzer is not None and passages:
@@ -394,34 +407,38 @@ class MilvusStore:
         stats["passages"] += len(passages)
         stats["total_length"] += sum(len(t) for t in terms)
         avgdl = self._settle_avgdl(stats)
-        rows = []
-        for i, p in enumerate(passages):
-            where = f"document {p.doc_id!r}"
-            row = {
-                "pid": p.id,
-                "seq": stats["next_seq"] + i,
-                "doc_id": p.doc_id,
-                "title": p.title,
-                "start": p.start,
-                "end": p.end,
-                "text": p.text,
-                **({"location": p.location or ""} if self._has_field(self.collection, "location") else {}),
-                "terms": json.dumps(terms[i] if terms else [], ensure_ascii=False),
-                **_filter_fields(by_id[p.doc_id].metadata, where),
-            }
-            for name in ("pid", "title", "text", "terms", "location"):
-                if len(row.get(name, "").encode()) > MAX_VARCHAR:
-                    raise ValueError(f"{where}: passage field {name!r} is over Milvus's {MAX_VARCHAR} bytes")
-            if self.analyzer is not None:
-                row["sparse"] = bm25_tf_weights([tids[t] for t in terms[i]], avgdl)
-            if vectors is not None:
-                row["dense"] = vectors[i].tolist()
-            rows.append(row)
+        with_location = self._has_field(self.collection, "location")
+        encoded_terms = [json.dumps(t, ensure_ascii=False) for t in terms] if terms else None
+        for p, t in zip(passages, encoded_terms or [""] * len(passages)):  # all checked before any is written
+            _check_varchars(
+                f"document {p.doc_id!r}", pid=p.id, title=p.title, text=p.text, terms=t, location=p.location
+            )
+
+        def rows() -> Iterator[dict]:  # made a batch at a time: a million rows of Python floats would not fit
+            for i, p in enumerate(passages):
+                row = {
+                    "pid": p.id,
+                    "seq": stats["next_seq"] + i,
+                    "doc_id": p.doc_id,
+                    "title": p.title,
+                    "start": p.start,
+                    "end": p.end,
+                    "text": p.text,
+                    **({"location": p.location or ""} if with_location else {}),
+                    "terms": encoded_terms[i] if encoded_terms else "[]",
+                    **_filter_fields(by_id[p.doc_id].metadata, f"document {p.doc_id!r}"),
+                }
+                if self.analyzer is not None:
+                    row["sparse"] = bm25_tf_weights([tids[t] for t in terms[i]], avgdl)
+                if vectors is not None:
+                    row["dense"] = vectors[i].tolist()
+                yield row
+
+        self._insert_batches(self.collection, rows(), total=len(passages), show_progress=show_progress)
         stats["next_seq"] += len(passages)
-        for i in range(0, len(rows), _BATCH):
-            self.client.insert(self.collection, rows[i : i + _BATCH])
         self._insert_documents(documents, stats)
         self._write_stats(stats)
+        self._flush()
         return {"documents": len(documents), "passages_added": len(passages), "passages_removed": removed}
 
     def update(self, documents: Sequence[Document], *, show_progress: bool = False) -> UpdateReport:
@@ -463,6 +480,7 @@ class MilvusStore:
         self._relabel(relabel)
         report.passages_analysed = self.upsert(fresh, show_progress=show_progress)["passages_added"]
         report.passages_reused = len(self.passages) - report.passages_analysed
+        self._flush()
         seconds["write"] = time.perf_counter() - t
         report.seconds = {k: round(v, 3) for k, v in seconds.items()}
         return report
@@ -481,12 +499,20 @@ class MilvusStore:
         self._remove(ids)
         self._settle_avgdl(stats := self._stats())
         self._write_stats(stats)
+        self._flush()
         return UpdateReport(
             removed=ids,
             unchanged=self._count_documents(),
             passages_reused=self._count_passages(),
             seconds={"write": round(time.perf_counter() - t, 3)},
         )
+
+    def _flush(self) -> None:
+        """Seal what was written into indexed segments: rows still in memory are searched by brute force
+        (Milvus Lite scans them in Python: a BM25 search of 2,000 unflushed passages took ~190 ms, 3 ms
+        flushed), and a server persists them."""
+        for name in (self.collection, self._docs, self._terms):
+            self.client.flush(name)
 
     def _stored_documents(self) -> dict[str, dict]:
         """doc_id → its `document_hash` and metadata, in indexing order (a collection of an older build
@@ -598,30 +624,24 @@ class MilvusStore:
             self.client.upsert(self.collection, rows, partial_update=True)
 
     def _insert_documents(self, documents: Sequence[Document], stats: dict) -> None:
-        rows = []
         extra = self._has_field(self._docs, "sha256")  # a collection of an older build has neither field
-        for seq, d in enumerate(documents, stats["next_doc_seq"]):
-            texts = _chunks(d.text)
-            regions = _chunks(json.dumps([list(r) for r in d.regions], ensure_ascii=False)) if d.regions else []
-            for c in range(max(len(texts), len(regions), 1)):
-                row = {
-                    "key": f"{c} {d.id}",
-                    "doc_id": d.id,
-                    "seq": seq,
-                    "chunk": c,
-                    "title": d.title,
-                    "source": d.source,
-                    "text": texts[c] if c < len(texts) else "",
-                    "meta": d.metadata if c == 0 else {},
-                    "placeholder": [0.0] * _PLACEHOLDER_DIM,
-                }
-                if extra:
-                    row["sha256"] = document_hash(d) if c == 0 else ""
-                    row["regions"] = regions[c] if c < len(regions) else ""
-                rows.append(row)
+        rows = (row for seq, d in enumerate(documents, stats["next_doc_seq"]) for row in _document_rows(d, seq, extra))
+        self._insert_batches(self._docs, rows)
         stats["next_doc_seq"] += len(documents)
-        for i in range(0, len(rows), _BATCH):
-            self.client.insert(self._docs, rows[i : i + _BATCH])
+
+    def _insert_batches(
+        self, collection: str, rows: Iterator[dict], *, total: int | None = None, show_progress: bool = False
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        batch = []
+        for row in tqdm(rows, total=total, desc=f"writing {collection}", unit="row", disable=not show_progress):
+            batch.append(row)
+            if len(batch) == _BATCH:
+                self.client.insert(collection, batch)
+                batch = []
+        if batch:
+            self.client.insert(collection, batch)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -740,6 +760,20 @@ class MilvusStore:
             out.append(kept[:n])
         return out
 
+    @property
+    def dense_index_kind(self) -> str | None:
+        """ "HNSW" or "FLAT": the kind of the collection's dense index, as Milvus reports it (None: no dense)."""
+        if self.embedder is None:
+            return None
+        if self._dense_kind is None:
+            self._dense_kind = self.client.describe_index(self.collection, "dense")["index_type"]
+        return self._dense_kind
+
+    def _search_params(self, field: str, limit: int) -> dict:
+        if field == "dense" and self.dense_index_kind == "HNSW":  # Milvus wants a beam at least the limit
+            return {"metric_type": "IP", "params": {"ef": max(self.settings.ann_settings().ef_search, limit)}}
+        return {"metric_type": "IP"}
+
     def _search_one(self, field: str, vector, limit: int, expr: str) -> list[dict]:
         result = self.client.search(
             self.collection,
@@ -747,7 +781,7 @@ class MilvusStore:
             anns_field=field,
             limit=limit,
             filter=expr,
-            search_params={"metric_type": "IP"},
+            search_params=self._search_params(field, limit),
             output_fields=[*self._passage_fields, "meta"],
         )[0]
         hits = [{**dict(h["entity"]), "score": float(h["distance"])} for h in result]
@@ -904,6 +938,34 @@ def _passage(row: dict) -> Passage:
         end=int(row["end"]),
         location=row.get("location") or None,
     )
+
+
+def _document_rows(d: Document, seq: int, extra: bool) -> Iterator[dict]:
+    """A document's rows: its text (and regions) in chunks that each fit a VARCHAR; metadata on chunk 0."""
+    texts = _chunks(d.text)
+    regions = _chunks(json.dumps([list(r) for r in d.regions], ensure_ascii=False)) if d.regions else []
+    for c in range(max(len(texts), len(regions), 1)):
+        row = {
+            "key": f"{c} {d.id}",
+            "doc_id": d.id,
+            "seq": seq,
+            "chunk": c,
+            "title": d.title,
+            "source": d.source,
+            "text": texts[c] if c < len(texts) else "",
+            "meta": d.metadata if c == 0 else {},
+            "placeholder": [0.0] * _PLACEHOLDER_DIM,
+        }
+        if extra:
+            row["sha256"] = document_hash(d) if c == 0 else ""
+            row["regions"] = regions[c] if c < len(regions) else ""
+        yield row
+
+
+def _check_varchars(where: str, **fields: str | None) -> None:
+    for name, value in fields.items():
+        if value and len(value.encode()) > MAX_VARCHAR:
+            raise ValueError(f"{where}: passage field {name!r} is over Milvus's {MAX_VARCHAR} bytes")
 
 
 def _chunks(text: str) -> list[str]:
