@@ -12,8 +12,10 @@ Queries are the real questions of the dev files, embedded with the real model (`
 at a time, as a server would. Latency is reported with the query embedding included and without it
 (vectors embedded beforehand); hybrid is kqa's default (score fusion of BM25 and dense candidates).
 
-Backends (`--backends`): `inprocess` (kqa's `Retriever`), `milvus` (kqa.retrieval.milvus_store, when it
-is importable); dense search (`--dense`): `exact` (numpy) and `ann` (`DenseIndex` with an approximate
+Backends (`--backends`): `inprocess` (kqa's `Retriever`), `milvus` (kqa.retrieval.milvus_store over
+Milvus Lite: the same passages, the in-process run's Kiwi terms read back from the corpus cache and the
+same vectors, FLAT then HNSW dense index; its rankings are compared with the in-process index's); dense
+search (`--dense`): `exact` (numpy) and `ann` (`DenseIndex` with an approximate
 graph, when kqa.retrieval.ann is importable). What cannot run is skipped with its reason, in the table.
 
     python benchmarks/bench_index_scale.py --passages 100000 --passages 1000000 --out scale.json
@@ -23,6 +25,7 @@ graph, when kqa.retrieval.ann is importable). What cannot run is skipped with it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import inspect
@@ -72,6 +75,33 @@ def dir_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
+def terms_cache_path(corpus_dir: Path, analyzer) -> Path:
+    """Where the in-process run leaves the passages' terms for the engine run of the same corpus (Kiwi
+    takes ~20 min at 10^6 passages on two cores: the engine is given the same terms, not a second run)."""
+    import re
+
+    return corpus_dir / (re.sub(r"[^\w.-]+", "_", f"terms-{analyzer.name}-{analyzer.version}") + ".npz")
+
+
+def save_terms(path: Path, terms: list[list[str]]) -> None:
+    """Terms as int32 ids per passage (ids, offsets) and the vocabulary as UTF-8 JSON: no pickle."""
+    vocabulary: dict[str, int] = {}
+    ids = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for ts in terms for t in ts), dtype=np.int32)
+    offsets = np.cumsum([0, *map(len, terms)], dtype=np.int64)
+    words = np.frombuffer(json.dumps(list(vocabulary), ensure_ascii=False).encode(), dtype=np.uint8)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=ids, offsets=offsets, vocabulary=words)
+    os.replace(tmp, path)
+
+
+def load_terms(path: Path) -> list[list[str]]:
+    with np.load(path, allow_pickle=False) as arrays:
+        vocabulary = json.loads(arrays["vocabulary"].tobytes().decode())
+        ids, offsets = arrays["ids"], arrays["offsets"]
+    words = [vocabulary[i] for i in ids.tolist()]
+    return [words[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
 def stats_ms(seconds: list[float]) -> dict:
     return {"p50_ms": 1000 * percentile(seconds, 50), "p95_ms": 1000 * percentile(seconds, 95), "n": len(seconds)}
 
@@ -98,7 +128,11 @@ def milvus_unavailable() -> str | None:
         importlib.import_module("kqa.retrieval.milvus_store")
     except ImportError as err:
         return f"kqa.retrieval.milvus_store is not importable ({err})"
-    return "kqa.retrieval.milvus_store is importable, but this harness has no adapter for it yet (add one)"
+    try:
+        importlib.import_module("milvus_lite")
+    except ImportError as err:
+        return f"milvus-lite is not installed ({err}): pip install 'kqa[milvus]'"
+    return None
 
 
 def skipped_reasons(backends: list[str], dense_modes: list[str]) -> dict[str, str]:
@@ -203,7 +237,7 @@ def embedding_rate(embedder, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - t)
 
 
-def ann_rows(dense_index_cls, vectors, query_matrix, exact_top, k: int) -> tuple[dict, object]:
+def ann_rows(dense_index_cls, vectors, query_matrix, exact_top, k: int, ef_searches=()) -> tuple[dict, object]:
     from kqa.retrieval.ann import AnnSettings
 
     t = time.perf_counter()
@@ -211,17 +245,25 @@ def ann_rows(dense_index_cls, vectors, query_matrix, exact_top, k: int) -> tuple
     if not index.build_graph() or index.search_kind != "hnsw":  # the graph is built on request, not by the constructor
         raise RuntimeError(f"no HNSW graph was built over {len(vectors)} vectors")
     build = time.perf_counter() - t
-    times, hits = [], 0
-    for i in range(len(query_matrix)):
-        t = time.perf_counter()
-        found = index.search(query_matrix[i : i + 1], k)
-        times.append(time.perf_counter() - t)
-        ids = _ids_of(found)
-        hits += len(set(ids[:k]) & set(exact_top[i][:k].tolist()))
+    default = index.graph.settings
+    sweep = {}
+    for ef in sorted({default.ef_search, *ef_searches}):
+        index.graph.settings = dataclasses.replace(default, ef_search=ef)
+        times, hits = [], 0
+        for i in range(len(query_matrix)):
+            t = time.perf_counter()
+            found = index.search(query_matrix[i : i + 1], k)
+            times.append(time.perf_counter() - t)
+            ids = _ids_of(found)
+            hits += len(set(ids[:k]) & set(exact_top[i][:k].tolist()))
+        sweep[ef] = {"recall": hits / (k * len(query_matrix)), **stats_ms(times)}
+    index.graph.settings = default
     return {
         "ann_build_s": build,
-        "ann_search": stats_ms(times),
-        f"ann_recall@{k}": hits / (k * len(query_matrix)),
+        "ann_search": {k_: v for k_, v in sweep[default.ef_search].items() if k_ != "recall"},
+        f"ann_recall@{k}": sweep[default.ef_search]["recall"],
+        "ef_search": default.ef_search,
+        "ef_search_sweep": sweep,
     }, index
 
 
@@ -234,6 +276,58 @@ def _ids_of(found) -> list[int]:
         if np.issubdtype(array.dtype, np.integer):
             return np.atleast_2d(array)[0].tolist()
     raise TypeError(f"DenseIndex.search returned no integer indices: {type(found)}")
+
+
+def load_in_fresh_process(args, directory: Path) -> dict:
+    """`Retriever.load` of a saved index in a new process, as a server starts: its RSS over the baseline
+    (python, torch, the embedding model), and the load time. The building process's RSS also holds what
+    the build freed but the allocator kept, so this is the index's memory as served."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child-load", str(directory)]
+    command += [
+        "--embedding-model",
+        str(args.embedding_model),
+        "--embedding-max-length",
+        str(args.embedding_max_length),
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    kiwi = [sys.executable, str(Path(__file__).resolve()), "--child-load", "kiwi"]
+    out = subprocess.run(kiwi, check=True, capture_output=True, text=True).stdout
+    return loaded | json.loads(out.strip().splitlines()[-1])
+
+
+def child_load(args) -> None:
+    from kqa.retrieval import Embedder, EmbedderSettings, Retriever
+
+    if str(args.child_load) == "kiwi":  # Kiwi's model alone (the loaded index's analyzer holds one)
+        from kqa.retrieval.sparse import MorphemeAnalyzer
+
+        baseline = rss_mib()
+        MorphemeAnalyzer()("서울은 대한민국의 수도이다.")
+        print(json.dumps({"kiwi_mib": rss_mib() - baseline}))
+        return
+    embedder = Embedder.from_pretrained(
+        args.embedding_model, device="cpu", settings=EmbedderSettings(max_length=args.embedding_max_length)
+    )
+    embedder.embed_queries(["기준"])  # the first call allocates: part of the baseline, not of the index
+    gc.collect()
+    baseline = rss_mib()
+    t = time.perf_counter()
+    retriever = Retriever.load(args.child_load, embedder=embedder)
+    seconds = time.perf_counter() - t
+    gc.collect()
+    print(
+        json.dumps(
+            {
+                "index_mib": rss_mib() - baseline,
+
+                "baseline_mib": baseline,
+                "load_s": seconds,
+                "dense_search": retriever.dense.search_kind if retriever.dense is not None else None,
+                "passages": len(retriever.passages),
+            }
+        )
+    )
 
 
 def measure(args, num_passages: int) -> dict:
@@ -273,16 +367,23 @@ def measure(args, num_passages: int) -> dict:
     memory["documents + passages"] = rss_mib() - memory["baseline (python, torch, model)"]
 
     analyzer = MorphemeAnalyzer()
+    cached = terms_cache_path(corpus.passages.parent, analyzer)
     t = time.perf_counter()
-    terms = analyzer.analyze_many([p.text for p in passages])
-    seconds["analysis (Kiwi)"] = time.perf_counter() - t
+    if args.reuse_terms and cached.exists():  # a re-run of the same corpus: Kiwi's terms are the same
+        terms = load_terms(cached)
+        seconds["terms read back (Kiwi not run: --reuse-terms)"] = time.perf_counter() - t
+    else:
+        terms = analyzer.analyze_many([p.text for p in passages])
+        seconds["analysis (Kiwi)"] = time.perf_counter() - t
     result["terms"] = sum(map(len, terms))
     t = time.perf_counter()
     sparse = BM25Index.build(terms)
     seconds["BM25 build"] = time.perf_counter() - t
+    memory["peak while building BM25"] = peak_rss_mib()
+    if not cached.exists():
+        save_terms(cached, terms)  # after the peak is read: the engine run (--backends milvus) reuses them
     del terms
     gc.collect()
-    memory["peak while building BM25"] = peak_rss_mib()
     bm25 = sparse._bm25
     result["vocabulary"] = len(bm25.vocab_dict)
     result["heaps_prediction"] = int(corpus.info["heaps_k"] * result["terms"] ** corpus.info["heaps_beta"])
@@ -354,7 +455,7 @@ def measure(args, num_passages: int) -> dict:
     if "ann" in args.dense and not args.skipped.get("ann"):
         query_matrix = np.stack([query_vectors[q] for q in queries])
         exact_top = [top_k(row, RECALL_K) for row in dense.scores(query_matrix)]
-        ann, ann_index = ann_rows(DenseIndex, vectors, query_matrix, exact_top, RECALL_K)
+        ann, ann_index = ann_rows(DenseIndex, vectors, query_matrix, exact_top, RECALL_K, args.ef_search)
         result["ann"] = ann
         ann_retriever = Retriever(
             documents, passages, settings, analyzer=analyzer, sparse=sparse, embedder=embedder, dense=ann_index
@@ -363,28 +464,290 @@ def measure(args, num_passages: int) -> dict:
             latency[label] = stats_ms(
                 time_queries(lambda q, m=method: ann_retriever.retrieve(q, args.k, method=m), queries)
             )
+        served = ann_retriever
+    else:
+        served = retriever
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        served.save(Path(tmp) / "index")
+        result["loaded"] = load_in_fresh_process(args, Path(tmp) / "index")
+        memory["index loaded by a fresh process (RSS - baseline)"] = result["loaded"]["index_mib"]
+        memory["  of which Kiwi's model (measured alone)"] = result["loaded"]["kiwi_mib"]
     memory["peak (whole run)"] = peak_rss_mib()
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine backend (Milvus Lite), in its own process
+
+
+def tree_rss_mib(pid: int | None = None) -> float:
+    """RSS of a process and all its descendants (Milvus Lite's server is a child process of the client)."""
+    pid = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+class ReplayAnalyzer:
+    """Kiwi for queries; for the passages, the terms the in-process run of this corpus analysed (read back
+    from its cache, in passage order): the engine indexes the same terms without a second Kiwi run."""
+
+    def __init__(self, analyzer, terms: list[list[str]]):
+        self._analyzer, self._terms = analyzer, terms
+        self.name, self.version = analyzer.name, analyzer.version
+
+    def __call__(self, text: str) -> list[str]:
+        return self._analyzer(text)
+
+    def analyze_many(self, texts, show_progress: bool = False) -> list[list[str]]:
+        if len(texts) != len(self._terms):
+            raise RuntimeError(f"{len(texts)} passages to analyse, {len(self._terms)} cached term lists")
+        return self._terms
+
+
+class ReplayEmbedder(PrecomputedQueries):
+    """The corpus's synthetic vectors for its passages (in order), the real model (or precomputed vectors)
+    for queries."""
+
+    def __init__(self, embedder, passage_vectors: np.ndarray, query_vectors: dict | None = None):
+        super().__init__(embedder, query_vectors or {})
+        self._passage_vectors, self._live = passage_vectors, query_vectors is None
+        self.dimension, self.batch_size = embedder.dimension, embedder.batch_size
+
+    def embed_passages(self, texts, show_progress: bool = False) -> np.ndarray:
+        if len(texts) != len(self._passage_vectors):
+            raise RuntimeError(f"{len(texts)} passages to embed, {len(self._passage_vectors)} cached vectors")
+        return self._passage_vectors
+
+    def embed_queries(self, queries):
+        return self._embedder.embed_queries(queries) if self._live else super().embed_queries(queries)
+
+
+def rankings(retriever, queries: list[str], k: int, methods: tuple[str, ...]) -> dict[str, list[list[str]]]:
+    return {
+        m: [[h.passage.id for h in hits] for hits in retriever.retrieve_many(queries, k, method=m)] for m in methods
+    }
+
+
+def overlap(expected: list[list[str]], found: list[list[str]]) -> dict:
+    """Share of the expected top-k found, and how many rankings are identical."""
+    hits = sum(len(set(e) & set(f)) for e, f in zip(expected, found))
+    return {
+        "overlap": hits / max(1, sum(map(len, expected))),
+        "identical": sum(e == f for e, f in zip(expected, found)),
+        "queries": len(expected),
+    }
+
+
+def measure_milvus(args, num_passages: int) -> dict:
+    """The same passages, terms and vectors in Milvus Lite (kqa.retrieval.milvus_store), built the way
+    `kqa index --backend milvus` builds them; latency as for the in-process index; rankings compared with
+    the in-process index's (built here from the same terms and vectors, after the timings)."""
+    from kqa.retrieval import Embedder, EmbedderSettings, Retriever, RetrieverSettings
+    from kqa.retrieval.corpus import split_corpus
+    from kqa.retrieval.dense import DenseIndex
+    from kqa.retrieval.fusion import top_k
+    from kqa.retrieval.milvus_store import MilvusStore
+    from kqa.retrieval.sparse import BM25Index, MorphemeAnalyzer
+
+    result: dict = {"backend": "milvus", "passages": num_passages, "seconds": {}, "memory_mib": {}}
+    seconds, memory = result["seconds"], result["memory_mib"]
+    corpus = make_corpus(
+        num_passages,
+        args.cache_dir / f"{num_passages}-seed{args.seed}",
+        seed=args.seed,
+        data_dir=args.data_dir,
+        embedding_model=args.embedding_model,
+        cache_dir=args.cache_dir,
+        embedding_max_length=args.embedding_max_length,
+    )
+    embedder = Embedder.from_pretrained(
+        args.embedding_model, device="cpu", settings=EmbedderSettings(max_length=args.embedding_max_length)
+    )
+    analyzer = MorphemeAnalyzer()
+    cached = terms_cache_path(corpus.passages.parent, analyzer)
+    if not cached.exists():
+        raise FileNotFoundError(f"{cached}: no terms of this corpus; the inprocess backend leaves them (run it first)")
+    t = time.perf_counter()
+    documents = list(read_passages(corpus.passages))
+    terms = load_terms(cached)
+    vectors = np.load(corpus.vectors, allow_pickle=False)
+    seconds["read documents, cached terms and vectors"] = time.perf_counter() - t
+    gc.collect()
+    memory["client before the build (python, torch, model, documents, terms, vectors)"] = rss_mib()
+
+    queries = dev_questions(args.data_dir, args.queries, args.seed)
+    exact = "exact" in args.dense or "ann" in args.skipped
+    settings = RetrieverSettings(method="hybrid", ann="off" if exact else "on")
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        t = time.perf_counter()
+        store = MilvusStore.build(
+            documents,
+            settings,
+            uri=str(Path(tmp) / "kqa.db"),
+            embedder=ReplayEmbedder(embedder, vectors),
+            analyzer=ReplayAnalyzer(analyzer, terms),
+        )
+        seconds[f"build: write passages, BM25 weights, vectors ({store.dense_index_kind} dense index)"] = (
+            time.perf_counter() - t
+        )
+        t = time.perf_counter()
+        store.client.flush(store.collection)  # sealed segments, indexed: what a reopened store searches
+        store.client.load_collection(store.collection)
+        seconds["flush + load"] = time.perf_counter() - t
+        del terms
+        gc.collect()
+        result["disk_mib"] = {"total (Milvus Lite file and its folder)": dir_mib(Path(tmp))}
+        memory["engine (Milvus Lite server processes)"] = tree_rss_mib() - rss_mib()
+        memory["client (this process)"] = rss_mib()
+
+        for q in queries[:3]:
+            store.retrieve(q, args.k)
+        query_vectors, embed_times = {}, []
+        for q in queries:
+            t = time.perf_counter()
+            query_vectors[q] = embedder.embed_queries([q])[0]
+            embed_times.append(time.perf_counter() - t)
+        live, fast = store.embedder, ReplayEmbedder(embedder, vectors, query_vectors)
+        latency = {"query embedding": stats_ms(embed_times)}
+
+        def timed(label: str, method: str, query_embedder) -> None:
+            store.embedder = query_embedder
+            latency[label] = stats_ms(time_queries(lambda q: store.retrieve(q, args.k, method=method), queries))
+
+        kind = store.dense_index_kind.lower()
+        timed("sparse", "sparse", fast)
+        timed(f"dense {kind}, search only", "dense", fast)
+        timed(f"dense {kind} + query embedding", "dense", live)
+        timed(f"hybrid {kind}, search only", "hybrid", fast)
+        timed(f"hybrid {kind} + query embedding", "hybrid", live)
+        store.embedder = fast
+        found = {kind: rankings(store, queries, args.k, ("sparse", "dense", "hybrid"))}
+
+        if exact and "ann" in args.dense and not args.skipped.get("ann"):
+            t = time.perf_counter()
+            rebuild_dense_index_as_hnsw(store, settings.ann_settings())
+            result["ann"] = {"ann_build_s": time.perf_counter() - t}
+            memory["engine with the HNSW index"] = tree_rss_mib() - rss_mib()
+            timed("dense hnsw, search only", "dense", fast)
+            timed("dense hnsw + query embedding", "dense", live)
+            timed("hybrid hnsw + query embedding", "hybrid", live)
+            store.embedder = fast
+            found["hnsw"] = rankings(store, queries, args.k, ("dense", "hybrid"))
+        result["latency"] = latency
+        store.close()
+
+    # The in-process index of the same terms and vectors: the reference the rankings are compared with.
+    reference = Retriever(
+        documents,
+        split_corpus(documents),
+        settings,
+        analyzer=analyzer,
+        sparse=BM25Index.build(load_terms(cached)),
+        embedder=PrecomputedQueries(embedder, query_vectors),
+        dense=DenseIndex(vectors),
+    )
+    expected = rankings(reference, queries, args.k, ("sparse", "dense", "hybrid"))
+    result["parity_with_inprocess_exact"] = {
+        f"{method} ({kind})": overlap(expected[method], ranked)
+        for kind, by_method in found.items()
+        for method, ranked in by_method.items()
+    }
+    if "hnsw" in found:
+        result.setdefault("ann", {})
+        exact_top = [top_k(row, RECALL_K) for row in reference.dense.scores(np.stack(list(query_vectors.values())))]
+        ids = [[reference.passages[i].id for i in row] for row in exact_top]
+        result["ann"][f"ann_recall@{RECALL_K}"] = overlap(ids, [r[:RECALL_K] for r in found["hnsw"]["dense"]])[
+            "overlap"
+        ]
+    memory["peak (whole run, client)"] = peak_rss_mib()
+    return result
+
+
+def rebuild_dense_index_as_hnsw(store, ann) -> None:
+    """Swap the collection's FLAT dense index for HNSW with kqa's graph parameters (what `ann="on"`
+    builds), so one collection serves both measurements."""
+    client, name = store.client, store.collection
+    client.release_collection(name)
+    client.drop_index(name, "dense")
+    params = client.prepare_index_params()
+    params.add_index(
+        "dense", index_type="HNSW", metric_type="IP", params={"M": ann.m, "efConstruction": ann.ef_construction}
+    )
+    client.create_index(name, params)
+    client.load_collection(name)
+    store._dense_kind = None
+    if store.dense_index_kind != "HNSW":
+        raise RuntimeError(f"{name}: the dense index is {store.dense_index_kind}, not HNSW, after the rebuild")
 
 
 # ----------------------------------------------------------------------------------------------
 # The parent: one process per size, the tables
 
 
-def run_size(args, argv: list[str], num_passages: int) -> dict:
+def run_size(args, argv: list[str], num_passages: int, backend: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         child_out = Path(f.name)
     try:
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", str(num_passages)]
-        command += ["--child-out", str(child_out)]
+        command += ["--child-backend", backend, "--child-out", str(child_out)]
         subprocess.run(command, check=True)
         return json.loads(child_out.read_text(encoding="utf-8"))
     finally:
         child_out.unlink(missing_ok=True)
 
 
+def print_engine_result(r: dict) -> None:
+    n = r["passages"]
+    print_table(
+        [{"step": k, "s": v} for k, v in r["seconds"].items()]
+        + (
+            [{"step": "HNSW index (Milvus)", "s": r["ann"]["ann_build_s"]}] if "ann_build_s" in r.get("ann", {}) else []
+        ),
+        [("step", "step", ""), ("s", "seconds", ".1f")],
+        title=f"{n:,} passages, Milvus Lite: build (terms and vectors of the in-process run)",
+    )
+    print_table(
+        [{"what": k, "mib": v} for k, v in r["memory_mib"].items()]
+        + [{"what": f"on disk: {k}", "mib": v} for k, v in r["disk_mib"].items()],
+        [("what", "memory", ""), ("mib", "MiB", ",.1f")],
+        title=f"{n:,} passages, Milvus Lite: memory",
+    )
+    print_table(
+        [{"query": k, **v} for k, v in r["latency"].items()],
+        [("query", "query (one at a time)", ""), ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f")],
+        title=f"{n:,} passages, Milvus Lite: latency over {r['latency']['sparse']['n']} dev questions, top {r['k']}",
+    )
+    print_table(
+        [{"ranking": k, **v} for k, v in r["parity_with_inprocess_exact"].items()],
+        [("ranking", "Milvus ranking", ""), ("overlap", "top-k overlap", ".4f"), ("identical", "identical", "d"),
+         ("queries", "of", "d")],
+        title=f"{n:,} passages: Milvus rankings against the in-process index's exact ones",
+    )  # fmt: skip
+    if f"ann_recall@{RECALL_K}" in r.get("ann", {}):
+        print(f"Milvus HNSW: recall@{RECALL_K} {r['ann'][f'ann_recall@{RECALL_K}']:.3f} against exact search")
+
+
 def print_results(results: list[dict], skipped: dict[str, str]) -> None:
     for r in results:
+        if r.get("backend") == "milvus":
+            print_engine_result(r)
+            continue
         n = r["passages"]
         print_table(
             [{"step": k, "s": v} for k, v in r["seconds"].items()]
@@ -412,6 +775,14 @@ def print_results(results: list[dict], skipped: dict[str, str]) -> None:
         if "ann" in r:
             ann = r["ann"]
             print(f"ANN: build {ann['ann_build_s']:.1f} s, recall@{RECALL_K} {ann[f'ann_recall@{RECALL_K}']:.3f}")
+            print_table(
+                [{"ef": int(ef), **v} for ef, v in ann.get("ef_search_sweep", {}).items()],
+                [("ef", "efSearch", "d"), ("recall", f"recall@{RECALL_K}", ".3f"), ("p50_ms", "p50 ms", ".2f"),
+                 ("p95_ms", "p95 ms", ".2f")],
+                title=f"{n:,} passages: HNSW search alone (no embedding) by efSearch",
+            )  # fmt: skip
+        if "loaded" in r:
+            print(f"loaded in a fresh process: {r['loaded']}")
         if r.get("hybrid_profile"):
             print("\nhybrid queries (20), cProfile by own time:\n" + r["hybrid_profile"])
     for what, why in skipped.items():
@@ -455,8 +826,25 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-backend", default="inprocess", help=argparse.SUPPRESS)
+    parser.add_argument("--child-load", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--reuse-terms",
+        action="store_true",
+        help="read back the Kiwi terms an earlier run of the same corpus left (skips the analysis: a re-run)",
+    )
+    parser.add_argument(
+        "--ef-search",
+        default="32,64,128,256,512",
+        help="HNSW efSearch values whose recall@10 and latency are measured on the built graph",
+    )
     args = parser.parse_args(argv)
+    if args.child_load is not None:
+        child_load(args)
+        return
     from common import default_data_dir
+
+    args.ef_search = [int(v) for v in args.ef_search.split(",") if v]
 
     args.data_dir = args.data_dir or default_data_dir()
     backends = [b for b in args.backends.split(",") if b]
@@ -467,14 +855,14 @@ def main(argv=None) -> None:
     args.skipped = skipped_reasons(backends, args.dense)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     if args.child is not None:
-        result = measure(args, args.child)
+        result = measure(args, args.child) if args.child_backend == "inprocess" else measure_milvus(args, args.child)
         result["k"] = args.k
         args.child_out.write_text(json.dumps(result, default=float) + "\n", encoding="utf-8")
         return
     if not args.passages:
         parser.error("give --passages N (one or more times)")
-    if "inprocess" not in backends:
-        parser.error("the inprocess backend is the reference every other one is compared with: keep it")
+    if "milvus" in backends and "inprocess" not in backends:  # the in-process run of a size leaves its terms
+        print("milvus without inprocess: the terms of an earlier in-process run of each size are read back")
     machine = machine_info()
     settings = settings_from_args(args)
     print_header(machine, settings)
@@ -484,19 +872,23 @@ def main(argv=None) -> None:
     print(f"load average: {os.getloadavg()} (a busy machine slows every number here)")
     for what, why in args.skipped.items():
         print(f"skipping {what}: {why}")
-    results = [run_size(args, argv, n) for n in args.passages]
-    print_results(results, args.skipped)
-    write_json(
-        args.out,
-        machine=machine,
-        settings=settings,
-        command=[sys.executable, *sys.argv],
-        kqa_source=source,
-        load_average=os.getloadavg(),
-        targets=TARGETS,
-        skipped=args.skipped,
-        results=results,
-    )
+    results = []
+    for n in args.passages:
+        for backend in [b for b in BACKENDS if b in backends and b not in args.skipped]:
+            results.append({"backend": backend, **run_size(args, argv, n, backend)})
+            write_json(  # after each run: a long run stopped later keeps what it measured
+                args.out,
+                machine=machine,
+                settings=settings,
+                command=[sys.executable, *sys.argv],
+                kqa_source=source,
+                load_average=os.getloadavg(),
+                targets=TARGETS,
+                skipped=args.skipped,
+                results=results,
+            )
+            print_results(results[-1:], {})
+    print_results([], args.skipped)
 
 
 if __name__ == "__main__":
