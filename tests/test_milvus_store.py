@@ -107,6 +107,22 @@ def test_rankings_and_scores_equal_the_default_index(both, method):
         _same(expected, found)
 
 
+def test_hybrid_scores_the_side_that_missed_a_passage(tmp_path, analyzer, embedder):
+    """With 2 candidates a side, a fused passage often comes from one side only: its other score is
+    computed from the stored vectors (fetched by primary key) and equals the default index's."""
+    settings = RetrieverSettings(method="hybrid", candidates=2)
+    store = MilvusStore.build(
+        _documents(), settings, uri=str(tmp_path / "kqa.db"), embedder=embedder, analyzer=analyzer
+    )
+    reference = Retriever.build(_documents(), settings, embedder=embedder)
+    reference.analyzer = analyzer
+    one_sided = 0
+    for expected, found in zip(reference.retrieve_many(QUERIES, 3), store.retrieve_many(QUERIES, 3)):
+        _same(expected, found)
+        one_sided += sum(h.sparse_score == 0.0 for h in expected)
+    assert one_sided, "some fused passage had no BM25 score: the path under test ran"
+
+
 def test_documents_and_passages_are_those_of_the_default_index(both):
     retriever, store = both
     assert len(store.documents) == len(retriever.documents) and len(store.passages) == len(retriever.passages)
