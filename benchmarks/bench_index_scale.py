@@ -278,6 +278,27 @@ def _ids_of(found) -> list[int]:
     raise TypeError(f"DenseIndex.search returned no integer indices: {type(found)}")
 
 
+def corpus_of(args, num_passages: int):
+    """The synthetic corpus of this size and seed (generated once, then read from --cache-dir)."""
+    return make_corpus(
+        num_passages,
+        args.cache_dir / f"{num_passages}-seed{args.seed}",
+        seed=args.seed,
+        data_dir=args.data_dir,
+        embedding_model=args.embedding_model,
+        cache_dir=args.cache_dir,
+        embedding_max_length=args.embedding_max_length,
+    )
+
+
+def embedding_model(args):
+    from kqa.retrieval import Embedder, EmbedderSettings
+
+    return Embedder.from_pretrained(
+        args.embedding_model, device="cpu", settings=EmbedderSettings(max_length=args.embedding_max_length)
+    )
+
+
 def load_in_fresh_process(args, directory: Path) -> dict:
     """`Retriever.load` of a saved index in a new process, as a server starts: its RSS over the baseline
     (python, torch, the embedding model), and the load time. The building process's RSS also holds what
@@ -297,7 +318,7 @@ def load_in_fresh_process(args, directory: Path) -> dict:
 
 
 def child_load(args) -> None:
-    from kqa.retrieval import Embedder, EmbedderSettings, Retriever
+    from kqa.retrieval import Retriever
 
     if str(args.child_load) == "kiwi":  # Kiwi's model alone (the loaded index's analyzer holds one)
         from kqa.retrieval.sparse import MorphemeAnalyzer
@@ -306,9 +327,7 @@ def child_load(args) -> None:
         MorphemeAnalyzer()("서울은 대한민국의 수도이다.")
         print(json.dumps({"kiwi_mib": rss_mib() - baseline}))
         return
-    embedder = Embedder.from_pretrained(
-        args.embedding_model, device="cpu", settings=EmbedderSettings(max_length=args.embedding_max_length)
-    )
+    embedder = embedding_model(args)
     embedder.embed_queries(["기준"])  # the first call allocates: part of the baseline, not of the index
     gc.collect()
     baseline = rss_mib()
@@ -320,7 +339,6 @@ def child_load(args) -> None:
         json.dumps(
             {
                 "index_mib": rss_mib() - baseline,
-
                 "baseline_mib": baseline,
                 "load_s": seconds,
                 "dense_search": retriever.dense.search_kind if retriever.dense is not None else None,
@@ -331,7 +349,7 @@ def child_load(args) -> None:
 
 
 def measure(args, num_passages: int) -> dict:
-    from kqa.retrieval import Embedder, EmbedderSettings, Retriever, RetrieverSettings
+    from kqa.retrieval import Retriever, RetrieverSettings
     from kqa.retrieval.corpus import split_corpus
     from kqa.retrieval.dense import DenseIndex
     from kqa.retrieval.fusion import top_k
@@ -341,20 +359,10 @@ def measure(args, num_passages: int) -> dict:
     seconds, memory = result["seconds"], result["memory_mib"]
 
     t = time.perf_counter()
-    corpus = make_corpus(
-        num_passages,
-        args.cache_dir / f"{num_passages}-seed{args.seed}",
-        seed=args.seed,
-        data_dir=args.data_dir,
-        embedding_model=args.embedding_model,
-        cache_dir=args.cache_dir,
-        embedding_max_length=args.embedding_max_length,
-    )
+    corpus = corpus_of(args, num_passages)
     seconds["generate (or reuse)"] = time.perf_counter() - t
     result["corpus"] = corpus.info
-    embedder = Embedder.from_pretrained(
-        args.embedding_model, device="cpu", settings=EmbedderSettings(max_length=args.embedding_max_length)
-    )
+    embedder = embedding_model(args)
     gc.collect()
     memory["baseline (python, torch, model)"] = rss_mib()
 
@@ -558,7 +566,7 @@ def measure_milvus(args, num_passages: int) -> dict:
     """The same passages, terms and vectors in Milvus Lite (kqa.retrieval.milvus_store), built the way
     `kqa index --backend milvus` builds them; latency as for the in-process index; rankings compared with
     the in-process index's (built here from the same terms and vectors, after the timings)."""
-    from kqa.retrieval import Embedder, EmbedderSettings, Retriever, RetrieverSettings
+    from kqa.retrieval import Retriever, RetrieverSettings
     from kqa.retrieval.corpus import split_corpus
     from kqa.retrieval.dense import DenseIndex
     from kqa.retrieval.fusion import top_k
@@ -567,18 +575,8 @@ def measure_milvus(args, num_passages: int) -> dict:
 
     result: dict = {"backend": "milvus", "passages": num_passages, "seconds": {}, "memory_mib": {}}
     seconds, memory = result["seconds"], result["memory_mib"]
-    corpus = make_corpus(
-        num_passages,
-        args.cache_dir / f"{num_passages}-seed{args.seed}",
-        seed=args.seed,
-        data_dir=args.data_dir,
-        embedding_model=args.embedding_model,
-        cache_dir=args.cache_dir,
-        embedding_max_length=args.embedding_max_length,
-    )
-    embedder = Embedder.from_pretrained(
-        args.embedding_model, device="cpu", settings=EmbedderSettings(max_length=args.embedding_max_length)
-    )
+    corpus = corpus_of(args, num_passages)
+    embedder = embedding_model(args)
     analyzer = MorphemeAnalyzer()
     cached = terms_cache_path(corpus.passages.parent, analyzer)
     if not cached.exists():

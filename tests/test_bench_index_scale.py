@@ -106,7 +106,8 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path, data_dir):
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text(encoding="utf-8"))
-    (size,) = result["results"]
+    size = result["results"][0]
+    assert size["backend"] == "inprocess"
     assert size["passages"] == size["corpus"]["passages"] == 2000
     assert size["vocabulary"] > 1000 and size["terms"] > 50_000
     assert size["disk_mib"]["total"] > size["disk_mib"]["bm25/"] > 0 and size["disk_mib"]["passages.safetensors"] > 0
@@ -115,12 +116,26 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path, data_dir):
     for row in ("sparse", "dense exact, search only", "hybrid exact, search only", "hybrid exact + query embedding"):
         assert size["latency"][row]["n"] == 12 and 0 < size["latency"][row]["p50_ms"] <= size["latency"][row]["p95_ms"]
     assert set(size["hybrid_breakdown_ms"]) >= {"BM25 scores (bm25s)", "dense scores (matmul)", "fusion"}
+    loaded = size["loaded"]  # the saved index, loaded by a fresh process as a server would
+    assert loaded["passages"] == 2000 and loaded["index_mib"] > 0 and loaded["kiwi_mib"] > 0
     # What cannot run is named with its reason, in the JSON and the printed output.
-    assert "milvus" in result["skipped"] and f"skipped milvus: {result['skipped']['milvus']}" in proc.stdout
+    for what, why in result["skipped"].items():
+        assert f"skipped {what}: {why}" in proc.stdout
     if "ann" in result["skipped"]:
         assert "ann" not in size
     else:
-        assert 0.0 <= size["ann"]["ann_recall@10"] <= 1.0
+        assert 0.0 <= size["ann"]["ann_recall@10"] <= 1.0 and loaded["dense_search"] == "hnsw"
+        sweep = size["ann"]["ef_search_sweep"]  # efSearch values measured on the same graph
+        assert len(sweep) >= 2 and all(0.0 <= row["recall"] <= 1.0 and row["n"] == 12 for row in sweep.values())
+    if "milvus" in result["skipped"]:
+        assert len(result["results"]) == 1
+    else:  # the engine, fed the same terms and vectors: the in-process index's exact rankings
+        engine = result["results"][1]
+        assert engine["backend"] == "milvus" and engine["passages"] == 2000
+        for ranking in ("sparse (flat)", "dense (flat)", "hybrid (flat)"):
+            assert engine["parity_with_inprocess_exact"][ranking]["identical"] == 12, ranking
+        assert engine["latency"]["hybrid flat + query embedding"]["n"] == 12
+        assert "2,000 passages, Milvus Lite: latency" in proc.stdout
     assert "2,000 passages: latency" in proc.stdout and result["command"]
 
 
