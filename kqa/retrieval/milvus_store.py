@@ -762,7 +762,7 @@ class MilvusStore:
 
     @property
     def dense_index_kind(self) -> str | None:
-        """ "HNSW" or "FLAT": the kind of the collection's dense index, as Milvus reports it (None: no dense)."""
+        """The kind of the collection's dense index as Milvus reports it, "HNSW" or "FLAT" (None: no dense)."""
         if self.embedder is None:
             return None
         if self._dense_kind is None:
