@@ -221,7 +221,8 @@ def _add_index_parser(sub) -> None:
         "--ann",
         choices=ANN_MODES,
         default=RetrieverSettings().ann,
-        help="approximate dense search (FAISS HNSW): auto from --ann_threshold passages on, on, off (exact)",
+        help="approximate dense search, an HNSW graph (FAISS; Milvus's own with --backend milvus): auto from "
+        "--ann_threshold passages on, on, off (exact)",
     )
     ix.add_argument("--ann_threshold", type=int, default=RetrieverSettings().ann_threshold)
     ix.add_argument(
