@@ -963,3 +963,29 @@ def test_a_run_with_negatives_trains_on_them_and_may_answer_nothing(backbone_dir
     assert result.best_step == 20
     saved = json.loads((tmp_path / "run" / "best" / "kqa_config.json").read_text(encoding="utf-8"))
     assert saved["postprocess"]["version_2_with_negative"] is True
+
+
+# ---- frozen word embeddings ---------------------------------------------------------------------------
+
+
+def test_frozen_word_embeddings_stay_pretrained_while_the_rest_learns(backbone_dir, korean_squad_file, tmp_path):
+    cfg = _config(backbone_dir, korean_squad_file, tmp_path / "run", max_train_steps=3, freeze_word_embeddings=True)
+    recipe = QATrainingRecipe(cfg).setup()
+    before = _weights(recipe)
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    embedding = model.backbone.get_input_embeddings().weight
+    optimized = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+    assert id(embedding) not in optimized  # no AdamW state or update for the matrix
+    assert len(optimized) == sum(p.requires_grad for p in model.parameters()) == len(list(model.parameters())) - 1
+    recipe.train()
+    after = _weights(recipe)
+    name = next(k for k in before if k.endswith("word_embeddings.weight"))
+    assert torch.equal(after[name], before[name])
+    assert not torch.equal(after["qa_outputs.weight"], before["qa_outputs.weight"])
+    moved = [k for k in before if "position_embeddings" in k or "layer.0.attention.self.query.weight" in k]
+    assert moved and all(not torch.equal(after[k], before[k]) for k in moved)  # only the word matrix is frozen
+    # The default trains it.
+    recipe = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "run2", max_train_steps=3)).setup()
+    before = _weights(recipe)
+    recipe.train()
+    assert not torch.equal(_weights(recipe)[name], before[name])

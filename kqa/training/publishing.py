@@ -27,6 +27,7 @@ CARD_SETTINGS = (
     "learning_rate",
     "weight_decay",
     "layer_lr_decay",
+    "freeze_word_embeddings",
     "lr_scheduler_type",
     "warmup_ratio",
     "warmup_steps",

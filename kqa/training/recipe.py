@@ -172,7 +172,14 @@ class QATrainingRecipe:
         )
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        logger.info("model %s: %.1fM parameters", cfg.model_name_or_path, model.num_parameters() / 1e6)
+        if cfg.freeze_word_embeddings:  # before the optimizer is built: it takes only what requires grad
+            model.backbone.get_input_embeddings().weight.requires_grad_(False)
+        logger.info(
+            "model %s: %.1fM parameters, %.1fM trained",
+            cfg.model_name_or_path,
+            model.num_parameters() / 1e6,
+            model.num_parameters(only_trainable=True) / 1e6,
+        )
         return tokenizer, model
 
     def _tokenizer_hub_options(self) -> dict:
