@@ -710,7 +710,8 @@ class MilvusStore:
         n = k if method != "hybrid" else max(k, self.settings.candidates)
         sparse_hits = dense_hits = None
         if method != "dense":
-            sparse_hits = self._search("sparse", self._query_vectors(queries), n, expr, metadata_filter, check_here)
+            sparse_queries = self._query_vectors(queries)
+            sparse_hits = self._search("sparse", sparse_queries, n, expr, metadata_filter, check_here)
         if method != "sparse":
             dense_queries = self.embedder.embed_queries(queries)
             dense_hits = self._search(
@@ -723,7 +724,7 @@ class MilvusStore:
             elif method == "dense":
                 ranked = [(h, h["score"], None, h["score"]) for h in dense_hits[i][:k]]
             else:
-                ranked = self._fuse(sparse_hits[i], dense_hits[i], dense_queries[i], queries[i], k)
+                ranked = self._fuse(sparse_hits[i], dense_hits[i], sparse_queries[i], dense_queries[i], k)
             results.append(
                 [
                     RetrievedPassage(_passage(h), rank=r, score=float(s), sparse_score=sp, dense_score=de)
@@ -790,7 +791,7 @@ class MilvusStore:
         hits.sort(key=lambda h: (-h["score"], h["seq"]))
         return hits
 
-    def _fuse(self, sparse_hits, dense_hits, dense_query, query, k) -> list[tuple]:
+    def _fuse(self, sparse_hits, dense_hits, sparse_query, dense_query, k) -> list[tuple]:
         """kqa's fusion over each side's candidates, then both scores of the k kept (the side that did
         not return a passage is asked for its score, as Retriever reports every passage's two scores)."""
         n = self.settings.candidates
@@ -810,10 +811,10 @@ class MilvusStore:
         missing_dense = [h["pid"] for h in kept if h["seq"] not in dense_scores]
         # The side that did not return a passage scores it here, from its stored vectors fetched by primary
         # key: a search filtered to those pids costs a whole search (~50 ms at 10^5 passages on Lite).
-        if missing_sparse and (vector := self._query_vectors([query])[0]):
+        if missing_sparse and sparse_query:
             for row in self.client.get(self.collection, ids=missing_sparse, output_fields=["seq", "sparse"]):
                 score = float(
-                    sum(np.float32(w) * np.float32(vector.get(int(t), 0.0)) for t, w in row["sparse"].items())
+                    sum(np.float32(w) * np.float32(sparse_query.get(int(t), 0.0)) for t, w in row["sparse"].items())
                 )
                 if score > 0:  # as a BM25 search: a passage with no query term has no sparse score
                     sparse_scores[row["seq"]] = score
