@@ -30,6 +30,9 @@ import numpy as np
 
 CALIBRATION_BINS = 15
 CALIBRATION_SECTION = "calibration"
+ANSWER_RANKING_SECTION = "answer_ranking"  # kqa.answer_ranking's
+# The sections of kqa_config.json beside the prediction settings.
+CONFIG_SECTIONS = (CALIBRATION_SECTION, ANSWER_RANKING_SECTION)
 METHODS = ("platt", "temperature")
 PLATT_FEATURES = ("score", "probability")
 # Retrieve-then-read answers "no answer" below this calibrated confidence unless a call says otherwise;
@@ -83,7 +86,7 @@ class Calibrator:
             return within_context_softmax(scores, context.null_score, float(self.parameters["temperature"]))
         columns = {"score": scores, "probability": np.asarray(context.probabilities, dtype=np.float64)}
         x = np.stack([columns[name] for name in self.parameters["features"]], axis=1)
-        return _sigmoid(x @ np.asarray(self.parameters["weights"], dtype=np.float64) + float(self.parameters["bias"]))
+        return sigmoid(x @ np.asarray(self.parameters["weights"], dtype=np.float64) + float(self.parameters["bias"]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +114,7 @@ def check_threshold(value: Any, name: str = "score_threshold") -> float:
     return float(value)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for any z
 
 
@@ -173,7 +176,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, iterations: int
     penalty = np.full(design.shape[1], l2)
     penalty[-1] = 0.0
     for _ in range(iterations):
-        p = _sigmoid(design @ theta)
+        p = sigmoid(design @ theta)
         gradient = design.T @ (p - y) / len(y) + penalty * theta
         hessian = (design.T * (p * (1 - p))) @ design / len(y) + np.diag(penalty + 1e-9)
         step = np.linalg.solve(hessian, gradient)
@@ -266,17 +269,22 @@ def load_calibrator(model_dir: str | Path) -> Optional[Calibrator]:
 
 
 def save_calibrator(model_dir: str | Path, calibrator: Calibrator) -> Path:
-    """Write (or replace) the `calibration` section of a model's kqa_config.json, keeping the rest. The
+    """Write (or replace) the `calibration` section of a model's kqa_config.json, keeping the rest."""
+    return write_config_section(model_dir, CALIBRATION_SECTION, calibrator.to_dict())
+
+
+def write_config_section(model_dir: str | Path, section: str, value: dict[str, Any]) -> Path:
+    """Write (or replace) one top-level section of a model's kqa_config.json, keeping the rest. The
     prediction settings are written in their nested layout (`PredictionSettings.to_dict`: a 0.1.0 model's
     flat keys are moved into it), where every loader reads them and skips the sections it does not know."""
     from kqa.prediction import PredictionSettings
     from kqa.weights import KQA_CONFIG_FILE, load_kqa_config
 
     path = Path(model_dir) / KQA_CONFIG_FILE
-    saved = {k: v for k, v in load_kqa_config(model_dir).items() if k != CALIBRATION_SECTION}
+    saved = {k: v for k, v in load_kqa_config(model_dir).items() if k != section}
     settings = PredictionSettings.from_dict(saved, str(path)).to_dict()
-    if not any(name in saved for name in settings):  # the flat layout: only kqa_version stays beside them
-        saved = {k: v for k, v in saved.items() if k == "kqa_version"}
-    data = {**saved, **settings, CALIBRATION_SECTION: calibrator.to_dict()}
+    if not any(name in saved for name in settings):  # the flat layout: only kqa_version and sections stay
+        saved = {k: v for k, v in saved.items() if k in ("kqa_version", *CONFIG_SECTIONS)}
+    data = {**saved, **settings, section: value}
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     return path

@@ -1,11 +1,17 @@
 """`kqa calibrate`: fit a calibrator (`kqa.calibration`) on a dev set's answers and save it with the model.
 
     kqa calibrate --model outputs/kqa/best --data_file dev.json [--output_dir calibrated/] [--method platt]
+    kqa calibrate --model outputs/kqa/best --data_file dev.json --open [--embedding_model models/e5-small]
 
 The model reads every question of the data file in its own context; each best answer is correct when it
 matches a gold answer exactly after KorQuAD normalisation. The calibrator is written into the model's
 `kqa_config.json` (`calibration` section) — into a copy of the model under `--output_dir` when given — and
 the command prints ECE before and after as JSON and draws a reliability diagram (`reliability.png`).
+
+With `--open` it fits an answer ranker instead (`kqa.answer_ranking`, `answer_ranking` section): the
+questions are read over an index of the data file's contexts, with their own document in it and removed
+(kqa.retrieval.open_calibration); retrieve-then-read then ranks answers and abstains by its confidence.
+The diagram shows the best answers' confidence in both settings.
 """
 
 from __future__ import annotations
@@ -114,12 +120,15 @@ def run_calibrate(args: argparse.Namespace, load_answerer) -> int:
     from kqa.calibration import load_calibrator
     from kqa.data import load_data_file
 
-    threshold = check_threshold(args.score_threshold, "--score_threshold")
+    given = None if args.score_threshold is None else check_threshold(args.score_threshold, "--score_threshold")
     examples, _ = load_data_file(args.data_file)  # a bad file fails before the model loads
     if len(examples) == 0:
         raise ValueError(f"{args.data_file}: no questions")
     target = _target_dir(args.model, args.output_dir)
     qa = load_answerer(args)
+    if args.open:
+        return run_open_calibrate(args, qa, examples, target, given)
+    threshold = DEFAULT_SCORE_THRESHOLD if given is None else given
     contexts, em, _, _ = read_dev_set(qa, examples)
     fit_on = {"data_file": str(args.data_file), "target": "exact match after KorQuAD normalisation"}
     calibrator = fit_calibrator(contexts, em, args.method, score_threshold=threshold, fit_on=fit_on)
@@ -147,7 +156,63 @@ def run_calibrate(args: argparse.Namespace, load_answerer) -> int:
     return 0
 
 
+def run_open_calibrate(args: argparse.Namespace, qa, examples, target: Path, threshold: float | None) -> int:
+    """`kqa calibrate --open`: fit, save and report an answer ranker (module docstring)."""
+    from kqa.answer_ranking import fit_answer_ranker, load_answer_ranker, save_answer_ranker
+    from kqa.retrieval import Embedder, RetrieveAndRead
+    from kqa.retrieval.open_calibration import SETTINGS, dev_documents, dev_index, question_candidates, read_open
+
+    embedder = Embedder.from_pretrained(args.embedding_model, device=args.device)
+    documents, doc_ids = dev_documents(examples)
+    reader = qa.with_settings()
+    reader.answer_ranker = None  # the features are read as the model has none: an earlier ranker is replaced
+    pipeline = RetrieveAndRead(dev_index(documents, embedder), reader, passages=args.passages)
+    readings = read_open(pipeline, examples, doc_ids, args.passages)
+    fit_on = {
+        "data_file": str(args.data_file),
+        "target": "exact match after KorQuAD normalisation",
+        "embedding_model": embedder.name,
+        "embedder_fingerprint": embedder.fingerprint,
+        "retrieval": "hybrid",
+        "passages": args.passages,
+        "documents": len(documents),
+    }
+    ranker = fit_answer_ranker(question_candidates(pipeline, readings), score_threshold=threshold, fit_on=fit_on)
+    save_answer_ranker(target, ranker)
+    load_answer_ranker(target)  # what was written loads again
+    pipeline.answer_ranker = ranker
+    curves = {}
+    for setting in SETTINGS:
+        mine = [r for r in readings if r.setting == setting]
+        best = [
+            pipeline.rank(r.example["question"], r.passages, pipeline.score_answers(r.passages, r.answers))
+            for r in mine
+        ]
+        curves[setting] = (
+            [b.best_confidence or 0.0 for b in best],
+            [
+                r.correct(b.answers[0] if b.answers else None)[0] if b.best_confidence is not None else 0.0
+                for r, b in zip(mine, best)
+            ],
+        )
+    figure = Path(args.figure) if args.figure else target / RELIABILITY_FIGURE
+    plot_reliability(curves, figure, f"best answers' confidence on {Path(args.data_file).name}, retrieved passages")
+    summary = {"model_dir": str(target), "figure": str(figure), "bins": CALIBRATION_BINS, **ranker.to_dict()}
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(
+        f"answer ranker: ECE {ranker.fit_on['ece']:.4f} on the fit set's best answers, score_threshold "
+        f"{ranker.score_threshold:.4f}; wrote {target}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def add_calibrate_parser(sub, add_model_flags, func) -> None:
+    from kqa.answer_ranking import TARGET_ANSWER_RATE
+    from kqa.flags import add_bool_flag
+    from kqa.retrieval.dense import DEFAULT_EMBEDDING_MODEL
+    from kqa.retrieval.pipeline import DEFAULT_PASSAGES
+
     c = sub.add_parser("calibrate", help="fit an answer's P(correct) on a dev set and save it with the model")
     add_model_flags(c)
     c.add_argument("--data_file", required=True, help="dev set with gold answers (any format kqa evaluate reads)")
@@ -161,9 +226,21 @@ def add_calibrate_parser(sub, add_model_flags, func) -> None:
     c.add_argument(
         "--score_threshold",
         type=float,
-        default=DEFAULT_SCORE_THRESHOLD,
         help="kqa ask / POST /v1/ask answer 'no answer' below this confidence unless asked otherwise "
-        f"(default {DEFAULT_SCORE_THRESHOLD})",
+        f"(default {DEFAULT_SCORE_THRESHOLD}; with --open: the highest that answers "
+        f"{TARGET_ANSWER_RATE:.0%} of the questions whose document is in the index)",
+    )
+    add_bool_flag(c, "open", help="fit an answer ranker for retrieve-then-read (kqa ask) over the data file's contexts")
+    c.add_argument(
+        "--embedding_model",
+        default=DEFAULT_EMBEDDING_MODEL,
+        help="with --open: the embedding model of the indexes the model will read (the one kqa index was given)",
+    )
+    c.add_argument(
+        "--passages",
+        type=int,
+        default=DEFAULT_PASSAGES,
+        help=f"with --open: passages read (default {DEFAULT_PASSAGES})",
     )
     c.add_argument("--figure", help=f"the reliability diagram's path (default: MODEL_DIR/{RELIABILITY_FIGURE})")
     c.set_defaults(func=func)

@@ -296,13 +296,13 @@ def _add_ask_parser(sub) -> None:
         "--score_threshold",
         type=float,
         help="answer 'no answer' below this calibrated confidence (default: the one stored with the model's "
-        "calibrator, kqa calibrate; a model without one never abstains)",
+        "answer ranker or calibrator, kqa calibrate [--open]; a model with neither never abstains)",
     )
     a.add_argument(
         "--rank_by",
         choices=RANK_BY,
-        default=RANK_BY[0],
-        help="rank the answers of all passages by P(passage) x P(span) (default) or by the calibrated confidence",
+        help="rank the answers of all passages by P(passage) x P(span) or by the calibrated confidence (default: "
+        "the confidence for a model with an answer ranker, kqa calibrate --open, else the probability)",
     )
     a.set_defaults(func=cmd_ask)
 

@@ -21,6 +21,7 @@ from typing import Optional, Union
 
 import torch
 
+from kqa.answer_ranking import AnswerRanker, load_answer_ranker
 from kqa.calibration import Calibrator, load_calibrator, span_confidences
 from kqa.features import prepare_eval_features
 from kqa.postprocess import ExamplePrediction
@@ -91,6 +92,7 @@ class QuestionAnswerer:
         backend: str | None = None,
         compile: bool = False,
         calibrator: Calibrator | None = None,
+        answer_ranker: AnswerRanker | None = None,
     ):
         from kqa.inference.runtimes import OnnxQuestionAnsweringModel
 
@@ -103,6 +105,8 @@ class QuestionAnswerer:
         self.settings = settings or PredictionSettings()
         self.batch_size = batch_size
         self.calibrator = calibrator
+        # Used by retrieve-then-read only (kqa.retrieval.RetrieveAndRead): it ranks answers across passages.
+        self.answer_ranker = answer_ranker
         self.backend = backend or ("onnx" if isinstance(model, OnnxQuestionAnsweringModel) else "torch")
         if self.settings.postprocess.answer_boundaries == "korean":
             from kqa.boundaries import warm_up
@@ -189,6 +193,7 @@ class QuestionAnswerer:
             backend=backend,
             compile=compile,
             calibrator=load_calibrator(model_dir),
+            answer_ranker=load_answer_ranker(model_dir),
         )
 
     def __call__(

@@ -18,23 +18,35 @@ probabilities summed.
 
 With a calibrated reader (`kqa calibrate`) each answer also carries its confidence, P(correct), and none is
 returned when the best answer's is below `score_threshold`. `rank_by="confidence"` ranks by that confidence
-instead of the probability above; it is not the default because, with a reader fine-tuned on gold passages
-only, it was measured far worse (docs/retrieval.md#abstention-no-answer-over-documents).
+instead of the probability above; with a calibrator fitted on gold passages it is not the default because,
+with a reader fine-tuned on gold passages only, it was measured far worse
+(docs/retrieval.md#abstention-no-answer-over-documents).
+
+A reader with an answer ranker (`kqa calibrate --open`, kqa.answer_ranking) is the exception: its
+confidence was fitted on retrieved passages from the reader's and the retriever's scores together, so
+answers are ranked by it by default and it is the confidence every answer carries. It needs both the
+cosine and the BM25 score of a passage: over an index without one of them, or a call with another
+`method`, the pipeline ranks by the probability above (a warning says so once).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from kqa.answer_ranking import AnswerRanker, answer_features
 from kqa.calibration import check_threshold, span_confidences
 from kqa.retrieval.formats import location_of
 from kqa.retrieval.retriever import RetrievedPassage, Retriever
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_PASSAGES = 5
-# How answers of several passages are ranked: the first is the default (measured: docs/retrieval.md).
+# How answers of several passages are ranked: the first is the default, but for a reader with an answer
+# ranker, whose confidence is ranked by (measured: docs/retrieval.md).
 RANK_BY = ("probability", "confidence")
 E5_TEMPERATURE = 0.01  # the InfoNCE temperature multilingual-e5 was trained with: softmax(cos / 0.01)
 
@@ -101,18 +113,39 @@ class RetrieveAndRead:
         *,
         passages: int = DEFAULT_PASSAGES,
         passage_temperature: float = E5_TEMPERATURE,
-        rank_by: str = RANK_BY[0],
+        rank_by: str | None = None,
     ):
         _check_positive_int("passages", passages)
-        if rank_by not in RANK_BY:
+        if rank_by is not None and rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
-        self.rank_by = rank_by
         if not isinstance(passage_temperature, (int, float)) or not passage_temperature > 0:
             raise ValueError(f"passage_temperature must be > 0, got {passage_temperature!r}")
         self.retriever = retriever
         self.reader = reader
         self.passages = passages
         self.passage_temperature = float(passage_temperature)
+        self.answer_ranker = self._usable_ranker(getattr(reader, "answer_ranker", None))
+        self.rank_by = rank_by or ("confidence" if self.answer_ranker is not None else RANK_BY[0])
+
+    def _usable_ranker(self, ranker: AnswerRanker | None) -> AnswerRanker | None:
+        """The reader's answer ranker when this index gives the scores it was fitted on, else None (warned)."""
+        if ranker is None:
+            return None
+        if self.retriever.sparse is None or self.retriever.dense is None:
+            logger.warning(
+                "the model's answer ranker needs an index with embeddings and BM25 (hybrid); this one lacks one: "
+                "answers are ranked by P(passage) x P(span) and not withheld"
+            )
+            return None
+        fitted_with = ranker.fit_on.get("embedder_fingerprint")
+        if fitted_with and fitted_with != self.retriever.embedder.fingerprint:
+            logger.warning(
+                "the model's answer ranker was fitted with the embedding model %s, this index uses %s: "
+                "its cosines may be on another scale (run kqa calibrate --open with this embedding model)",
+                ranker.fit_on.get("embedding_model"),
+                self.retriever.embedder.name,
+            )
+        return ranker
 
     def passage_probabilities(self, found: Sequence[RetrievedPassage]) -> list[float]:
         """P(passage | question) over the passages read: a softmax of cosine / temperature, or of BM25."""
@@ -171,18 +204,27 @@ class RetrieveAndRead:
             for question, found, found_answers in zip(questions, hits, candidates)
         ]
 
+    def ranker_features(self, answer: OpenAnswer, found: Sequence[RetrievedPassage]):
+        """The answer ranker's features of one answer (`kqa.answer_ranking.answer_features`), or None when
+        its passage lacks a cosine or a BM25 score (a sparse or dense call)."""
+        hit = next(h for h in found if h.passage.id == answer.passage_id)
+        if hit.dense_score is None or hit.sparse_score is None:
+            return None
+        return answer_features(answer.probability, answer.score, hit.dense_score, hit.sparse_score)
+
     @property
     def calibrator(self):
         return getattr(self.reader, "calibrator", None)
 
     def threshold(self, score_threshold: float | None) -> float | None:
-        """The abstention threshold of a call: the one given, else the calibrator's; None (never abstain)
-        for a reader without a calibrator, which cannot take one."""
-        if self.calibrator is None:
+        """The abstention threshold of a call: the one given, else the answer ranker's, else the
+        calibrator's; None (never abstain) for a reader with neither, which cannot take one."""
+        source = self.answer_ranker or self.calibrator
+        if source is None:
             if score_threshold is not None:
                 raise ValueError("score_threshold needs a calibrated model (kqa calibrate); this one has no calibrator")
             return None
-        return self.calibrator.score_threshold if score_threshold is None else check_threshold(score_threshold)
+        return source.score_threshold if score_threshold is None else check_threshold(score_threshold)
 
     def candidates(
         self, questions: Sequence[str], hits: Sequence[Sequence[RetrievedPassage]], *, top_k: int = 1
@@ -200,9 +242,24 @@ class RetrieveAndRead:
         # n-best spans of every passage: a passage's second span may outrank another passage's first.
         predictions = self.reader.predict_rows(rows, top_k=top_k) if rows else {}
         return [
-            self._passage_answers([predictions[f"{q}/{h}"] for h in range(len(found))], found)
-            for q, found in enumerate(hits)
+            self.answers_in([predictions[f"{q}/{h}"] for h in range(len(found))], found) for q, found in enumerate(hits)
         ]
+
+    def answers_in(self, predictions, found: Sequence[RetrievedPassage]) -> list[OpenAnswer]:
+        """One question's answers from the reader's predictions in its passages (`found`, in order): see
+        `candidates`; with an answer ranker, its confidence replaces the calibrator's."""
+        answers = self._passage_answers(predictions, found)
+        return self.score_answers(found, answers) if self.answer_ranker is not None else answers
+
+    def score_answers(self, found: Sequence[RetrievedPassage], answers: list[OpenAnswer]) -> list[OpenAnswer]:
+        """Give each answer the answer ranker's confidence (in place; returns them), or None to all when a
+        passage lacks a score the ranker needs (the call then ranks by probability and never abstains)."""
+        features = [self.ranker_features(a, found) for a in answers]
+        usable = all(f is not None for f in features)
+        confidences = self.answer_ranker.confidences(features) if usable and features else []
+        for i, answer in enumerate(answers):
+            answer.confidence = float(confidences[i]) if usable else None
+        return answers
 
     def _passage_answers(self, predictions, found: Sequence[RetrievedPassage]) -> list[OpenAnswer]:
         answers: dict[tuple[str, int, int], OpenAnswer] = {}
@@ -257,7 +314,9 @@ class RetrieveAndRead:
         if by not in RANK_BY:
             raise ValueError(f"by must be one of {RANK_BY}, got {by!r}")
         if by == "confidence" and any(a.confidence is None for a in answers):
-            raise ValueError("ranking by confidence needs a calibrated reader (kqa calibrate)")
+            if self.answer_ranker is None:
+                raise ValueError("ranking by confidence needs a calibrated reader (kqa calibrate)")
+            by = "probability"  # a call whose passages lack a score the ranker needs
         ranked = sorted(answers, key=lambda a: (-getattr(a, by), a.retrieval_rank, a.start))
         best = ranked[0].confidence if ranked else None
         withheld = score_threshold is not None and best is not None and best < score_threshold
