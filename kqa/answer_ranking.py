@@ -42,6 +42,7 @@ from kqa.calibration import (
     check_threshold,
     expected_calibration_error,
     fit_logistic,
+    read_config_section,
     sigmoid,
     write_config_section,
 )
@@ -189,14 +190,7 @@ def threshold_for_answer_rate(confidence: Sequence[float], rate: float) -> float
 
 def load_answer_ranker(model_dir: str | Path) -> Optional[AnswerRanker]:
     """The answer ranker saved with a model, or None for a model without an `answer_ranking` section."""
-    from kqa.weights import KQA_CONFIG_FILE, load_kqa_config
-
-    data = load_kqa_config(model_dir)
-    if ANSWER_RANKING_SECTION not in data:
-        return None
-    return AnswerRanker.from_dict(
-        data[ANSWER_RANKING_SECTION], f"{Path(model_dir) / KQA_CONFIG_FILE}: {ANSWER_RANKING_SECTION}"
-    )
+    return read_config_section(model_dir, ANSWER_RANKING_SECTION, AnswerRanker.from_dict)
 
 
 def save_answer_ranker(model_dir: str | Path, ranker: AnswerRanker) -> Path:

@@ -258,14 +258,18 @@ def span_confidences(prediction, calibrator: Calibrator | None) -> list[Optional
 
 def load_calibrator(model_dir: str | Path) -> Optional[Calibrator]:
     """The calibrator saved with a model, or None for a model without a `calibration` section."""
+    return read_config_section(model_dir, CALIBRATION_SECTION, Calibrator.from_dict)
+
+
+def read_config_section(model_dir: str | Path, section: str, parse):
+    """`parse(value, source)` of one top-level section of a model's kqa_config.json (`source` names the file
+    and the section for errors), or None for a model without it."""
     from kqa.weights import KQA_CONFIG_FILE, load_kqa_config
 
     data = load_kqa_config(model_dir)
-    if CALIBRATION_SECTION not in data:
+    if section not in data:
         return None
-    return Calibrator.from_dict(
-        data[CALIBRATION_SECTION], f"{Path(model_dir) / KQA_CONFIG_FILE}: {CALIBRATION_SECTION}"
-    )
+    return parse(data[section], f"{Path(model_dir) / KQA_CONFIG_FILE}: {section}")
 
 
 def save_calibrator(model_dir: str | Path, calibrator: Calibrator) -> Path:

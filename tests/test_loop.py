@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -481,6 +482,25 @@ def test_mixed_precision_unset_follows_accelerate_and_explicit_values_win(
     reset_accelerate_state()
     explicit = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "b", mixed_precision="no")).setup()
     assert explicit.accelerator.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("features, warned", [(["AVX2"], True), (["AVX2", "AVX512F", "AVX512BF16"], False)])
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(
+    backbone_dir, korean_squad_file, tmp_path, monkeypatch, caplog, features, warned
+):
+    import kqa.inference.runtimes as runtimes
+
+    monkeypatch.setattr(runtimes, "cpu_features", lambda: features)
+    with caplog.at_level(logging.WARNING, logger="kqa.training.recipe"):
+        recipe = QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path, mixed_precision="bf16")).setup()
+    assert recipe.accelerator.mixed_precision == "bf16"  # a warning, not a refusal
+    assert ("without native bf16" in caplog.text) == warned
+    reset_accelerate_state()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kqa.training.recipe"):
+        QATrainingRecipe(_config(backbone_dir, korean_squad_file, tmp_path / "fp32", mixed_precision="no")).setup()
+    assert "without native bf16" not in caplog.text
+    reset_accelerate_state()
 
 
 @pytest.mark.parametrize("cuda, bf16, expected", [(False, False, "no"), (True, True, "bf16"), (True, False, "fp16")])

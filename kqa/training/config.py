@@ -437,6 +437,21 @@ def negative_settings(cfg: TrainConfig) -> NegativeSettings:
     return NegativeSettings(ratio=cfg.negative_ratio, kind=cfg.negative_kind, seed=cfg.seed)
 
 
+def emulated_bf16_warning(mixed_precision: Optional[str], device_type: str) -> Optional[str]:
+    """A warning for bf16 autocast on a CPU without native bf16 instructions (AVX512_BF16; AMX CPUs have
+    them too): there torch emulates bf16 matmuls, slower than fp32. None where nothing is wrong."""
+    if device_type != "cpu" or mixed_precision != "bf16":
+        return None
+    from kqa.inference.runtimes import cpu_features
+
+    if "AVX512BF16" in cpu_features():
+        return None
+    return (
+        "mixed_precision bf16 on a CPU without native bf16 (no AVX512_BF16): the matmuls are emulated and "
+        "slower than fp32; use mixed_precision no on this machine (docs/results.md, study rows 10-11)"
+    )
+
+
 def resolve_mixed_precision(requested: Optional[str]) -> Optional[str]:
     """The `mixed_precision` to give `Accelerator`.
 

@@ -54,7 +54,7 @@ from kqa.training.checkpoints import (
     save_model_directory,
     write_checkpoint,
 )
-from kqa.training.config import TrainConfig, resolve_mixed_precision
+from kqa.training.config import TrainConfig, emulated_bf16_warning, resolve_mixed_precision
 from kqa.training.evaluation import store_training_threshold
 from kqa.training.inputs import load_train_examples, load_validation_examples
 from kqa.training.optim import build_optimizer, build_scheduler, schedule_length
@@ -133,6 +133,9 @@ class QATrainingRecipe:
             project_dir=str(self.output_dir),
         )
         set_seed(cfg.seed)
+        warning = emulated_bf16_warning(accelerator.mixed_precision, accelerator.device.type)
+        if warning and accelerator.is_main_process:
+            logger.warning(warning)
         # Logging is the application's to configure (train.py does); only silence other processes.
         if not accelerator.is_local_main_process:
             logging.getLogger("kqa").setLevel(logging.WARNING)
