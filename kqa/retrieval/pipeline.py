@@ -25,8 +25,9 @@ with a reader fine-tuned on gold passages only, it was measured far worse
 A reader with an answer ranker (`kqa calibrate --open`, kqa.answer_ranking) is the exception: its
 confidence was fitted on retrieved passages from the reader's and the retriever's scores together, so
 answers are ranked by it by default and it is the confidence every answer carries. It needs both the
-cosine and the BM25 score of a passage: over an index without one of them, or a call with another
-`method`, the pipeline ranks by the probability above (a warning says so once).
+cosine and the BM25 score of a passage: over an index without one of them (a warning says so when the
+pipeline is built), or in a call with `method="sparse"` or `"dense"`, answers are ranked by the probability
+above and never withheld.
 """
 
 from __future__ import annotations
