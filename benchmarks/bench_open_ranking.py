@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--thresholds", default=THRESHOLDS)
     parser.add_argument("--answer-rates", default=ANSWER_RATES)
     parser.add_argument("--limit", type=int, help="questions per set (a quick run)")
+    parser.add_argument("--figures", type=Path, help="write reliability_open_<set>.png (cross-fitted) here")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -80,7 +81,7 @@ def main() -> int:
     datasets.disable_progress_bars()
     from kqa.answer_ranking import fit_answer_ranker, threshold_for_answer_rate
     from kqa.calibration import expected_calibration_error
-    from kqa.cli.calibrate import read_dev_set
+    from kqa.cli.calibrate import plot_reliability, read_dev_set
     from kqa.inference import QuestionAnswerer
     from kqa.retrieval import Embedder, RetrieveAndRead
     from kqa.retrieval.open_calibration import SETTINGS, dev_documents, dev_index, question_candidates, read_open
@@ -143,6 +144,11 @@ def main() -> int:
         )
         confidence = {s: [b.confidence if b else 0.0 for b in best[s]] for s in SETTINGS}
         correct = {s: [r.correct(b)[0] if b else 0.0 for r, b in zip(by_setting[s], best[s])] for s in SETTINGS}
+        if args.figures:
+            args.figures.mkdir(parents=True, exist_ok=True)
+            curves = {s: (confidence[s], correct[s]) for s in SETTINGS}
+            title = f"{name}, best answers over retrieved passages (fit on {other})"
+            plot_reliability(curves, args.figures / f"reliability_open_{name}.png", title)
         chosen = [(t, f"{rate:.0%} of {other}") for rate, t in by_rate.items()]
         for t, how in chosen + [(float(x), "-") for x in args.thresholds.split(",")]:
             sweep.append(
