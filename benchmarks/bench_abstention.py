@@ -66,11 +66,9 @@ def calibration_table(scores: dict) -> tuple[list[dict], dict]:
 
 
 def score_answer(answer, question: dict) -> tuple[float, float]:
-    from kqa.metric import exact_match_score, f1_score
+    from kqa.metric import score_question
 
-    text = answer.text if answer is not None else ""
-    golds = question["answers"]["text"]
-    return max(exact_match_score(text, g) for g in golds), max(f1_score(text, g) for g in golds)
+    return score_question(answer.text if answer is not None else "", question["answers"]["text"])
 
 
 def setting_rows(pipeline, questions, hits, candidates, given_f1, thresholds, label) -> list[dict]:

@@ -131,7 +131,9 @@ class EvalResult:
         return asdict(self)
 
 
-def _score_question(prediction: str, gold_answers: Sequence[str]) -> tuple[float, float]:
+def score_question(prediction: str, gold_answers: Sequence[str]) -> tuple[float, float]:
+    """EM and F1 of one prediction: the best over the gold answers; for an impossible question (no gold
+    answer), 1.0 each when nothing is predicted, else 0.0."""
     if not gold_answers:  # impossible question: right only when nothing is predicted
         right = float(normalize_answer(prediction) == "")
         return right, right
@@ -168,7 +170,7 @@ def _evaluate(
             continue
         prediction = predictions[question_id]
         answered += 1
-        em, f1 = _score_question(prediction, gold_answers)
+        em, f1 = score_question(prediction, gold_answers)
         scores.append((em, f1))
         em_sum += em
         f1_sum += f1

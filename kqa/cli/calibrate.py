@@ -48,7 +48,7 @@ def context_scores(prediction) -> ContextScores:
 def read_dev_set(qa, examples) -> tuple[list[ContextScores], list[float], list[float], dict]:
     """Every question read in its own context: the n-best scores, EM and F1 of the best span (KorQuAD
     normalisation, best over the gold answers), and the predictions by id."""
-    from kqa.metric import exact_match_score, f1_score
+    from kqa.metric import score_question
 
     rows = [{"id": e["id"], "question": e["question"], "context": e["context"]} for e in examples]
     predictions = qa.predict_rows(rows)
@@ -56,10 +56,10 @@ def read_dev_set(qa, examples) -> tuple[list[ContextScores], list[float], list[f
     for example in examples:
         prediction = predictions[example["id"]]
         best = prediction.nbest[0].text if prediction.nbest else ""
-        golds = example["answers"]["text"] or [""]
         contexts.append(context_scores(prediction))
-        em.append(max(exact_match_score(best, g) for g in golds))
-        f1.append(max(f1_score(best, g) for g in golds))
+        question_em, question_f1 = score_question(best, example["answers"]["text"])
+        em.append(question_em)
+        f1.append(question_f1)
     return contexts, em, f1, predictions
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kqa.answer_ranking import QuestionCandidates
-from kqa.metric import exact_match_score, f1_score
+from kqa.metric import score_question
 from kqa.retrieval.corpus import Document
 from kqa.retrieval.pipeline import OpenAnswer, RetrieveAndRead
 from kqa.retrieval.retriever import RetrievedPassage, Retriever, RetrieverSettings
@@ -43,9 +43,7 @@ class OpenReading:
 
     def correct(self, answer: OpenAnswer | None) -> tuple[float, float]:
         """EM and F1 of an answer (None: no answer) against the question's gold answers."""
-        text = "" if answer is None else answer.text
-        golds = self.example["answers"]["text"] or [""]
-        return max(exact_match_score(text, g) for g in golds), max(f1_score(text, g) for g in golds)
+        return score_question("" if answer is None else answer.text, self.example["answers"]["text"])
 
 
 def dev_documents(examples: Sequence[dict]) -> tuple[list[Document], list[str]]:
