@@ -4,7 +4,8 @@ retrieve-then-read, P(passage) × P(span | passage), on the shared dev sets.
 Index: every distinct context of both dev sets (KorQuAD 1.0 sample, TyDi-GoldP Korean), hybrid, the
 embedding model given. Each question is read over `--passages` passages with its document in the index and
 with it removed (kqa.retrieval.open_calibration). For each dev set X the ranker is fitted on the *other*
-set's readings (cross-fitting: no question is judged by a ranker fitted on it), with its default threshold.
+set's readings (cross-fitting: no question is judged by a ranker fitted on it), with its default threshold;
+a ranker fitted without the passages' null scores shows what that feature adds.
 
 Per dev set and ranking: F1 over the in-index questions (an abstention scores 0 only in the "at the
 threshold" rows), the share of answers taken from the gold document, the open-vs-given F1 gap (given: the
@@ -79,7 +80,7 @@ def main() -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    from kqa.answer_ranking import fit_answer_ranker, threshold_for_answer_rate
+    from kqa.answer_ranking import ANSWER_FEATURES, fit_answer_ranker, threshold_for_answer_rate
     from kqa.calibration import expected_calibration_error
     from kqa.cli.calibrate import plot_reliability, read_dev_set
     from kqa.inference import QuestionAnswerer
@@ -126,6 +127,17 @@ def main() -> int:
         inside = by_setting[SETTINGS[0]]
         today = best_answers(pipeline, inside, "probability")
         rows.append(ranking_row(name, "P(passage) x P(span) (default)", inside, today, given[name]))
+        first = len(rows) - 1
+        # The same ranker without the passage's null score: what that feature adds, in the same run.
+        without_null = ANSWER_FEATURES[: ANSWER_FEATURES.index("null_score")]
+        pipeline.answer_ranker = fit_answer_ranker(
+            question_candidates(pipeline, readings[other]), features=without_null
+        )
+        for r in inside:
+            pipeline.score_answers(r.passages, r.answers)
+        without = best_answers(pipeline, inside, "confidence")
+        label = f"answer ranker without null score (fit on {other})"
+        rows.append(ranking_row(name, label, inside, without, given[name]))
         pipeline.answer_ranker = ranker
         for r in readings[name]:
             pipeline.score_answers(r.passages, r.answers)
@@ -164,8 +176,8 @@ def main() -> int:
                     ),
                 }
             )
-        today_gap = rows[-3]["gap"]
-        for row in rows[-2:]:
+        today_gap = rows[first]["gap"]
+        for row in rows[first + 1 :]:
             row["gap closed"] = (today_gap - row["gap"]) / today_gap if today_gap else float("nan")
         pipeline.answer_ranker = None
         for r in readings[name] + readings[other]:  # back to no confidence for the next set's rankings

@@ -9,9 +9,12 @@ set read the way `kqa ask` reads it (kqa.retrieval.open_calibration):
 
 1. **ranking**: a logistic regression (Platt, 1999) over every candidate answer of every question (each
    passage's n-best spans): logit = w · standardised(features) + b, fitted to "the answer is correct"
-   (exact match after KorQuAD normalisation). `RANKING_FEATURES`: log P(passage) × P(span | passage)
-   (the default ranking's key), the span score (start + end logit), the passage's cosine with the question
-   and log(1 + its BM25 score). Answers are ranked by the logit.
+   (exact match after KorQuAD normalisation). `ANSWER_FEATURES`: log P(passage) × P(span | passage)
+   (the default ranking's key), the span score (start + end logit), the passage's cosine with the question,
+   log(1 + its BM25 score) and the passage's null (CLS) score, the reader's own "no answer here" (windows
+   without the answer are trained towards the CLS token, with or without null answers in the data). A
+   ranker uses `RANKING_FEATURES` (all of them) unless fitted on fewer; one saved before the null score was
+   a feature uses the first four. Answers are ranked by the logit.
 2. **confidence**: P(correct) of the best answer = sigmoid(slope · logit + intercept), a second logistic
    regression on each question's best answer alone. The first is fitted on all candidates; the best of a
    question's candidates is the one whose logit was highest, so at the same logit it is right less often
@@ -47,7 +50,8 @@ from kqa.calibration import (
     write_config_section,
 )
 
-RANKING_FEATURES = ("log_probability", "score", "dense_score", "log_sparse_score")
+ANSWER_FEATURES = ("log_probability", "score", "dense_score", "log_sparse_score", "null_score")
+RANKING_FEATURES = ANSWER_FEATURES  # what `kqa calibrate --open` fits on
 # The default abstention threshold answers this share of the fit set's questions whose document is indexed:
 # high, because a threshold carries badly between question styles (docs/retrieval.md: 0.9 of KorQuAD
 # answered only 0.61 of TyDi).
@@ -56,20 +60,32 @@ _TINY = 1e-30  # log(0) guard for a probability that underflowed
 
 
 def answer_features(
-    probability: float, score: float, dense_score: Optional[float], sparse_score: Optional[float]
+    probability: float,
+    score: float,
+    dense_score: Optional[float],
+    sparse_score: Optional[float],
+    null_score: Optional[float],
 ) -> list[float]:
-    """`RANKING_FEATURES` of one answer: P(passage) × P(span | passage), the span score, and its passage's
-    cosine and BM25 score (a hybrid index has both; None is refused)."""
+    """`ANSWER_FEATURES` of one answer: P(passage) × P(span | passage), the span score, its passage's
+    cosine and BM25 score (a hybrid index has both) and its passage's null score (None is refused)."""
     if dense_score is None or sparse_score is None:
         raise ValueError(
             "the answer ranker needs the passage's cosine and BM25 score: use a hybrid index (embeddings and BM25)"
         )
-    return [math.log(max(float(probability), _TINY)), float(score), float(dense_score), math.log1p(float(sparse_score))]
+    if null_score is None:
+        raise ValueError("the answer ranker needs the passage's null (CLS) score: features without cls_index lack it")
+    return [
+        math.log(max(float(probability), _TINY)),
+        float(score),
+        float(dense_score),
+        math.log1p(float(sparse_score)),
+        float(null_score),
+    ]
 
 
 @dataclass(frozen=True)
 class QuestionCandidates:
-    """One dev question read over retrieved passages: its candidate answers' features ([n, features]),
+    """One dev question read over retrieved passages: its candidate answers' features ([n, ANSWER_FEATURES]),
     whether each is correct, and whether the question's own document was among the passages' index."""
 
     features: np.ndarray
@@ -80,7 +96,8 @@ class QuestionCandidates:
 @dataclass(frozen=True)
 class AnswerRanker:
     """The two logistic regressions of the module docstring: `weights` / `bias` over the standardised
-    `features` ((x - mean) / scale) give the ranking logit; `slope` / `intercept` turn it into P(correct)."""
+    `features` ((x - mean) / scale; a subset of `ANSWER_FEATURES`, in their order) give the ranking logit;
+    `slope` / `intercept` turn it into P(correct)."""
 
     features: list[str]
     mean: list[float]
@@ -93,9 +110,9 @@ class AnswerRanker:
     fit_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if list(self.features) != list(RANKING_FEATURES):
-            raise ValueError(f"features must be {list(RANKING_FEATURES)}, got {self.features!r}")
-        width = len(RANKING_FEATURES)
+        if not _ordered_subset(self.features):
+            raise ValueError(f"features must be some of {list(ANSWER_FEATURES)}, in that order, got {self.features!r}")
+        width = len(self.features)
         if not all(len(getattr(self, name)) == width for name in ("mean", "scale", "weights")):
             raise ValueError(f"mean, scale and weights need {width} numbers each")
         if not all(float(s) > 0 for s in self.scale):
@@ -103,8 +120,10 @@ class AnswerRanker:
         check_threshold(self.score_threshold, "score_threshold")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """The ranking logit of each row of x ([n, features])."""
-        z = (np.asarray(x, dtype=np.float64).reshape(-1, len(self.features)) - self.mean) / np.asarray(self.scale)
+        """The ranking logit of each row of x ([n, ANSWER_FEATURES]; the ranker reads its own columns)."""
+        columns = [ANSWER_FEATURES.index(name) for name in self.features]
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(ANSWER_FEATURES))[:, columns]
+        z = (x - self.mean) / np.asarray(self.scale)
         return z @ np.asarray(self.weights, dtype=np.float64) + self.bias
 
     def confidences(self, x: np.ndarray) -> np.ndarray:
@@ -134,24 +153,30 @@ def fit_answer_ranker(
     score_threshold: Optional[float] = None,
     target_answer_rate: float = TARGET_ANSWER_RATE,
     fit_on: Optional[dict[str, Any]] = None,
+    features: Sequence[str] = RANKING_FEATURES,
 ) -> AnswerRanker:
-    """Fit both regressions (module docstring) on dev questions read over retrieved passages. The
+    """Fit both regressions (module docstring) on dev questions read over retrieved passages, over
+    `features` (some of `ANSWER_FEATURES`). The
     threshold is `score_threshold` when given, else the highest confidence that still answers
     `target_answer_rate` of the questions whose document is in the index. `fit_on` gains the counts and
     the fit set's own ECE of the best answers' confidence."""
     asked = [q for q in questions if len(q.correct)]
     if not asked:
         raise ValueError("no question has a candidate answer to rank")
+    features = list(features)
+    if not _ordered_subset(features):
+        raise ValueError(f"features must be some of {list(ANSWER_FEATURES)}, in that order, got {features!r}")
     x = np.concatenate([np.asarray(q.features, dtype=np.float64) for q in asked])
     y = np.concatenate([np.asarray(q.correct, dtype=np.float64) for q in asked])
-    if x.shape[1] != len(RANKING_FEATURES):
-        raise ValueError(f"candidates need {len(RANKING_FEATURES)} features each, got {x.shape[1]}")
+    if x.shape[1] != len(ANSWER_FEATURES):
+        raise ValueError(f"candidates need {len(ANSWER_FEATURES)} features each ({ANSWER_FEATURES}), got {x.shape[1]}")
+    x = x[:, [ANSWER_FEATURES.index(name) for name in features]]
     if y.min() == y.max():
         raise ValueError("every candidate answer is right, or every one wrong: nothing to learn a ranking from")
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
     weights, bias = fit_logistic((x - mean) / scale, y)
-    ranking = AnswerRanker(list(RANKING_FEATURES), mean.tolist(), scale.tolist(), weights.tolist(), bias, 1.0, 0.0, 0.0)
+    ranking = AnswerRanker(features, mean.tolist(), scale.tolist(), weights.tolist(), bias, 1.0, 0.0, 0.0)
     best = [int(np.argmax(ranking.logits(q.features))) for q in asked]
     best_logit = np.array([ranking.logits(q.features)[b] for q, b in zip(asked, best)])
     best_correct = np.array([float(q.correct[b]) for q, b in zip(asked, best)])
@@ -177,6 +202,12 @@ def fit_answer_ranker(
             "fit_on": dict(fit_on or {}, **summary),
         }
     )
+
+
+def _ordered_subset(names: Sequence[str]) -> bool:
+    """Whether `names` are distinct `ANSWER_FEATURES`, at least one, in that tuple's order."""
+    positions = [ANSWER_FEATURES.index(n) for n in names if n in ANSWER_FEATURES]
+    return bool(names) and len(positions) == len(names) and positions == sorted(set(positions))
 
 
 def threshold_for_answer_rate(confidence: Sequence[float], rate: float) -> float:

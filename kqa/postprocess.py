@@ -29,7 +29,9 @@ SQuAD 2.0 (``version_2_with_negative``): a window's null score is `start_logit[c
 `cls_index` (a column the features must then have); the example's null score is the minimum over its
 windows (a window without tokens has none). The answer is "" when `null_score - best_span_score >
 null_score_diff_threshold`; the softmax then includes the null score, so the n-best probabilities sum
-to `1 - P(null)`.
+to `1 - P(null)`. In either mode, features with a `cls_index` column give every example the same
+minimum as `cls_score` (without SQuAD 2.0 it does not compete: a window whose CLS position is outside it
+or whose score is not finite then simply has none); retrieve-then-read's answer ranker reads it.
 
 An example without windows, or whose windows hold no valid pair (no context token, no token at all),
 is answered "" with an empty n-best list, counted in `PostprocessReport` and logged (logger
@@ -129,7 +131,11 @@ class ExamplePrediction:
     """The best span's score; the null score when null was chosen; -inf when there is no span at all."""
     nbest: list[SpanPrediction] = field(default_factory=list)
     null_score: float | None = None
-    """Minimum CLS score over the example's windows (SQuAD 2.0 mode only, else None)."""
+    """SQuAD 2.0 mode: `cls_score`, the null answer's score competing with the spans; else None."""
+    cls_score: float | None = None
+    """Minimum CLS (null) score over the example's windows, in either mode: how strongly the model says
+    the context does not answer (windows are labelled with the CLS token when they hold no answer, with
+    or without null answers in the data). None when the features carry no `cls_index`."""
 
     @property
     def null_odds(self) -> float:
@@ -195,7 +201,8 @@ def decode_answers_with_report(
     ids, contexts, example_index = _example_columns(examples)
     num_examples = len(ids)
 
-    names = ["example_id", "offset_mapping"] + (["cls_index"] if config.version_2_with_negative else [])
+    with_cls = config.version_2_with_negative or _has_column(features, "cls_index")
+    names = ["example_id", "offset_mapping"] + (["cls_index"] if with_cls else [])
     columns = _read_columns(features, names, "features")
     feature_ids = [str(i) for i in columns["example_id"]]
     num_features = len(feature_ids)
@@ -212,9 +219,18 @@ def decode_answers_with_report(
     _check_offsets(offsets, row_starts, context_lengths[feature_example], feature_ids)
     width = int(lengths.max(initial=0))
     start_all, end_all = _check_logits(start_logits, end_logits, num_features, width)
-    null_scores = None
-    if config.version_2_with_negative:
-        null_scores = _null_scores(columns["cls_index"], start_all, end_all, lengths, feature_example, num_examples)
+    cls_scores = None
+    if with_cls:
+        cls_scores = _null_scores(
+            columns["cls_index"],
+            start_all,
+            end_all,
+            lengths,
+            feature_example,
+            num_examples,
+            config.version_2_with_negative,
+        )
+    null_scores = cls_scores if config.version_2_with_negative else None  # the null answer competes
 
     # Valid pairs of all windows, in (window, start token, end token) order, from chunks of windows.
     step = max(1, _CHUNK_POSITIONS // max(width, 1))
@@ -237,7 +253,7 @@ def decode_answers_with_report(
     if config.answer_boundaries == "korean":
         spans, bounds = adjust_spans(spans, bounds, contexts)
     has_window = np.bincount(feature_example, minlength=num_examples) > 0
-    return _choose_answers(ids, bounds, spans, null_scores, has_window, num_features, config)
+    return _choose_answers(ids, bounds, spans, cls_scores, has_window, num_features, config)
 
 
 def _span_predictions(ranked: RankedSpans, contexts: list[str]) -> list[SpanPrediction]:
@@ -273,14 +289,15 @@ def _example_columns(examples: Any) -> tuple[list[str], list, dict[str, int]]:
     return ids, contexts, example_index
 
 
-def _choose_answers(ids, bounds, spans, null_scores, has_window, num_features: int, config: PostprocessConfig):
-    """Each example's answer from its n-best list (or the null answer); the report counts the examples
-    answered "" and why."""
+def _choose_answers(ids, bounds, spans, cls_scores, has_window, num_features: int, config: PostprocessConfig):
+    """Each example's answer from its n-best list (or, in SQuAD 2.0 mode, the null answer); the report
+    counts the examples answered "" and why."""
     report = PostprocessReport(num_examples=len(ids), num_features=num_features)
     predictions: dict[str, ExamplePrediction] = {}
     for e, example_id in enumerate(ids):
         nbest = spans[bounds[e] : bounds[e + 1]]
-        null = None if null_scores is None or math.isinf(null_scores[e]) else float(null_scores[e])
+        cls = None if cls_scores is None or math.isinf(cls_scores[e]) else float(cls_scores[e])
+        null = cls if config.version_2_with_negative else None
         text, start, end, score = "", 0, 0, -math.inf if null is None else null
         if not has_window[e]:
             report.examples_without_features_ids.append(example_id)
@@ -290,7 +307,7 @@ def _choose_answers(ids, bounds, spans, null_scores, has_window, num_features: i
             report.null_answers += 1
         else:
             text, start, end, score = nbest[0].text, nbest[0].start, nbest[0].end, nbest[0].score
-        predictions[example_id] = ExamplePrediction(example_id, text, start, end, score, nbest, null)
+        predictions[example_id] = ExamplePrediction(example_id, text, start, end, score, nbest, null, cls)
     report.examples_without_features = len(report.examples_without_features_ids)
     report.examples_without_span = len(report.examples_without_span_ids)
 
@@ -350,6 +367,13 @@ def _read_columns(data: Any, names: list[str], what: str) -> dict[str, Any]:
         if missing:
             raise ValueError(f"{what} row {i} has no {missing[0]!r} key")
     return {n: [row[n] for row in rows] for n in names}
+
+
+def _has_column(data: Any, name: str) -> bool:
+    """Whether every row of `data` (a `datasets.Dataset` or a list of dict rows) has `name`."""
+    if hasattr(data, "column_names"):
+        return name in data.column_names
+    return all(name in row for row in data)
 
 
 def _offsets(column: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -424,19 +448,24 @@ def _null_scores(
     lengths: np.ndarray,
     feature_example: np.ndarray,
     num_examples: int,
+    strict: bool = True,
 ) -> np.ndarray:
-    """Per example, the minimum of its windows' start_logit[cls] + end_logit[cls] (inf: no window has one)."""
+    """Per example, the minimum of its windows' start_logit[cls] + end_logit[cls] (inf: no window has one).
+    `strict` (SQuAD 2.0 mode, where the score competes): a cls_index outside its window or a non-finite
+    score is an error; otherwise such a window has no score."""
     cls = np.asarray(cls_index, dtype=np.int64).reshape(-1)
     rows = np.flatnonzero(lengths > 0)  # a window without tokens has no CLS score
     outside = (cls[rows] < 0) | (cls[rows] >= lengths[rows])
-    if outside.any():
+    if outside.any() and strict:
         f = rows[np.argmax(outside)]
         raise ValueError(f"features: window {f} has cls_index {cls[f]} outside its {lengths[f]} tokens")
+    rows = rows[~outside]
     window_null = np.full(len(lengths), np.inf)
     window_null[rows] = start[rows, cls[rows]].astype(np.float64) + end[rows, cls[rows]]
-    if not np.isfinite(window_null[rows]).all():
+    if strict and not np.isfinite(window_null[rows]).all():
         f = rows[np.argmax(~np.isfinite(window_null[rows]))]
         raise ValueError(f"window {f}: the null (CLS) score is {window_null[f]} (logits must be finite)")
+    window_null[~np.isfinite(window_null)] = np.inf
     null = np.full(num_examples, np.inf)
     np.minimum.at(null, feature_example, window_null)
     return null

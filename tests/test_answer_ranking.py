@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from kqa.answer_ranking import (
+    ANSWER_FEATURES,
     RANKING_FEATURES,
     AnswerRanker,
     QuestionCandidates,
@@ -34,7 +35,7 @@ def synthetic_questions(rng, n, *, in_index=True, candidates=4):
     while log P(passage) x P(span) is noise: only a ranking that reads the cosine finds it."""
     out = []
     for _ in range(n):
-        x = rng.normal(size=(candidates, len(RANKING_FEATURES)))
+        x = rng.normal(size=(candidates, len(ANSWER_FEATURES)))
         correct = np.zeros(candidates)
         if in_index:
             x[:, 2] += 1.0  # their passages are nearer the question
@@ -47,11 +48,12 @@ def test_the_ranking_learns_which_score_marks_the_right_answer():
     rng = np.random.default_rng(0)
     fit = synthetic_questions(rng, 400) + synthetic_questions(rng, 400, in_index=False)
     ranker = fit_answer_ranker(fit)
+    assert ranker.features == list(RANKING_FEATURES) == list(ANSWER_FEATURES)  # kqa calibrate --open: all of them
     assert ranker.weights[2] == max(ranker.weights, key=abs) > 0  # the cosine carries the weight
     test = synthetic_questions(rng, 200)
     by_ranker = np.mean([q.correct[int(np.argmax(ranker.logits(q.features)))] for q in test])
     by_probability = np.mean([q.correct[int(np.argmax(q.features[:, 0]))] for q in test])
-    assert by_ranker > 0.95 and by_probability < 0.4
+    assert by_ranker > 0.9 and by_probability < 0.4
     # The confidence of the best answer: higher where the document is indexed, calibrated on the fit set.
     removed = synthetic_questions(rng, 200, in_index=False)
     best = [float(ranker.confidences(q.features).max()) for q in test]
@@ -87,11 +89,29 @@ def test_fitting_needs_right_and_wrong_answers():
     with pytest.raises(ValueError, match="no question has a candidate"):
         fit_answer_ranker([QuestionCandidates(np.zeros((0, 4)), np.zeros(0), True)])
     with pytest.raises(ValueError, match="hybrid"):
-        answer_features(0.5, 3.0, None, 2.0)
+        answer_features(0.5, 3.0, None, 2.0, 1.0)
+    with pytest.raises(ValueError, match="null"):
+        answer_features(0.5, 3.0, 0.8, 2.0, None)
+    with pytest.raises(ValueError, match="in that order"):
+        fit_answer_ranker(synthetic_questions(rng, 10), features=["score", "log_probability"])
 
 
+def test_a_ranker_fitted_on_fewer_features_reads_only_its_own_columns():
+    rng = np.random.default_rng(3)
+    fit = synthetic_questions(rng, 300) + synthetic_questions(rng, 300, in_index=False)
+    without_cosine = fit_answer_ranker(fit, features=["log_probability", "score", "null_score"])
+    assert without_cosine.features == ["log_probability", "score", "null_score"] and len(without_cosine.weights) == 3
+    test = synthetic_questions(rng, 200)
+    picks = np.mean([q.correct[int(np.argmax(without_cosine.logits(q.features)))] for q in test])
+    assert picks < 0.4  # blind to the cosine that marks the right answer
+    x = test[0].features.copy()
+    x[:, 2] += 100.0  # a column it does not read changes nothing
+    assert np.array_equal(without_cosine.logits(x), without_cosine.logits(test[0].features))
+
+
+# A ranker of the first four features (as saved before the null score was one): P(correct) = sigmoid(score - 14).
 RANKER = dict(
-    features=list(RANKING_FEATURES),
+    features=list(ANSWER_FEATURES[:4]),
     mean=[0.0] * 4,
     scale=[1.0] * 4,
     weights=[0.0, 1.0, 0.0, 0.0],
@@ -105,7 +125,9 @@ RANKER = dict(
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"features": ["score"]}, "features must be"),
+        ({"features": ["score", "log_probability", "dense_score", "null_score"]}, "features must be"),
+        ({"features": ["log_probability", "score", "score", "null_score"]}, "features must be"),
+        ({"features": ["log_probability", "score", "cosine", "null_score"]}, "features must be"),
         ({"weights": [1.0]}, "4 numbers each"),
         ({"scale": [1.0, 0.0, 1.0, 1.0]}, "scale must be positive"),
         ({"score_threshold": 2.0}, "between 0 and 1"),
@@ -137,6 +159,7 @@ def test_the_ranker_and_the_calibrator_are_saved_beside_each_other(tmp_path):
 # ---- retrieve-then-read with a ranker ---------------------------------------------------------------
 
 MARK = 8.0
+CLS_START, CLS_END = 1.5, 0.5  # the reader's null score, 2.0 in every passage
 SETTINGS = {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16, "max_answer_length": 10}
 NEAR = "가장 큰 항구 도시는 인천이다."  # the retriever's favourite; its span 인천 scores 2 × 6 = 12
 FAR = "부산 이야기: 도시의 바다"  # a weaker passage whose span 부산 scores 2 × 8 = 16
@@ -160,7 +183,9 @@ def reader_and_encoder(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ranker")
     tokenizer = build_char_tokenizer([NEAR, FAR, QUESTION])
-    model = token_scoring_model(tokenizer, {"부": MARK, "인": 6.0}, {"##산": MARK, "##천": 6.0})
+    model = token_scoring_model(
+        tokenizer, {"부": MARK, "인": 6.0, "[CLS]": CLS_START}, {"##산": MARK, "##천": 6.0, "[CLS]": CLS_END}
+    )
     model.save_pretrained(root / "reader", tokenizer=tokenizer, kqa_config=SETTINGS)
     reader = QuestionAnswerer.from_pretrained(root / "reader", device="cpu")
     return reader, save_encoder(root / "encoder", [NEAR, FAR, QUESTION])
@@ -191,10 +216,21 @@ def test_a_reader_with_a_ranker_ranks_and_abstains_by_its_confidence(reader_and_
     assert [a.text for a in result.answers] == ["부산", "인천"]
     for answer in result.answers:  # the confidence is the ranker's, from the answer's own features
         hit = found[answer.doc_id]
-        features = answer_features(answer.probability, answer.score, hit.dense_score, hit.sparse_score)
+        features = answer_features(answer.probability, answer.score, hit.dense_score, hit.sparse_score, 0.0)
         assert answer.confidence == pytest.approx(float(sigmoid(np.array(features[1] - 14.0))), rel=1e-6)
+        assert answer.null_score == CLS_START + CLS_END  # its passage's CLS score, as the reader gave it
     assert result.answers[0].confidence == pytest.approx(float(sigmoid(np.array(2.0))), abs=1e-3)
     assert result.score_threshold == 0.5 and not result.no_answer  # the ranker's stored threshold
+    # A ranker of all five features reads the passage's null score: logit = score - null score - 12.
+    five = {"features": list(ANSWER_FEATURES), "mean": [0.0] * 5, "scale": [1.0] * 5}
+    weights = {"weights": [0.0, 1.0, 0.0, 0.0, -1.0], "bias": -12.0}
+    ranked_reader.answer_ranker = AnswerRanker(**{**RANKER, **five, **weights})
+    with_null = RetrieveAndRead(index, ranked_reader, passages=2).ask(QUESTION, top_k=2)
+    assert [a.text for a in with_null.answers] == ["부산", "인천"]
+    for answer in with_null.answers:
+        expected = sigmoid(np.array(answer.score - (CLS_START + CLS_END) - 12.0))
+        assert answer.confidence == pytest.approx(float(expected), rel=1e-6)
+    ranked_reader.answer_ranker = AnswerRanker(**RANKER)
     withheld = pipeline.ask(QUESTION, score_threshold=0.9)
     assert withheld.no_answer and withheld.answers == [] and withheld.best_confidence > 0.85
     # A call with another method has no cosine: ranked by probability, never withheld.

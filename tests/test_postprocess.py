@@ -30,7 +30,7 @@ NONE = [-1, -1]
 
 def reference_postprocess(examples, features, start_logits, end_logits, config: PostprocessConfig):
     """id → dict(text, start, end, nbest=[(text, start, end, score, probability, start_logit,
-    end_logit)], null_score), written from the documented rules, not from the implementation.
+    end_logit)], null_score, cls_score), written from the documented rules, not from the implementation.
 
     Per window it enumerates every start × end pair of context tokens and keeps a pair when its start
     is among the n_best_size best start logits, its end among the n_best_size best end logits (ties:
@@ -43,15 +43,15 @@ def reference_postprocess(examples, features, start_logits, end_logits, config: 
     for ex in examples:
         context = ex["context"]
         best_of_span: dict[tuple[int, int], tuple[float, float, float]] = {}
-        null_score = None
+        cls_score = None
         for f in windows_of[ex["id"]]:
             offsets = [NONE if o is None else o for o in features[f]["offset_mapping"]]
             s_logits = [float(x) for x in start_logits[f][: len(offsets)]]
             e_logits = [float(x) for x in end_logits[f][: len(offsets)]]
-            if config.version_2_with_negative and offsets:
-                cls = features[f]["cls_index"]
+            cls = features[f].get("cls_index", -1)
+            if 0 <= cls < len(offsets) and math.isfinite(s_logits[cls] + e_logits[cls]):
                 window_null = s_logits[cls] + e_logits[cls]
-                null_score = window_null if null_score is None else min(null_score, window_null)
+                cls_score = window_null if cls_score is None else min(cls_score, window_null)
             context_tokens = [i for i, (a, _) in enumerate(offsets) if a >= 0]
             starts = {
                 i
@@ -75,6 +75,7 @@ def reference_postprocess(examples, features, start_logits, end_logits, config: 
                     score = s_logits[i] + e_logits[j]
                     if span not in best_of_span or score > best_of_span[span][0]:
                         best_of_span[span] = (score, s_logits[i], e_logits[j])
+        null_score = cls_score if config.version_2_with_negative else None  # it competes in SQuAD 2.0 mode only
         ranked = sorted(best_of_span.items(), key=lambda item: (-item[1][0], item[0]))[: config.n_best_size]
         scores = [score for _, (score, _, _) in ranked]
         all_scores = scores + ([null_score] if null_score is not None else [])
@@ -88,7 +89,10 @@ def reference_postprocess(examples, features, start_logits, end_logits, config: 
             text, start, end = "", 0, 0
         else:
             text, start, end = nbest[0][:3]
-        results[ex["id"]] = {"text": text, "start": start, "end": end, "nbest": nbest, "null_score": null_score}
+        results[ex["id"]] = {
+            **{"text": text, "start": start, "end": end, "nbest": nbest},
+            **{"null_score": null_score, "cls_score": cls_score},
+        }
     return results
 
 
@@ -104,10 +108,11 @@ def assert_matches_reference(predictions: dict[str, ExamplePrediction], expected
             assert span.probability == pytest.approx(probability, abs=1e-6), where
             assert span.start_logit == pytest.approx(start_logit, abs=1e-6), where
             assert span.end_logit == pytest.approx(end_logit, abs=1e-6), where
-        if want["null_score"] is None:
-            assert got.null_score is None, where
-        else:
-            assert got.null_score == pytest.approx(want["null_score"], abs=1e-6), where
+        for name in ("null_score", "cls_score"):
+            if want[name] is None:
+                assert getattr(got, name) is None, where
+            else:
+                assert getattr(got, name) == pytest.approx(want[name], abs=1e-6), where
 
 
 def check(examples, features, start, end, config, context=""):
@@ -484,7 +489,20 @@ def test_version_2_null_score_is_the_minimum_over_windows_and_uses_cls_index():
     prediction = decode_answers(
         [{"id": "n", "context": context}], features, start, end, PostprocessConfig(version_2_with_negative=True)
     )["n"]
-    assert prediction.null_score == pytest.approx(0.75)
+    assert prediction.null_score == pytest.approx(0.75) and prediction.cls_score == prediction.null_score
+    # Without SQuAD 2.0 the same minimum is reported as cls_score and does not compete.
+    plain = decode_answers([{"id": "n", "context": context}], features, start, end)["n"]
+    assert plain.null_score is None and plain.cls_score == pytest.approx(0.75) and plain.text != ""
+    # There a CLS position outside its window, or a masked one, only leaves the window without a score.
+    features[1]["cls_index"] = 9
+    assert decode_answers([{"id": "n", "context": context}], features, start, end)["n"].cls_score == 3.0
+    config = PostprocessConfig(version_2_with_negative=True)
+    with pytest.raises(ValueError, match="outside its 5 tokens"):
+        decode_answers([{"id": "n", "context": context}], features, start, end, config)
+    features[1]["cls_index"], start[0, 4] = 0, -np.inf  # window 0 masked: window 1's score stands
+    assert decode_answers([{"id": "n", "context": context}], features, start, end)["n"].cls_score == 0.75
+    start[1, 0] = np.nan
+    assert decode_answers([{"id": "n", "context": context}], features, start, end)["n"].cls_score is None
 
 
 def test_version_2_needs_the_cls_index_column():
@@ -496,7 +514,8 @@ def test_version_2_needs_the_cls_index_column():
         decode_answers(examples, features, start, end, config)
     with pytest.raises(ValueError, match="features have no 'cls_index' column"):
         decode_answers(examples, datasets.Dataset.from_list(features), start, end, config)
-    assert decode_answers(examples, features, start, end)["a"].text == "수도"  # not read otherwise
+    plain = decode_answers(examples, features, start, end)["a"]  # not needed otherwise
+    assert plain.text == "수도" and plain.cls_score is None
 
 
 def test_examples_without_windows_or_spans_are_answered_empty_and_counted(caplog):

@@ -443,6 +443,7 @@ def test_ask_finds_the_answer_in_its_document(ask_server, corpus_dir, question, 
     assert_in_its_document(corpus_dir, answer)
     assert body["passages"][0]["passage_id"] == passage_id
     assert answer["retrieval_score"] == body["passages"][0]["score"]
+    assert answer["null_score"] == pytest.approx(2 * CLS, abs=1e-4)  # its passage's CLS score
 
 
 def test_ask_offsets_are_offsets_into_the_document_not_the_passage(ask_server, corpus_dir):

@@ -71,6 +71,7 @@ class OpenAnswer:
     retrieval_score: float
     confidence: Optional[float] = None
     location: Optional[str] = None  # where the answer is in its file, "page 3" (PDF, HTML, DOCX documents)
+    null_score: Optional[float] = None  # its passage's CLS score: how strongly the reader says "not here"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,7 +212,7 @@ class RetrieveAndRead:
         hit = next(h for h in found if h.passage.id == answer.passage_id)
         if hit.dense_score is None or hit.sparse_score is None:
             return None
-        return answer_features(answer.probability, answer.score, hit.dense_score, hit.sparse_score)
+        return answer_features(answer.probability, answer.score, hit.dense_score, hit.sparse_score, answer.null_score)
 
     @property
     def calibrator(self):
@@ -295,6 +296,7 @@ class RetrieveAndRead:
                     retrieval_score=hit.score,
                     confidence=confidence,
                     location=location_of(self.retriever.document(p.doc_id).regions, key[1], key[2]),
+                    null_score=prediction.cls_score,
                 )
         return list(answers.values())
 

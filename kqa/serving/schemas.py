@@ -244,6 +244,9 @@ class OpenAnswerOut(BaseModel):
     location: Optional[str] = Field(
         None, description='where the answer is in its file: "page 3" (PDF), "h2: 역사 > p[3]" (HTML), … (null for text)'
     )
+    null_score: Optional[float] = Field(
+        None, description="the passage's null (CLS) score: how strongly the reader says it holds no answer"
+    )
 
 
 class PassageOut(BaseModel):
