@@ -53,8 +53,8 @@ from kqa.calibration import (
 ANSWER_FEATURES = ("log_probability", "score", "dense_score", "log_sparse_score", "null_score")
 RANKING_FEATURES = ANSWER_FEATURES  # what `kqa calibrate --open` fits on
 # The default abstention threshold answers this share of the fit set's questions whose document is indexed:
-# high, because a threshold carries badly between question styles (docs/retrieval.md: 0.9 of KorQuAD
-# answered only 0.61 of TyDi).
+# high, because a threshold carries imperfectly between question styles (docs/retrieval.md: the one that
+# answers 0.9 of KorQuAD's answers 0.85 of TyDi's).
 TARGET_ANSWER_RATE = 0.98
 _TINY = 1e-30  # log(0) guard for a probability that underflowed
 
@@ -156,10 +156,9 @@ def fit_answer_ranker(
     features: Sequence[str] = RANKING_FEATURES,
 ) -> AnswerRanker:
     """Fit both regressions (module docstring) on dev questions read over retrieved passages, over
-    `features` (some of `ANSWER_FEATURES`). The
-    threshold is `score_threshold` when given, else the highest confidence that still answers
-    `target_answer_rate` of the questions whose document is in the index. `fit_on` gains the counts and
-    the fit set's own ECE of the best answers' confidence."""
+    `features` (some of `ANSWER_FEATURES`). The threshold is `score_threshold` when given, else the highest
+    confidence that still answers `target_answer_rate` of the questions whose document is in the index.
+    `fit_on` gains the counts and the fit set's own ECE of the best answers' confidence."""
     asked = [q for q in questions if len(q.correct)]
     if not asked:
         raise ValueError("no question has a candidate answer to rank")
