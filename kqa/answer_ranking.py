@@ -110,8 +110,7 @@ class AnswerRanker:
     fit_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not _ordered_subset(self.features):
-            raise ValueError(f"features must be some of {list(ANSWER_FEATURES)}, in that order, got {self.features!r}")
+        _feature_columns(self.features)
         width = len(self.features)
         if not all(len(getattr(self, name)) == width for name in ("mean", "scale", "weights")):
             raise ValueError(f"mean, scale and weights need {width} numbers each")
@@ -121,8 +120,7 @@ class AnswerRanker:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The ranking logit of each row of x ([n, ANSWER_FEATURES]; the ranker reads its own columns)."""
-        columns = [ANSWER_FEATURES.index(name) for name in self.features]
-        x = np.asarray(x, dtype=np.float64).reshape(-1, len(ANSWER_FEATURES))[:, columns]
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(ANSWER_FEATURES))[:, _feature_columns(self.features)]
         z = (x - self.mean) / np.asarray(self.scale)
         return z @ np.asarray(self.weights, dtype=np.float64) + self.bias
 
@@ -162,22 +160,21 @@ def fit_answer_ranker(
     asked = [q for q in questions if len(q.correct)]
     if not asked:
         raise ValueError("no question has a candidate answer to rank")
-    features = list(features)
-    if not _ordered_subset(features):
-        raise ValueError(f"features must be some of {list(ANSWER_FEATURES)}, in that order, got {features!r}")
+    features, columns = list(features), _feature_columns(features)
     x = np.concatenate([np.asarray(q.features, dtype=np.float64) for q in asked])
     y = np.concatenate([np.asarray(q.correct, dtype=np.float64) for q in asked])
     if x.shape[1] != len(ANSWER_FEATURES):
         raise ValueError(f"candidates need {len(ANSWER_FEATURES)} features each ({ANSWER_FEATURES}), got {x.shape[1]}")
-    x = x[:, [ANSWER_FEATURES.index(name) for name in features]]
+    x = x[:, columns]
     if y.min() == y.max():
         raise ValueError("every candidate answer is right, or every one wrong: nothing to learn a ranking from")
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
     weights, bias = fit_logistic((x - mean) / scale, y)
     ranking = AnswerRanker(features, mean.tolist(), scale.tolist(), weights.tolist(), bias, 1.0, 0.0, 0.0)
-    best = [int(np.argmax(ranking.logits(q.features))) for q in asked]
-    best_logit = np.array([ranking.logits(q.features)[b] for q, b in zip(asked, best)])
+    logits = [ranking.logits(q.features) for q in asked]
+    best = [int(np.argmax(question_logits)) for question_logits in logits]
+    best_logit = np.array([question_logits[b] for question_logits, b in zip(logits, best)])
     best_correct = np.array([float(q.correct[b]) for q, b in zip(asked, best)])
     (slope,), intercept = fit_logistic(best_logit[:, None], best_correct)
     confidence = sigmoid(slope * best_logit + intercept)
@@ -203,10 +200,13 @@ def fit_answer_ranker(
     )
 
 
-def _ordered_subset(names: Sequence[str]) -> bool:
-    """Whether `names` are distinct `ANSWER_FEATURES`, at least one, in that tuple's order."""
+def _feature_columns(names: Sequence[str]) -> list[int]:
+    """The columns of `names` in an [n, ANSWER_FEATURES] matrix; `names` must be distinct `ANSWER_FEATURES`,
+    at least one, in that tuple's order (an error says so otherwise)."""
     positions = [ANSWER_FEATURES.index(n) for n in names if n in ANSWER_FEATURES]
-    return bool(names) and len(positions) == len(names) and positions == sorted(set(positions))
+    if not names or len(positions) != len(names) or positions != sorted(set(positions)):
+        raise ValueError(f"features must be some of {list(ANSWER_FEATURES)}, in that order, got {list(names)!r}")
+    return positions
 
 
 def threshold_for_answer_rate(confidence: Sequence[float], rate: float) -> float:
