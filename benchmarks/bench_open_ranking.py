@@ -29,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, machine_info, print_header, print_table, settings_from_args, write_json  # noqa: E402
 
+from kqa.flags import parse_bool  # noqa: E402
+
 THRESHOLDS = "0.05,0.1,0.15,0.2,0.3"
 ANSWER_RATES = "0.9,0.95,0.98"  # thresholds set to answer these shares of the fit set's indexed questions
 
@@ -70,6 +72,12 @@ def main() -> int:
     parser.add_argument("--embedding-model", default=str(REPO_ROOT / "models" / "e5-small"))
     parser.add_argument("--reader", default=str(REPO_ROOT / "outputs" / "offline-e5-small" / "best"))
     parser.add_argument("--passages", type=int, default=5, help="passages read per question")
+    parser.add_argument(
+        "--version_2_with_negative",
+        type=parse_bool,
+        help="the reader's null answer competes in each passage (default: as saved with the model); false reads a "
+        "model trained with negatives for spans only, its null score still a ranker feature",
+    )
     parser.add_argument("--thresholds", default=THRESHOLDS)
     parser.add_argument("--answer-rates", default=ANSWER_RATES)
     parser.add_argument("--limit", type=int, help="questions per set (a quick run)")
@@ -96,7 +104,10 @@ def main() -> int:
     embedder = Embedder.from_pretrained(args.embedding_model)
     retriever = dev_index(documents, embedder)
     print(f"index: {len(documents)} documents, {len(retriever.passages)} passages, {time.perf_counter() - start:.0f} s")
-    reader = QuestionAnswerer.from_pretrained(args.reader)
+    overrides = (
+        {} if args.version_2_with_negative is None else {"version_2_with_negative": args.version_2_with_negative}
+    )
+    reader = QuestionAnswerer.from_pretrained(args.reader, **overrides)
     reader.answer_ranker = None  # read as without one; each set's ranker is fitted below
     pipeline = RetrieveAndRead(retriever, reader, passages=args.passages)
 

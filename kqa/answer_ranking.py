@@ -156,6 +156,7 @@ def fit_answer_ranker(
     """Fit both regressions (module docstring) on dev questions read over retrieved passages, over
     `features` (some of `ANSWER_FEATURES`). The threshold is `score_threshold` when given, else the highest
     confidence that still answers `target_answer_rate` of the questions whose document is in the index.
+    Questions without a candidate are left out of both fits and count as unanswered for the threshold.
     `fit_on` gains the counts and the fit set's own ECE of the best answers' confidence."""
     asked = [q for q in questions if len(q.correct)]
     if not asked:
@@ -179,11 +180,15 @@ def fit_answer_ranker(
     (slope,), intercept = fit_logistic(best_logit[:, None], best_correct)
     confidence = sigmoid(slope * best_logit + intercept)
     in_index = np.array([q.document_in_index for q in asked])
+    # An indexed question without a candidate (the null answer won in every passage read) is unanswered
+    # at any threshold: it counts towards the answer rate as a confidence of 0.
+    unanswered = [0.0] * sum(q.document_in_index and not len(q.correct) for q in questions)
     if score_threshold is None:
-        score_threshold = threshold_for_answer_rate(confidence[in_index], target_answer_rate)
+        score_threshold = threshold_for_answer_rate(confidence[in_index].tolist() + unanswered, target_answer_rate)
     summary = {
-        "questions": len(asked),
-        "questions_document_in_index": int(in_index.sum()),
+        "questions": len(questions),
+        "questions_without_candidates": len(questions) - len(asked),
+        "questions_document_in_index": sum(q.document_in_index for q in questions),
         "candidates": int(len(y)),
         "best_answer_accuracy": float(best_correct.mean()),
         "ece": expected_calibration_error(confidence, best_correct),

@@ -82,6 +82,28 @@ def test_the_default_threshold_answers_the_target_share_of_indexed_questions():
     assert fit_answer_ranker(questions, score_threshold=0.42).score_threshold == 0.42
 
 
+def test_questions_without_a_candidate_count_as_unanswered_for_the_threshold():
+    """A reader whose null answer wins in every passage read gives a question no candidate: the fit skips
+    it, but it is one of the indexed questions the default threshold's answer rate is taken over."""
+    rng = np.random.default_rng(4)
+    questions = synthetic_questions(rng, 300) + synthetic_questions(rng, 300, in_index=False)
+    empty = [QuestionCandidates(np.zeros((0, len(ANSWER_FEATURES))), np.zeros(0), True) for _ in range(50)]
+    ranker, with_empty = (
+        fit_answer_ranker(questions, target_answer_rate=0.8),
+        fit_answer_ranker(questions + empty, target_answer_rate=0.8),
+    )
+    assert with_empty.weights == ranker.weights and with_empty.slope == ranker.slope  # the same fit
+    best = np.array([with_empty.confidences(q.features).max() for q in questions[:300]])
+    answered = np.mean(best >= with_empty.score_threshold) * 300 / 350  # of all 350 indexed questions
+    assert answered >= 0.8 > answered - 2 / 350 and with_empty.score_threshold < ranker.score_threshold
+    assert with_empty.fit_on["questions"] == 650 and with_empty.fit_on["questions_without_candidates"] == 50
+    assert (
+        with_empty.fit_on["questions_document_in_index"] == 350 and ranker.fit_on["questions_without_candidates"] == 0
+    )
+    # More questions without a candidate than the rate leaves unanswered: every candidate passes.
+    assert fit_answer_ranker(questions + empty * 2, target_answer_rate=0.8).score_threshold == 0.0
+
+
 def test_fitting_needs_right_and_wrong_answers():
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="nothing to learn"):
@@ -280,3 +302,45 @@ def test_kqa_calibrate_open_fits_saves_and_serves_an_answer_ranker(tmp_path):
     result = pipeline.ask("가장 큰 항구 도시는 어디인가?", score_threshold=0.0)
     assert pipeline.rank_by == "confidence" and result.answers[0].text == "부산"
     assert 0 < result.answers[0].confidence < 1
+
+
+def test_bench_open_ranking_reads_a_null_answer_model_with_and_without_its_null_answer(tmp_path):
+    """benchmarks/bench_open_ranking.py end to end on two tiny dev sets. The reader was saved with
+    `version_2_with_negative` and a CLS score (2) above every span but 부산 (16): read as saved, the null
+    answer wins in the passages without 부산, which then give no answer; `--version_2_with_negative false`
+    reads spans in every passage, the null score still each answer's feature."""
+    from kqa.testing import KOREAN_EXAMPLES, korean_squad_json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("korquad_dev.json", "tydi_dev.json"):
+        (data / name).write_text(json.dumps(korean_squad_json(), ensure_ascii=False), encoding="utf-8")
+    texts = [e["context"] for e in KOREAN_EXAMPLES] + [e["question"] for e in KOREAN_EXAMPLES]
+    encoder = save_encoder(tmp_path / "encoder", texts)
+    tokenizer = build_char_tokenizer(texts)
+    reader = token_scoring_model(tokenizer, {"부": MARK, "[CLS]": 1.0}, {"##산": MARK, "[CLS]": 1.0})
+    reader.save_pretrained(
+        tmp_path / "reader", tokenizer=tokenizer, kqa_config={**SETTINGS, "version_2_with_negative": True}
+    )
+
+    def bench(*flags: str) -> dict:
+        out = tmp_path / f"open{len(flags)}.json"
+        command = [sys.executable, str(ROOT / "benchmarks" / "bench_open_ranking.py"), "--data-dir", str(data)]
+        command += ["--embedding-model", str(encoder), "--reader", str(tmp_path / "reader"), "--passages", "2"]
+        done = subprocess.run(
+            [*command, *flags, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return json.loads(out.read_text(encoding="utf-8"))
+
+    def default_answer_rate(result: dict) -> dict:
+        return {r["set"]: r["answer rate"] for r in result["rankings"] if r["ranking"].startswith("P(passage)")}
+
+    as_saved, spans_only = bench(), bench("--version_2_with_negative", "false")
+    assert spans_only["settings"]["version_2_with_negative"] is False
+    assert default_answer_rate(spans_only) == {"korquad": 1.0, "tydi": 1.0}
+    # Read as saved, only the questions with 부산's passage among their two get an answer.
+    assert all(0 < rate < 1 for rate in default_answer_rate(as_saved).values())
+    for result in (as_saved, spans_only):
+        assert {r["set"] for r in result["rankings"]} == {"korquad", "tydi"} and len(result["rankings"]) == 8
+        assert all(ranker["features"] == list(ANSWER_FEATURES) for ranker in result["rankers"].values())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kqa.answer_ranking import QuestionCandidates
+from kqa.answer_ranking import ANSWER_FEATURES, QuestionCandidates
 from kqa.metric import score_question
 from kqa.retrieval.corpus import Document
 from kqa.retrieval.pipeline import OpenAnswer, RetrieveAndRead
@@ -90,13 +90,14 @@ def read_open(
 
 
 def question_candidates(pipeline: RetrieveAndRead, readings: Sequence[OpenReading]) -> list[QuestionCandidates]:
-    """The answer ranker's training data: each reading's candidates, their features and EM."""
+    """The answer ranker's training data: each reading's candidates, their features and EM (none for a
+    reading where the null answer won in every passage)."""
     out = []
     for reading in readings:
         features = [pipeline.ranker_features(a, reading.passages) for a in reading.answers]
         out.append(
             QuestionCandidates(
-                features=np.array(features, dtype=np.float64).reshape(len(features), -1),
+                features=np.array(features, dtype=np.float64).reshape(len(features), len(ANSWER_FEATURES)),
                 correct=np.array([reading.correct(a)[0] for a in reading.answers], dtype=np.float64),
                 document_in_index=reading.setting == SETTINGS[0],
             )
