@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--reader", default=str(REPO_ROOT / "outputs" / "offline-e5-small" / "best"))
     parser.add_argument("--passages", type=int, default=5, help="passages read per question")
     parser.add_argument(
-        "--version_2_with_negative",
+        "--version-2-with-negative",
         type=parse_bool,
         help="the reader's null answer competes in each passage (default: as saved with the model); false reads a "
         "model trained with negatives for spans only, its null score still a ranker feature",

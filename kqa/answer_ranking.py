@@ -157,7 +157,8 @@ def fit_answer_ranker(
     `features` (some of `ANSWER_FEATURES`). The threshold is `score_threshold` when given, else the highest
     confidence that still answers `target_answer_rate` of the questions whose document is in the index.
     Questions without a candidate are left out of both fits and count as unanswered for the threshold.
-    `fit_on` gains the counts and the fit set's own ECE of the best answers' confidence."""
+    `fit_on` gains the counts and, over the questions with a candidate, the best answers' accuracy and the
+    ECE of their confidence."""
     asked = [q for q in questions if len(q.correct)]
     if not asked:
         raise ValueError("no question has a candidate answer to rank")
