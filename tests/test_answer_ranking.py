@@ -327,7 +327,7 @@ def test_bench_open_ranking_reads_a_null_answer_model_with_and_without_its_null_
     def bench(*flags: str) -> dict:
         out = tmp_path / f"open{len(flags)}.json"
         command = [sys.executable, str(ROOT / "benchmarks" / "bench_open_ranking.py"), "--data-dir", str(data)]
-        command += ["--embedding-model", str(encoder), "--reader", str(tmp_path / "reader"), "--passages", "2"]
+        command += ["--embedding-model", str(encoder), "--reader", str(tmp_path / "reader"), "--passages", "1"]
         done = subprocess.run(
             [*command, *flags, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300
         )
@@ -340,7 +340,8 @@ def test_bench_open_ranking_reads_a_null_answer_model_with_and_without_its_null_
     as_saved, spans_only = bench(), bench("--version-2-with-negative", "false")
     assert spans_only["settings"]["version_2_with_negative"] is False
     assert default_answer_rate(spans_only) == {"korquad": 1.0, "tydi": 1.0}
-    # Read as saved, only the questions with 부산's passage among their two get an answer.
+    # Read as saved, only the questions that read 부산's passage get an answer. One passage each: with two,
+    # whether a question's pair held that passage hinged on the tiny random encoder's ranking of the rest.
     assert all(0 < rate < 1 for rate in default_answer_rate(as_saved).values())
     for result in (as_saved, spans_only):
         assert {r["set"] for r in result["rankings"]} == {"korquad", "tydi"} and len(result["rankings"]) == 8
